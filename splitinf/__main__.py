@@ -1,0 +1,5 @@
+import sys
+
+from splitinf.cli import main
+
+sys.exit(main())
