@@ -1,0 +1,203 @@
+"""numpy <-> Open Inference Protocol (V2) tensors; pure functions, no I/O.
+
+Tensors travel in ``raw_input_contents`` / ``raw_output_contents``: the array's bytes,
+row-major, little-endian, one entry per tensor in the order of ``inputs``/``outputs``.
+Decoding also accepts the typed ``contents`` fields some V2 clients send. ``BYTES``
+(variable-length strings) is refused: split tensors are always numeric.
+
+Decoding errors are ``InvalidRequestError`` (INVALID_ARGUMENT on the server); each
+message names the tensor, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from splitinf.errors import InputError, InvalidRequestError
+from splitinf.protocol import grpc_service_pb2 as pb
+
+__all__ = [
+    "DATATYPE_TO_NUMPY",
+    "array_from_raw",
+    "check_array",
+    "datatype_of",
+    "decode_request_inputs",
+    "decode_response_outputs",
+    "encode_request",
+    "encode_response_outputs",
+    "numpy_dtype",
+]
+
+# V2 datatype -> numpy dtype (explicitly little-endian: the wire byte order).
+DATATYPE_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_NUMPY_TO_DATATYPE = {dtype.newbyteorder("=").name: name for name, dtype in DATATYPE_TO_NUMPY.items()}
+
+# Which InferTensorContents field carries each datatype (for clients that do not send raw bytes).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def datatype_of(dtype: np.dtype[Any] | type | str) -> str:
+    """The V2 datatype string for a numpy dtype; ``InputError`` for one V2 cannot carry."""
+    name = np.dtype(dtype).name
+    try:
+        return _NUMPY_TO_DATATYPE[name]
+    except KeyError:
+        raise InputError(f"numpy dtype {name!r} has no V2 datatype; use one of {sorted(_NUMPY_TO_DATATYPE)}") from None
+
+
+def numpy_dtype(datatype: str, tensor: str = "?") -> np.dtype[Any]:
+    """The numpy dtype of a V2 datatype; ``InvalidRequestError`` naming the tensor when unsupported."""
+    try:
+        return DATATYPE_TO_NUMPY[datatype]
+    except KeyError:
+        hint = " (BYTES/string tensors are not supported by splitinf)" if datatype == "BYTES" else ""
+        raise InvalidRequestError(
+            f"tensor {tensor!r}: datatype {datatype!r} is not supported{hint}; expected one of "
+            f"{', '.join(DATATYPE_TO_NUMPY)}"
+        ) from None
+
+
+def _checked_shape(tensor: str, shape: Sequence[int]) -> tuple[int, ...]:
+    if any(dim < 0 for dim in shape):
+        raise InvalidRequestError(f"tensor {tensor!r}: shape {list(shape)} has a negative dimension")
+    return tuple(int(dim) for dim in shape)
+
+
+def array_from_raw(tensor: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+    """Decode one raw tensor, checking that its byte length matches datatype and shape."""
+    dtype = numpy_dtype(datatype, tensor)
+    dims = _checked_shape(tensor, shape)
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidRequestError(
+            f"tensor {tensor!r}: raw contents are {len(raw)} bytes, expected {expected} "
+            f"({datatype} x shape {list(dims)})"
+        )
+    array = np.frombuffer(raw, dtype=dtype).reshape(dims)
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _array_from_contents(tensor: str, datatype: str, shape: Sequence[int], contents: Any) -> np.ndarray:
+    dtype = numpy_dtype(datatype, tensor)
+    dims = _checked_shape(tensor, shape)
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidRequestError(f"tensor {tensor!r}: datatype {datatype} can only travel in raw_input_contents")
+    values = getattr(contents, field)
+    count = math.prod(dims)
+    if len(values) != count:
+        raise InvalidRequestError(
+            f"tensor {tensor!r}: contents.{field} holds {len(values)} values, expected {count} (shape {list(dims)})"
+        )
+    return np.asarray(values).astype(dtype.newbyteorder("=")).reshape(dims)
+
+
+def _raw_bytes(array: np.ndarray) -> bytes:
+    wire = DATATYPE_TO_NUMPY[datatype_of(array.dtype)]
+    return np.ascontiguousarray(array, dtype=wire).tobytes()
+
+
+def encode_request(
+    request: pb.ModelInferRequest,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Iterable[str] = (),
+) -> pb.ModelInferRequest:
+    """Fill ``request`` with ``inputs`` as raw contents and the requested output names."""
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        request.raw_input_contents.append(_raw_bytes(array))
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """The request's inputs by name, from raw contents or typed contents."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequestError(
+            f"raw_input_contents has {len(raw)} entries, expected one per input ({len(request.inputs)})"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in arrays:
+            raise InvalidRequestError(f"tensor {tensor.name!r} appears twice in the request")
+        if raw:
+            arrays[tensor.name] = array_from_raw(tensor.name, tensor.datatype, tensor.shape, raw[index])
+        elif tensor.HasField("contents"):
+            arrays[tensor.name] = _array_from_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
+        else:
+            raise InvalidRequestError(f"tensor {tensor.name!r} has no data: send raw_input_contents or contents")
+    return arrays
+
+
+def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
+    """Append ``outputs`` to ``response`` as raw output contents."""
+    for name, value in outputs.items():
+        array = np.asarray(value)
+        response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        response.raw_output_contents.append(_raw_bytes(array))
+
+
+def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """The response's outputs by name (raw or typed contents)."""
+    raw = response.raw_output_contents
+    if raw and len(raw) != len(response.outputs):
+        raise InvalidRequestError(
+            f"raw_output_contents has {len(raw)} entries, expected one per output ({len(response.outputs)})"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(response.outputs):
+        if raw:
+            arrays[tensor.name] = array_from_raw(tensor.name, tensor.datatype, tensor.shape, raw[index])
+        else:
+            arrays[tensor.name] = _array_from_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
+    return arrays
+
+
+def check_array(tensor: str, array: np.ndarray, dtype: np.dtype[Any] | str, shape: Sequence[int | str | None]) -> None:
+    """Check an array against an expected dtype and shape (str/None/-1 dims match any size).
+
+    Raises ``InvalidRequestError`` naming the tensor, what was expected and what came.
+    """
+    expected_dtype = np.dtype(dtype)
+    if array.dtype != expected_dtype:
+        raise InvalidRequestError(
+            f"tensor {tensor!r}: datatype {datatype_of(array.dtype)} does not match the model's "
+            f"{datatype_of(expected_dtype)}"
+        )
+    shown = ["?" if not isinstance(d, int) or d < 0 else d for d in shape]
+    if len(array.shape) != len(shape) or any(
+        isinstance(want, int) and want >= 0 and want != got for want, got in zip(shape, array.shape, strict=False)
+    ):
+        raise InvalidRequestError(f"tensor {tensor!r}: shape {list(array.shape)} does not match the model's {shown}")
