@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -79,7 +80,7 @@ class _Builder:
         return name
 
     def op(
-        self, op_type: str, inputs: Sequence[str], n_out: int = 1, out: Sequence[str] | None = None, **attrs: object
+        self, op_type: str, inputs: Sequence[str], n_out: int = 1, out: Sequence[str] | None = None, **attrs: Any
     ) -> list[str]:
         outputs = list(out) if out is not None else [self.name(op_type.lower() + "_") for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=self.name(op_type + "_node"), **attrs))
