@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from splitinf import __version__
 from splitinf.errors import (
+    ConfigError,
     InferenceError,
     InvalidRequestError,
     ModelExecutionError,
@@ -542,14 +543,20 @@ def create_server(config: ServerConfig) -> tuple[TailServer, int]:
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server, pool=_reflection_pool()
     )
     address = f"{config.host}:{config.port}"
+    reason = "port 0 returned"
     if ":" in config.host and not config.host.startswith("["):
         address = f"[{config.host}]:{config.port}"
-    if config.tls is not None:
-        port = grpc_server.add_secure_port(address, config.tls.credentials())
-    else:
-        port = grpc_server.add_insecure_port(address)
+    try:
+        if config.tls is not None:
+            port = grpc_server.add_secure_port(address, config.tls.credentials())
+        else:
+            port = grpc_server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        port = 0
+        reason = str(exc)
     if port == 0:
-        raise ServerUnavailableError(f"cannot listen on {address}: the address is in use or not local")
+        dataplane.close()
+        raise ConfigError(f"cannot listen on {address} (in use, or not an address of this host): {reason}")
     server = TailServer(config.replace(port=port), grpc_server, dataplane, health_servicer, metrics, port)
     grpc_server.start()
     try:
