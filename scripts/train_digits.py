@@ -258,10 +258,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            "train_digits.py needs PyTorch (CPU build): pip install -e '.[train]' (torch==2.13.0); "
+            "splitinf itself runs without it"
+        ) from None
     import onnx
     import onnxruntime
     import sklearn
-    import torch
     from sklearn.datasets import load_digits
 
     from splitinf.models import preprocess

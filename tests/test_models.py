@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -195,8 +196,9 @@ def test_preprocess_rejects_bad_images(images: np.ndarray, problem: str) -> None
         preprocess(images)
 
 
-def test_training_script_imports_and_splits_without_torch() -> None:
+def test_training_script_imports_and_splits_without_torch(tmp_path: Path) -> None:
     # torch is a development extra: the script must import (and compute the split) without it.
+    out = tmp_path / "out"
     code = f"""
 import sys, importlib.util
 
@@ -216,11 +218,36 @@ try:
     module.main(["--help"])
 except SystemExit as exc:
     assert exc.code == 0
+try:
+    module.main(["--out", {str(out)!r}])
+except SystemExit as exc:
+    print(exc.code)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "1437 360"
     assert "--epochs" in result.stdout
+    assert "pip install -e '.[train]'" in result.stdout, "training without torch must say how to get it"
+    assert not out.exists(), "nothing may be written before torch is found missing"
+
+
+def test_training_script_rerun_writes_a_consistent_record(tmp_path: Path, info: dict[str, Any]) -> None:
+    pytest.importorskip("torch", reason="torch is the optional 'train' extra")
+    result = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--out", str(tmp_path), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rerun = json.loads((tmp_path / "digits.json").read_text())
+    assert rerun["split"] == info["split"]
+    assert rerun["test_data"] == info["test_data"], "the held-out file must not depend on training"
+    for role in ("main", "fallback"):
+        path = tmp_path / rerun["models"][role]["file"]
+        onnx.checker.check_model(str(path), full_check=True)
+        assert sha256_file(path) == rerun["models"][role]["sha256"]
+        assert rerun["models"][role]["parameters"] == info["models"][role]["parameters"]
 
 
 def test_resnet50_full_width_has_resnet50s_structure_and_parameters() -> None:
