@@ -23,6 +23,7 @@ import re
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from splitinf.errors import PlanError
 from splitinf.plan import DecisionTable, Option, expected_latency
@@ -33,11 +34,14 @@ __all__ = [
     "SplitGraph",
     "TensorEdge",
     "best_option",
+    "check_profile",
     "decision_table",
     "log_grid",
     "max_flow_min_cut",
     "min_cut_split",
     "option_names",
+    "profile_cut_codec",
+    "profiled_cut_ids",
     "select_candidates",
     "split_cost",
 ]
@@ -272,3 +276,39 @@ def min_cut_split(graph: SplitGraph, bandwidth_bps: float, rtt_s: float) -> tupl
     if local <= split:
         return frozenset(graph.nodes), local
     return device, split
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+
+def check_profile(profile: Mapping[str, Any], *, role: str, model_sha256: str, source: str) -> None:
+    """Refuse a profile of another model (sha256 mismatch), naming both hashes and the fix."""
+    found = str(profile.get("model", {}).get("sha256", ""))
+    if found != model_sha256:
+        raise PlanError(
+            f"the {role} profile {source} was measured on a model with sha256 {found[:12] or '?'}..., "
+            f"not this model ({model_sha256[:12]}...); re-run `splitinf profile` with this model"
+        )
+
+
+def profile_cut_codec(
+    profile: Mapping[str, Any], cut_id: str, codec: str, *, role: str, source: str
+) -> Mapping[str, Any]:
+    """The profile's timings for one cut and codec; a PlanError names what is missing and the fix."""
+    for entry in profile.get("cuts", ()):
+        if entry.get("id") == cut_id:
+            timings = entry.get("codecs", {}).get(codec)
+            if timings is None:
+                raise PlanError(
+                    f"the {role} profile {source} has no timings for codec {codec} at cut {cut_id}; "
+                    f"re-run `splitinf profile --codecs` including {codec}, or drop it from --codecs"
+                )
+            return dict(timings)
+    raise PlanError(
+        f"the {role} profile {source} lacks cut {cut_id}; re-run `splitinf profile` on the {role} "
+        "with that cut (or without --cuts)"
+    )
+
+
+def profiled_cut_ids(profile: Mapping[str, Any]) -> list[str]:
+    return [str(entry.get("id")) for entry in profile.get("cuts", ())]

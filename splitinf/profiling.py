@@ -1,0 +1,279 @@
+"""Measure how long a model's heads and tails take on this machine, and write a profile.
+
+``splitinf profile`` runs this on each machine (the device for the heads, the server for the
+tails). Each candidate head and tail is timed as the runtime runs it: its own onnxruntime
+session with the same session options and thread count (:func:`session_options`), with
+warm-up runs and then repeats summarised by median and p90. Heads are timed with their codec
+applied (the Cast/QuantizeLinear is part of the head), tails likewise.
+
+Profile JSON (format 1)::
+
+    {"format": 1, "kind": "splitinf-profile",
+     "model": {"name": "m", "sha256": "..."},
+     "machine": {"platform": ..., "cpu_count": 4, "cpu_model": ...},
+     "onnxruntime": {"version": "1.31.0", "providers": ["CPUExecutionProvider"], "threads": 4},
+     "settings": {"repeats": 20, "warmup": 3, "codecs": ["fp32", "fp16", "int8"]},
+     "model_seconds": {"median": ..., "p90": ..., "min": ..., "repeats": 20},
+     "cuts": [{"id": "c3", "bytes": 2048,
+               "codecs": {"fp16": {"head": <timing>, "tail": <timing>, "serialize": <timing>,
+                                   "wire_bytes": 1024}}}, ...],
+     "fallback": {"name": "small", "sha256": "...", "seconds": <timing>}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from splitinf.errors import PlanError
+
+__all__ = [
+    "PROFILE_FORMAT",
+    "ProgressBar",
+    "Timing",
+    "load_profile",
+    "machine_info",
+    "make_session",
+    "profile_model",
+    "random_inputs",
+    "session_options",
+    "time_callable",
+]
+
+PROFILE_FORMAT = 1
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The session options splitinf runs every model with; ``threads`` None or 0 is onnxruntime's default."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def make_session(model: onnx.ModelProto | bytes | str, threads: int | None = None) -> ort.InferenceSession:
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, session_options(threads), providers=PROVIDERS)
+
+
+@dataclass(frozen=True)
+class Timing:
+    median: float
+    p90: float
+    min: float
+    repeats: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"median": self.median, "p90": self.p90, "min": self.min, "repeats": self.repeats}
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Timing:
+        return cls(
+            median=float(statistics.median(seconds)),
+            p90=float(np.percentile(seconds, 90)),
+            min=float(min(seconds)),
+            repeats=len(seconds),
+        )
+
+
+def time_callable(
+    fn: Callable[[], object], *, repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed."""
+    if repeats < 1:
+        raise PlanError(f"--repeats must be at least 1, got {repeats}")
+    for _ in range(max(warmup, 0)):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        seconds.append(clock() - start)
+    return Timing.of(seconds)
+
+
+_NUMPY_OF_ONNX = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def random_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+    """A sample for the session's inputs: symbolic dims are 1, floats standard normal, integers 0."""
+    rng = np.random.default_rng(seed)
+    feed: dict[str, np.ndarray] = {}
+    for spec in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        dtype = _NUMPY_OF_ONNX.get(spec.type)
+        if dtype is None:
+            raise PlanError(f"input {spec.name!r} has type {spec.type}, which splitinf cannot make samples for")
+        if np.issubdtype(dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feed[spec.name] = np.zeros(shape, dtype=dtype)
+    return feed
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+    }
+
+
+class ProgressBar:
+    """A one-line progress bar on a stream (stderr); silent when not enabled."""
+
+    def __init__(self, total: int, *, enabled: bool, stream: IO[str] | None = None, width: int = 30) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        filled = self.width * self.done // self.total
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[:40]:<40}")
+        if self.done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _serialize(values: Mapping[str, np.ndarray]) -> int:
+    # What the client does per wire tensor for raw_input_contents: a contiguous copy to bytes.
+    return sum(len(np.ascontiguousarray(v).tobytes()) for v in values.values())
+
+
+def profile_model(
+    model: onnx.ModelProto,
+    *,
+    name: str,
+    sha256: str,
+    threads: int | None = None,
+    cut_ids: Sequence[str] | None = None,
+    codecs: Sequence[str] = ("fp32", "fp16", "int8"),
+    repeats: int = 20,
+    warmup: int = 3,
+    fallback: tuple[onnx.ModelProto, str, str] | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time the full model, each cut's head and tail per codec (and the fallback); return the profile."""
+    from splitinf.codecs import calibrate, encode, parse_codecs
+    from splitinf.graph import enumerate_cuts, find_cut
+    from splitinf.partition import split_model
+
+    codecs = parse_codecs(codecs)
+    cuts = enumerate_cuts(model) if not cut_ids else [find_cut(model, c) for c in cut_ids]
+    bar = ProgressBar(1 + len(cuts) * len(codecs) + (1 if fallback else 0), enabled=progress)
+    full = make_session(model, threads)
+    sample = random_inputs(full, seed)
+    model_timing = time_callable(lambda: full.run(None, sample), repeats=repeats, warmup=warmup)
+    bar.step("full model")
+    profile: dict[str, Any] = {
+        "format": PROFILE_FORMAT,
+        "kind": "splitinf-profile",
+        "model": {"name": name, "sha256": sha256},
+        "machine": machine_info(),
+        "onnxruntime": {
+            "version": ort.__version__,
+            "providers": full.get_providers(),
+            "threads": threads or 0,
+        },
+        "settings": {"repeats": repeats, "warmup": warmup, "codecs": list(codecs)},
+        "model_seconds": model_timing.to_json(),
+        "cuts": [],
+    }
+    for cut in cuts:
+        partition = split_model(model, cut)
+        entry: dict[str, Any] = {"id": cut.id, "bytes": int(cut.bytes_per_sample), "codecs": {}}
+        for codec in codecs:
+            # Timing does not depend on the scale's value, so one sample calibrates well enough here.
+            quant = calibrate(partition, [sample], codec, threads) if codec in ("int8", "uint8") else None
+            encoded = encode(partition, codec, quant)
+            head = make_session(encoded.head, threads)
+            tail = make_session(encoded.tail, threads)
+            head_feed = {i.name: sample[i.name] for i in head.get_inputs()}
+            head_names = [o.name for o in head.get_outputs()]
+            wire = dict(zip(head_names, head.run(head_names, head_feed), strict=True))
+            tail_feed = {i.name: wire[i.name] for i in tail.get_inputs()}
+            entry["codecs"][codec] = {
+                "head": time_callable(partial(head.run, None, head_feed), repeats=repeats, warmup=warmup).to_json(),
+                "tail": time_callable(partial(tail.run, None, tail_feed), repeats=repeats, warmup=warmup).to_json(),
+                "serialize": time_callable(partial(_serialize, wire), repeats=repeats, warmup=warmup).to_json(),
+                "wire_bytes": int(sum(np.asarray(v).nbytes for v in wire.values())),
+            }
+            bar.step(f"cut {cut.id} {codec}")
+        profile["cuts"].append(entry)
+    if fallback is not None:
+        fallback_model, fallback_name, fallback_sha = fallback
+        small = make_session(fallback_model, threads)
+        small_feed = random_inputs(small, seed)
+        profile["fallback"] = {
+            "name": fallback_name,
+            "sha256": fallback_sha,
+            "seconds": time_callable(lambda: small.run(None, small_feed), repeats=repeats, warmup=warmup).to_json(),
+        }
+        bar.step("fallback")
+    return profile
+
+
+def load_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a profile written by ``splitinf profile``; a PlanError names what is wrong."""
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError as exc:
+        raise PlanError(f"profile {file} does not exist; write it with `splitinf profile MODEL -o {file}`") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"profile {file} is not readable JSON ({exc}); re-run `splitinf profile`") from exc
+    if not isinstance(data, dict) or data.get("kind") != "splitinf-profile":
+        raise PlanError(f"{file} is not a splitinf profile; write one with `splitinf profile`")
+    if data.get("format") != PROFILE_FORMAT:
+        raise PlanError(f"profile {file} has format {data.get('format')!r}, expected {PROFILE_FORMAT}; re-profile")
+    for key in ("model", "cuts", "model_seconds"):
+        if key not in data:
+            raise PlanError(f"profile {file} lacks {key!r}; re-run `splitinf profile`")
+    return data
