@@ -32,7 +32,7 @@ outputs (everything on the device). That is at most ``nodes + 1`` cuts, found in
 ``O(nodes x live-set width)``.
 
 Sizes: ``bytes_per_sample`` counts symbolic dimensions (the batch) as 1. Tensors whose
-element type shape inference cannot find are never offered as cut tensors.
+element type or rank shape inference cannot find are never offered as cut tensors.
 """
 
 from __future__ import annotations
@@ -335,11 +335,11 @@ class GraphView:
         for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
             if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
                 tensor_type = info.type.tensor_type
-                shape: tuple[int | str | None, ...] = ()
-                if tensor_type.HasField("shape"):
-                    shape = tuple(
-                        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
-                    )
+                if not tensor_type.HasField("shape"):
+                    continue  # unknown rank: no byte count, so never offered as a crossing tensor
+                shape = tuple(
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+                )
                 self.types[info.name] = (tensor_type.elem_type, shape)
         for tensor in graph.initializer:
             self.types.setdefault(tensor.name, (tensor.data_type, tuple(tensor.dims)))
@@ -375,11 +375,12 @@ class GraphView:
 
     # -- closures
 
-    def constant_closure(self, nodes: Iterable[int]) -> tuple[set[int], set[str]]:
-        """Constant nodes and initializers the given nodes need, transitively."""
+    def constant_closure(self, nodes: Iterable[int], names: Iterable[str] = ()) -> tuple[set[int], set[str]]:
+        """Constant nodes and initializers the given nodes (and tensor ``names``) need, transitively."""
         const_nodes: set[int] = set()
         initializers: set[str] = set()
         stack = [name for index in nodes for name in self.node_inputs[index]]
+        stack.extend(names)
         seen: set[str] = set()
         while stack:
             name = stack.pop()
@@ -436,7 +437,10 @@ class GraphView:
         for name in names:
             spec = self.spec(name)
             if spec is None:
-                raise CutError(f"tensor {name!r} has no known type after shape inference, so it cannot cross a cut")
+                raise CutError(
+                    f"tensor {name!r} has no known type and shape after shape inference, so it cannot cross a cut; "
+                    "cut before or after the node that makes it"
+                )
             specs.append(spec)
         const_nodes, initializers = self.constant_closure(head)
         head_params = sum(self.params.get(n, 0) for n in initializers)

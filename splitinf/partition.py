@@ -79,7 +79,8 @@ def _part(
     cut: Cut,
 ) -> onnx.ModelProto:
     source = view.model
-    const_nodes, initializer_names = view.constant_closure(nodes)
+    # graph outputs that are constants are computed (or stored) by the tail itself
+    const_nodes, initializer_names = view.constant_closure(nodes, [o.name for o in outputs])
     chosen = sorted(nodes | const_nodes)
     graph = onnx.GraphProto()
     graph.name = f"{source.graph.name}_{suffix}" if source.graph.name else suffix
@@ -143,8 +144,9 @@ def split_model(model: onnx.ModelProto, cut: Cut) -> Partition:
 
 
 def _model_bytes(model: onnx.ModelProto) -> int:
-    weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    return weights + sum(len(n.SerializeToString()) for n in model.graph.node)
+    # each piece is under 2 GiB, so sizing them one by one never overflows
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    return weights + sum(n.ByteSize() for n in model.graph.node)
 
 
 @contextlib.contextmanager
