@@ -358,16 +358,18 @@ class GraphView:
                     if attr.type == onnx.AttributeProto.TENSOR:
                         self.params[node.output[0]] = int(np.prod(attr.t.dims)) if attr.t.dims else 1
         self.total_params = sum(self.params.values())
+        self._specs: dict[str, TensorSpec | None] = {}
         self.total_flops = sum(self.flops)
 
     # -- specs
 
     def spec(self, name: str) -> TensorSpec | None:
+        if name in self._specs:
+            return self._specs[name]
         known = self.types.get(name)
-        if known is None:
-            return None
-        elem_type, shape = known
-        return TensorSpec(name=name, dtype=_dtype_name(elem_type), shape=shape)
+        spec = None if known is None else TensorSpec(name=name, dtype=_dtype_name(known[0]), shape=known[1])
+        self._specs[name] = spec
+        return spec
 
     def value_info(self, name: str) -> onnx.ValueInfoProto:
         elem_type, shape = self.types[name]
@@ -472,10 +474,8 @@ class GraphView:
         return uses
 
     def _bytes(self, name: str) -> int:
-        known = self.types.get(name)
-        if known is None:
-            return 0
-        return tensor_bytes(_dtype_name(known[0]), known[1])
+        spec = self.spec(name)
+        return 0 if spec is None else tensor_bytes(spec.dtype, spec.shape)
 
     def enumerate(self) -> list[Cut]:
         order = [i for i in range(len(self.nodes)) if self.dynamic[i] and self.live[i]]
@@ -498,6 +498,7 @@ class GraphView:
         const_nodes: set[int] = set()
         initializers: set[str] = set()
         head_flops = 0
+        head_params = 0
 
         def record() -> None:
             key = frozenset(live_set)
@@ -506,8 +507,6 @@ class GraphView:
             seen.add(key)
             names = [n for n in live if n in live_set]
             specs = tuple(s for s in (self.spec(n) for n in names) if s is not None)
-            params = sum(self.params.get(n, 0) for n in initializers)
-            params += sum(self.params.get(self.nodes[i].output[0], 0) for i in const_nodes if self.nodes[i].output)
             cuts.append(
                 Cut(
                     id=cut_id(names),
@@ -517,7 +516,7 @@ class GraphView:
                     total_nodes=len(self.nodes),
                     head_flops=head_flops,
                     total_flops=self.total_flops,
-                    head_params=params,
+                    head_params=head_params,
                     total_params=self.total_params,
                 )
             )
@@ -530,8 +529,12 @@ class GraphView:
             head.append(index)
             head_flops += self.flops[index]
             new_consts, new_inits = self.constant_closure([index])
+            new_consts -= const_nodes
+            new_inits -= initializers
             const_nodes |= new_consts
             initializers |= new_inits
+            head_params += sum(self.params.get(n, 0) for n in new_inits)
+            head_params += sum(self.params.get(self.nodes[i].output[0], 0) for i in new_consts if self.nodes[i].output)
             for name in self.node_inputs[index]:
                 if name in uses:
                     uses[name] -= 1
