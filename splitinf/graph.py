@@ -560,6 +560,10 @@ class GraphView:
 
     # -- lookup
 
+    def find(self, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:
+        """See ``find_cut``."""
+        return _find_cut(self, cut_id_or_tensor_names)
+
     def check_cut_names(self, names: Sequence[str]) -> None:
         if not names:
             raise CutError("the cut is empty; give at least one tensor name")
@@ -588,7 +592,7 @@ def find_cut(model: onnx.ModelProto, cut_id_or_tensor_names: str | Sequence[str]
 
     Raises CutError for an unknown id, unknown or constant tensors, or tensors that do not separate the graph.
     """
-    return _find_cut(GraphView(model), cut_id_or_tensor_names)
+    return GraphView(model).find(cut_id_or_tensor_names)
 
 
 def _find_cut(view: GraphView, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:

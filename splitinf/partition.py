@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from splitinf.errors import InputError, OutputError, VerificationError
-from splitinf.graph import PROTOBUF_LIMIT, Cut, GraphView, _find_cut, load_model
+from splitinf.graph import PROTOBUF_LIMIT, Cut, GraphView, load_model
 from splitinf.plan import sha256_file
 
 __all__ = [
@@ -388,19 +388,18 @@ def export_partition(
     path = Path(model_path)
     model = load_model(path)
     view = GraphView(model)
-    cut = _find_cut(view, cut_id)
+    cut = view.find(cut_id)
     partition = _split(view, cut)
-    for part_name, part in (("head", partition.head), ("tail", partition.tail)):
-        try:
-            if _model_bytes(part) < PROTOBUF_LIMIT:
-                onnx.checker.check_model(part, full_check=False)
-        except onnx.checker.ValidationError as exc:
-            raise VerificationError(f"the {part_name} at cut {cut.id!r} fails onnx.checker: {exc}") from exc
     report = _verify(view, partition, samples, 4, 0) if verify or samples else None
     target = Path(outdir)
     with _atomic_dir(target) as tmp:
-        _save(partition.head, tmp / "head.onnx")
-        _save(partition.tail, tmp / "tail.onnx")
+        for part_name, part in (("head", partition.head), ("tail", partition.tail)):
+            _save(part, tmp / f"{part_name}.onnx")
+            try:
+                # the path form checks parts of any size, external data included
+                onnx.checker.check_model(str(tmp / f"{part_name}.onnx"))
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+                raise VerificationError(f"the {part_name} at cut {cut.id!r} fails onnx.checker: {exc}") from exc
         manifest = _manifest(
             path.name, sha256_file(path), partition, sha256_file(tmp / "head.onnx"), sha256_file(tmp / "tail.onnx")
         )

@@ -212,6 +212,8 @@ def test_loop_is_atomic_and_gets_its_outer_scope_tensor() -> None:
         verify_partition(model, part)
     with pytest.raises(CutError, match="control-flow"):
         find_cut(model, ["scaled"])
+    with pytest.raises(CutError, match="no known type and shape"):
+        find_cut(model, ["acc"])  # shape inference leaves the Loop's output without a rank
 
 
 def test_constant_graph_outputs_are_made_by_the_tail() -> None:
@@ -227,6 +229,15 @@ def test_constant_graph_outputs_are_made_by_the_tail() -> None:
         part = split_model(model, cut)
         assert "b0" in {t.name for t in part.tail.graph.initializer}
         verify_partition(model, part, n_random=1)
+
+
+def test_an_input_that_is_also_an_output_crosses_every_cut() -> None:
+    model = models.mlp()
+    model.graph.output.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]))
+    cuts = enumerate_cuts(model)
+    assert all("x" in c.names for c in cuts)
+    for cut in cuts:
+        verify_partition(model, split_model(model, cut), n_random=1)
 
 
 # ----------------------------------------------------------------------------- verification
