@@ -411,7 +411,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
     """gRPC server channel arguments, as data."""
-    return [
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         # Devices ping every ~2 s to notice a black hole; allow it, even between calls.
@@ -424,6 +424,10 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         # Two servers must never share a port (tests bind port 0 side by side).
         ("grpc.so_reuseport", 0),
     ]
+    if config.max_connection_age_s is not None:
+        age_ms = int(config.max_connection_age_s * 1000)
+        options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", 30_000)]
+    return options
 
 
 def _reflection_pool() -> Any:

@@ -9,6 +9,7 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
     max_message_bytes = 67108864
     max_inflight = 64         # admitted requests (running + queued); more get RESOURCE_EXHAUSTED
     drain_grace_s = 10.0
+    max_connection_age_s = 300.0  # clients re-resolve DNS (new replicas) at least this often
 
     [onnxruntime]
     providers = ["CPUExecutionProvider"]
@@ -62,6 +63,9 @@ class ServerConfig:
     max_message_bytes: int = 64 * MIB
     max_inflight: int = 64
     drain_grace_s: float = 10.0
+    # Close each connection after this long (gracefully), so DNS round_robin clients re-resolve
+    # and spread onto new replicas; None: connections live as long as the client wants.
+    max_connection_age_s: float | None = None
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
     inter_op_threads: int = 0
@@ -118,6 +122,7 @@ _TOML_KEYS: dict[str, dict[str, str]] = {
         "max_message_bytes": "max_message_bytes",
         "max_inflight": "max_inflight",
         "drain_grace_s": "drain_grace_s",
+        "max_connection_age_s": "max_connection_age_s",
         "warmup": "warmup",
     },
     "onnxruntime": {

@@ -106,3 +106,13 @@ def test_pbtxt_without_dynamic_batching_and_broken_text(tmp_path: Path) -> None:
     (tmp_path / "config.pbtxt").write_text("max_batch_size: -3\n")
     with pytest.raises(ConfigError, match="max_batch_size must be a non-negative integer"):
         read_model_config(tmp_path)
+
+
+def test_the_kubernetes_configmap_holds_a_valid_config(tmp_path: Path) -> None:
+    manifest = (ROOT / "cloud" / "k8s" / "tail.yaml").read_text()
+    block = manifest.split("server.toml: |\n", 1)[1].split("\n---", 1)[0]
+    lines = [line[4:] for line in block.splitlines() if line.startswith("    ")]
+    (tmp_path / "server.toml").write_text("\n".join(lines) + "\n")
+    config = load_server_config(tmp_path / "server.toml", repo="/models")
+    assert config.host == "0.0.0.0" and config.max_connection_age_s == 300.0
+    assert config.drain_grace_s < 30, "keep drain_grace_s below terminationGracePeriodSeconds"
