@@ -306,7 +306,10 @@ def run(args: argparse.Namespace) -> int:
             encoded = codecs.encode(partition, codec, quant)
             fidelity = codecs.fidelity(model, encoded, calibration, held, args.threads, reference=reference)
             fidelity["samples"] = sample_source
-            option_outputs, _ = codecs.run_encoded(encoded, evaluation, args.threads)
+            if labels is None:  # agreement with the full model, on held-out samples when there are any
+                accuracy = fidelity["held_out" if held else "calibration"]["top1_agreement"]
+            else:
+                accuracy = _accuracy(codecs.run_encoded(encoded, evaluation, args.threads)[0], eval_reference, labels)
             option_id, head_path, tail_model = planner.option_names(name, cut_id, codec)
             splits.append(
                 Option(
@@ -321,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
                     head_seconds=float(dev["head"]["median"]),
                     tail_seconds=float(srv["tail"]["median"]),
                     serialize_seconds=float(dev.get("serialize", {}).get("median", 0.0)),
-                    accuracy=_accuracy(option_outputs, eval_reference, labels),
+                    accuracy=accuracy,
                     fidelity=fidelity,
                 )
             )

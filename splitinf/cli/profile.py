@@ -19,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="the ONNX model")
     parser.add_argument("-o", "--output", required=True, help="where to write the profile JSON")
     parser.add_argument(
-        "--threads", type=int, default=0, help="onnxruntime intra-op threads, as the runtime uses (0: its default)"
+        "--threads",
+        type=int,
+        default=1,
+        help="onnxruntime intra-op threads as the runtime/server uses them (0: onnxruntime default; default 1)",
     )
     parser.add_argument("--cuts", default="", help="comma-separated cut ids to time (default: every cut)")
     parser.add_argument("--codecs", default="fp32,fp16,int8", help="wire codecs to time (default fp32,fp16,int8)")

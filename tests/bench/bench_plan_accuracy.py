@@ -1,0 +1,203 @@
+"""How right is the cost model? Predicted vs measured end-to-end latency, and planned vs best option.
+
+Builds the ResNet-50-like model, profiles it on this machine (device side: 1 thread; server
+side: ``--server-threads``), runs ``splitinf plan``, starts a real tail server on the plan's
+repository, and puts an emulated link in front of it (``FaultProxy``: bandwidth cap and
+one-way delay in both directions). For each bandwidth it answers requests through the real
+device runtime (``splitinf.runtime.Runtime``) with each held option forced in turn (a copy of
+the plan holding only that option and the fallback), and reports:
+
+- predicted (``expected_latency`` at the link's bandwidth and RTT) vs measured median latency;
+- the option the plan's table picks vs the best option found by measuring every candidate.
+
+Run::
+
+    python tests/bench/bench_plan_accuracy.py [--bandwidths 10,50,200] [--rtt 20] [--requests 11]
+
+Device and server share this machine's CPU, so the device is no slower than the server; the
+full model on the device is left out of the plan by default (``--local`` to include it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from splitinf.cli import main as cli_main
+from splitinf.device_config import DeviceConfig
+from splitinf.faults import FaultProxy
+from splitinf.graph import enumerate_cuts
+from splitinf.models.resnet import build_resnet50
+from splitinf.plan import expected_latency, load_plan, sha256_file, write_json_atomic
+from splitinf.profiling import profile_model
+from splitinf.runtime import Runtime
+from splitinf.server import create_server
+from splitinf.server_config import ServerConfig
+
+BENCH_CUTS = ("image", "stem.maxpool", "layer2.0.relu3", "layer3.0.relu3", "layer4.0.relu3", "flatten")
+
+
+def fallback_model(model: onnx.ModelProto, classes: int) -> onnx.ModelProto:
+    """A tiny model with the same input and output: GlobalAveragePool -> Flatten -> Gemm."""
+    x, y = model.graph.input[0], model.graph.output[0]
+    channels = x.type.tensor_type.shape.dim[1].dim_value
+    w = onnx.numpy_helper.from_array(
+        np.random.default_rng(1).standard_normal((classes, channels)).astype(np.float32), "w"
+    )
+    nodes = [
+        helper.make_node("GlobalAveragePool", [x.name], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w"], [y.name], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "fallback", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=model.ir_version)
+
+
+def forced_plan(plan_dir: Path, option_id: str, out: Path) -> Path:
+    """A copy of the plan that holds only ``option_id`` (and the fallback), so the runtime must use it."""
+    data = json.loads((plan_dir / "plan.json").read_text())
+    data["options"] = [o for o in data["options"] if o["id"] in (option_id, "fallback")]
+    for option in data["options"]:
+        if option["kind"] == "fallback":
+            # The policy answers from the most accurate option; random weights make every model
+            # agree, so mark the fallback as the worse one: it is here only because the runtime needs one.
+            option["accuracy"] = 0.0
+    table = data["table"]
+    table["choices"] = [[option_id] * len(row) for row in table["choices"]]
+    out.mkdir(parents=True)
+    for part in ("device", "server"):
+        os.symlink(plan_dir / part, out / part)
+    write_json_atomic(out / "plan.json", data)
+    return out
+
+
+def measure(plan_dir: Path, address: str, option_id: str, x: np.ndarray, requests: int, bw: float, rtt: float) -> dict:
+    config = DeviceConfig(server=address, budget_s=120.0, intra_op_threads=1, prior_rtt_s=rtt, prior_bandwidth_bps=bw)
+    runtime = Runtime(plan_dir, config, background_probes=False)
+    try:
+        totals, wrong = [], 0
+        for k in range(requests + 2):
+            result = runtime.infer({"image": x}, budget_s=120.0)
+            if result.option_id != option_id:
+                wrong += 1
+                continue
+            if k >= 2:  # the first two warm the connection and the server's session
+                totals.append(result.latency.total_s)
+        return {"median": statistics.median(totals) if totals else float("nan"), "n": len(totals), "other": wrong}
+    finally:
+        runtime.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=float, default=1.0, help="ResNet-50 channel width (1.0: the real size)")
+    parser.add_argument("--bandwidths", default="10,50,200", help="Mbit/s, comma-separated")
+    parser.add_argument("--rtt", type=float, default=20.0, help="emulated round-trip time in ms")
+    parser.add_argument("--requests", type=int, default=11, help="timed requests per option and bandwidth")
+    parser.add_argument("--repeats", type=int, default=7, help="profile repeats")
+    parser.add_argument("--server-threads", type=int, default=2)
+    parser.add_argument("--codecs", default="fp32,fp16,int8")
+    parser.add_argument("--local", action="store_true", help="also hold the full model on the device")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    bandwidths = [float(b) * 1e6 for b in args.bandwidths.split(",")]
+    rtt = args.rtt * 1e-3
+    work = Path(tempfile.mkdtemp(prefix="bench_plan_accuracy_"))
+    print(f"# {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}")
+    print(f"# work dir {work}; cpu count {os.cpu_count()}")
+    try:
+        model = build_resnet50(width=args.width, num_classes=10)
+        model_path = work / "resnet.onnx"
+        onnx.save_model(model, model_path)
+        small = fallback_model(model, 10)
+        small_path = work / "fallback.onnx"
+        onnx.save_model(small, small_path)
+        cuts = [c.id for c in enumerate_cuts(model) if c.id in BENCH_CUTS]
+        sha = sha256_file(model_path)
+        started = time.perf_counter()
+        for role, threads in (("device", 1), ("server", args.server_threads)):
+            profile = profile_model(
+                model,
+                name="resnet",
+                sha256=sha,
+                threads=threads,
+                cut_ids=cuts,
+                codecs=args.codecs,
+                repeats=args.repeats,
+                warmup=2,
+                fallback=(small, "fallback", sha256_file(small_path)) if role == "device" else None,
+            )
+            write_json_atomic(work / f"{role}.json", profile)
+        print(f"# profiled {len(cuts)} cuts x {args.codecs} on both sides in {time.perf_counter() - started:.0f} s")
+        rng = np.random.default_rng(0)
+        np.savez(work / "samples.npz", image=rng.random((8, 3, 224, 224), dtype=np.float32))
+        plan_dir = work / "plan"
+        argv = [
+            "plan", str(model_path), "--device", str(work / "device.json"), "--server", str(work / "server.json"),
+            "--fallback", str(small_path), "--calibration", str(work / "samples.npz"), "--codecs", args.codecs,
+            "--bandwidths", args.bandwidths, "--rtts", f"{args.rtt:g}", "--reference-rtt", f"{args.rtt:g}",
+            "-o", str(plan_dir),
+        ]  # fmt: skip
+        if not args.local:
+            argv.append("--no-local")
+        if cli_main(argv) != 0:
+            return 1
+        plan = load_plan(plan_dir, check_files=("device", "server"))
+        assert plan.table is not None
+        held = [o for o in plan.options if o.kind in ("split", "local")]
+        server, port = create_server(
+            ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None, intra_op_threads=args.server_threads)
+        )
+        x = rng.random((1, 3, 224, 224), dtype=np.float32)
+        rows = []
+        try:
+            with FaultProxy(f"127.0.0.1:{port}") as proxy:
+                for bw in bandwidths:
+                    proxy.set(latency_ms=args.rtt / 2, rate_kbit=bw / 1e3)
+                    measured = {}
+                    for option in held:
+                        forced = forced_plan(plan_dir, option.id, work / f"forced-{len(rows)}-{len(measured)}")
+                        stats = measure(forced, proxy.address, option.id, x, args.requests, bw, rtt)
+                        predicted = expected_latency(option, bw, rtt)
+                        measured[option.id] = stats["median"]
+                        rows.append((bw, option.id, predicted, stats))
+                        error = (predicted - stats["median"]) / stats["median"]
+                        print(
+                            f"{bw / 1e6:7g} Mbit/s  {option.id:38s} predicted {predicted * 1e3:8.1f} ms  "
+                            f"measured {stats['median'] * 1e3:8.1f} ms (n={stats['n']}, other={stats['other']})  "
+                            f"error {error * 100:+6.1f}%",
+                            flush=True,
+                        )
+                    planned = plan.table.lookup(bw, rtt)
+                    best = min(measured, key=lambda k: measured[k])
+                    ratio = measured[planned] / measured[best]
+                    print(
+                        f"{bw / 1e6:7g} Mbit/s  planned {planned} ({measured[planned] * 1e3:.1f} ms), "
+                        f"best measured {best} ({measured[best] * 1e3:.1f} ms): planned/best = {ratio:.3f}",
+                        flush=True,
+                    )
+        finally:
+            server.stop()
+        errors = [abs(p - s["median"]) / s["median"] for _, _, p, s in rows]
+        print(f"# |prediction error|: median {statistics.median(errors) * 100:.1f}%, max {max(errors) * 100:.1f}%")
+    finally:
+        if args.keep:
+            print(f"# kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
