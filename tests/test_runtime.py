@@ -384,3 +384,50 @@ def test_plan_without_fallback_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(PlanError, match="fallback"):
         Runtime(plan, device_config(None))
+
+
+def test_device_metrics_export_cpu_temperature_when_the_board_has_one(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from splitinf.metrics import DeviceMetrics
+
+    zone = tmp_path / "thermal_zone0"
+    zone.mkdir()
+    (zone / "temp").write_text("61250\n")
+    body = generate_latest(DeviceMetrics(thermal_root=str(tmp_path)).registry).decode()
+    assert "splitinf_device_cpu_temperature_celsius 61.25" in body
+    body = generate_latest(DeviceMetrics(thermal_root=str(tmp_path / "none")).registry).decode()
+    assert "cpu_temperature" not in body
+
+
+class FirstCallToADeadPort(InferenceClient):
+    """The real client, whose first inference goes to a port nobody listens on (a real refusal)."""
+
+    def __init__(self, target: str, dead_target: str):
+        super().__init__(target)
+        self.dead = InferenceClient(dead_target)
+        self.calls = 0
+
+    def infer(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return (self.dead if self.calls == 1 else super()).infer(*args, **kwargs)
+
+    def close(self) -> None:
+        self.dead.close()
+        super().close()
+
+
+def test_unavailable_is_retried_once_within_budget_and_gives_no_rtt_sample(
+    plan_dir: Path, server: tuple[Any, int]
+) -> None:
+    dead_srv, dead_port = create_server(ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None))
+    dead_srv.stop(grace=0)
+    client = FirstCallToADeadPort(f"127.0.0.1:{server[1]}", f"127.0.0.1:{dead_port}")
+    with Runtime(plan_dir, device_config(None), client=client, background_probes=False) as runtime:
+        result = runtime.infer(sample())
+        assert (result.kind, result.attempts, result.fallback_reason) == ("split", 2, None)
+        # Karn's rule: which attempt was answered is ambiguous, so the call gave no RTT sample
+        assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == 0
+        assert runtime.infer(sample()).attempts == 1
+        assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == 1
+    client.close()
