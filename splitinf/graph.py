@@ -3,8 +3,9 @@
 Terms
 -----
 *Dynamic* tensors depend on a graph input (or on a random op); everything else is
-*constant*: initializers and the outputs of nodes fed only by constants (Constant,
-ConstantOfShape of an initializer, shape arithmetic on static shapes). Constants never
+*constant*: initializers, the outputs of nodes fed only by constants (Constant,
+ConstantOfShape of an initializer, shape arithmetic), and Shape/Size of a tensor whose
+inferred shape is fully static (exported as a Constant node holding the value). Constants never
 cross a cut: each side recomputes or stores the constants its own nodes need, so a
 constant node needed by both sides is duplicated.
 
@@ -271,6 +272,23 @@ def _node_flops(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int
     return 0
 
 
+def _static_shape_value(
+    node: onnx.NodeProto, types: dict[str, tuple[int, tuple[int | str | None, ...]]]
+) -> np.ndarray | None:
+    """The value of a Shape or Size node whose input shape is fully known, else None."""
+    if node.op_type not in ("Shape", "Size") or node.domain not in ("", "ai.onnx") or not node.input:
+        return None
+    known = types.get(node.input[0])
+    if known is None or not all(isinstance(d, int) for d in known[1]):
+        return None
+    dims = [int(d) for d in known[1] if isinstance(d, int)]
+    if node.op_type == "Size":
+        return np.array(int(np.prod(dims)), dtype=np.int64)
+    attrs = {a.name: a.i for a in node.attribute}
+    start, end = attrs.get("start", 0), attrs.get("end", len(dims))
+    return np.array(dims[start:end], dtype=np.int64)  # Python slicing clamps as the Shape spec does
+
+
 class GraphView:
     """Index maps over a model's top-level graph, built once (like ``onnx.utils.Extractor``)."""
 
@@ -308,27 +326,6 @@ class GraphView:
             for name in node_names:
                 self.consumers.setdefault(name, []).append(index)
 
-        # constant vs dynamic, in topological order
-        self.dynamic_tensors: set[str] = set(self.input_names)
-        self.dynamic: list[bool] = []
-        for index, node in enumerate(self.nodes):
-            is_dynamic = node.op_type in NONDETERMINISTIC_OPS or any(
-                n in self.dynamic_tensors for n in self.node_inputs[index]
-            )
-            self.dynamic.append(is_dynamic)
-            if is_dynamic:
-                self.dynamic_tensors.update(o for o in node.output if o)
-
-        # nodes that reach a graph output; the rest is dead and goes nowhere
-        self.live: list[bool] = [False] * len(self.nodes)
-        stack = [self.producer[o] for o in self.output_names if o in self.producer]
-        while stack:
-            index = stack.pop()
-            if self.live[index]:
-                continue
-            self.live[index] = True
-            stack.extend(self.producer[n] for n in self.node_inputs[index] if n in self.producer)
-
         # types and shapes from shape inference
         inferred = _infer(model)
         self.types: dict[str, tuple[int, tuple[int | str | None, ...]]] = {}
@@ -343,6 +340,35 @@ class GraphView:
                 self.types[info.name] = (tensor_type.elem_type, shape)
         for tensor in graph.initializer:
             self.types.setdefault(tensor.name, (tensor.data_type, tuple(tensor.dims)))
+        # Shape/Size of a tensor whose shape is fully static is a constant, whatever computes the tensor
+        self.static_values: dict[int, np.ndarray] = {}
+        for index, node in enumerate(self.nodes):
+            value = _static_shape_value(node, self.types)
+            if value is not None:
+                self.static_values[index] = value
+
+        # constant vs dynamic, in topological order
+        self.dynamic_tensors: set[str] = set(self.input_names)
+        self.dynamic: list[bool] = []
+        for index, node in enumerate(self.nodes):
+            is_dynamic = index not in self.static_values and (
+                node.op_type in NONDETERMINISTIC_OPS or any(n in self.dynamic_tensors for n in self.node_inputs[index])
+            )
+            self.dynamic.append(is_dynamic)
+            if is_dynamic:
+                self.dynamic_tensors.update(o for o in node.output if o)
+
+        # nodes that reach a graph output; the rest is dead and goes nowhere
+        self.live: list[bool] = [False] * len(self.nodes)
+        stack = [self.producer[o] for o in self.output_names if o in self.producer]
+        while stack:
+            index = stack.pop()
+            if self.live[index]:
+                continue
+            self.live[index] = True
+            if index not in self.static_values:
+                stack.extend(self.producer[n] for n in self.node_inputs[index] if n in self.producer)
+
         concrete = {
             name: tuple(d if isinstance(d, int) else 1 for d in shape) for name, (_, shape) in self.types.items()
         }
@@ -395,7 +421,8 @@ class GraphView:
                 index = self.producer[name]
                 if index not in const_nodes:
                     const_nodes.add(index)
-                    stack.extend(self.node_inputs[index])
+                    if index not in self.static_values:  # those become Constant nodes
+                        stack.extend(self.node_inputs[index])
         return const_nodes, initializers
 
     def head_nodes_for(self, tensors: Iterable[str]) -> set[int]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from splitinf.errors import InputError, OutputError, VerificationError
 from splitinf.graph import PROTOBUF_LIMIT, Cut, GraphView, load_model
@@ -85,7 +86,15 @@ def _part(
     graph = onnx.GraphProto()
     graph.name = f"{source.graph.name}_{suffix}" if source.graph.name else suffix
     graph.doc_string = source.graph.doc_string
-    graph.node.extend(view.nodes[i] for i in chosen)
+    for index in chosen:
+        if index in view.static_values:
+            static = view.nodes[index]
+            value = onnx.numpy_helper.from_array(view.static_values[index], static.output[0])
+            graph.node.append(
+                onnx.helper.make_node("Constant", [], [static.output[0]], name=static.name or None, value=value)
+            )
+        else:
+            graph.node.append(view.nodes[index])
     graph.input.extend(inputs)
     graph.output.extend(outputs)
     graph.initializer.extend(view.initializers[n] for n in sorted(initializer_names) if n in view.initializers)

@@ -148,6 +148,20 @@ def test_constants_go_only_to_the_side_that_needs_them() -> None:
     verify_partition(model, part)
 
 
+def test_shape_of_a_static_tensor_is_a_constant_on_each_side() -> None:
+    model = models.constant_weights_model(batch=3)
+    cuts = enumerate_cuts(model)
+    assert all(not {"shape_0", "slice_0", "concat_0"} & set(c.names) for c in cuts)
+    assert any(c.names == ("relu_0",) for c in cuts)
+    for cut in cuts:
+        part = split_model(model, cut)
+        assert "Shape" not in _op_types(part.head) + _op_types(part.tail)
+        onnx.checker.check_model(part.tail, full_check=True)
+        verify_partition(model, part, n_random=1)
+    # with a symbolic batch the same Shape depends on the input and crosses instead
+    assert any("shape_0" in c.names for c in enumerate_cuts(models.constant_weights_model()))
+
+
 def test_if_tail_carries_the_outer_names_its_branches_read() -> None:
     model = models.if_model()
     cut = find_cut(model, ["greater_0", "relu_0", "sigmoid_0"])

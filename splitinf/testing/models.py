@@ -154,12 +154,13 @@ def inception_block(seed: int = 0) -> onnx.ModelProto:
     return b.model([_vi("x", ["N", 8, 12, 12])], [_vi("y", ["N", 16, 12, 12])], "inception_block")
 
 
-def constant_weights_model(seed: int = 0) -> onnx.ModelProto:
+def constant_weights_model(seed: int = 0, batch: int | None = None) -> onnx.ModelProto:
     """Weights computed inside the graph, plus a Reshape whose target comes from Shape(x).
 
     ``w1`` is ConstantOfShape(shape initializer) + Constant noise; ``w2`` is a Constant node
     reshaped by a constant shape; the Reshape target ``[batch, 2, 4]`` is built from Shape(h),
-    a side tensor that depends on the input and so may cross a cut.
+    a side tensor that depends on the input and so may cross a cut. With an int ``batch`` the
+    shapes are static, so Shape(h) is a constant and never crosses.
     """
     b = _Builder(seed)
     w1_shape = b.const("w1_shape", np.array([6, 8], dtype=np.int64))
@@ -173,15 +174,16 @@ def constant_weights_model(seed: int = 0) -> onnx.ModelProto:
         "Constant", [], value=numpy_helper.from_array(b.rng.standard_normal(32).astype(np.float32) * 0.3, "flat")
     )[0]
     w2 = b.op("Reshape", [flat, b.const("w2_shape", np.array([8, 4], dtype=np.int64))])[0]
-    batch = b.op(
+    batch_dim = b.op(
         "Slice", [b.op("Shape", [h])[0], b.const("s0", np.array([0], np.int64)), b.const("s1", np.array([1], np.int64))]
     )[0]
-    target = b.op("Concat", [batch, b.const("rest", np.array([2, 4], np.int64))], axis=0)[0]
+    target = b.op("Concat", [batch_dim, b.const("rest", np.array([2, 4], np.int64))], axis=0)[0]
     h3 = b.op("Reshape", [h, target])[0]
     h3 = b.op("Mul", [h3, b.const("scale", np.full((1, 1, 4), 0.5, np.float32))])[0]
     h = b.op("Flatten", [h3], axis=1)[0]
     b.op("MatMul", [h, w2], out=["y"])
-    return b.model([_vi("x", ["N", 6])], [_vi("y", ["N", 4])], "constant_weights_model")
+    dim: Dim = "N" if batch is None else batch
+    return b.model([_vi("x", [dim, 6])], [_vi("y", [dim, 4])], "constant_weights_model")
 
 
 def two_in_two_out(seed: int = 0) -> onnx.ModelProto:
