@@ -392,9 +392,15 @@ class Runtime:
             with self._lock:
                 if isinstance(exc, RemoteTimeoutError):
                     self.estimator.on_timeout()
+                # a budget spent on the device before sending says the request was slow, not that the link failed
+                spent = isinstance(exc, _BudgetSpent)
                 events += self._publish(
                     self.policy.record(
-                        option.id, ok=False, latency_s=time.perf_counter() - start, reason=reason, mismatch=mismatch
+                        option.id,
+                        ok=spent,
+                        latency_s=time.perf_counter() - start,
+                        reason=reason,
+                        mismatch=mismatch,
                     )
                 )
             log.info(json.dumps({"event": "fallback", "option": option.id, "reason": reason, "error": str(exc)}))
