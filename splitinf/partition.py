@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from splitinf.errors import InputError, OutputError, VerificationError
-from splitinf.graph import PROTOBUF_LIMIT, Cut, GraphView, load_model
+from splitinf.errors import CutError, InputError, OutputError, VerificationError
+from splitinf.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
 from splitinf.plan import sha256_file
 
 __all__ = [
@@ -131,6 +131,13 @@ def _split(view: GraphView, cut: Cut) -> Partition:
     view.check_cut_names(names)
     tail_nodes = view.tail_nodes_for(set(names))
     head_nodes = view.head_nodes_for(names)
+    for index in sorted(head_nodes & tail_nodes):
+        node = view.nodes[index]
+        if node.op_type in NONDETERMINISTIC_OPS:
+            raise CutError(
+                f"{node.op_type} node {node.name or node.output[0]!r} would run on both sides and draw different "
+                f"numbers; add its output {node.output[0]!r} to the cut"
+            )
     originals = {v.name: v for v in [*view.model.graph.input, *view.model.graph.output, *view.model.graph.value_info]}
 
     def info(name: str) -> onnx.ValueInfoProto:

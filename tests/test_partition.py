@@ -254,6 +254,26 @@ def test_an_input_that_is_also_an_output_crosses_every_cut() -> None:
         verify_partition(model, split_model(model, cut), n_random=1)
 
 
+def test_a_random_node_runs_on_one_side_only() -> None:
+    nodes = [
+        helper.make_node("RandomNormal", [], ["noise"], shape=[1, 4], seed=1.0),
+        helper.make_node("Add", ["x", "noise"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Mul", ["r", "noise"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "noisy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    cuts = [set(c.names) for c in enumerate_cuts(model)]
+    assert {"r", "noise"} in cuts  # the drawn numbers cross instead of being drawn twice
+    with pytest.raises(CutError, match="RandomNormal node .* would run on both sides"):
+        split_model(model, find_cut(model, ["r", "x"]))
+
+
 # ----------------------------------------------------------------------------- verification
 
 
