@@ -188,14 +188,18 @@ def _answer(runtime: Any, requests: Iterator[tuple[str, dict[str, Any]]], args: 
                 "kind": result.kind,
                 "mode": result.mode,
                 "fallback_reason": result.fallback_reason,
-                "latency_ms": {k: round(v * 1000, 3) for k, v in lat.__dict__.items()},
+                "latency_ms": {k.removesuffix("_s"): round(v * 1000, 3) for k, v in lat.__dict__.items()},
                 "top": int(next(iter(result.outputs.values())).argmax()),
             }
             print(json.dumps(record), flush=True)
         else:
-            detail = f"head {_ms(lat.head_s)} net {_ms(lat.network_s)} server {_ms(lat.server_s)}"
-            if lat.local_s:
-                detail += f" on-device {_ms(lat.local_s)}"
+            stages = (
+                ("head", lat.head_s),
+                ("net", lat.network_s),
+                ("server", lat.server_s),
+                ("on-device", lat.local_s),
+            )
+            detail = " ".join(f"{name} {_ms(seconds)}" for name, seconds in stages if seconds)
             why = f"  [fell back: {result.fallback_reason}]" if result.fallback_reason else ""
             print(f"{label}  {result.option_id}  {_ms(lat.total_s)}  ({detail}){why}", flush=True)
     wall = time.perf_counter() - started
