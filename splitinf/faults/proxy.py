@@ -60,6 +60,7 @@ __all__ = [
 Direction = Literal["upstream", "downstream"]
 DIRECTIONS: tuple[Direction, Direction] = ("upstream", "downstream")
 _READ_CHUNK = 64 * 1024
+_SENDER = {"upstream": "client", "downstream": "server"}
 _T = TypeVar("_T")
 
 
@@ -170,6 +171,7 @@ class ProxyStats:
     target_refused: int
     bytes_forwarded: dict[str, int]
     bytes_dropped: dict[str, int]
+    closed_by: dict[str, int]  # connections the client / the server closed or reset (FIN or RST seen)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -298,6 +300,7 @@ class FaultProxy:
         self._counts = {"accepted": 0, "reset": 0, "cut": 0, "refused": 0}
         self._forwarded: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
         self._dropped: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
+        self._closed_by: dict[str, int] = {"client": 0, "server": 0}
         self.port = 0
         self.control_port: int | None = None
 
@@ -574,11 +577,16 @@ class FaultProxy:
             while queued[0] >= self.max_buffer_bytes:
                 room.clear()
                 await room.wait()
-            data = await reader.read(_READ_CHUNK)
+            try:
+                data = await reader.read(_READ_CHUNK)
+            except ConnectionError:
+                self._closed_by[_SENDER[name]] += 1
+                raise
             faults = self._settings.direction(name)
             if generation != self._generation:
                 generation, counted = self._generation, 0
             if not data:
+                self._closed_by[_SENDER[name]] += 1
                 if not faults.blackhole:
                     queue.put_nowait((last_due, _EOF))
                 return
@@ -712,6 +720,7 @@ class FaultProxy:
             target_refused=self._counts["refused"],
             bytes_forwarded=dict(self._forwarded),
             bytes_dropped=dict(self._dropped),
+            closed_by=dict(self._closed_by),
         )
 
 
