@@ -431,3 +431,32 @@ def test_unavailable_is_retried_once_within_budget_and_gives_no_rtt_sample(
         assert runtime.infer(sample()).attempts == 1
         assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == 1
     client.close()
+
+
+def test_answer_cut_mid_flight_falls_back(plan_dir: Path, server: tuple[Any, int]) -> None:
+    with FaultProxy(f"127.0.0.1:{server[1]}") as proxy:
+        with Runtime(plan_dir, device_config(proxy.address, budget_s=2.0), background_probes=False) as runtime:
+            assert runtime.infer(sample()).kind == "split"
+            proxy.set(FaultSettings(downstream=DirectionFaults(close_after_bytes=20)))
+            result = runtime.infer(sample(1))
+            assert result.kind == "fallback" and result.fallback_reason in ("unavailable", "timeout")
+            np.testing.assert_allclose(result.outputs["y"], run_model(FALLBACK, sample(1)["x"]), rtol=1e-5, atol=1e-6)
+
+
+def test_stream_answers_every_input_once_when_the_server_dies_mid_stream(plan_dir: Path) -> None:
+    srv, port = create_server(ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None))
+    with Runtime(plan_dir, device_config(f"127.0.0.1:{port}"), background_probes=False) as runtime:
+
+        def inputs() -> Iterator[dict[str, np.ndarray]]:
+            for i in range(20):
+                if i == 8:
+                    srv.stop(grace=0)
+                yield sample(i)
+
+        results = list(runtime.infer_stream(inputs(), workers=3))
+    assert len(results) == 20
+    kinds = [r.kind for r in results]
+    assert kinds[:5] == ["split"] * 5 and kinds[-5:] == ["fallback"] * 5
+    for i, result in enumerate(results):
+        reference = FULL if result.kind == "split" else FALLBACK
+        np.testing.assert_allclose(result.outputs["y"], run_model(reference, sample(i)["x"]), rtol=1e-5, atol=1e-6)
