@@ -276,3 +276,16 @@ def test_bad_input_from_the_command_line_is_one_line_without_traceback(setup: Se
     assert result.returncode == 2
     assert result.stderr.startswith("splitinf plan: error: the device profile")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_hold_all_holds_every_evaluated_option_with_the_same_table(
+    setup: Setup, plan_dir: Path, tmp_path: Path
+) -> None:
+    argv = _plan_args(
+        setup, tmp_path / "all", "--fallback", str(setup.fallback), "--calibration", str(setup.samples), "--hold-all"
+    )
+    assert main(argv) == 0
+    capped, every = load_plan(plan_dir), load_plan(tmp_path / "all", check_files=("device", "server"))
+    assert len(every.split_options) == every.profiles["evaluated"]["options"] > len(capped.split_options)
+    assert {o.id for o in capped.split_options} <= {o.id for o in every.split_options}
+    assert every.table == capped.table

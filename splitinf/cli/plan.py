@@ -57,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rtts", help="comma-separated grid in ms (default 1,5,10,20,50,100,200,300)")
     parser.add_argument("--reference-rtt", type=float, default=20.0, help="RTT in ms for the report's chart")
     parser.add_argument("--no-local", action="store_true", help="the full model does not fit on the device")
+    parser.add_argument(
+        "--hold-all",
+        action="store_true",
+        help="hold every evaluated option, not only the best few (for measuring them all; the table is unchanged)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for calibration runs")
     parser.add_argument("-o", "--output", required=True, help="the plan directory to write")
     parser.set_defaults(handler=run)
@@ -372,6 +377,8 @@ def run(args: argparse.Namespace) -> int:
     )
     table_options = held_splits + ([local] if local is not None else [])
     table = planner.decision_table(table_options, bandwidths, rtts)
+    if args.hold_all:
+        held_splits = splits
 
     build = _prepare_output(target)
     try:

@@ -8,11 +8,12 @@ device runtime (``splitinf.runtime.Runtime``) with each held option forced in tu
 the plan holding only that option and the fallback), and reports:
 
 - predicted (``expected_latency`` at the link's bandwidth and RTT) vs measured median latency;
-- the option the plan's table picks vs the best option found by measuring every candidate.
+- the option the plan's table picks vs the best option found by measuring every candidate
+  (the held ones, or with ``--all-options`` every cut and codec evaluated; held ones are starred).
 
 Run::
 
-    python tests/bench/bench_plan_accuracy.py [--bandwidths 10,50,200] [--rtt 20] [--requests 11]
+    python tests/bench/bench_plan_accuracy.py [--bandwidths 10,50,200] [--rtt 20] [--requests 11] [--all-options]
 
 Device and server share this machine's CPU, so the device is no slower than the server; the
 full model on the device is left out of the plan by default (``--local`` to include it).
@@ -110,6 +111,9 @@ def main() -> int:
     parser.add_argument("--codecs", default="fp32,fp16,int8")
     parser.add_argument("--local", action="store_true", help="also hold the full model on the device")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--all-options", action="store_true", help="measure every evaluated option, not only the held ones"
+    )
     args = parser.parse_args()
     bandwidths = [float(b) * 1e6 for b in args.bandwidths.split(",")]
     rtt = args.rtt * 1e-3
@@ -147,17 +151,23 @@ def main() -> int:
             "plan", str(model_path), "--device", str(work / "device.json"), "--server", str(work / "server.json"),
             "--fallback", str(small_path), "--calibration", str(work / "samples.npz"), "--codecs", args.codecs,
             "--bandwidths", args.bandwidths, "--rtts", f"{args.rtt:g}", "--reference-rtt", f"{args.rtt:g}",
-            "-o", str(plan_dir),
         ]  # fmt: skip
         if not args.local:
             argv.append("--no-local")
-        if cli_main(argv) != 0:
+        if cli_main([*argv, "-o", str(plan_dir)]) != 0:
             return 1
         plan = load_plan(plan_dir, check_files=("device", "server"))
         assert plan.table is not None
-        held = [o for o in plan.options if o.kind in ("split", "local")]
+        # every evaluated option, so that "best" is the best of all cuts and codecs, not only the held ones
+        every_dir = work / "every"
+        if cli_main([*argv, "-o", str(every_dir), "--hold-all"]) != 0:
+            return 1
+        every = load_plan(every_dir, check_files=("device", "server"))
+        candidates = [o for o in every.options if o.kind in ("split", "local")]
+        if not args.all_options:
+            candidates = [o for o in candidates if o.id in {h.id for h in plan.options}]
         server, port = create_server(
-            ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None, intra_op_threads=args.server_threads)
+            ServerConfig(repo=every_dir / "server", port=0, metrics_port=None, intra_op_threads=args.server_threads)
         )
         x = rng.random((1, 3, 224, 224), dtype=np.float32)
         rows = []
@@ -166,15 +176,16 @@ def main() -> int:
                 for bw in bandwidths:
                     proxy.set(latency_ms=args.rtt / 2, rate_kbit=bw / 1e3)
                     measured = {}
-                    for option in held:
-                        forced = forced_plan(plan_dir, option.id, work / f"forced-{len(rows)}-{len(measured)}")
+                    for option in candidates:
+                        forced = forced_plan(every_dir, option.id, work / f"forced-{len(rows)}-{len(measured)}")
                         stats = measure(forced, proxy.address, option.id, x, args.requests, bw, rtt)
                         predicted = expected_latency(option, bw, rtt)
                         measured[option.id] = stats["median"]
                         rows.append((bw, option.id, predicted, stats))
+                        held_mark = "*" if option.id in {h.id for h in plan.options} else " "
                         error = (predicted - stats["median"]) / stats["median"]
                         print(
-                            f"{bw / 1e6:7g} Mbit/s  {option.id:38s} predicted {predicted * 1e3:8.1f} ms  "
+                            f"{bw / 1e6:7g} Mbit/s {held_mark}{option.id:38s} predicted {predicted * 1e3:8.1f} ms  "
                             f"measured {stats['median'] * 1e3:8.1f} ms (n={stats['n']}, other={stats['other']})  "
                             f"error {error * 100:+6.1f}%",
                             flush=True,
