@@ -19,17 +19,26 @@ every grid point by construction.
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from splitinf.errors import PlanError
-from splitinf.plan import DecisionTable, Option, expected_latency
+from splitinf.plan import DecisionTable, Option, Plan, TensorSpec, expected_latency
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
 
 __all__ = [
     "DEFAULT_BANDWIDTHS_BPS",
+    "DEFAULT_MAX_ACCURACY_DROP",
     "DEFAULT_RTTS_S",
     "SplitGraph",
     "TensorEdge",
@@ -40,6 +49,8 @@ __all__ = [
     "max_flow_min_cut",
     "min_cut_split",
     "option_names",
+    "plan_model",
+    "read_samples",
     "profile_cut_codec",
     "profiled_cut_ids",
     "select_candidates",
@@ -312,3 +323,415 @@ def profile_cut_codec(
 
 def profiled_cut_ids(profile: Mapping[str, Any]) -> list[str]:
     return [str(entry.get("id")) for entry in profile.get("cuts", ())]
+
+
+# --- the I/O wrapper: build a plan directory ------------------------------------------------------
+
+DEFAULT_MAX_ACCURACY_DROP = 0.01
+
+
+def read_samples(
+    path: str | os.PathLike[str], inputs: Sequence[TensorSpec]
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+    """Samples and labels from an .npz (never unpickled); a PlanError names what is wrong."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"cannot read samples from {path}: {exc}; give an .npz of arrays named by input") from exc
+    labels = arrays.pop("labels", None)
+    missing = [t.name for t in inputs if t.name not in arrays]
+    if missing:
+        raise PlanError(f"{path} lacks arrays for the model input(s) {missing}; it has {sorted(arrays)}")
+    counts = {}
+    for spec in inputs:
+        array = arrays[spec.name]
+        if array.ndim not in (len(spec.shape), len(spec.shape) + 1):
+            raise PlanError(
+                f"{path}: {spec.name!r} has shape {list(array.shape)}, but the input is {list(spec.shape)}; "
+                "stack samples on a first axis"
+            )
+        counts[spec.name] = array.shape[0]
+    if len(set(counts.values())) > 1:
+        raise PlanError(f"{path}: the inputs hold different numbers of samples: {counts}")
+    n = next(iter(counts.values()), 0)
+    if n == 0:
+        raise PlanError(f"the calibration set {path} is empty; give at least one sample per input")
+    samples = []
+    for i in range(n):
+        sample = {}
+        for spec in inputs:
+            array = arrays[spec.name]
+            value = array[i : i + 1] if array.ndim == len(spec.shape) else array[i]
+            sample[spec.name] = np.ascontiguousarray(value.astype(np.dtype(spec.dtype), copy=False))
+        samples.append(sample)
+    if labels is not None and labels.reshape(-1).size != n:
+        raise PlanError(f"{path}: 'labels' has {labels.size} entries for {n} samples; give one label per sample")
+    return samples, labels
+
+
+def _random_samples(model: onnx.ModelProto, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    from splitinf.profiling import make_session, random_inputs
+
+    session = make_session(model, 1)
+    return [random_inputs(session, seed + i) for i in range(n)]
+
+
+def _io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    from onnx import helper
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor_type = value.type.tensor_type
+        dims: list[int | str | None] = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+        ]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+        return TensorSpec(value.name, dtype, tuple(dims))
+
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = tuple(spec(v) for v in model.graph.input if v.name not in initializers)
+    return inputs, tuple(spec(v) for v in model.graph.output)
+
+
+def _check_fallback(
+    main: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]],
+    small: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]],
+    path: str,
+) -> None:
+    def describe(specs: Sequence[TensorSpec]) -> list[str]:
+        return [f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs]
+
+    def same(a: Sequence[TensorSpec], b: Sequence[TensorSpec]) -> bool:
+        if [(s.name, s.dtype, len(s.shape)) for s in a] != [(s.name, s.dtype, len(s.shape)) for s in b]:
+            return False
+        for sa, sb in zip(a, b, strict=True):
+            for da, db in zip(sa.shape, sb.shape, strict=True):
+                if isinstance(da, int) and isinstance(db, int) and da != db:
+                    return False
+        return True
+
+    for what, a, b in (("inputs", main[0], small[0]), ("outputs", main[1], small[1])):
+        if not same(a, b):
+            raise PlanError(
+                f"the fallback {path} has {what} {describe(b)}, but the model has {describe(a)}; "
+                "the fallback must take and return the same tensors"
+            )
+
+
+def _accuracy(
+    outputs: Sequence[Mapping[str, np.ndarray]],
+    reference: Sequence[Mapping[str, np.ndarray]],
+    labels: np.ndarray | None,
+) -> float | None:
+    from splitinf.codecs import compare_outputs, label_accuracy
+
+    if labels is not None:
+        return label_accuracy(outputs, labels)
+    agreement = compare_outputs(reference, outputs)["top1_agreement"]
+    return None if agreement is None else float(agreement)
+
+
+def _prepare_output(target: Path) -> Path:
+    """A fresh directory beside ``target`` to build in; refuses to replace anything but a plan."""
+    from splitinf.errors import OutputError
+
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "plan.json").exists())):
+        raise OutputError(f"{target} exists and is not a plan directory; choose another -o or remove it")
+    parent = target.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"the parent of {target} does not exist; create it first")
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
+
+
+def _publish(build: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(build, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> str:
+    import onnx
+
+    from splitinf.plan import sha256_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return sha256_file(path)
+
+
+def _profile_summary(profile: Mapping[str, Any], source: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "machine": profile.get("machine"),
+        "onnxruntime": profile.get("onnxruntime"),
+        "settings": profile.get("settings"),
+        "model_seconds": profile.get("model_seconds"),
+    }
+
+
+def plan_model(
+    model: str | os.PathLike[str],
+    *,
+    device_profile: str | os.PathLike[str],
+    server_profile: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    fallback: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | None = None,
+    held_out: str | os.PathLike[str] | None = None,
+    codecs: str | Sequence[str] | None = None,
+    max_candidates: int = 4,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    bandwidths_bps: Sequence[float] | None = None,
+    rtts_s: Sequence[float] | None = None,
+    reference_rtt_s: float = 0.02,
+    include_local: bool = True,
+    hold_all: bool = False,
+    threads: int | None = 1,
+) -> Plan:
+    """Build the plan directory ``output`` from a model, its two profiles and sample inputs (the I/O wrapper).
+
+    Reads the profiles (refusing ones of another model or missing cuts), applies each codec to
+    each profiled cut (calibrating 8-bit scales, measuring fidelity and accuracy on the samples),
+    prices every option, holds the few that are best somewhere on the grid (every one with
+    ``hold_all``; the table is the same) and writes the layout of :mod:`splitinf.plan` with
+    ``report.md`` and ``latency.svg``. Samples: an .npz with one array per model input, stacked on
+    axis 0, optionally ``labels``. Returns the plan as loaded back from ``output``.
+    """
+    import dataclasses
+
+    from splitinf import codecs as wire_codecs
+    from splitinf.graph import enumerate_cuts, load_model
+    from splitinf.partition import split_model, write_to_repository
+    from splitinf.plan import load_plan, sha256_file, write_json_atomic
+    from splitinf.profiling import load_profile, make_session, time_callable
+    from splitinf.report import latency_svg, report_markdown
+
+    if max_candidates < 0:
+        raise PlanError(f"--max-candidates must be >= 0, got {max_candidates}")
+    bandwidths = tuple(sorted(bandwidths_bps)) if bandwidths_bps else DEFAULT_BANDWIDTHS_BPS
+    rtts = tuple(sorted(rtts_s)) if rtts_s else DEFAULT_RTTS_S
+    target = Path(output)
+    model_path = Path(model)
+    full = load_model(model_path)
+    model_sha = sha256_file(model_path)
+    name = model_path.stem
+    device = load_profile(device_profile)
+    server = load_profile(server_profile)
+    check_profile(device, role="device", model_sha256=model_sha, source=str(device_profile))
+    check_profile(server, role="server", model_sha256=model_sha, source=str(server_profile))
+    inputs, outputs = _io_specs(full)
+
+    fallback_model = None
+    if fallback is not None:
+        fallback_model = load_model(fallback)
+        _check_fallback((inputs, outputs), _io_specs(fallback_model), str(fallback))
+
+    labels = None  # the labels of the samples accuracy is measured on, when given
+    if calibration is not None:
+        samples, all_labels = read_samples(calibration, inputs)
+        if held_out is not None:
+            calibration_set = samples
+            held, labels = read_samples(held_out, inputs)
+        else:
+            n_held = len(samples) // 4
+            calibration_set, held = samples[: len(samples) - n_held], samples[len(samples) - n_held :]
+            if all_labels is not None:
+                labels = all_labels.reshape(-1)[len(samples) - n_held :] if n_held else all_labels.reshape(-1)
+        sample_source = "calibration"
+    else:
+        calibration_set, held = _random_samples(full, 6), _random_samples(full, 6, seed=100)
+        sample_source = "random"
+    codec_names = wire_codecs.parse_codecs(codecs or ("fp32,fp16,int8" if calibration is not None else "fp32,fp16"))
+    if calibration is None and any(c in wire_codecs.QUANTIZED for c in codec_names):
+        raise PlanError("the int8/uint8 codecs need sample inputs to calibrate their scales; give --calibration")
+    evaluation = held or calibration_set  # accuracy estimates come from held-out samples when there are any
+    reference = {
+        "calibration": wire_codecs.run_model(full, calibration_set),
+        "held_out": wire_codecs.run_model(full, held),
+    }
+    eval_reference = reference["held_out"] if held else reference["calibration"]
+
+    cuts = {cut.id: cut for cut in enumerate_cuts(full)}
+    input_cut = next(iter(cuts))
+    cut_ids = profiled_cut_ids(device)
+    unknown = [c for c in cut_ids if c not in cuts]
+    if unknown:
+        raise PlanError(f"the device profile names cuts this model lacks: {unknown}; re-profile this model")
+    if input_cut not in cut_ids:
+        raise PlanError(
+            f"the device profile lacks the input cut {input_cut} (full offload), which every plan weighs; "
+            "re-run `splitinf profile` without --cuts or with it included"
+        )
+
+    local_accuracy = (
+        1.0 if labels is None else _accuracy(wire_codecs.run_model(full, evaluation), eval_reference, labels)
+    )
+    min_accuracy = None if local_accuracy is None else local_accuracy - max_accuracy_drop
+    splits: list[Option] = []
+    encoded_by_id: dict[str, wire_codecs.Encoded] = {}
+    for cut_id in cut_ids:
+        partition = split_model(full, cuts[cut_id])
+        for codec in codec_names:
+            dev = profile_cut_codec(device, cut_id, codec, role="device", source=str(device_profile))
+            srv = profile_cut_codec(server, cut_id, codec, role="server", source=str(server_profile))
+            quant = (
+                wire_codecs.calibrate(partition, calibration_set, codec, threads)
+                if codec in wire_codecs.QUANTIZED
+                else None
+            )
+            encoded = wire_codecs.encode(partition, codec, quant)
+            fidelity = wire_codecs.fidelity(full, encoded, calibration_set, held, threads, reference=reference)
+            fidelity["samples"] = sample_source
+            if labels is None:  # agreement with the full model, on held-out samples when there are any
+                accuracy = fidelity["held_out" if held else "calibration"]["top1_agreement"]
+            else:
+                accuracy = _accuracy(wire_codecs.run_encoded(encoded, evaluation, threads)[0], eval_reference, labels)
+            option_id, head_path, tail_model = option_names(name, cut_id, codec)
+            splits.append(
+                Option(
+                    id=option_id,
+                    kind="split",
+                    cut_id=cut_id,
+                    codec=codec,
+                    head=head_path,
+                    tail_model=tail_model,
+                    wire=encoded.wire,
+                    bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
+                    head_seconds=float(dev["head"]["median"]),
+                    tail_seconds=float(srv["tail"]["median"]),
+                    # serialisation at both ends: the device builds the request, the server parses it
+                    serialize_seconds=float(dev.get("serialize", {}).get("median", 0.0))
+                    + float(srv.get("deserialize", {}).get("median", 0.0)),
+                    accuracy=accuracy,
+                    fidelity=fidelity,
+                )
+            )
+            encoded_by_id[option_id] = encoded
+
+    local = None
+    if include_local:
+        local = Option(
+            id="local",
+            kind="local",
+            model="device/local.onnx",
+            seconds=float(device["model_seconds"]["median"]),
+            accuracy=local_accuracy,
+        )
+    fallback_option = None
+    if fallback_model is not None and fallback is not None:
+        fallback_profile = device.get("fallback") or {}
+        fallback_sha = sha256_file(fallback)
+        if fallback_profile.get("sha256") == fallback_sha:
+            fallback_seconds = float(fallback_profile["seconds"]["median"])
+            seconds_source = "device profile"
+        else:
+            session = make_session(fallback_model, device.get("onnxruntime", {}).get("threads") or None)
+            feed = calibration_set[0]
+            fallback_seconds = time_callable(lambda: session.run(None, feed), repeats=20, warmup=3).median
+            seconds_source = "measured on the planning machine (profile the fallback on the device for real figures)"
+        fallback_option = Option(
+            id="fallback",
+            kind="fallback",
+            model="device/fallback.onnx",
+            seconds=fallback_seconds,
+            accuracy=_accuracy(wire_codecs.run_model(fallback_model, evaluation), eval_reference, labels),
+            fidelity={"seconds_source": seconds_source},
+        )
+
+    full_offload = {o.id for o in splits if o.cut_id == input_cut}
+    held_splits = select_candidates(
+        splits,
+        full_offload=full_offload,
+        local=local,
+        bandwidths_bps=bandwidths,
+        rtts_s=rtts,
+        max_candidates=max_candidates,
+        min_accuracy=min_accuracy,
+    )
+    table_options = held_splits + ([local] if local is not None else [])
+    table = decision_table(table_options, bandwidths, rtts)
+    if hold_all:
+        held_splits = splits
+
+    build = _prepare_output(target)
+    try:
+        written: list[Option] = []
+        for option in held_splits:
+            encoded = encoded_by_id[option.id]
+            assert option.head is not None and option.tail_model is not None
+            head_sha = _save(encoded.head, build / option.head)
+            manifest = {
+                "format": 1,
+                "source": {"name": name, "sha256": model_sha},
+                "cut": {
+                    "id": option.cut_id,
+                    "tensors": [t.to_json() for t in encoded.cut.tensors],
+                    "bytes": int(encoded.cut.bytes_per_sample),
+                },
+                "codec": option.codec,
+                "wire": [t.to_json() for t in encoded.wire],
+                "opset": [{"domain": o.domain, "version": o.version} for o in encoded.tail.opset_import],
+                "ir_version": encoded.tail.ir_version,
+                "parts": {"head": {"file": option.head, "sha256": head_sha}},
+            }
+            tail_path = write_to_repository(encoded.tail, build / "server", option.tail_model, "1", manifest)
+            written.append(
+                dataclasses.replace(option, head_sha256=head_sha, tail_version="1", tail_sha256=sha256_file(tail_path))
+            )
+        if local is not None:
+            written.append(dataclasses.replace(local, sha256=_save(full, build / "device" / "local.onnx")))
+        if fallback_option is not None and fallback_model is not None:
+            written.append(
+                dataclasses.replace(fallback_option, sha256=_save(fallback_model, build / "device/fallback.onnx"))
+            )
+        plan = Plan(
+            model_name=name,
+            model_sha256=model_sha,
+            inputs=inputs,
+            outputs=outputs,
+            options=tuple(written),
+            table=table,
+            profiles={
+                "device": _profile_summary(device, str(device_profile)),
+                "server": _profile_summary(server, str(server_profile)),
+                "evaluated": {
+                    "codecs": list(codec_names),
+                    "cuts": cut_ids,
+                    "options": len(splits),
+                    "samples": sample_source,
+                    "calibration_samples": len(calibration_set),
+                    "held_out_samples": len(held),
+                    "accuracy": "labels" if labels is not None else "top-1 agreement with the full model",
+                    "min_accuracy": min_accuracy,
+                    "not_held": [
+                        {
+                            "id": o.id,
+                            "bytes": o.bytes,
+                            "head_seconds": o.head_seconds,
+                            "tail_seconds": o.tail_seconds,
+                            "accuracy": o.accuracy,
+                        }
+                        for o in splits
+                        if o.id not in {h.id for h in held_splits}
+                    ],
+                },
+            },
+        )
+        write_json_atomic(build / "plan.json", plan.to_json())
+        (build / "report.md").write_text(report_markdown(plan, reference_rtt_s))
+        (build / "latency.svg").write_text(latency_svg(plan, reference_rtt_s))
+        load_plan(build, check_files=("device", "server"))
+        _publish(build, target)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return load_plan(target, check_files=("device", "server"))

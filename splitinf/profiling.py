@@ -4,7 +4,8 @@
 tails). Each candidate head and tail is timed as the runtime runs it: its own onnxruntime
 session with the same session options and thread count (:func:`session_options`), with
 warm-up runs and then repeats summarised by median and p90. Heads are timed with their codec
-applied (the Cast/QuantizeLinear is part of the head), tails likewise.
+applied (the Cast/QuantizeLinear is part of the head), tails likewise. ``serialize`` is the
+client's work to build and serialise the V2 request, ``deserialize`` the server's to parse it.
 
 Profile JSON (format 1)::
 
@@ -16,7 +17,7 @@ Profile JSON (format 1)::
      "model_seconds": {"median": ..., "p90": ..., "min": ..., "repeats": 20},
      "cuts": [{"id": "c3", "bytes": 2048,
                "codecs": {"fp16": {"head": <timing>, "tail": <timing>, "serialize": <timing>,
-                                   "wire_bytes": 1024}}}, ...],
+                                   "deserialize": <timing>, "wire_bytes": 1024}}}, ...],
      "fallback": {"name": "small", "sha256": "...", "seconds": <timing>}}
 """
 
@@ -47,6 +48,7 @@ __all__ = [
     "load_profile",
     "machine_info",
     "make_session",
+    "profile_file",
     "profile_model",
     "random_inputs",
     "session_options",
@@ -181,9 +183,22 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _serialize(values: Mapping[str, np.ndarray]) -> int:
-    # What the client does per wire tensor for raw_input_contents: a contiguous copy to bytes.
-    return sum(len(np.ascontiguousarray(v).tobytes()) for v in values.values())
+def _serialize(values: Mapping[str, np.ndarray]) -> bytes:
+    """What the device's client does per request: build the V2 request, and gRPC serialises it."""
+    from splitinf.protocol import grpc_service_pb2 as pb
+    from splitinf.protocol.tensors import encode_request
+
+    return encode_request(pb.ModelInferRequest(model_name="m"), values).SerializeToString()
+
+
+def _deserialize(data: bytes) -> int:
+    """What the server does per request before running the tail: parse it and view the tensors."""
+    from splitinf.protocol import grpc_service_pb2 as pb
+    from splitinf.protocol.tensors import decode_request_inputs
+
+    request = pb.ModelInferRequest()
+    request.ParseFromString(data)
+    return len(decode_request_inputs(request))
 
 
 def profile_model(
@@ -243,6 +258,9 @@ def profile_model(
                 "head": time_callable(partial(head.run, None, head_feed), repeats=repeats, warmup=warmup).to_json(),
                 "tail": time_callable(partial(tail.run, None, tail_feed), repeats=repeats, warmup=warmup).to_json(),
                 "serialize": time_callable(partial(_serialize, wire), repeats=repeats, warmup=warmup).to_json(),
+                "deserialize": time_callable(
+                    partial(_deserialize, _serialize(wire)), repeats=repeats, warmup=warmup
+                ).to_json(),
                 "wire_bytes": int(sum(np.asarray(v).nbytes for v in wire.values())),
             }
             bar.step(f"cut {cut.id} {codec}")
@@ -257,6 +275,46 @@ def profile_model(
             "seconds": time_callable(lambda: small.run(None, small_feed), repeats=repeats, warmup=warmup).to_json(),
         }
         bar.step("fallback")
+    return profile
+
+
+def profile_file(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    threads: int | None = 1,
+    cut_ids: Sequence[str] | None = None,
+    codecs: str | Sequence[str] = ("fp32", "fp16", "int8"),
+    repeats: int = 20,
+    warmup: int = 3,
+    fallback: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Profile the model file (and the fallback file) and write the profile JSON; the file wrapper."""
+    from splitinf.graph import load_model
+    from splitinf.plan import sha256_file, write_json_atomic
+
+    if (threads is not None and threads < 0) or repeats < 1 or warmup < 0:
+        raise PlanError("threads must be >= 0, repeats >= 1 and warmup >= 0")
+    target = Path(output)
+    if not target.parent.is_dir():
+        raise PlanError(f"the directory of {target} does not exist; create it or choose another output")
+    small = None
+    if fallback is not None:
+        small = (load_model(fallback), Path(fallback).stem, sha256_file(fallback))
+    profile = profile_model(
+        load_model(model),
+        name=Path(model).stem,
+        sha256=sha256_file(model),
+        threads=threads,
+        cut_ids=cut_ids,
+        codecs=codecs,
+        repeats=repeats,
+        warmup=warmup,
+        fallback=small,
+        progress=progress,
+    )
+    write_json_atomic(target, profile)
     return profile
 
 

@@ -67,7 +67,7 @@ def _slow_down(profile: dict[str, Any], factor: float) -> dict[str, Any]:
     scale(slowed["fallback"]["seconds"])
     for cut in slowed["cuts"]:
         for codec in cut["codecs"].values():
-            for part in ("head", "tail", "serialize"):
+            for part in ("head", "tail", "serialize", "deserialize"):
                 scale(codec[part])
     return slowed
 

@@ -91,7 +91,7 @@ def test_profile_times_every_requested_cut_and_codec() -> None:
     for cut in profile["cuts"]:
         assert set(cut["codecs"]) == {"fp32", "fp16", "int8"}
         fp32 = cut["codecs"]["fp32"]
-        for part in ("head", "tail", "serialize"):
+        for part in ("head", "tail", "serialize", "deserialize"):
             timing = fp32[part]
             assert 0 < timing["min"] <= timing["median"] <= timing["p90"] and timing["repeats"] == 3
         assert fp32["wire_bytes"] == cut["bytes"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,33 +33,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.errors import UsageError
-    from splitinf.graph import load_model
-    from splitinf.plan import sha256_file, write_json_atomic
-    from splitinf.profiling import profile_model
+    from splitinf.profiling import profile_file
 
-    if args.threads < 0 or args.repeats < 1 or args.warmup < 0:
-        raise UsageError("--threads must be >= 0, --repeats >= 1 and --warmup >= 0")
-    output = Path(args.output)
-    if not output.parent.is_dir():
-        raise UsageError(f"the directory of {output} does not exist; create it or choose another -o")
-    model = load_model(args.model)
-    fallback = None
-    if args.fallback:
-        fallback = (load_model(args.fallback), Path(args.fallback).stem, sha256_file(args.fallback))
-    cut_ids = [c.strip() for c in args.cuts.split(",") if c.strip()] or None
-    profile = profile_model(
-        model,
-        name=Path(args.model).stem,
-        sha256=sha256_file(args.model),
+    profile = profile_file(
+        args.model,
+        args.output,
         threads=args.threads,
-        cut_ids=cut_ids,
+        cut_ids=[c.strip() for c in args.cuts.split(",") if c.strip()] or None,
         codecs=args.codecs,
         repeats=args.repeats,
         warmup=args.warmup,
-        fallback=fallback,
+        fallback=args.fallback,
         progress=args.progress or sys.stderr.isatty(),
     )
-    write_json_atomic(output, profile)
-    print(f"wrote {output}: {len(profile['cuts'])} cuts, full model {profile['model_seconds']['median'] * 1e3:.3f} ms")
+    full_ms = profile["model_seconds"]["median"] * 1e3
+    print(f"wrote {args.output}: {len(profile['cuts'])} cuts, full model {full_ms:.3f} ms")
     return 0
