@@ -56,10 +56,10 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.request_bytes = Counter(
-            "splitinf_request_bytes", "Serialized inference request bytes received", ["model"], registry=self.registry
+            "splitinf_request_bytes", "Tensor bytes received in inference requests", ["model"], registry=self.registry
         )
         self.response_bytes = Counter(
-            "splitinf_response_bytes", "Serialized inference response bytes sent", ["model"], registry=self.registry
+            "splitinf_response_bytes", "Tensor bytes sent in inference responses", ["model"], registry=self.registry
         )
         self.inflight = Gauge(
             "splitinf_inflight_requests", "Inference requests admitted and not yet answered", registry=self.registry

@@ -29,7 +29,8 @@ import numpy as np
 
 from splitinf.errors import ConfigError, IntegrityError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.plan import TensorSpec
-from splitinf.protocol.tensors import check_array
+from splitinf.protocol import grpc_service_pb2 as pb
+from splitinf.protocol.tensors import check_array, decode_request_inputs, encode_request
 
 __all__ = [
     "LoadedModel",
@@ -272,12 +273,18 @@ class LoadedModel:
         return dict(zip(self._output_names, values, strict=True))
 
     def warm_up(self) -> None:
-        """Run once on zeros (symbolic dimensions as 1) so the first real request is not slow."""
+        """Run once on zeros (symbolic dimensions as 1) so the first real request is not slow.
+
+        The zeros take the wire's path (protobuf bytes -> numpy views over them), not just
+        ``np.zeros``: warming only onnxruntime left every later call on a 0.8 MB tensor
+        about twice as slow (tests/bench/bench_server.py).
+        """
         sample = {
             spec.name: np.zeros([d if isinstance(d, int) and d >= 0 else 1 for d in spec.shape], dtype=spec.dtype)
             for spec in self.inputs
         }
-        self.run(sample)
+        request = encode_request(pb.ModelInferRequest(model_name=self.name), sample)
+        self.run(decode_request_inputs(pb.ModelInferRequest.FromString(request.SerializeToString())))
 
 
 def _tensor_specs(args: Sequence[Any], path: Path) -> tuple[TensorSpec, ...]:
@@ -302,6 +309,10 @@ def _session_options(intra_op_threads: int, inter_op_threads: int, graph_optimiz
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[graph_optimization]
+    # onnxruntime's pool threads spin after each run by default; on a small machine that
+    # spinning takes the cores gRPC needs to move the next request's bytes.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 

@@ -21,6 +21,7 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
     [batching]                # overrides config.pbtxt for every model with a batch dimension
     max_batch_size = 8        # 0: off
     max_queue_delay_ms = 2.0
+    wait_when_idle = false    # true: always wait the delay for more requests, as Triton does
 
     [tls]
     cert = "server.pem"
@@ -74,6 +75,9 @@ class ServerConfig:
     # None: each model's config.pbtxt decides; 0: batching off for every model.
     max_batch_size: int | None = None
     batch_delay_ms: float | None = None
+    # False: a batch runs at once when no other request for the model is in the server;
+    # True: always wait up to the delay for more (Triton's behaviour).
+    batch_wait_when_idle: bool = False
     tls: ServerTLS | None = None
     token: str | None = field(default=None, repr=False)
     warmup: bool = True
@@ -132,7 +136,11 @@ _TOML_KEYS: dict[str, dict[str, str]] = {
         "graph_optimization": "graph_optimization",
         "instances": "instances",
     },
-    "batching": {"max_batch_size": "max_batch_size", "max_queue_delay_ms": "batch_delay_ms"},
+    "batching": {
+        "max_batch_size": "max_batch_size",
+        "max_queue_delay_ms": "batch_delay_ms",
+        "wait_when_idle": "batch_wait_when_idle",
+    },
     "tls": {"cert": "cert", "key": "key", "client_ca": "client_ca"},
     "auth": {"token_file": "token_file"},
 }

@@ -7,6 +7,9 @@
   **config)`` and returns a ``RunningV2Server`` (``port``, ``target``, ``server``, ``repo``).
   Every server it started is stopped at teardown.
 - ``v2_server_port``: the port of a server holding the default ``mlp`` model.
+- ``write_v2_repository``: the repository writer itself; ``tls_material``: throwaway certificates.
+
+Use these as fixtures; do not ``import conftest`` (tests/chaos has a conftest.py of its own).
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ def write_v2_repository(root: Path, models: Mapping[str, onnx.ModelProto], versi
 
 
 StartV2Server = Callable[..., RunningV2Server]
+
+
+@pytest.fixture(name="write_v2_repository")
+def write_v2_repository_fixture() -> Callable[..., Path]:
+    """``write_v2_repository(root, {name: ModelProto}, version="1") -> root`` (Triton layout).
+
+    A fixture, not an import: test folders with their own conftest.py make ``import conftest`` ambiguous.
+    """
+    return write_v2_repository
 
 
 @pytest.fixture

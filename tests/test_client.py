@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import StartV2Server
 
 from splitinf.client import ChannelOptions, InferenceClient
 from splitinf.errors import RemoteMismatchError, RemoteRejectedError, RemoteTimeoutError, RemoteUnavailableError
@@ -19,6 +19,10 @@ from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.repository import sha256_bytes
 from splitinf.testing.models import mlp
+
+# The conftest fixtures' types (fixtures, not imports: tests/chaos has its own conftest.py).
+StartV2Server = Callable[..., Any]
+
 
 X = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
 
@@ -80,7 +84,7 @@ def test_nothing_listening_is_unavailable_and_not_responded() -> None:
 
 
 def test_deadline_is_a_timeout(start_v2_server: StartV2Server) -> None:
-    running = start_v2_server(max_batch_size=4, batch_delay_ms=2000)  # holds every call ~2 s
+    running = start_v2_server(max_batch_size=4, batch_delay_ms=2000, batch_wait_when_idle=True)  # holds every call ~2 s
     with InferenceClient(running.target) as client:
         with pytest.raises(RemoteTimeoutError) as info:
             client.infer("mlp", {"x": X}, timeout_s=0.3)

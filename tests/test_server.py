@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc_testing
@@ -13,7 +14,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import StartV2Server, write_v2_repository
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from onnx import TensorProto, helper
@@ -27,6 +27,9 @@ from splitinf.repository import load_repository, sha256_bytes
 from splitinf.server import DataPlane, InferenceServicer, create_server
 from splitinf.server_config import ServerConfig
 from splitinf.testing.models import mlp
+
+# The conftest fixtures' types (fixtures, not imports: tests/chaos has its own conftest.py).
+StartV2Server = Callable[..., Any]
 
 TIMEOUT = 10.0
 
@@ -183,13 +186,16 @@ def test_server_keeps_serving_after_every_bad_request(stub: pb_grpc.GRPCInferenc
 def test_bytes_that_are_not_a_request_are_refused_and_the_server_lives_on(
     channel: grpc.Channel, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
+
     raw_call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     with pytest.raises(grpc.RpcError):
         raw_call(b"\xff\xff\xff\xff not protobuf", timeout=TIMEOUT)
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT).live
 
 
-def test_version_selection_defaults_to_the_highest(start_v2_server: StartV2Server, tmp_path: Path) -> None:
+def test_version_selection_defaults_to_the_highest(
+    write_v2_repository: Callable[..., Path], start_v2_server: StartV2Server, tmp_path: Path
+) -> None:
     write_v2_repository(tmp_path, {"m": mlp(seed=1)}, version="1")
     write_v2_repository(tmp_path, {"m": mlp(seed=2)}, version="10")
     running = start_v2_server(repo=tmp_path)
@@ -250,7 +256,7 @@ def test_metrics_endpoint_counts_requests_failures_bytes_and_times(start_v2_serv
     )
 
 
-def test_manifest_mismatch_refuses_to_load(tmp_path: Path) -> None:
+def test_manifest_mismatch_refuses_to_load(write_v2_repository: Callable[..., Path], tmp_path: Path) -> None:
     write_v2_repository(tmp_path, {"tail": mlp()})
     (tmp_path / "tail" / "1" / "manifest.json").write_text('{"format": 1, "parts": {"tail": {"sha256": "00ff"}}}')
     with pytest.raises(IntegrityError, match="refusing to load .*model.onnx: its sha256 is .* expects 00ff"):
@@ -270,7 +276,7 @@ def test_empty_repository_and_busy_port_are_config_errors(start_v2_server: Start
 
 def test_backpressure_refuses_beyond_max_inflight(start_v2_server: StartV2Server) -> None:
     # A long batching delay holds the first request inside the server, so the limit is reached deterministically.
-    running = start_v2_server(max_inflight=1, max_batch_size=4, batch_delay_ms=1500)
+    running = start_v2_server(max_inflight=1, max_batch_size=4, batch_delay_ms=1500, batch_wait_when_idle=True)
     with grpc.insecure_channel(running.target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         first = stub.ModelInfer.future(infer_request("mlp", x=np.ones((1, 16), np.float32)), timeout=TIMEOUT)
@@ -294,7 +300,7 @@ def wait_until(predicate: object, timeout_s: float = 10.0) -> bool:
 
 
 def test_dynamic_batching_answers_each_request_with_its_own_rows(start_v2_server: StartV2Server) -> None:
-    running = start_v2_server(max_batch_size=8, batch_delay_ms=300, max_inflight=16)
+    running = start_v2_server(max_batch_size=8, batch_delay_ms=300, max_inflight=16, batch_wait_when_idle=True)
     rng = np.random.default_rng(1)
     inputs = [rng.standard_normal((1 + i % 2, 16)).astype(np.float32) for i in range(6)]  # 9 samples in all
     with grpc.insecure_channel(running.target) as channel:
@@ -312,7 +318,9 @@ def test_dynamic_batching_answers_each_request_with_its_own_rows(start_v2_server
     assert executions is not None and executions < len(inputs), "requests were not batched together"
 
 
-def test_batching_config_from_config_pbtxt(start_v2_server: StartV2Server, tmp_path: Path) -> None:
+def test_batching_config_from_config_pbtxt(
+    write_v2_repository: Callable[..., Path], start_v2_server: StartV2Server, tmp_path: Path
+) -> None:
     write_v2_repository(tmp_path, {"mlp": mlp()})
     (tmp_path / "mlp" / "config.pbtxt").write_text(
         'name: "mlp"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
@@ -339,3 +347,14 @@ def test_servicer_unit_maps_errors_to_status_without_a_network() -> None:
     call = server.invoke_unary_unary(service.methods_by_name["ServerLive"], (), pb.ServerLiveRequest(), None)
     response, _metadata, code, _details = call.termination()
     assert code == grpc.StatusCode.OK and response.live
+
+
+def test_batching_does_not_wait_when_no_other_request_is_in_the_server(start_v2_server: StartV2Server) -> None:
+    running = start_v2_server(max_batch_size=8, batch_delay_ms=60_000)
+    with grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        # A deadline far below the batching delay: only an immediate run can answer in time.
+        response = stub.ModelInfer(infer_request("mlp", x=np.ones((2, 16), np.float32)), timeout=5)
+    np.testing.assert_allclose(
+        decode_response_outputs(response)["y"], run_directly(mlp(), x=np.ones((2, 16), np.float32))[0], rtol=1e-6
+    )

@@ -16,7 +16,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import write_v2_repository
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from splitinf.protocol import encode_request
@@ -67,12 +66,13 @@ class ServeProcess:
         self.process.wait(timeout=30)
 
 
-def test_sigterm_drains_calls_in_flight_then_exits_0(tmp_path: Path) -> None:
+def test_sigterm_drains_calls_in_flight_then_exits_0(write_v2_repository: Callable[..., Path], tmp_path: Path) -> None:
     repo = write_v2_repository(tmp_path / "repo", {"mlp": mlp()})
     # The batching delay holds a call inside the server: a call in flight we can see and wait for.
+    config = tmp_path / "server.toml"
+    config.write_text("[batching]\nmax_batch_size = 4\nmax_queue_delay_ms = 3000.0\nwait_when_idle = true\n")
     serve = ServeProcess(
-        "--repo", str(repo), "--port", "0", "--metrics-port", "0",
-        "--max-batch", "4", "--batch-delay-ms", "3000", "--drain-grace", "20",
+        "--repo", str(repo), "--config", str(config), "--port", "0", "--metrics-port", "0", "--drain-grace", "20"
     )  # fmt: skip
     try:
         port = int(serve.expect(r"serving on 127\.0\.0\.1:(\d+)").group(1))

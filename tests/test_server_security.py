@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
-from conftest import StartV2Server, TLSMaterial
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from splitinf.client import InferenceClient
@@ -14,6 +16,11 @@ from splitinf.protocol import encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.tls import ClientTLS, ServerTLS
+
+# The conftest fixtures' types (fixtures, not imports: tests/chaos has its own conftest.py).
+StartV2Server = Callable[..., Any]
+TLSMaterial = Any
+
 
 X = {"x": np.ones((1, 16), np.float32)}
 

@@ -6,12 +6,18 @@ live in a private pool (scripts/gen_protos.py), so both load in one process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import StartV2Server
 
 from splitinf.testing.models import two_in_two_out
+
+# The conftest fixtures' types (fixtures, not imports: tests/chaos has its own conftest.py).
+StartV2Server = Callable[..., Any]
+
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
