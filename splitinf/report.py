@@ -16,6 +16,7 @@ from splitinf.planner import best_option, log_grid
 
 __all__ = ["chart_bandwidths", "latency_svg", "report_markdown"]
 
+_MAX_CHART_LINES = 10
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
@@ -92,8 +93,13 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
 def latency_svg(plan: Plan, reference_rtt_s: float, width: int = 760, height: int = 440) -> str:
     """Expected latency against bandwidth per option at ``reference_rtt_s``; the chosen option drawn thick."""
     options = _table_options(plan)
+    if len(options) > _MAX_CHART_LINES and plan.table is not None:
+        # too many lines to read (a plan written with --hold-all): draw the ones the table picks
+        chosen_ids = {c for row in plan.table.choices for c in row}
+        options = [o for o in options if o.id in chosen_ids]
     if plan.fallback is not None:
         options.append(plan.fallback)
+    height = max(height, 40 + 14 * len(options) + 40)
     bandwidths = chart_bandwidths(plan)
     series = {o.id: [expected_latency(o, bw, reference_rtt_s) for bw in bandwidths] for o in options}
     values = [v for vs in series.values() for v in vs if math.isfinite(v) and v > 0]

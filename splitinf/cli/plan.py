@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     held = [o.id for o in plan.split_options]
     evaluated = plan.profiles.get("evaluated", {}).get("options", len(held))
     target = Path(args.output)
+    shown = ", ".join(held[:6]) + (f", ... {len(held) - 6} more" if len(held) > 6 else "")
     print(
-        f"wrote {target}: {len(held)} split options held of {evaluated} evaluated ({', '.join(held)}); "
-        f"see {target / 'report.md'}"
+        f"wrote {target}: {len(held)} split options held of {evaluated} evaluated ({shown}); see {target / 'report.md'}"
     )
     return 0
