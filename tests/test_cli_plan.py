@@ -289,3 +289,23 @@ def test_hold_all_holds_every_evaluated_option_with_the_same_table(
     assert len(every.split_options) == every.profiles["evaluated"]["options"] > len(capped.split_options)
     assert {o.id for o in capped.split_options} <= {o.id for o in every.split_options}
     assert every.table == capped.table
+
+
+def test_samples_are_batch_slices_or_one_per_entry_and_mismatches_are_named(tmp_path: Path) -> None:
+    from splitinf.errors import PlanError
+    from splitinf.plan import TensorSpec
+    from splitinf.planner import read_samples
+
+    spec = (TensorSpec("x", "float32", ("N", 4)),)
+    np.savez(tmp_path / "batch.npz", x=np.arange(12, dtype=np.float64).reshape(3, 4), labels=np.array([0, 1, 2]))
+    samples, labels = read_samples(tmp_path / "batch.npz", spec)
+    assert [s["x"].shape for s in samples] == [(1, 4)] * 3 and samples[2]["x"].dtype == np.float32
+    assert labels is not None and labels.tolist() == [0, 1, 2]
+    np.savez(tmp_path / "stacked.npz", x=np.zeros((2, 1, 4), np.float32))
+    assert [s["x"].shape for s in read_samples(tmp_path / "stacked.npz", spec)[0]] == [(1, 4)] * 2
+    np.savez(tmp_path / "wrong.npz", y=np.zeros((2, 4), np.float32))
+    with pytest.raises(PlanError, match=r"lacks arrays for the model input\(s\) \['x'\]"):
+        read_samples(tmp_path / "wrong.npz", spec)
+    np.savez(tmp_path / "labels.npz", x=np.zeros((2, 4), np.float32), labels=np.array([1, 2, 3]))
+    with pytest.raises(PlanError, match="one label per sample"):
+        read_samples(tmp_path / "labels.npz", spec)
