@@ -1,0 +1,30 @@
+"""``splitinf bench``: emulate a Raspberry Pi honestly and measure split inference end to end.
+
+- :mod:`splitinf.bench.harness`: the orchestrator (``run_bench(BenchConfig)``).
+- :mod:`splitinf.bench.cgroup`: a cgroup CPU quota for the device process (v1 and v2).
+- :mod:`splitinf.bench.device`: the device worker process, steered over stdin/stdout.
+- :mod:`splitinf.bench.echo`: a bare gRPC echo (generic handler), the yardstick for overhead.
+- :mod:`splitinf.bench.report`: the pure core: statistics, Markdown table, SVG chart.
+"""
+
+from __future__ import annotations
+
+from splitinf.bench.cgroup import CpuCgroup, CpuLimitUnavailable, create_cpu_cgroup, detect_cgroup_version
+from splitinf.bench.harness import QUICK, BenchConfig, choose_cuts, command_line, run_bench
+from splitinf.bench.report import bench_markdown, bench_svg, summarise, summarise_cell
+
+__all__ = [
+    "QUICK",
+    "BenchConfig",
+    "CpuCgroup",
+    "CpuLimitUnavailable",
+    "bench_markdown",
+    "bench_svg",
+    "choose_cuts",
+    "command_line",
+    "create_cpu_cgroup",
+    "detect_cgroup_version",
+    "run_bench",
+    "summarise",
+    "summarise_cell",
+]

@@ -1,0 +1,342 @@
+"""The benchmark's pure core: summary statistics, the grid summary, and the Markdown and SVG outputs.
+
+Everything here takes and returns plain data (the results dict that ``bench.json`` holds), so
+the figures in the table, the JSON and the chart are the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+from xml.sax.saxutils import escape
+
+__all__ = ["STRATEGIES", "bench_markdown", "bench_svg", "summarise", "summarise_cell"]
+
+# The four answers the table compares at each grid point, in column order.
+STRATEGIES = ("local", "remote", "planned", "best")
+_COLOURS = {"local": "#7f7f7f", "remote": "#d62728", "planned": "#1f77b4", "best": "#2ca02c"}
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarise(samples: Sequence[Mapping[str, float]]) -> dict[str, Any] | None:
+    """Median and p90 of the total latency, and the medians of its parts; None without samples."""
+    if not samples:
+        return None
+    totals = [float(s["total_s"]) for s in samples]
+
+    def median_of(key: str) -> float:
+        return float(statistics.median(float(s.get(key, 0.0)) for s in samples))
+
+    return {
+        "n": len(samples),
+        "median_s": float(statistics.median(totals)),
+        "p90_s": float(_percentile(totals, 90)),
+        "min_s": min(totals),
+        "max_s": max(totals),
+        "head_median_s": median_of("head_s"),
+        "call_median_s": median_of("call_s"),
+        "server_median_s": median_of("server_s"),
+        # What the link and the protocol took: the call minus the server's own compute time.
+        "network_median_s": float(
+            statistics.median(float(s.get("call_s", 0.0)) - float(s.get("server_s", 0.0)) for s in samples)
+        ),
+        "request_bytes": int(statistics.median(int(s.get("request_bytes", 0)) for s in samples)),
+        "response_bytes": int(statistics.median(int(s.get("response_bytes", 0)) for s in samples)),
+    }
+
+
+def summarise_cell(
+    options: Mapping[str, Mapping[str, Any]],
+    local: Mapping[str, Any] | None,
+    *,
+    planned_id: str,
+    full_offload_ids: Sequence[str],
+) -> dict[str, Any]:
+    """The four strategies at one grid point from the measured options.
+
+    ``options`` maps each split option id to ``{"stats": summarise(...) or None, ...}``; local is
+    the local model's stats (or None). remote = the fastest measured full-offload option; best =
+    the fastest of everything measured (local included); planned = the plan's choice here.
+    """
+
+    def entry(option_id: str | None, stats: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {"option": option_id, "stats": None if stats is None else dict(stats)}
+
+    measured = {k: v["stats"] for k, v in options.items() if v.get("stats")}
+    if local is not None:
+        measured["local"] = local
+    remote_ids = [i for i in full_offload_ids if i in measured]
+    remote = min(remote_ids, key=lambda i: measured[i]["median_s"]) if remote_ids else None
+    best = min(measured, key=lambda i: measured[i]["median_s"]) if measured else None
+    return {
+        "local": entry("local" if local is not None else None, local),
+        "remote": entry(remote, measured.get(remote) if remote else None),
+        "planned": entry(planned_id, measured.get(planned_id)),
+        "best": entry(best, measured.get(best) if best else None),
+    }
+
+
+def _ms(seconds: float | None) -> str:
+    """Milliseconds with three significant figures (a digits model answers in hundredths of a ms)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "n/a"
+    ms = seconds * 1e3
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def _cell(strategy: Mapping[str, Any]) -> str:
+    stats = strategy.get("stats")
+    if not stats:
+        return "not measured"
+    return f"{_ms(stats['median_s'])} / {_ms(stats['p90_s'])}"
+
+
+def _ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    sa, sb = a.get("stats"), b.get("stats")
+    if not sa or not sb or sb["median_s"] <= 0:
+        return "n/a"
+    return f"{sa['median_s'] / sb['median_s']:.2f}"
+
+
+def _emulation_lines(emulation: Mapping[str, Any]) -> list[str]:
+    device = emulation["device"]
+    limit = device["cpu_limit"]
+    if limit.get("applied"):
+        cpu = (
+            f"{limit['cpus']:g} CPU via {limit['mechanism']} (quota {limit['quota_us']} us per {limit['period_us']} us "
+            f"period, cgroup `{limit['path']}`, removed afterwards: {limit.get('removed')})"
+        )
+    else:
+        cpu = f"**NO CPU limit** ({limit.get('reason', 'not requested')})"
+    link = emulation["link"]
+    server = emulation["server"]
+    return [
+        f"- Device: its own process ({device['process']}), {cpu}; onnxruntime intra-op threads {device['threads']}. "
+        f"{device.get('emulates', '')}",
+        f"- Server: {server['process']}; no CPU limit; {server.get('threads', '')}",
+        f"- Link: {link['mechanism']}; {link['shaping']}",
+        f"- Machine: {emulation.get('machine', {}).get('cpu_count')} CPUs "
+        f"({emulation.get('machine', {}).get('cpu_model', '?')}), shared with other work: "
+        "compare ratios within this run.",
+    ]
+
+
+def bench_markdown(results: Mapping[str, Any]) -> str:
+    lines = [
+        f"# splitinf bench: {results['model']['name']}",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Started {results['started_utc']}, wall time {results.get('wall_s', 0):.0f} s.",
+        "",
+        "## Emulation",
+        "",
+        *_emulation_lines(results["emulation"]),
+        "",
+        "## End-to-end latency per request (ms, median / p90)",
+        "",
+        "local: the full model on the device. remote: full offload (send the input) with the fastest "
+        "codec measured. planned: the option the plan's decision table picks at this point (profiles "
+        "measured in this run). best: the fastest of every option measured. Ratios are of medians.",
+        "",
+        "| Mbit/s | RTT ms | local | remote | planned | best | planned option | predicted ms | "
+        "planned/best | local/planned | remote/planned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in results["grid"]:
+        s = cell["summary"]
+        planned = s["planned"]
+        lines.append(
+            f"| {cell['bandwidth_mbit']:g} | {cell['rtt_ms']:g} | {_cell(s['local'])} | "
+            f"{_cell(s['remote'])} (`{s['remote']['option']}`) | {_cell(planned)} | {_cell(s['best'])} "
+            f"(`{s['best']['option']}`) | `{planned['option']}` | {_ms(cell['planned_predicted_s'])} | "
+            f"{_ratio(planned, s['best'])} | {_ratio(s['local'], planned)} | {_ratio(s['remote'], planned)} |"
+        )
+    option_ids = list(dict.fromkeys(i for cell in results["grid"] for i in cell["options"]))
+    if option_ids:
+        lines += [
+            "",
+            "## Every option (median ms measured; cost-model prediction in brackets)",
+            "",
+            "| Mbit/s | RTT ms | " + " | ".join(f"`{i}`" for i in option_ids) + " |",
+            "|---|---|" + "---|" * len(option_ids),
+        ]
+        for cell in results["grid"]:
+            row = []
+            for i in option_ids:
+                entry = cell["options"].get(i)
+                if entry is None:
+                    row.append("")
+                elif entry.get("stats"):
+                    row.append(f"{_ms(entry['stats']['median_s'])} ({_ms(entry['predicted_s'])})")
+                else:
+                    row.append(f"skipped ({_ms(entry['predicted_s'])})")
+            lines.append(f"| {cell['bandwidth_mbit']:g} | {cell['rtt_ms']:g} | " + " | ".join(row) + " |")
+        skip = results.get("settings", {}).get("skip_rule")
+        if skip:
+            lines += ["", f"Skipped: {skip}"]
+    local = results.get("local")
+    if local and local.get("stats"):
+        st = local["stats"]
+        lines += [
+            "",
+            f"Local model on the device: median {_ms(st['median_s'])} ms, p90 {_ms(st['p90_s'])} ms over "
+            f"{st['n']} runs (no network: 0 bytes sent). Device profile predicted "
+            f"{_ms(local.get('predicted_s'))} ms.",
+        ]
+    overhead = results.get("overhead") or []
+    if overhead:
+        lines += [
+            "",
+            "## Framework overhead against a bare gRPC echo of the same bytes (ms, medians)",
+            "",
+            "Both from the device process straight to the server machine (no emulated link). V2 = "
+            "`InferenceClient.infer` minus the server's reported compute time (so it holds encoding, "
+            "gRPC, the server's decode/encode and the client's decode); echo = a generic-handler gRPC "
+            "method answering the same number of bytes.",
+            "",
+            "| case | request bytes | response bytes | V2 | echo | overhead | V2/echo |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for case in overhead:
+            lines.append(
+                f"| `{case['id']}` | {case['request_bytes']} | {case['response_bytes']} | {_ms(case['v2_median_s'])} | "
+                f"{_ms(case['echo_median_s'])} | {_ms(case['overhead_s'])} | {case['ratio']:.2f} |"
+            )
+    failover = results.get("failover")
+    if failover:
+        lines += ["", "## Failover and recovery", ""]
+        if failover.get("error"):
+            lines.append(f"Not measured: {failover['error']}")
+        else:
+            lines += [
+                f"At {failover['bandwidth_mbit']:g} Mbit/s, RTT {failover['rtt_ms']:g} ms, budget "
+                f"{_ms(failover['budget_s'])} ms, one request every {_ms(failover['interval_s'])} ms at most; "
+                f"the link is cut by {failover['cut']}.",
+                "",
+                f"- Failover (cut -> first answer not from the split path): **{_ms(failover['failover_s'])} ms** "
+                f"(answered by `{failover['first_local_option']}`, reason {failover['first_local_reason']}).",
+                f"- Recovery (heal -> first split answer): **{_ms(failover['recovery_s'])} ms**.",
+                f"- During the outage: {failover['outage_answers']} answers, worst latency "
+                f"{_ms(failover['outage_worst_s'])} ms; none lost (each request answered once).",
+                f"- Policy: {failover['policy']}.",
+            ]
+    throughput = results.get("throughput")
+    if throughput:
+        lines += [
+            "",
+            f"## Tail-server throughput (`{throughput['option']}`, {throughput['request_bytes']} bytes per request)",
+            "",
+            "Concurrent clients on the server side (no emulated link), each its own channel, back to back.",
+            "",
+            "| clients | requests | seconds | requests/s | median ms |",
+            "|---|---|---|---|---|",
+        ]
+        for level in throughput["levels"]:
+            lines.append(
+                f"| {level['concurrency']} | {level['requests']} | {level['seconds']:.1f} | "
+                f"{level['rps']:.1f} | {_ms(level['median_s'])} |"
+            )
+    notes = results.get("notes") or []
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def bench_svg(results: Mapping[str, Any], panel_w: int = 300, panel_h: int = 260) -> str:
+    """One panel per RTT: median latency of each strategy against bandwidth (log-log)."""
+    rtts = sorted({cell["rtt_ms"] for cell in results["grid"]})
+    bandwidths = sorted({cell["bandwidth_mbit"] for cell in results["grid"]})
+    values = [
+        cell["summary"][s]["stats"]["median_s"]
+        for cell in results["grid"]
+        for s in STRATEGIES
+        if cell["summary"][s].get("stats")
+    ]
+    y_low = 10 ** math.floor(math.log10(min(values))) if values else 1e-3
+    y_high = 10 ** math.ceil(math.log10(max(values))) if values else 1.0
+    if y_high <= y_low:
+        y_high = y_low * 10
+    left, top, gap, bottom = 60, 50, 30, 45
+    width = left + len(rtts) * (panel_w + gap) + 120
+    height = top + panel_h + bottom
+    x_low = math.log10(bandwidths[0]) if bandwidths else 0.0
+    x_high = math.log10(bandwidths[-1]) if bandwidths else 1.0
+    if x_high <= x_low:
+        x_low, x_high = x_low - 0.5, x_high + 0.5
+
+    def x(panel: int, bw: float) -> float:
+        return left + panel * (panel_w + gap) + panel_w * (math.log10(bw) - x_low) / (x_high - x_low)
+
+    def y(seconds: float) -> float:
+        value = min(max(seconds, y_low), y_high)
+        frac = (math.log10(value) - math.log10(y_low)) / (math.log10(y_high) - math.log10(y_low))
+        return top + panel_h * (1 - frac)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="18" font-size="14">{escape(results["model"]["name"])}: measured median latency '
+        "against bandwidth (log-log), one panel per RTT</text>",
+    ]
+    for p, rtt in enumerate(rtts):
+        x0 = left + p * (panel_w + gap)
+        out.append(f'<rect x="{x0}" y="{top}" width="{panel_w}" height="{panel_h}" fill="none" stroke="#333"/>')
+        out.append(f'<text x="{x0 + panel_w / 2}" y="{top - 8}" text-anchor="middle">RTT {rtt:g} ms</text>')
+        for bw in bandwidths:
+            out.append(f'<text x="{x(p, bw):.1f}" y="{top + panel_h + 15}" text-anchor="middle">{bw:g}</text>')
+        exponent = round(math.log10(y_low))
+        while exponent <= round(math.log10(y_high)):
+            seconds = 10.0**exponent
+            out.append(
+                f'<line x1="{x0}" y1="{y(seconds):.1f}" x2="{x0 + panel_w}" y2="{y(seconds):.1f}" stroke="#ddd"/>'
+            )
+            if p == 0:
+                out.append(f'<text x="{x0 - 5}" y="{y(seconds) + 4:.1f}" text-anchor="end">{seconds * 1e3:g} ms</text>')
+            exponent += 1
+        cells = sorted((c for c in results["grid"] if c["rtt_ms"] == rtt), key=lambda c: c["bandwidth_mbit"])
+        for strategy in STRATEGIES:
+            points = [
+                (c["bandwidth_mbit"], c["summary"][strategy]["stats"]["median_s"])
+                for c in cells
+                if c["summary"][strategy].get("stats")
+            ]
+            colour = _COLOURS[strategy]
+            dash = ' stroke-dasharray="5,3"' if strategy == "best" else ""
+            if len(points) > 1:
+                text = " ".join(f"{x(p, bw):.1f},{y(s):.1f}" for bw, s in points)
+                out.append(
+                    f'<polyline class="series" data-strategy="{strategy}" data-rtt="{rtt:g}" points="{text}" '
+                    f'fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
+                )
+            for bw, s in points:
+                out.append(
+                    f'<circle class="point" data-strategy="{strategy}" data-rtt="{rtt:g}" data-bandwidth="{bw:g}" '
+                    f'data-median-s="{s:.6f}" cx="{x(p, bw):.1f}" cy="{y(s):.1f}" r="3" fill="{colour}"/>'
+                )
+    out.append(
+        f'<text x="{left + (len(rtts) * (panel_w + gap)) / 2}" y="{height - 10}" text-anchor="middle">'
+        "bandwidth (Mbit/s)</text>"
+    )
+    legend_x = left + len(rtts) * (panel_w + gap)
+    for k, strategy in enumerate(STRATEGIES):
+        ly = top + 16 * k + 10
+        out.append(
+            f'<line x1="{legend_x}" y1="{ly - 4}" x2="{legend_x + 20}" y2="{ly - 4}" '
+            f'stroke="{_COLOURS[strategy]}" stroke-width="2"/>'
+        )
+        out.append(f'<text x="{legend_x + 25}" y="{ly}">{strategy}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
