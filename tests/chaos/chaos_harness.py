@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from splitinf.device_config import DeviceConfig
 from splitinf.graph import find_cut
 from splitinf.partition import split_model
-from splitinf.plan import Option, Plan, TensorSpec, sha256_file, write_json_atomic
+from splitinf.plan import Option, Plan, TensorSpec, load_plan, sha256_file, write_json_atomic
 from splitinf.planner import option_names
 from splitinf.policy import PolicyConfig
 from splitinf.runtime import Runtime, RuntimeResult
@@ -145,13 +145,10 @@ def build_chaos_plan(root: Path) -> ChaosPlan:
     options: list[Option] = []
     # head_seconds as a Pi would measure them: the early cut is free, the late one pays the matmul
     declared = {"x": (0.0, 0.004), "b": (0.05, 0.0005)}
-    ids, tails = {}, {}
     for tensor, (head_s, tail_s) in declared.items():
         cut = find_cut(full, tensor)
         part = split_model(full, cut)
         option_id, head_rel, tail_name = option_names(MODEL_NAME, cut.id, "fp32")
-        ids[tensor] = option_id
-        tails[option_id] = tail_name
         head_sha = _save(part.head, root / head_rel)
         tail_sha = _save(part.tail, root / "server" / tail_name / "1" / "model.onnx")
         options.append(
@@ -183,15 +180,24 @@ def build_chaos_plan(root: Path) -> ChaosPlan:
         tuple(options),
     )
     write_json_atomic(root / "plan.json", plan.to_json())
-    full_session = ort.InferenceSession(full.SerializeToString(), providers=["CPUExecutionProvider"])
-    fallback_session = ort.InferenceSession(fallback.SerializeToString(), providers=["CPUExecutionProvider"])
+    return load_chaos_plan(root)
+
+
+def load_chaos_plan(root: Path) -> ChaosPlan:
+    """A ChaosPlan for a plan directory ``build_chaos_plan`` wrote (also from another process)."""
+    plan = load_plan(root)
+    split = {o.cut_id: o for o in plan.options if o.kind == "split"}
+    providers = ["CPUExecutionProvider"]
+    full_session = ort.InferenceSession(str(root / "source" / "model.onnx"), providers=providers)
+    fallback_session = ort.InferenceSession(str(root / "device" / "fallback.onnx"), providers=providers)
     x = sample_input(0)
     timings = []
     for _ in range(30):
         start = time.perf_counter()
         fallback_session.run(["y"], {"x": x})
         timings.append(time.perf_counter() - start)
-    return ChaosPlan(root, ids["x"], ids["b"], max(timings[5:]), tails, full_session, fallback_session)
+    tails = {o.id: o.tail_model for o in split.values() if o.tail_model is not None}
+    return ChaosPlan(root, split["x"].id, split["b"].id, max(timings[5:]), tails, full_session, fallback_session)
 
 
 def _save_tmp(model: onnx.ModelProto, root: Path) -> Path:
