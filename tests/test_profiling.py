@@ -53,6 +53,13 @@ def test_time_callable_runs_warmup_untimed_then_summarises_repeats() -> None:
         time_callable(work, repeats=0, warmup=0)
 
 
+def test_each_item_keeps_its_quietest_pass() -> None:
+    from splitinf.profiling import _quietest
+
+    busy, quiet = Timing(0.05, 0.09, 0.01, 5), Timing(0.02, 0.03, 0.015, 5)
+    assert _quietest([busy, quiet]) == quiet and _quietest([quiet, busy]) == quiet
+
+
 def test_progress_bar_draws_only_when_enabled() -> None:
     stream = io.StringIO()
     bar = ProgressBar(4, enabled=True, stream=stream, width=8)
@@ -81,8 +88,17 @@ def test_profile_times_every_requested_cut_and_codec() -> None:
     model = models.chain_cnn()
     cut_ids = [c.id for c in enumerate_cuts(model)][:3]
     profile = profile_model(
-        model, name="chain", sha256="abc", threads=1, cut_ids=cut_ids, codecs="fp32,fp16,int8", repeats=3, warmup=1
+        model,
+        name="chain",
+        sha256="abc",
+        threads=1,
+        cut_ids=cut_ids,
+        codecs="fp32,fp16,int8",
+        repeats=3,
+        warmup=1,
+        passes=2,
     )
+    assert profile["settings"]["passes"] == 2
     assert profile["model"] == {"name": "chain", "sha256": "abc"}
     assert profile["onnxruntime"]["version"] == ort.__version__
     assert profile["onnxruntime"]["threads"] == 1

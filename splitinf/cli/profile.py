@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--codecs", default="fp32,fp16,int8", help="wire codecs to time (default fp32,fp16,int8)")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per head/tail (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    parser.add_argument(
+        "--passes", type=int, default=2, help="separate sweeps; each item keeps its quietest (default 2)"
+    )
     parser.add_argument("--fallback", help="also time this small fallback model")
     parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no tty")
     parser.set_defaults(handler=run)
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         codecs=args.codecs,
         repeats=args.repeats,
         warmup=args.warmup,
+        passes=args.passes,
         fallback=args.fallback,
         progress=args.progress or sys.stderr.isatty(),
     )

@@ -106,7 +106,8 @@ def main() -> int:
     parser.add_argument("--bandwidths", default="10,50,200", help="Mbit/s, comma-separated")
     parser.add_argument("--rtt", type=float, default=20.0, help="emulated round-trip time in ms")
     parser.add_argument("--requests", type=int, default=11, help="timed requests per option and bandwidth")
-    parser.add_argument("--repeats", type=int, default=7, help="profile repeats")
+    parser.add_argument("--repeats", type=int, default=7, help="profile repeats per pass")
+    parser.add_argument("--passes", type=int, default=3, help="profile passes (each item keeps its quietest)")
     parser.add_argument("--server-threads", type=int, default=2)
     parser.add_argument("--codecs", default="fp32,fp16,int8")
     parser.add_argument("--local", action="store_true", help="also hold the full model on the device")
@@ -140,6 +141,7 @@ def main() -> int:
                 codecs=args.codecs,
                 repeats=args.repeats,
                 warmup=2,
+                passes=args.passes,
                 fallback=(small, "fallback", sha256_file(small_path)) if role == "device" else None,
             )
             write_json_atomic(work / f"{role}.json", profile)
