@@ -309,3 +309,15 @@ def test_samples_are_batch_slices_or_one_per_entry_and_mismatches_are_named(tmp_
     np.savez(tmp_path / "labels.npz", x=np.zeros((2, 4), np.float32), labels=np.array([1, 2, 3]))
     with pytest.raises(PlanError, match="one label per sample"):
         read_samples(tmp_path / "labels.npz", spec)
+
+
+def test_a_fallback_missing_from_the_device_profile_is_timed_here_and_says_so(setup: Setup, tmp_path: Path) -> None:
+    device = json.loads(setup.device.read_text())
+    del device["fallback"]
+    bare = tmp_path / "device.json"
+    bare.write_text(json.dumps(device))
+    argv = ["plan", str(setup.model), "--device", str(bare), "--server", str(setup.server)]
+    assert main([*argv, "--fallback", str(setup.fallback), "-o", str(tmp_path / "p")]) == 0
+    fallback = load_plan(tmp_path / "p").fallback
+    assert fallback is not None and fallback.seconds > 0
+    assert "planning machine" in fallback.fidelity["seconds_source"]
