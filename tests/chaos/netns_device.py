@@ -6,10 +6,13 @@ line on stdin, answering one JSON object per line on stdout:
 
     run N            -> {"answers": [...]}                 N requests, 20 ms apart
     until_split T    -> {"ok": bool, "answers": [...], "took_s": s}   until a split answer
+    until OPTION T   -> the same, until an answer from that option
+    estimate         -> {"bandwidth_bps": b, "rtt_s": r}
     check            -> {"ok": bool, "error": str|null}   Recorder.check() (exactly once, outputs, bounds, metrics)
     quit             -> {"ok": bool, "leaked": [...], "rss_growth_mib": x}
 
-Usage: python tests/chaos/netns_device.py PLAN_DIR HOST:PORT BUDGET_S
+Usage: python tests/chaos/netns_device.py PLAN_DIR HOST:PORT BUDGET_S [POLICY_JSON]
+(POLICY_JSON: overrides of chaos_harness.CHAOS_POLICY, e.g. '{"window_s": 1.0}')
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ def summary(answer: Answer) -> dict[str, Any]:
     }
 
 
-def main(plan_dir: str, server: str, budget_s: float) -> int:
+def main(plan_dir: str, server: str, budget_s: float, policy: dict[str, Any]) -> int:
     threads_before = device_threads()
     plan = load_chaos_plan(Path(plan_dir))
-    recorder = Recorder(Runtime(plan.path, device_config(server, budget_s=budget_s)), plan, budget_s)
+    runtime = Runtime(plan.path, device_config(server, budget_s=budget_s, policy=policy))
+    recorder = Recorder(runtime, plan, budget_s)
     rss_before = rss_bytes()  # after the sessions and the channel exist: growth from here is a leak
     print(json.dumps({"ready": True, "bound_s": recorder.bound_s}), flush=True)
     for line in sys.stdin:
@@ -50,11 +54,15 @@ def main(plan_dir: str, server: str, budget_s: float) -> int:
         reply: dict[str, Any]
         if command == "run":
             reply = {"answers": [summary(a) for a in recorder.run(int(args[0]), pace_s=0.02)]}
-        elif command == "until_split":
+        elif command in ("until_split", "until"):
+            wanted = args[0] if command == "until" else None
             first = len(recorder.answers)
             start = time.monotonic()
             try:
-                recorder.run_until(lambda a: a.result.kind == "split", timeout_s=float(args[0]))
+                recorder.run_until(
+                    lambda a, wanted=wanted: a.result.option_id == wanted if wanted else a.result.kind == "split",
+                    timeout_s=float(args[-1]),
+                )
                 ok = True
             except AssertionError:
                 ok = False
@@ -63,6 +71,9 @@ def main(plan_dir: str, server: str, budget_s: float) -> int:
                 "took_s": time.monotonic() - start,
                 "answers": [summary(a) for a in recorder.answers[first:]],
             }
+        elif command == "estimate":
+            snapshot = runtime.estimator.snapshot(time.monotonic())
+            reply = {"bandwidth_bps": snapshot.bandwidth_bps, "rtt_s": snapshot.rtt_s}
         elif command == "check":
             try:
                 recorder.check()
@@ -87,4 +98,5 @@ def main(plan_dir: str, server: str, budget_s: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+    overrides = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    sys.exit(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), overrides))

@@ -68,19 +68,25 @@ def start_server(link: NetnsLink, repo: Path) -> str:
     return line.split()[2]
 
 
+def start_device(link: NetnsLink, plan: ChaosPlan, target: str, budget_s: float, **policy: Any) -> DeviceProcess:
+    argv = [sys.executable, str(DEVICE_SCRIPT), str(plan.path), target, str(budget_s), json.dumps(policy)]
+    return DeviceProcess(link.popen("device", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+
+
+def finish(device: DeviceProcess) -> None:
+    checked = device.ask("check")
+    assert checked["ok"], checked["error"]
+    final = device.ask("quit")
+    assert final["ok"], f"threads leaked in the device: {final['leaked']}"
+    assert final["rss_growth_mib"] < 64
+    assert device.process.wait(10) == 0
+
+
 def test_link_down_between_namespaces_falls_back_within_budget_and_heals(
     link: NetnsLink, chaos_plan: ChaosPlan
 ) -> None:
     target = start_server(link, chaos_plan.server_repo)
-    device = DeviceProcess(
-        link.popen(
-            "device",
-            [sys.executable, str(DEVICE_SCRIPT), str(chaos_plan.path), target, str(BUDGET_S)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-    )
+    device = start_device(link, chaos_plan, target, BUDGET_S)
     bound_s = device.hello["bound_s"]
     assert bound_s <= BUDGET_S + MARGIN_S + 0.05
 
@@ -101,10 +107,21 @@ def test_link_down_between_namespaces_falls_back_within_budget_and_heals(
     policy_limit_s = 1.0 + 0.3 + 0.2  # CHAOS_POLICY: open_max_s + stabilisation_s + min_dwell_s
     reconnect_s = ChannelOptions().max_reconnect_backoff_ms / 1000
     assert time.monotonic() - healed_at <= policy_limit_s + reconnect_s + 3.0  # + TCP retransmission backoff
+    finish(device)
 
-    checked = device.ask("check")
-    assert checked["ok"], checked["error"]
-    final = device.ask("quit")
-    assert final["ok"], f"threads leaked in the device: {final['leaked']}"
-    assert final["rss_growth_mib"] < 64
-    assert device.process.wait(10) == 0
+
+def test_tbf_bandwidth_collapse_between_namespaces_moves_the_estimate_and_the_cut(
+    link: NetnsLink, chaos_plan: ChaosPlan
+) -> None:
+    cap_kbit = 1000.0
+    target = start_server(link, chaos_plan.server_repo)
+    device = start_device(link, chaos_plan, target, 0.6, window_s=1.0)
+    healthy = device.ask("run 15")["answers"]
+    assert {a["option"] for a in healthy} == {chaos_plan.big_option}
+    link.shape(rate_kbit=cap_kbit)  # tc tbf on both ends of the veth pair
+    switched = device.ask(f"until {chaos_plan.small_option} 10")
+    assert switched["ok"], switched
+    assert len(switched["answers"]) <= 8, f"took {len(switched['answers'])} requests to leave the 32 KiB cut"
+    estimate = device.ask("estimate")["bandwidth_bps"]
+    assert 0.5 * cap_kbit * 1000 <= estimate <= 1.5 * cap_kbit * 1000, f"estimate {estimate:.0f} b/s"
+    finish(device)
