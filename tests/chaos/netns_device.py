@@ -58,11 +58,12 @@ def main(plan_dir: str, server: str, budget_s: float, policy: dict[str, Any]) ->
             wanted = args[0] if command == "until" else None
             first = len(recorder.answers)
             start = time.monotonic()
+
+            def reached(answer: Answer, wanted: str | None = wanted) -> bool:
+                return answer.result.option_id == wanted if wanted else answer.result.kind == "split"
+
             try:
-                recorder.run_until(
-                    lambda a, wanted=wanted: a.result.option_id == wanted if wanted else a.result.kind == "split",
-                    timeout_s=float(args[-1]),
-                )
+                recorder.run_until(reached, timeout_s=float(args[-1]))
                 ok = True
             except AssertionError:
                 ok = False
