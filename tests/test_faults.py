@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -411,6 +412,37 @@ def test_cli_proxy_forwards_and_is_steered_through_its_control_port(listener: so
     finally:
         process.terminate()
         assert process.wait(10) == 0
+
+
+def test_cli_proxy_runs_a_schedule_file(listener: socket.socket, tmp_path: Path) -> None:
+    schedule = tmp_path / "flap.json"
+    schedule.write_text(json.dumps({"phases": [{"duration_s": 30, "blackhole": True, "direction": "upstream"}]}))
+    target = f"127.0.0.1:{listener.getsockname()[1]}"
+    argv = [sys.executable, "-m", "splitinf", "proxy", "--target", target, "--control", "127.0.0.1:0"]
+    process = subprocess.Popen([*argv, "--schedule", str(schedule)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        control = process.stdout.readline().split()[1]
+        settings = control_request(control, {"op": "get"})["settings"]
+        assert settings["upstream"]["blackhole"] is True and settings["downstream"]["blackhole"] is False
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "is not JSON"), ('{"phases": [{"blackhole": true}]}', "duration_s"), (None, "cannot read")],
+)
+def test_cli_proxy_rejects_a_bad_schedule_file(tmp_path: Path, content: str | None, message: str) -> None:
+    schedule = tmp_path / "schedule.json"
+    if content is not None:
+        schedule.write_text(content)
+    argv = [sys.executable, "-m", "splitinf", "proxy", "--target", "127.0.0.1:9", "--schedule", str(schedule)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_proxy_rejects_a_bad_target_without_a_traceback() -> None:
