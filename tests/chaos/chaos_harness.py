@@ -274,6 +274,7 @@ class Recorder:
         self.answers: list[Answer] = []
         self.issued = 0
         self._lock = threading.Lock()
+        self._load_threads: list[threading.Thread] = []
         self._metrics_before = self._metric_counts()
 
     def close(self) -> None:
@@ -314,7 +315,7 @@ class Recorder:
         raise AssertionError(f"no answer satisfied the condition within {timeout_s}s; last: {self.answers[-1]}")
 
     def run_concurrently(self, workers: int, until: threading.Event, pace_s: float = 0.01) -> None:
-        """``workers`` threads sending requests until ``until`` is set (start with ``start_load``)."""
+        """``workers`` threads sending requests until ``until`` is set; ``join_load`` waits for them."""
         threads = [
             threading.Thread(target=self._load_loop, args=(until, pace_s), name=f"chaos-load-{i}")
             for i in range(workers)
@@ -324,7 +325,7 @@ class Recorder:
         self._load_threads = threads
 
     def join_load(self, timeout_s: float = 10.0) -> None:
-        for thread in getattr(self, "_load_threads", []):
+        for thread in self._load_threads:
             thread.join(timeout_s)
             assert not thread.is_alive(), "a load thread is stuck: a request was never answered"
 
