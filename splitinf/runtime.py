@@ -222,6 +222,8 @@ class Runtime:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.metrics.set_mode(self.policy.mode.value, self.policy.breaker.value)
         self._prober: threading.Thread | None = None
+        if self._client is not None:
+            self._measure_link_at_start()
         if background_probes and self._client is not None:
             self._prober = threading.Thread(target=self._probe_loop, name="splitinf-prober", daemon=True)
             self._prober.start()
@@ -534,6 +536,21 @@ class Runtime:
             self._light_probe()
             return "ready"
         return None
+
+    def _measure_link_at_start(self) -> None:
+        """Connect, then take one RTT sample, so the first request is decided on a measured link, not the prior.
+
+        The first ServerReady pays for TCP and HTTP/2 set-up, so only the second one is a sample. A server
+        that is down costs at most two probe timeouts here; the policy then starts from the prior.
+        """
+        try:
+            if not self._client.server_ready(timeout_s=self.config.probe_timeout_s):
+                return
+        except TransportError as exc:
+            log.warning("tail server not reachable at start (%s); starting from the prior estimates", exc)
+            return
+        self._last_light_probe = self.clock()
+        self._light_probe()
 
     def _light_probe(self) -> bool:
         start = time.perf_counter()

@@ -424,12 +424,13 @@ def test_unavailable_is_retried_once_within_budget_and_gives_no_rtt_sample(
     dead_srv.stop(grace=0)
     client = FirstCallToADeadPort(f"127.0.0.1:{server[1]}", f"127.0.0.1:{dead_port}")
     with Runtime(plan_dir, device_config(None), client=client, background_probes=False) as runtime:
+        samples_at_start = runtime.estimator.snapshot(runtime.clock()).rtt_samples  # the start-up link probe
         result = runtime.infer(sample())
         assert (result.kind, result.attempts, result.fallback_reason) == ("split", 2, None)
         # Karn's rule: which attempt was answered is ambiguous, so the call gave no RTT sample
-        assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == 0
+        assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == samples_at_start
         assert runtime.infer(sample()).attempts == 1
-        assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == 1
+        assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == samples_at_start + 1
     client.close()
 
 
@@ -460,3 +461,22 @@ def test_stream_answers_every_input_once_when_the_server_dies_mid_stream(plan_di
     for i, result in enumerate(results):
         reference = FULL if result.kind == "split" else FALLBACK
         np.testing.assert_allclose(result.outputs["y"], run_model(reference, sample(i)["x"]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_link_is_measured_at_start_so_a_pessimistic_prior_does_not_force_a_fallback(
+    plan_dir: Path, server: tuple[Any, int]
+) -> None:
+    # A prior RTT far over the budget: deciding on the prior alone would answer locally.
+    config = device_config(f"127.0.0.1:{server[1]}", budget_s=0.2, prior_rtt_s=5.0)
+    with Runtime(plan_dir, config, background_probes=False) as runtime:
+        assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == 1
+        result = runtime.infer(sample())
+        assert result.kind == "split", result.fallback_reason
+
+
+def test_a_server_down_at_start_leaves_the_prior_and_answers_from_the_fallback(plan_dir: Path) -> None:
+    dead_srv, dead_port = create_server(ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None))
+    dead_srv.stop(grace=0)
+    with Runtime(plan_dir, device_config(f"127.0.0.1:{dead_port}", budget_s=0.2), background_probes=False) as runtime:
+        assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == 0
+        assert runtime.infer(sample()).kind == "fallback"
