@@ -4,8 +4,9 @@ Builds the ResNet-50-like model, profiles it on this machine (device side: 1 thr
 side: ``--server-threads``), runs ``splitinf plan``, starts a real tail server on the plan's
 repository, and puts an emulated link in front of it (``FaultProxy``: bandwidth cap and
 one-way delay in both directions). For each bandwidth it answers requests through the real
-device runtime (``splitinf.runtime.Runtime``) with each held option forced in turn (a copy of
-the plan holding only that option and the fallback), and reports:
+device runtime (``splitinf.runtime.Runtime``), one runtime per option forced (a copy of the plan
+holding only that option and the fallback), the options taking turns request by request in a
+shuffled order so other load on the machine falls on all of them alike, and reports:
 
 - predicted (``expected_latency`` at the link's bandwidth and RTT) vs measured median latency;
 - the option the plan's table picks vs the best option found by measuring every candidate
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -83,21 +85,27 @@ def forced_plan(plan_dir: Path, option_id: str, out: Path) -> Path:
     return out
 
 
-def measure(plan_dir: Path, address: str, option_id: str, x: np.ndarray, requests: int, bw: float, rtt: float) -> dict:
-    config = DeviceConfig(server=address, budget_s=120.0, intra_op_threads=1, prior_rtt_s=rtt, prior_bandwidth_bps=bw)
-    runtime = Runtime(plan_dir, config, background_probes=False)
-    try:
-        totals, wrong = [], 0
-        for k in range(requests + 2):
-            result = runtime.infer({"image": x}, budget_s=120.0)
+def measure_interleaved(
+    runtimes: dict[str, Runtime], x: np.ndarray, requests: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Median latency per option, the options taking turns in a shuffled order each round, so bursts
+    of other load on the machine fall on every option alike (the first two rounds only warm up)."""
+    order = list(runtimes)
+    rng = random.Random(seed)
+    totals: dict[str, list[float]] = {k: [] for k in order}
+    other = dict.fromkeys(order, 0)
+    for k in range(requests + 2):
+        rng.shuffle(order)
+        for option_id in order:
+            result = runtimes[option_id].infer({"image": x}, budget_s=120.0)
             if result.option_id != option_id:
-                wrong += 1
-                continue
-            if k >= 2:  # the first two warm the connection and the server's session
-                totals.append(result.latency.total_s)
-        return {"median": statistics.median(totals) if totals else float("nan"), "n": len(totals), "other": wrong}
-    finally:
-        runtime.close()
+                other[option_id] += 1
+            elif k >= 2:
+                totals[option_id].append(result.latency.total_s)
+    return {
+        k: {"median": statistics.median(v) if v else float("nan"), "n": len(v), "other": other[k]}
+        for k, v in totals.items()
+    }
 
 
 def main() -> int:
@@ -175,31 +183,42 @@ def main() -> int:
         rows = []
         try:
             with FaultProxy(f"127.0.0.1:{port}") as proxy:
-                for bw in bandwidths:
-                    proxy.set(latency_ms=args.rtt / 2, rate_kbit=bw / 1e3)
-                    measured = {}
-                    for option in candidates:
-                        forced = forced_plan(every_dir, option.id, work / f"forced-{len(rows)}-{len(measured)}")
-                        stats = measure(forced, proxy.address, option.id, x, args.requests, bw, rtt)
-                        predicted = expected_latency(option, bw, rtt)
-                        measured[option.id] = stats["median"]
-                        rows.append((bw, option.id, predicted, stats))
-                        held_mark = "*" if option.id in {h.id for h in plan.options} else " "
-                        error = (predicted - stats["median"]) / stats["median"]
+                runtimes = {}
+                for n, option in enumerate(candidates):
+                    forced = forced_plan(every_dir, option.id, work / f"forced-{n}")
+                    config = DeviceConfig(server=proxy.address, budget_s=120.0, intra_op_threads=1)
+                    runtimes[option.id] = Runtime(forced, config, background_probes=False)
+                try:
+                    for bw in bandwidths:
+                        proxy.set(latency_ms=args.rtt / 2, rate_kbit=bw / 1e3)
+                        load_before = os.getloadavg()[0]
+                        stats_by_option = measure_interleaved(runtimes, x, args.requests, seed=int(bw))
+                        measured = {}
+                        for option in candidates:
+                            stats = stats_by_option[option.id]
+                            predicted = expected_latency(option, bw, rtt)
+                            measured[option.id] = stats["median"]
+                            rows.append((bw, option.id, predicted, stats))
+                            held_mark = "*" if option.id in {h.id for h in plan.options} else " "
+                            error = (predicted - stats["median"]) / stats["median"]
+                            print(
+                                f"{bw / 1e6:7g} Mbit/s {held_mark}{option.id:38s} predicted {predicted * 1e3:8.1f} ms  "
+                                f"measured {stats['median'] * 1e3:8.1f} ms (n={stats['n']}, other={stats['other']})  "
+                                f"error {error * 100:+6.1f}%",
+                                flush=True,
+                            )
+                        planned = plan.table.lookup(bw, rtt)
+                        best = min(measured, key=lambda k: measured[k])
+                        ratio = measured[planned] / measured[best]
                         print(
-                            f"{bw / 1e6:7g} Mbit/s {held_mark}{option.id:38s} predicted {predicted * 1e3:8.1f} ms  "
-                            f"measured {stats['median'] * 1e3:8.1f} ms (n={stats['n']}, other={stats['other']})  "
-                            f"error {error * 100:+6.1f}%",
+                            f"{bw / 1e6:7g} Mbit/s  planned {planned} ({measured[planned] * 1e3:.1f} ms), "
+                            f"best measured {best} ({measured[best] * 1e3:.1f} ms): planned/best = {ratio:.3f}  "
+                            f"[load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}]",
                             flush=True,
                         )
-                    planned = plan.table.lookup(bw, rtt)
-                    best = min(measured, key=lambda k: measured[k])
-                    ratio = measured[planned] / measured[best]
-                    print(
-                        f"{bw / 1e6:7g} Mbit/s  planned {planned} ({measured[planned] * 1e3:.1f} ms), "
-                        f"best measured {best} ({measured[best] * 1e3:.1f} ms): planned/best = {ratio:.3f}",
-                        flush=True,
-                    )
+                finally:
+                    for runtime in runtimes.values():
+                        runtime.close()
         finally:
             server.stop()
         errors = [abs(p - s["median"]) / s["median"] for _, _, p, s in rows]
