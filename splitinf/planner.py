@@ -718,7 +718,9 @@ def plan_model(
                             "bytes": o.bytes,
                             "head_seconds": o.head_seconds,
                             "tail_seconds": o.tail_seconds,
+                            "serialize_seconds": o.serialize_seconds,
                             "accuracy": o.accuracy,
+                            "fidelity": dict(o.fidelity),
                         }
                         for o in splits
                         if o.id not in {h.id for h in held_splits}
