@@ -8,7 +8,8 @@ it is chosen, and marked with dots.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from xml.sax.saxutils import escape
 
 from splitinf.plan import Option, Plan, expected_latency
@@ -81,6 +82,7 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
             mark = " **best**" if choices and best_option(choices, bw, reference_rtt_s).id == option.id else ""
             row.append(_ms(seconds) + mark)
         lines.append("| " + " | ".join(row) + " |")
+    lines += _codec_section(plan)
     if plan.table is not None:
         lines += ["", "## Decision table", "", "Rows: bandwidth (Mbit/s); columns: round-trip time (ms).", ""]
         lines.append("| Mbit/s | " + " | ".join(f"{r * 1e3:g}" for r in plan.table.rtts_s) + " |")
@@ -88,6 +90,38 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
         for bw, picks in zip(plan.table.bandwidths_bps, plan.table.choices, strict=True):
             lines.append(f"| {bw / 1e6:.3g} | " + " | ".join(f"`{c}`" for c in picks) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fidelity_text(report: Mapping[str, Any] | None) -> str:
+    if not report:
+        return ""
+    agreement = report.get("top1_agreement")
+    text = f"rel.err max {report.get('max_rel_error', 0.0):.2e} mean {report.get('mean_rel_error', 0.0):.2e}"
+    return (f"top-1 {agreement:.3f}, " if agreement is not None else "") + text
+
+
+def _codec_section(plan: Plan) -> list[str]:
+    """Every evaluated cut and codec (held or not): bytes per sample and fidelity against fp32."""
+    rows: list[tuple[str, int, Mapping[str, Any]]] = [(o.id, o.bytes, o.fidelity) for o in plan.split_options]
+    evaluated = plan.profiles.get("evaluated", {}) if plan.profiles else {}
+    rows += [(str(o["id"]), int(o["bytes"]), o.get("fidelity") or {}) for o in evaluated.get("not_held", ())]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Codecs",
+        "",
+        "Every cut and codec evaluated (held ones first): bytes per sample, fidelity against the fp32 model.",
+        "",
+        "| option | bytes | calibration | held-out |",
+        "|---|---|---|---|",
+    ]
+    for option_id, nbytes, fidelity in rows:
+        lines.append(
+            f"| `{option_id}` | {nbytes} | {_fidelity_text(fidelity.get('calibration'))} "
+            f"| {_fidelity_text(fidelity.get('held_out'))} |"
+        )
+    return lines
 
 
 def latency_svg(plan: Plan, reference_rtt_s: float, width: int = 760, height: int = 440) -> str:

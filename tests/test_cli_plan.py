@@ -190,7 +190,9 @@ def test_the_report_has_a_table_and_a_chart_with_the_choice_marked(plan_dir: Pat
     report = (plan_dir / "report.md").read_text()
     for option in plan.options:
         assert f"`{option.id}`" in report
-    assert "**best**" in report and "## Decision table" in report
+    assert "**best**" in report and "## Decision table" in report and "## Codecs" in report
+    for entry in plan.profiles["evaluated"]["not_held"]:
+        assert f"`{entry['id']}`" in report
     svg = ET.parse(plan_dir / "latency.svg").getroot()
     ns = "{http://www.w3.org/2000/svg}"
     lines = {p.get("data-option") for p in svg.iter(f"{ns}polyline")}
