@@ -53,6 +53,7 @@ __all__ = ["SERVICE_NAME", "Batcher", "DataPlane", "InferOutcome", "InferenceSer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+UNKNOWN_MODEL_LABEL = "_unknown"
 
 
 @dataclass(frozen=True)
@@ -339,9 +340,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.metrics = metrics
         self.server_name = server_name
 
+    def _model_label(self, name: str | None) -> str | None:
+        # Clients choose the name: unknown ones share one label, so they cannot grow the metrics without bound.
+        if name is None or name in self.dataplane.models:
+            return name
+        return UNKNOWN_MODEL_LABEL
+
     @contextlib.contextmanager
     def _answer(self, context: grpc.ServicerContext, model: str | None = None) -> Iterator[None]:
         """The one place where InferenceError becomes a gRPC status (and gets counted)."""
+        model = self._model_label(model)
         try:
             yield
         except InferenceError as exc:
@@ -422,7 +430,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response = self._infer(request)
             except InferenceError as exc:
                 if self.metrics is not None:
-                    self.metrics.record_request(request.model_name, exc.code.name)
+                    self.metrics.record_request(self._model_label(request.model_name) or "", exc.code.name)
                 yield pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
                 continue
             if self.metrics is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -358,3 +359,52 @@ def test_batching_does_not_wait_when_no_other_request_is_in_the_server(start_v2_
     np.testing.assert_allclose(
         decode_response_outputs(response)["y"], run_directly(mlp(), x=np.ones((2, 16), np.float32))[0], rtol=1e-6
     )
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_malformed_requests_do_not_leak(start_v2_server: StartV2Server) -> None:
+    running = start_v2_server(metrics_port=0)
+    payload = np.ones((4096, 16), np.float32)  # 256 KiB per request: 400 leaked requests would be ~100 MB
+    bad_requests = [
+        infer_request("mlp", x=payload[:, :15].copy()),  # wrong shape
+        infer_request(f"ghost-{0}", x=payload),  # unknown model
+        pb.ModelInferRequest(model_name="mlp", raw_input_contents=[payload.tobytes()]),  # no tensor header
+    ]
+    with grpc.insecure_channel(running.target, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def hammer(rounds: int) -> None:
+            for index in range(rounds):
+                request = bad_requests[index % len(bad_requests)]
+                if index % len(bad_requests) == 1:
+                    request.model_name = f"ghost-{index}"  # a new name every time
+                with pytest.raises(grpc.RpcError):
+                    stub.ModelInfer(request, timeout=TIMEOUT)
+
+        hammer(60)  # warm up allocator pools
+        before = current_rss_bytes()
+        hammer(400)
+        grown = current_rss_bytes() - before
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT).live
+    assert grown < 40 * 1024 * 1024, f"RSS grew by {grown / 1e6:.1f} MB over 400 bad requests"
+    registry = running.server.metrics.registry
+    assert registry.get_sample_value("splitinf_requests_total", {"model": "_unknown", "code": "NOT_FOUND"}) == 153
+    assert registry.get_sample_value("splitinf_requests_total", {"model": "ghost-4", "code": "NOT_FOUND"}) is None
+
+
+def test_server_permits_the_device_keepalive_pings() -> None:
+    """The device pings every ~2 s, with or without calls; the server's ping policy must allow that rate,
+    or it answers GOAWAY too_many_pings and the device loses its connection exactly when idle."""
+    from splitinf.client import ChannelOptions
+    from splitinf.server import server_options
+
+    device = dict(ChannelOptions().grpc_options())
+    server = dict(server_options(ServerConfig(repo=Path("."))))
+    assert device["grpc.keepalive_permit_without_calls"] == 1
+    assert server["grpc.keepalive_permit_without_calls"] == 1
+    assert server["grpc.http2.min_ping_interval_without_data_ms"] < device["grpc.keepalive_time_ms"]
+    assert server["grpc.http2.max_ping_strikes"] == 0  # never GOAWAY a device for pinging
