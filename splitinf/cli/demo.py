@@ -1,0 +1,51 @@
+"""``splitinf demo``: split, serve, run, lose the network, keep answering, recover."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole system on loopback in about a minute (no files kept, no network beyond loopback)",
+        description=(
+            "Partition and plan the shipped digits model, start a tail server on a free loopback port, and run the "
+            "device runtime over the held-out digits through a fault proxy that goes healthy -> severed -> healed."
+        ),
+    )
+    parser.add_argument(
+        "--phase-seconds",
+        default="10,12,20",
+        metavar="H,S,R",
+        help="seconds of the healthy, severed and healed phases (default 10,12,20)",
+    )
+    parser.add_argument("--rate", type=float, default=25.0, help="requests per second (default 25)")
+    parser.add_argument("--budget-ms", type=float, default=50.0, help="latency budget per request (default 50)")
+    parser.add_argument("--json", metavar="FILE", help="also write the per-phase results as JSON to FILE")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitinf.demo import DemoSettings, run_demo
+    from splitinf.errors import UsageError
+
+    try:
+        phases = tuple(float(s) for s in args.phase_seconds.split(","))
+    except ValueError:
+        raise UsageError(
+            f"--phase-seconds {args.phase_seconds!r} is not three numbers; use e.g. --phase-seconds 10,12,20"
+        ) from None
+    if len(phases) != 3:
+        raise UsageError(f"--phase-seconds takes three durations (healthy,severed,healed), got {len(phases)}")
+    settings = DemoSettings(
+        phase_seconds=phases,
+        rate_per_s=args.rate,
+        budget_s=args.budget_ms / 1000,
+    )
+    reports = run_demo(settings)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"phases": [r.to_json() for r in reports]}, f, indent=2)
+    return 0
