@@ -175,9 +175,14 @@ def run_load(port: int, payload: bytes, clients: int, requests: int) -> dict[str
     }
 
 
+def medians(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40, help="calls per client per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration; medians are reported")
     parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
     parser.add_argument("--bare-server", type=int, metavar="RESPONSE_SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,8 +190,10 @@ def main() -> int:
         serve_bare(args.bare_server)
         return 0
     requests = 8 if args.quick else args.requests
+    repeats = 1 if args.quick else args.repeats
     here = Path(__file__).resolve()
-    print(f"command: python {here.relative_to(here.parents[2])} --requests {requests}")
+    print(f"command: python {here.relative_to(here.parents[2])} --requests {requests} --repeats {repeats}")
+    print(f"medians of {repeats} interleaved runs per row")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     print(f"tensor: {list(SHAPE)} float32 = {int(np.prod(SHAPE)) * 4:,} bytes per request\n")
 
@@ -208,8 +215,11 @@ def main() -> int:
                 print(f"{'clients':>7} {'server':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'compute p50':>12}")
                 overheads = []
                 for clients in (1, 4, 16):
-                    bare = run_load(bare_port, small_payload, clients, requests)
-                    ours = run_load(port, small_payload, clients, requests)
+                    bare_runs, our_runs = [], []
+                    for _ in range(repeats):  # interleaved, so both see the same background load
+                        bare_runs.append(run_load(bare_port, small_payload, clients, requests))
+                        our_runs.append(run_load(port, small_payload, clients, requests))
+                    bare, ours = medians(bare_runs), medians(our_runs)
                     for label, row in (("bare", bare), ("splitinf", ours)):
                         print(
                             f"{clients:>7} {label:>9} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} "
@@ -227,19 +237,25 @@ def main() -> int:
 
         print("\n2) dynamic batching on tail 'conv' (max batch 8, max delay 2 ms) vs off")
         print(f"{'clients':>7} {'batching':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-        results: dict[tuple[int, str], dict[str, float]] = {}
-        for label, extra in (("off", []), ("on", ["--max-batch", "8", "--batch-delay-ms", "2"])):
-            server, conv_port = start(serve + extra)
-            try:
-                for clients in (1, 4, 16):
-                    row = run_load(conv_port, conv_payload, clients, max(4, requests // 2))
-                    results[(clients, label)] = row
+        runs: dict[tuple[int, str], list[dict[str, float]]] = {}
+        off_server, off_port = start(serve)
+        on_server, on_port = start(serve + ["--max-batch", "8", "--batch-delay-ms", "2"])
+        try:
+            for clients in (1, 4, 16):
+                for _ in range(repeats):
+                    for label, conv_port in (("off", off_port), ("on", on_port)):
+                        row = run_load(conv_port, conv_payload, clients, max(4, requests // 2))
+                        runs.setdefault((clients, label), []).append(row)
+                for label in ("off", "on"):
+                    row = medians(runs[(clients, label)])
                     print(
                         f"{clients:>7} {label:>9} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
                     )
-            finally:
+        finally:
+            for server in (off_server, on_server):
                 server.terminate()
                 server.wait()
+        results = {key: medians(rows) for key, rows in runs.items()}
         for clients in (1, 4, 16):
             gain = results[(clients, "on")]["throughput"] / results[(clients, "off")]["throughput"]
             print(f"throughput with batching / without, {clients:>2} clients: {gain:.2f}x")
