@@ -116,3 +116,21 @@ def test_the_kubernetes_configmap_holds_a_valid_config(tmp_path: Path) -> None:
     config = load_server_config(tmp_path / "server.toml", repo="/models")
     assert config.host == "0.0.0.0" and config.max_connection_age_s == 300.0
     assert config.drain_grace_s < 30, "keep drain_grace_s below terminationGracePeriodSeconds"
+
+
+def test_onnxruntime_settings_reach_the_sessions(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from splitinf.repository import load_repository
+    from splitinf.testing.models import mlp
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    onnx.save(mlp(), tmp_path / "m" / "1" / "model.onnx")
+    model = load_repository(tmp_path, intra_op_threads=1, inter_op_threads=1, graph_optimization="disable")["m"]["1"]
+    options = model.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert model.session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(ConfigError, match=r"\['NoSuchExecutionProvider'\] are not available.*CPUExecutionProvider"):
+        load_repository(tmp_path, providers=("NoSuchExecutionProvider",))
