@@ -198,6 +198,10 @@ class DataPlane:
         self._draining = False
         self._ready = False
         self._model_inflight: dict[tuple[str, str], int] = {}
+        # Requests of a batching model run inline (in their own thread, skipping the batcher) when
+        # nothing else for that model is in the server; they cannot join any batch anyway.
+        self._model_inline: dict[tuple[str, str], int] = {}
+        self._adaptive_batching = not batch_wait_when_idle
         self._instance_slots = {
             (name, version): threading.Semaphore(instances)
             for name, versions in self.models.items()
@@ -214,7 +218,18 @@ class DataPlane:
 
     def _in_flight_counter(self, name: str, version: str) -> Callable[[], int]:
         key = (name, version)
-        return lambda: self._model_inflight.get(key, 0)
+        return lambda: self._model_inflight.get(key, 0) - self._model_inline.get(key, 0)
+
+    def _enter_inline(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            if self._model_inflight.get(key, 0) - self._model_inline.get(key, 0) != 1:
+                return False
+            self._model_inline[key] = self._model_inline.get(key, 0) + 1
+            return True
+
+    def _leave_inline(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._model_inline[key] -= 1
 
     # --- state ---
     def set_ready(self, ready: bool) -> None:
@@ -296,11 +311,17 @@ class DataPlane:
             raise ServerUnavailableError(f"model {name!r} is not ready yet")
         with self._admitted((model.name, model.version)):
             batch = model.validate(inputs, requested)
-            batcher = self._batchers.get((model.name, model.version))
-            if batcher is not None:
-                outputs, compute_ns, queue_ns = batcher.submit(inputs, batch).result()
-            else:
+            key = (model.name, model.version)
+            batcher = self._batchers.get(key)
+            if batcher is None:
                 outputs, compute_ns, queue_ns = self._run_direct(model, inputs)
+            elif self._adaptive_batching and self._enter_inline(key):
+                try:
+                    outputs, compute_ns, queue_ns = self._run_direct(model, inputs)
+                finally:
+                    self._leave_inline(key)
+            else:
+                outputs, compute_ns, queue_ns = batcher.submit(inputs, batch).result()
         if self.metrics is not None:
             self.metrics.queue_seconds.labels(model=model.name).observe(queue_ns / 1e9)
         if requested:
