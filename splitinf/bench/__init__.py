@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from splitinf.bench.cgroup import CpuCgroup, CpuLimitUnavailable, create_cpu_cgroup, detect_cgroup_version
 from splitinf.bench.harness import QUICK, BenchConfig, choose_cuts, command_line, run_bench
-from splitinf.bench.report import bench_markdown, bench_svg, summarise, summarise_cell
+from splitinf.bench.report import bench_markdown, bench_svg, model_accuracy, summarise, summarise_cell
 
 __all__ = [
     "QUICK",
@@ -24,6 +24,7 @@ __all__ = [
     "command_line",
     "create_cpu_cgroup",
     "detect_cgroup_version",
+    "model_accuracy",
     "run_bench",
     "summarise",
     "summarise_cell",

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
-__all__ = ["STRATEGIES", "bench_markdown", "bench_svg", "summarise", "summarise_cell"]
+__all__ = ["STRATEGIES", "bench_markdown", "bench_svg", "model_accuracy", "summarise", "summarise_cell"]
 
 # The four answers the table compares at each grid point, in column order.
 STRATEGIES = ("local", "remote", "planned", "best")
@@ -84,6 +84,44 @@ def summarise_cell(
         "remote": entry(remote, measured.get(remote) if remote else None),
         "planned": entry(planned_id, measured.get(planned_id)),
         "best": entry(best, measured.get(best) if best else None),
+    }
+
+
+def model_accuracy(grid: Sequence[Mapping[str, Any]], local: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How well the cost model predicted what was measured (issue 5's accuracy criteria).
+
+    For every measured option at every grid point: the relative error of the predicted latency
+    against the measured median; and per grid point whether the planned option's measured median
+    is within 5% of the best measured one.
+    """
+    errors = []
+    for cell in grid:
+        for option_id, entry in cell["options"].items():
+            stats = entry.get("stats")
+            if stats and entry.get("predicted_s"):
+                error = entry["predicted_s"] / stats["median_s"] - 1.0
+                errors.append({"bandwidth_mbit": cell["bandwidth_mbit"], "rtt_ms": cell["rtt_ms"],
+                               "option": option_id, "relative_error": error})  # fmt: skip
+    if local and local.get("stats") and local.get("predicted_s"):
+        errors.append({"option": "local", "relative_error": local["predicted_s"] / local["stats"]["median_s"] - 1.0})
+    planned = []
+    for cell in grid:
+        p, b = cell["summary"]["planned"].get("stats"), cell["summary"]["best"].get("stats")
+        if p and b:
+            planned.append(
+                {"bandwidth_mbit": cell["bandwidth_mbit"], "rtt_ms": cell["rtt_ms"],
+                 "planned_over_best": p["median_s"] / b["median_s"]}
+            )  # fmt: skip
+    absolute = sorted(abs(e["relative_error"]) for e in errors)
+    return {
+        "predictions": errors,
+        "median_abs_relative_error": float(statistics.median(absolute)) if absolute else None,
+        "max_abs_relative_error": absolute[-1] if absolute else None,
+        "within_15_percent": sum(1 for a in absolute if a <= 0.15),
+        "predicted": len(absolute),
+        "planned_vs_best": planned,
+        "planned_within_5_percent": sum(1 for p in planned if p["planned_over_best"] <= 1.05),
+        "grid_points": len(planned),
     }
 
 
@@ -194,6 +232,18 @@ def bench_markdown(results: Mapping[str, Any]) -> str:
             f"Local model on the device: median {_ms(st['median_s'])} ms, p90 {_ms(st['p90_s'])} ms over "
             f"{st['n']} runs (no network: 0 bytes sent). Device profile predicted "
             f"{_ms(local.get('predicted_s'))} ms.",
+        ]
+    accuracy = results.get("accuracy")
+    if accuracy and accuracy.get("predicted"):
+        lines += [
+            "",
+            "## Cost model against measurement",
+            "",
+            f"- Predicted vs measured median latency, over {accuracy['predicted']} measured (option, point) pairs "
+            f"and local: median |error| {accuracy['median_abs_relative_error'] * 100:.1f}%, worst "
+            f"{accuracy['max_abs_relative_error'] * 100:.1f}%, {accuracy['within_15_percent']} within 15%.",
+            f"- The planned option measured within 5% of the best measured option at "
+            f"{accuracy['planned_within_5_percent']} of {accuracy['grid_points']} grid points.",
         ]
     overhead = results.get("overhead") or []
     if overhead:

@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fallback", help="with --model PATH: the small fallback model (for the failover run)")
     parser.add_argument("--bandwidths", help="comma-separated Mbit/s (default 1,10,100)")
     parser.add_argument("--rtts", help="comma-separated round-trip times in ms (default 2,20,80)")
-    parser.add_argument("--device-cpus", type=float, default=None, help="CPU quota of the device (default 0.5)")
-    parser.add_argument("--device-threads", type=int, default=None, help="device onnxruntime threads (default 4)")
+    parser.add_argument("--device-cpus", type=float, default=None, help="device CPU quota in CPUs (default 0.15)")
+    parser.add_argument("--device-threads", type=int, default=None, help="device onnxruntime threads (default 1)")
     parser.add_argument("--cpu-period-ms", type=float, default=10.0, help="CFS period of the quota (default 10 ms)")
     parser.add_argument("--no-cpu-limit", action="store_true", help="run the device unlimited (stated in every output)")
     parser.add_argument("--requests", type=int, default=None, help="requests per option and grid point (default 10)")
@@ -56,8 +56,8 @@ def _numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 _FLAGS = (
-    "model", "fallback", "bandwidths", "rtts", "device_cpus", "device_threads", "cpu_period_ms", "no_cpu_limit",
-    "requests", "cuts", "codecs", "max_cell_seconds", "link", "no_failover", "out", "quick",
+    "quick", "model", "fallback", "bandwidths", "rtts", "device_cpus", "device_threads", "cpu_period_ms",
+    "no_cpu_limit", "requests", "cuts", "codecs", "max_cell_seconds", "link", "no_failover", "out",
 )  # fmt: skip
 
 
