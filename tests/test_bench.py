@@ -109,7 +109,7 @@ def test_summarise_cell_picks_remote_and_best_from_measurements() -> None:
     def stats(median: float) -> dict[str, Any]:
         return {"median_s": median, "p90_s": median}
 
-    options = {
+    options: dict[str, dict[str, Any]] = {
         "split:in:fp32": {"stats": stats(0.5)},
         "split:in:int8": {"stats": stats(0.3)},
         "split:mid:fp16": {"stats": stats(0.2)},
