@@ -109,12 +109,12 @@ def run_proxy(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.listen} / {args.control}: {exc.strerror}") from exc
     try:
+        if schedule is not None:  # before the ports are announced, so no client sees the link unscheduled
+            phases, repeat = schedule
+            proxy.schedule(phases, repeat=repeat)
         print(f"listening {proxy.address}", flush=True)
         if proxy.control_port is not None:
             print(f"control {listen_host}:{proxy.control_port}", flush=True)
-        if schedule is not None:
-            phases, repeat = schedule
-            proxy.schedule(phases, repeat=repeat)
         stop.wait()
     finally:
         proxy.stop()
