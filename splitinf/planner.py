@@ -14,6 +14,10 @@ The decision table covers a grid of bandwidths and round-trip times; candidate c
 options best somewhere on the grid, capped at a small number. Full offload ("send the input") is
 always weighed, and its best codec variants are always held, so the plan matches or beats it at
 every grid point by construction.
+
+Everything above the last section is pure. :func:`plan_model` at the end is the one I/O wrapper
+(what ``splitinf plan`` runs): it reads the model, profiles and samples, runs onnxruntime for
+calibration and fidelity, and writes the plan directory.
 """
 
 from __future__ import annotations
