@@ -144,6 +144,18 @@ def test_processes_run_inside_a_namespace_and_are_stopped_on_close() -> None:
     assert not any(name in listed for name in names)
 
 
+def test_call_in_runs_a_function_inside_the_namespace(link: NetnsLink) -> None:
+    with link.call_in("server", lambda: socket.create_server((link.server_ip, 0))) as listener:
+        port = listener.getsockname()[1]
+        with link.socket_in("device") as device:
+            device.settimeout(5)
+            device.connect((link.server_ip, port))
+    with pytest.raises(OSError):  # this namespace does not have the address: the call ran elsewhere
+        socket.create_server((link.server_ip, 0)).close()
+    with pytest.raises(ZeroDivisionError):  # errors come back to the caller
+        link.call_in("device", lambda: 1 // 0)
+
+
 def test_two_links_at_once_do_not_collide() -> None:
     with NetnsLink() as first, NetnsLink() as second:
         assert {first.device_ns, first.server_ns}.isdisjoint({second.device_ns, second.server_ns})

@@ -19,8 +19,9 @@ differ only in their namespace names (unique per process and instance).
   so its sends fail at once (``ENETUNREACH``).
 - ``popen``/``run``: a subprocess inside a namespace (``ip netns exec``); use it
   for anything that creates sockets on threads it does not own (gRPC's core).
-- ``socket_in``: a plain socket created inside a namespace from this process
-  (``setns`` on a short-lived thread of its own; a socket keeps its namespace).
+- ``call_in``/``socket_in``: run a function (make a socket) inside a namespace from
+  this process: ``setns`` on a short-lived thread of its own; a socket keeps its
+  namespace for life, so it can be used from any thread afterwards.
 
 Needs root and the ``ip``/``tc`` tools; ``netns_unavailable_reason()`` says why not.
 """
@@ -36,14 +37,15 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from splitinf.errors import ConfigError
 
 __all__ = [
     "NetnsLink",
+    "call_in_namespace",
     "NetnsUnavailableError",
     "netem_available",
     "netns_unavailable_reason",
@@ -52,6 +54,7 @@ __all__ = [
 Side = Literal["device", "server"]
 _CLONE_NEWNET = 0x40000000
 _counter = itertools.count()
+_T = TypeVar("_T")
 
 
 class NetnsUnavailableError(RuntimeError):
@@ -253,16 +256,23 @@ class NetnsLink:
         kwargs.setdefault("text", True)
         return subprocess.run(self.command(side, argv), timeout=timeout, **kwargs)
 
+    def call_in(self, side: Side, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on a fresh thread that entered the namespace; return its result.
+
+        Only what that thread creates lands in the namespace (a socket keeps its namespace
+        for life); code that opens sockets on threads of its own (gRPC) needs ``popen``."""
+        return call_in_namespace(self.namespace(side), fn)
+
     def socket_in(self, side: Side, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        """A socket that lives in a namespace, made on a throw-away thread that entered it."""
-        return socket_in_namespace(self.namespace(side), family, kind)
+        """A socket that lives in a namespace."""
+        return self.call_in(side, lambda: socket.socket(family, kind))
 
 
-def socket_in_namespace(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    made: list[socket.socket] = []
+def call_in_namespace(ns: str, fn: Callable[[], _T]) -> _T:
+    results: list[_T] = []
     errors: list[BaseException] = []
 
-    def enter_and_make() -> None:
+    def enter_and_call() -> None:
         # setns changes only this OS thread's namespace, and the thread ends right after
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -273,13 +283,13 @@ def socket_in_namespace(ns: str, family: int = socket.AF_INET, kind: int = socke
                     raise OSError(errno, f"setns into {ns}: {os.strerror(errno)}")
             finally:
                 os.close(fd)
-            made.append(socket.socket(family, kind))
+            results.append(fn())
         except BaseException as exc:
             errors.append(exc)
 
-    thread = threading.Thread(target=enter_and_make, name=f"setns-{ns}")
+    thread = threading.Thread(target=enter_and_call, name=f"setns-{ns}")
     thread.start()
     thread.join()
     if errors:
         raise errors[0]
-    return made[0]
+    return results[0]
