@@ -178,6 +178,43 @@ def test_rate_cap_limits_one_direction_and_not_the_other(
     assert up_rate > 3 * cap_kbit, f"the uncapped direction ran at only {up_rate:.0f} kbit/s"
 
 
+def test_settings_changed_from_many_threads_mid_transfer_keep_every_byte_in_order(
+    proxy: FaultProxy, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, server = pair
+    payload = b"".join(i.to_bytes(4, "big") for i in range(100_000))  # 400 kB of a counting sequence
+    variants = [  # every one slows the link, so the transfer spans hundreds of changes
+        FaultSettings.make(latency_ms=5, jitter_ms=5, rate_kbit=4_000),
+        FaultSettings.make(rate_kbit=2_000, direction="upstream"),
+        FaultSettings.make(pause=True),
+        FaultSettings.make(latency_ms=1, rate_kbit=8_000),
+    ]
+    proxy.set(variants[0])
+    done = threading.Event()
+    changes = [0, 0, 0]
+
+    def toggle(seed: int) -> None:
+        i = seed
+        while not done.is_set():
+            proxy.set(variants[i % len(variants)])
+            changes[seed] += 1
+            i += 1
+            done.wait(0.005)
+
+    togglers = [threading.Thread(target=toggle, args=(k,)) for k in range(3)]
+    sender = threading.Thread(target=client.sendall, args=(payload,))
+    for thread in [*togglers, sender]:
+        thread.start()
+    try:
+        received = recv_exactly(server, len(payload))
+    finally:
+        done.set()
+        for thread in [*togglers, sender]:
+            thread.join(5)
+    assert received == payload
+    assert sum(changes) >= 30, "the settings should have changed many times during the transfer"
+
+
 def test_blackhole_drops_bytes_and_keeps_the_connection_open(
     proxy: FaultProxy, pair: tuple[socket.socket, socket.socket]
 ) -> None:
