@@ -544,7 +544,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "--calibration", str(prepared.calibration), "--codecs", ",".join(config.codecs),
             "--bandwidths", ",".join(f"{b / 1e6:g}" for b in grid_bps),
             "--rtts", ",".join(f"{r * 1e3:g}" for r in grid_rtts),
-            "--reference-rtt", f"{config.rtts_ms[0]:g}", "-o", str(plan_dir),
+            "--reference-rtt", f"{config.rtts_ms[0]:g}", "--hold-all", "-o", str(plan_dir),
         )  # fmt: skip
         if prepared.fallback is not None:
             plan_argv += ["--fallback", str(prepared.fallback)]
@@ -577,10 +577,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "server": {"path": str(server_profile), "model_seconds": plan.profiles["server"].get("model_seconds")},
         }
         notes.append(
-            "Candidates measured: every option the plan holds (the planner keeps the full-offload codecs and the "
-            "cuts that are best somewhere on its grid, here the benchmark grid plus the planner's default grid) "
-            "plus the local model; profiled options the planner dropped have no tail on the server and are not "
-            "measured."
+            "Candidates measured: every profiled (cut, codec) option within the planner's accuracy floor (the "
+            "plan is made with --hold-all, so each has its head and tail; its decision table is the one it would "
+            "make anyway, over the benchmark grid plus the planner's default grid) and the local model."
         )
 
         progress("starting the tail server and the emulated link")
