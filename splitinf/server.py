@@ -522,14 +522,18 @@ class TailServer:
         self._metrics_http = httpd
         self.metrics_port = int(httpd.server_port)
 
+    def begin_drain(self) -> None:
+        """Health NOT_SERVING and new inference calls refused (UNAVAILABLE); calls in flight go on."""
+        self.health.enter_graceful_shutdown()
+        self.dataplane.start_draining()
+
     def drain(self, grace_s: float | None = None) -> bool:
         """Health NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish, stop.
 
         Returns True when every call in flight finished within the grace period.
         """
         grace = self.config.drain_grace_s if grace_s is None else grace_s
-        self.health.enter_graceful_shutdown()
-        self.dataplane.start_draining()
+        self.begin_drain()
         finished = self.dataplane.wait_idle(grace)
         if not finished:
             log.warning(

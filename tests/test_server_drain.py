@@ -89,7 +89,7 @@ def test_sigterm_drains_calls_in_flight_then_exits_0(write_v2_repository: Callab
             os.kill(serve.process.pid, signal.SIGTERM)
             serve.expect("draining")
             check = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
-            assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert poll(lambda: health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING)
             with pytest.raises(grpc.RpcError) as refused:
                 stub.ModelInfer(encode_request(pb.ModelInferRequest(model_name="mlp"), {"x": x}), timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if server.metrics_port is not None:
             print(f"metrics on http://{config.host}:{server.metrics_port}/metrics", flush=True)
         stop.wait()
+        server.begin_drain()
         print(f"draining (up to {config.drain_grace_s:g}s for calls in flight)", flush=True)
         finished = server.drain()
         print("stopped" if finished else "stopped with calls still in flight after the grace period", flush=True)
