@@ -56,6 +56,9 @@ class ChannelOptions:
         options: list[tuple[str, Any]] = [
             ("grpc.keepalive_time_ms", self.keepalive_time_ms),
             ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            # grpc-core only drops a transport whose ping went unanswered after this timeout (1 min by default,
+            # grpc/grpc#39239), so without it a black hole is found at TCP's pace, not keepalive's.
+            ("grpc.http2.ping_timeout_ms", self.keepalive_timeout_ms),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.initial_reconnect_backoff_ms", self.initial_reconnect_backoff_ms),
