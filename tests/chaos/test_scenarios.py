@@ -72,14 +72,6 @@ def test_3_black_hole_is_bounded_by_the_budget_not_by_tcp(device: Device, proxy:
         recorder.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "splitinf.client.ChannelOptions sets grpc.keepalive_timeout_ms but not grpc.http2.ping_timeout_ms; "
-        "grpc-core (1.85) closes a transport on an unanswered ping only after the ping timeout, 1 minute by "
-        "default (grpc/grpc#39239). With ping_timeout_ms=2000 added, the connection is dropped within ~2.5 s."
-    ),
-)
 def test_3_black_hole_dead_connection_is_noticed_within_the_keepalive_settings(
     device: Device, proxy: FaultProxy
 ) -> None:
