@@ -19,3 +19,70 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert "pytest" in test_command
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines
+
+
+def walkthrough_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- walkthrough.*?-->\n```sh\n(.*?)```", text, flags=re.S)
+    assert block, "README.md lost its walkthrough block"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    """Each walkthrough line runs as written on the digits models; only the server's address is local."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from splitinf.models import DIGITS_INPUT, digits_fallback_path, digits_main_path, load_digits_test
+
+    shutil.copy(digits_main_path(), tmp_path / "model.onnx")
+    shutil.copy(digits_fallback_path(), tmp_path / "small.onnx")
+    images, labels = load_digits_test()
+    # 300 samples: the plan measures accuracy on the last quarter, enough to tell the fallback from the main model.
+    np.savez(tmp_path / "samples.npz", **{DIGITS_INPUT: images[:300], "labels": labels[:300]})
+    (tmp_path / "inputs").mkdir()
+    for i in range(5):
+        np.save(tmp_path / "inputs" / f"digit{i}.npy", images[300 + i : 301 + i])
+    splitinf = str(Path(sys.executable).parent / "splitinf")
+
+    def argv(line: str) -> list[str]:
+        words = line.split()
+        assert words[0] == "splitinf"
+        return [splitinf, *words[1:]]
+
+    server = None
+    address = None
+    try:
+        for line in walkthrough_commands():
+            if line.startswith("splitinf serve"):
+                local = line.replace("--host 0.0.0.0", "--host 127.0.0.1").replace("--port 8001", "--port 0")
+                server = subprocess.Popen(
+                    [*argv(local), "--metrics-port", "0"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+                )
+                assert server.stdout is not None
+                for out in server.stdout:
+                    found = re.search(r"serving on (\S+:\d+)", out)
+                    if found:
+                        address = found.group(1)
+                        break
+                assert address, "splitinf serve never said where it serves"
+                continue
+            if address is not None:
+                line = line.replace("workstation.local:8001", address)
+            done = subprocess.run(argv(line), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+            assert "Traceback" not in done.stderr
+            if line.startswith("splitinf run"):
+                answered = [row for row in done.stdout.splitlines() if "digit" in row]
+                assert len(answered) == 5
+                # A healthy link and a main model that fits here: split or local, never the less accurate fallback.
+                assert all(row.split()[1].startswith(("split:", "local")) for row in answered), done.stdout
+    finally:
+        if server is not None:
+            server.terminate()
+            assert server.wait(timeout=30) == 0
+    plan = tmp_path / "plan"
+    assert (plan / "plan.json").is_file() and (plan / "report.md").is_file() and (plan / "latency.svg").is_file()
