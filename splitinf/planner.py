@@ -575,6 +575,10 @@ def plan_model(
             f"the device profile lacks the input cut {input_cut} (full offload), which every plan weighs; "
             "re-run `splitinf profile` without --cuts or with it included"
         )
+    # A cut made of graph outputs leaves the tail nothing to compute: it is the local option plus a round
+    # trip, never a split worth holding (and with include_local=False it would smuggle the local option in).
+    graph_outputs = {o.name for o in full.graph.output}
+    cut_ids = [c for c in cut_ids if not set(cuts[c].names) <= graph_outputs]
 
     local_accuracy = (
         1.0 if labels is None else _accuracy(wire_codecs.run_model(full, evaluation), eval_reference, labels)

@@ -293,6 +293,29 @@ def test_hold_all_holds_every_evaluated_option_with_the_same_table(
     assert every.table == capped.table
 
 
+def test_a_cut_of_graph_outputs_is_never_a_split_option(setup: Setup, tmp_path: Path) -> None:
+    """Splitting at the outputs leaves the tail nothing to do: the local option plus a round trip."""
+    from splitinf.graph import enumerate_cuts
+
+    output_cut = enumerate_cuts(setup.full)[-1]
+    assert set(output_cut.names) == {o.name for o in setup.full.graph.output}
+    argv = _plan_args(
+        setup,
+        tmp_path / "all",
+        "--fallback",
+        str(setup.fallback),
+        "--calibration",
+        str(setup.samples),
+        "--hold-all",
+        "--no-local",
+    )
+    assert main(argv) == 0
+    every = load_plan(tmp_path / "all")
+    held_cuts = {o.cut_id for o in every.split_options}
+    assert output_cut.id not in held_cuts
+    assert enumerate_cuts(setup.full)[0].id in held_cuts  # sending the input still is one
+
+
 def test_samples_are_batch_slices_or_one_per_entry_and_mismatches_are_named(tmp_path: Path) -> None:
     from splitinf.errors import PlanError
     from splitinf.plan import TensorSpec
