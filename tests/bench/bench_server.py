@@ -1,6 +1,6 @@
 """Tail-server benchmark: throughput and latency, overhead against a bare gRPC server, dynamic batching.
 
-Run:  python tests/bench/bench_server.py [--requests 40] [--quick]
+Run:  python tests/bench/bench_server.py [--requests 100] [--repeats 5] [--overhead-only] [--quick]
 
 Every request carries a [1, 256, 28, 28] float32 tensor (802,816 bytes: a ResNet-50
 mid-network activation). Servers run in their own processes (so the client threads do
@@ -9,13 +9,20 @@ not share a GIL with them), on 127.0.0.1:
 - ``splitinf serve`` with two tails: ``small`` (GlobalAveragePool -> Gemm 256x10: almost no
   compute, so the server's own overhead shows) and ``conv`` (Conv 3x3 256->64, Relu,
   GlobalAveragePool, Gemm: real compute, where batching can pay);
-- a bare gRPC server (no protobuf parsing, no model) that reads the same request bytes and
-  answers with bytes of the same size as splitinf's answer: the transport floor.
+- ``bare``: a grpcio server with an identity (de)serializer and no model: it receives the
+  request bytes as one Python ``bytes`` object and answers with prebuilt bytes of the same
+  size as splitinf's answer. This is "a bare gRPC echo of the same bytes": grpcio's own
+  per-message floor in Python.
+- ``bare-pb``: the same, but through the generated protobuf code the way a minimal V2
+  server would: ``ModelInferRequest.FromString``, read ``raw_input_contents[0]``, serialize a
+  ``ModelInferResponse`` of the same size as splitinf's answer. Shown for reference.
 
-The clients send pre-serialized bytes through the same code path to both servers, so the
-difference is the server. Overhead per call = splitinf p50 - splitinf's reported compute
-p50 - bare p50, as a share of the bare p50 (goal: within 10%). Figures on a shared
-2-core machine are noisy: compare ratios within one run.
+The clients send pre-serialized bytes through the same code path to every server, so the
+difference is the server. Per pair of interleaved runs, overhead per call = splitinf p50 -
+splitinf's reported compute p50 - bare p50, as a share of the bare p50 (goal: within 10%);
+the table reports the median over pairs. Server CPU per call (user + system time of the
+server process from /proc, all threads, divided by calls) is shown too: it is far less
+disturbed by other load on a shared machine than latency is.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -83,15 +91,34 @@ def tail_conv() -> onnx.ModelProto:
 # --- bare server (its own process) ---------------------------------------------------------------
 
 
-def serve_bare(response_size: int) -> None:
+def serve_bare(response_size: int, parse: bool) -> None:
+    from splitinf.protocol import grpc_service_pb2 as pb
+
     answer = b"\0" * response_size
+    # A response of the same serialized size as splitinf's answer (one raw output, padded).
+    template = pb.ModelInferResponse(model_name="small", raw_output_contents=[b""])
+    template.raw_output_contents[0] = b"\0" * max(0, response_size - template.ByteSize() - 2)
 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
         return answer
 
-    handler = grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(handle)}
+    def handle_pb(request: Any, context: grpc.ServicerContext) -> Any:
+        if len(request.raw_input_contents[0]) == 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty")
+        response = pb.ModelInferResponse()
+        response.CopyFrom(template)
+        return response
+
+    method = (
+        grpc.unary_unary_rpc_method_handler(
+            handle_pb,
+            request_deserializer=pb.ModelInferRequest.FromString,
+            response_serializer=pb.ModelInferResponse.SerializeToString,
+        )
+        if parse
+        else grpc.unary_unary_rpc_method_handler(handle)
     )
+    handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": method})
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=72),
         handlers=[handler],
@@ -131,8 +158,19 @@ def compute_ns(response: bytes) -> int:
     return int(parsed.parameters["splitinf_compute_ns"].int64_param)
 
 
-def run_load(port: int, payload: bytes, clients: int, requests: int) -> dict[str, float]:
-    """``clients`` threads, each with its own channel, each sending ``requests`` calls back to back."""
+def cpu_seconds(pid: int) -> tuple[float, float, int]:
+    """User and system CPU time and minor page faults of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
+
+
+def run_load(port: int, payload: bytes, clients: int, requests: int, pid: int | None = None) -> dict[str, float]:
+    """``clients`` threads, each with its own channel, each sending ``requests`` calls back to back.
+
+    With ``pid``, also the server process's CPU time per call during the timed part.
+    """
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(clients)]
     calls: list[Callable[..., bytes]] = [c.unary_unary(INFER_PATH) for c in channels]
@@ -159,11 +197,13 @@ def run_load(port: int, payload: bytes, clients: int, requests: int) -> dict[str
     threads = [threading.Thread(target=client, args=(call,)) for call in calls]
     for thread in threads:
         thread.start()
+    cpu_before = cpu_seconds(pid) if pid is not None else (0.0, 0.0, 0)
     barrier.wait()
     began = time.perf_counter()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
+    cpu_after = cpu_seconds(pid) if pid is not None else (0.0, 0.0, 0)
     for channel in channels:
         channel.close()
     latencies.sort()
@@ -172,6 +212,10 @@ def run_load(port: int, payload: bytes, clients: int, requests: int) -> dict[str
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         "compute_p50_ms": statistics.median(computes) / 1e6 if computes else 0.0,
+        "cpu_ms": 1000 * (cpu_after[0] + cpu_after[1] - cpu_before[0] - cpu_before[1]),
+        "sys_ms": 1000 * (cpu_after[1] - cpu_before[1]),
+        "faults": float(cpu_after[2] - cpu_before[2]),
+        "calls": float(len(latencies)),
     }
 
 
@@ -181,18 +225,22 @@ def medians(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=40, help="calls per client per run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration; medians are reported")
+    parser.add_argument("--requests", type=int, default=100, help="calls per client per run")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per configuration; medians are reported")
     parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
+    parser.add_argument("--overhead-only", action="store_true", help="skip the batching section")
     parser.add_argument("--bare-server", type=int, metavar="RESPONSE_SIZE", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-pb-server", type=int, metavar="RESPONSE_SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.bare_server is not None:
-        serve_bare(args.bare_server)
+    if args.bare_server is not None or args.bare_pb_server is not None:
+        serve_bare(args.bare_server or args.bare_pb_server, parse=args.bare_pb_server is not None)
         return 0
+    only_overhead = args.overhead_only
     requests = 8 if args.quick else args.requests
     repeats = 1 if args.quick else args.repeats
     here = Path(__file__).resolve()
-    print(f"command: python {here.relative_to(here.parents[2])} --requests {requests} --repeats {repeats}")
+    flags = " --overhead-only" if only_overhead else ""
+    print(f"command: python {here.relative_to(here.parents[2])} --requests {requests} --repeats {repeats}{flags}")
     print(f"medians of {repeats} interleaved runs per row")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     print(f"tensor: {list(SHAPE)} float32 = {int(np.prod(SHAPE)) * 4:,} bytes per request\n")
@@ -206,34 +254,52 @@ def main() -> int:
         small_payload, conv_payload = request_bytes("small"), request_bytes("conv")
 
         splitinf_server, port = start(serve)
+        servers = [("splitinf", splitinf_server, port)]
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 response_size = len(channel.unary_unary(INFER_PATH)(small_payload, timeout=60))
-            bare_server, bare_port = start([sys.executable, str(here), "--bare-server", str(response_size)])
-            try:
-                print("1) splitinf (tail 'small') vs a bare gRPC server, same request bytes")
-                print(f"{'clients':>7} {'server':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'compute p50':>12}")
-                overheads = []
-                for clients in (1, 4, 16):
-                    bare_runs, our_runs = [], []
-                    for _ in range(repeats):  # interleaved, so both see the same background load
-                        bare_runs.append(run_load(bare_port, small_payload, clients, requests))
-                        our_runs.append(run_load(port, small_payload, clients, requests))
-                    bare, ours = medians(bare_runs), medians(our_runs)
-                    for label, row in (("bare", bare), ("splitinf", ours)):
-                        print(
-                            f"{clients:>7} {label:>9} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} "
-                            f"{row['p99_ms']:>8.2f} {row['compute_p50_ms']:>10.3f}ms"
-                        )
-                    overhead = (ours["p50_ms"] - ours["compute_p50_ms"] - bare["p50_ms"]) / bare["p50_ms"]
-                    overheads.append(overhead)
-                    print(f"{'':>7} overhead per call (p50, compute excluded): {100 * overhead:+.1f}% of bare")
-            finally:
-                bare_server.terminate()
-                bare_server.wait()
+            for label, flag in (("bare", "--bare-server"), ("bare-pb", "--bare-pb-server")):
+                process, bare_port = start([sys.executable, str(here), flag, str(response_size)])
+                servers.append((label, process, bare_port))
+            print("1) splitinf (tail 'small') vs bare gRPC servers, same request bytes")
+            print(
+                f"{'clients':>7} {'server':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'compute p50':>12} "
+                f"{'CPU/call':>9} {'sys':>7} {'faults/call':>11}"
+            )
+            for clients in (1, 4, 16):
+                overhead_runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in servers}
+                for _ in range(repeats):  # interleaved, so all see the same background load
+                    for label, process, server_port in servers:
+                        row = run_load(server_port, small_payload, clients, requests, process.pid)
+                        overhead_runs[label].append(row)
+                for label, _, _ in servers:
+                    row = medians(overhead_runs[label])
+                    calls = sum(r["calls"] for r in overhead_runs[label])
+                    cpu_per_call = sum(r["cpu_ms"] for r in overhead_runs[label]) / calls
+                    sys_per_call = sum(r["sys_ms"] for r in overhead_runs[label]) / calls
+                    faults_per_call = sum(r["faults"] for r in overhead_runs[label]) / calls
+                    print(
+                        f"{clients:>7} {label:>9} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} "
+                        f"{row['p99_ms']:>8.2f} {row['compute_p50_ms']:>10.3f}ms {cpu_per_call:>7.3f}ms "
+                        f"{sys_per_call:>5.3f}ms {faults_per_call:>11.1f}"
+                    )
+                ours = overhead_runs["splitinf"]
+                for label in ("bare", "bare-pb"):
+                    pairs = [
+                        (o["p50_ms"] - o["compute_p50_ms"] - b["p50_ms"]) / b["p50_ms"]
+                        for o, b in zip(ours, overhead_runs[label], strict=True)
+                    ]
+                    print(
+                        f"{'':>7} overhead per call vs {label} (p50, compute excluded): "
+                        f"{100 * statistics.median(pairs):+.1f}% (median of {len(pairs)} pairs; "
+                        f"range {100 * min(pairs):+.0f}% .. {100 * max(pairs):+.0f}%)"
+                    )
         finally:
-            splitinf_server.terminate()
-            splitinf_server.wait()
+            for _, process, _ in servers:
+                process.terminate()
+                process.wait()
+        if only_overhead:
+            return 0
 
         print("\n2) dynamic batching on tail 'conv' (max batch 8, max delay 2 ms) vs off")
         print(f"{'clients':>7} {'batching':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
