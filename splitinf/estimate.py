@@ -15,6 +15,31 @@ reports it) and the network time. The network time is modelled as
   requests) give a windowed-minimum propagation baseline; heavy calls give a
   bandwidth sample ``bits / (network_s - baseline)``, and their RTT sample is the
   network time minus the transfer time at the current bandwidth estimate.
+
+Why the baseline only takes light calls that had the link to themselves
+------------------------------------------------------------------------
+A minimum filter shrugs off a high sample as long as one clean sample is in its
+window. When the window has emptied (a device that sent nothing light for a
+while) the next light sample becomes the baseline, however high it is. On a
+rate-capped link the device's own large request sits in the bottleneck queue,
+and a probe sent behind it measures that queue, not the path: at 1 Mbit/s a
+probe behind 24 KiB reads ~0.2 s, every later 32 KiB call then shows a transfer
+time of ``0.26 - 0.2`` s, and the estimate reads about 4x the cap.
+
+The caller knows what this estimator cannot: whether another of its calls was
+on the link while this one ran (``shared_link``). Such a light call is an upper
+bound on the path delay, so it may lower the baseline but never raise or set it,
+and it is no RTT sample. With nothing clean in the window the last clean
+baseline stays in use (propagation delay changes far less often than the load).
+
+Rejected alternatives. A longer minimum window (BBR's 10 s ``min_rtt``) only
+moves the moment the window empties, and is slower to follow a real path change.
+A bytes-versus-time regression (slope ``1/bandwidth``, intercept the baseline)
+needs calls of several sizes; a device sends one cut's size plus its light
+calls, so the fit's intercept rests on the same light calls and a queued probe
+biases it just the same. Heavy calls that shared the link keep their bandwidth
+sample: sharing is what the next request will see too (``infer_stream`` keeps
+several in flight), and dropping them would leave a busy stream with no samples.
 """
 
 from __future__ import annotations
@@ -187,13 +212,25 @@ class NetworkEstimator:
         server_compute_s: float = 0.0,
         bytes_on_wire: int = 0,
         retried: bool = False,
+        shared_link: bool = False,
         now: float,
     ) -> None:
-        """Feed one completed call: ``bytes_on_wire`` is request plus response payload."""
+        """Feed one completed call: ``bytes_on_wire`` is request plus response payload.
+
+        ``shared_link``: another call of this device was on the link while this one ran, so a
+        light call may have queued behind its bytes (see the module docstring).
+        """
         if retried:
             return  # Karn's rule: which attempt did this answer belong to? Unknown, so no sample.
         network_s = max(round_trip_s - max(server_compute_s, 0.0), 0.0)
         if bytes_on_wire <= self.light_bytes:
+            if shared_link:
+                # an upper bound on the path delay: it may lower the baseline, never raise or set it
+                base = self._base.value(now)
+                if base is not None and network_s < base:
+                    self._base.add(network_s, now)
+                    self._base_seen_at = now
+                return
             self._base.add(network_s, now)
             self._base_seen_at = now
             self.rtt.observe(network_s, now=now)

@@ -99,3 +99,62 @@ def test_network_estimator_drops_retried_calls_and_unmeasurable_transfers() -> N
     # loopback-fast transfer (0.2 ms beyond the baseline) says nothing about bandwidth
     est.observe_call(round_trip_s=0.0102, bytes_on_wire=5000, now=2.0)
     assert est.snapshot(2.0).bandwidth_age_s is None
+
+
+CAP_BPS = 1e6
+HEAVY_BYTES = 32 * 1024
+HEAVY_TRANSFER_S = HEAVY_BYTES * 8 / CAP_BPS  # 0.262144 s at 1 Mbit/s
+
+
+def _heavy_call(est: NetworkEstimator, now: float, base_s: float = 0.020) -> None:
+    est.observe_call(
+        round_trip_s=base_s + HEAVY_TRANSFER_S + 0.004, server_compute_s=0.004, bytes_on_wire=HEAVY_BYTES, now=now
+    )
+
+
+def test_a_probe_that_queued_behind_a_large_request_does_not_become_the_baseline() -> None:
+    # engineer D's case: the clean baseline (20 ms) has aged out of the 10 s window; the next probe
+    # went out while a 32 KiB request filled a 1 Mbit/s bottleneck and read 0.2 s of queueing
+    est = NetworkEstimator(window_s=10.0)
+    est.observe_call(round_trip_s=0.020, bytes_on_wire=0, now=0.0)
+    rtt_before = (est.rtt.srtt_s, est.rtt.samples)
+    est.observe_call(round_trip_s=0.200, bytes_on_wire=0, shared_link=True, now=40.0)
+    assert est.snapshot(40.0).base_rtt_s == pytest.approx(0.020)
+    assert (est.rtt.srtt_s, est.rtt.samples) == rtt_before  # queueing is no RTT sample either
+    assert est.base_age_s(40.0) == 40.0  # still stale: the runtime keeps looking for a clean probe
+    for i in range(4):
+        _heavy_call(est, now=40.5 + i)
+    assert est.snapshot(44.0).bandwidth_bps == pytest.approx(CAP_BPS)
+
+
+def test_without_the_shared_flag_that_probe_would_make_the_cap_read_three_times_too_high() -> None:
+    # the failure the flag prevents, and the reason a clean sample may still raise the baseline:
+    # after the window a higher clean sample is a real path change and must be followed
+    est = NetworkEstimator(window_s=10.0)
+    est.observe_call(round_trip_s=0.020, bytes_on_wire=0, now=0.0)
+    est.observe_call(round_trip_s=0.200, bytes_on_wire=0, now=40.0)
+    assert est.snapshot(40.0).base_rtt_s == pytest.approx(0.200)
+    _heavy_call(est, now=40.5)
+    assert est.snapshot(40.5).bandwidth_bps > 3 * CAP_BPS  # 0.262 s of transfer read as 0.082 s
+
+
+def test_a_shared_light_call_may_lower_the_baseline_but_never_set_it() -> None:
+    est = NetworkEstimator(window_s=10.0)
+    est.observe_call(round_trip_s=0.005, bytes_on_wire=0, shared_link=True, now=0.0)
+    snap = est.snapshot(0.0)
+    assert snap.base_rtt_s is None and snap.rtt_samples == 0 and est.base_age_s(0.0) is None
+    est.observe_call(round_trip_s=0.030, bytes_on_wire=0, now=1.0)
+    # queueing only adds time, so a shared sample below the baseline is still a valid upper bound
+    est.observe_call(round_trip_s=0.020, bytes_on_wire=0, shared_link=True, now=2.0)
+    assert est.snapshot(2.0).base_rtt_s == pytest.approx(0.020)
+    est.observe_call(round_trip_s=0.025, bytes_on_wire=0, shared_link=True, now=3.0)
+    assert est.snapshot(3.0).base_rtt_s == pytest.approx(0.020)
+
+
+def test_a_heavy_call_that_shared_the_link_keeps_its_bandwidth_sample() -> None:
+    # two 32 KiB calls at once on a 1 Mbit/s link each take twice as long: that is the bandwidth
+    # the next request of a stream will get, so the sample is kept
+    est = NetworkEstimator(window_s=10.0)
+    est.observe_call(round_trip_s=0.020, bytes_on_wire=0, now=0.0)
+    est.observe_call(round_trip_s=0.020 + 2 * HEAVY_TRANSFER_S, bytes_on_wire=HEAVY_BYTES, shared_link=True, now=1.0)
+    assert est.snapshot(1.0).bandwidth_bps == pytest.approx(CAP_BPS / 2)
