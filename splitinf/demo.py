@@ -33,7 +33,7 @@ PHASES = ("healthy", "severed", "healed")
 class DemoSettings:
     phase_seconds: tuple[float, float, float] = (10.0, 12.0, 20.0)
     rate_per_s: float = 25.0  # requests per second, like a camera at 25 frames per second
-    budget_s: float = 0.05
+    budget_s: float = 0.1
     calibration_samples: int = 60  # the first held-out digits calibrate the codecs; the rest are the stream
     # Short policy periods so a heal shows within the demo (a Pi would use the defaults).
     open_s: float = 2.0

@@ -15,7 +15,7 @@ def test_demo_splits_falls_back_when_severed_and_recovers(tmp_path: Path) -> Non
     results = tmp_path / "demo.json"
     env = {**os.environ, "TMPDIR": str(scratch)}
     completed = subprocess.run(
-        [sys.executable, "-m", "splitinf", "demo", "--phase-seconds", "3,4,9", "--json", str(results)],
+        [sys.executable, "-m", "splitinf", "demo", "--phase-seconds", "3,4,14", "--json", str(results)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -32,7 +32,7 @@ def test_demo_splits_falls_back_when_severed_and_recovers(tmp_path: Path) -> Non
     # Severed: the fallback answers, nothing is lost, and no answer waits past the budget plus a margin.
     assert severed["answers"].get("fallback", 0) > 0.8 * severed["requests"]
     assert sum(severed["answers"].values()) == severed["requests"]
-    assert severed["max_ms"] < 50 + 100, "an answer waited far past the 50 ms budget"
+    assert severed["max_ms"] < 100 + 100, "an answer waited far past the 100 ms budget"
     assert any(change["to"] == "local" for change in severed["mode_changes"])
     # Healed: back in split mode before the phase ends.
     assert any(change["to"] == "split" for change in healed["mode_changes"])
@@ -46,3 +46,12 @@ def test_demo_splits_falls_back_when_severed_and_recovers(tmp_path: Path) -> Non
     # Everything it wrote was in its temporary directory, and that is gone.
     assert list(scratch.iterdir()) == []
     assert {p.name for p in tmp_path.iterdir()} == {"tmp", "demo.json"}
+
+
+def test_demo_usage_errors_exit_2_without_traceback() -> None:
+    for flags, named in ((["--phase-seconds", "1,2"], "three durations"), (["--rate", "0"], "--rate")):
+        done = subprocess.run(
+            [sys.executable, "-m", "splitinf", "demo", *flags], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, done.stderr
+        assert named in done.stderr and "Traceback" not in done.stderr

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds of the healthy, severed and healed phases (default 10,12,20)",
     )
     parser.add_argument("--rate", type=float, default=25.0, help="requests per second (default 25)")
-    parser.add_argument("--budget-ms", type=float, default=50.0, help="latency budget per request (default 50)")
+    parser.add_argument("--budget-ms", type=float, default=100.0, help="latency budget per request (default 100)")
     parser.add_argument("--json", metavar="FILE", help="also write the per-phase results as JSON to FILE")
     parser.set_defaults(handler=run)
 
