@@ -20,7 +20,9 @@ Guarantees:
 - Probes run on a background thread, one at a time with a short deadline, so they
   never delay a user request: half-open probes (a small request to the tail with
   the fewest bytes) while PROBING, ServerReady probes while not splitting or when
-  the RTT baseline is stale.
+  the RTT baseline is stale. Every call and probe is tracked on the link, so a probe
+  that shared it with another call (and may have queued behind its bytes) is not
+  taken for the path's round trip.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +169,35 @@ class _BudgetSpent(Exception):
     pass
 
 
+@dataclass
+class _LinkUse:
+    shared: bool  # another call of this device was on the link at some moment of this one
+
+
+class _LinkTracker:
+    """The device's remote calls and probes on the link, so a probe can tell whether it queued
+    behind another call's bytes (the estimator then keeps it out of the RTT baseline)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._started = 0
+
+    @contextmanager
+    def use(self) -> Iterator[_LinkUse]:
+        with self._lock:
+            use = _LinkUse(shared=self._active > 0)
+            self._active += 1
+            self._started += 1
+            seq = self._started
+        try:
+            yield use
+        finally:
+            with self._lock:
+                self._active -= 1
+                use.shared = use.shared or self._started != seq  # another call started meanwhile
+
+
 class Runtime:
     """The device side of split inference. Thread-safe; close() (or a with-block) stops it."""
 
@@ -217,6 +249,7 @@ class Runtime:
         if self._client is None:
             log.warning("no server configured: every request is answered on the device")
         self._last_light_probe = -float("inf")
+        self._link = _LinkTracker()
         self._stop = threading.Event()
         self._metrics_server: Any = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -299,11 +332,16 @@ class Runtime:
             self.metrics.set_mode(self.policy.mode.value, self.policy.breaker.value)
         return published
 
-    def _observe(self, *, round_trip_s: float, server_s: float, nbytes: int, retried: bool) -> None:
+    def _observe(self, *, round_trip_s: float, server_s: float, nbytes: int, retried: bool, shared: bool) -> None:
         """Feed a completed call into the estimates; call with the lock held."""
         now = self.clock()
         self.estimator.observe_call(
-            round_trip_s=round_trip_s, server_compute_s=server_s, bytes_on_wire=nbytes, retried=retried, now=now
+            round_trip_s=round_trip_s,
+            server_compute_s=server_s,
+            bytes_on_wire=nbytes,
+            retried=retried,
+            shared_link=shared,
+            now=now,
         )
         snap = self.estimator.snapshot(now)
         self.metrics.bandwidth.set(snap.bandwidth_bps / 8)
@@ -382,7 +420,8 @@ class Runtime:
         head_s = time.perf_counter() - head_start
         counter = [0]
         try:
-            result = self._call_remote(option, wire, deadline, counter)
+            with self._link.use() as link:
+                result = self._call_remote(option, wire, deadline, counter)
             _check_answer(option, self.plan, result.outputs, result.model_sha256)
         except (TransportError, _BudgetSpent) as exc:
             reason = "budget_spent" if isinstance(exc, _BudgetSpent) else _reason(exc)
@@ -430,6 +469,7 @@ class Runtime:
                 server_s=result.server_compute_s,
                 nbytes=result.request_bytes + result.response_bytes,
                 retried=attempts > 1,
+                shared=link.shared,
             )
             events += self._publish(self.policy.record(option.id, ok=True, latency_s=time.perf_counter() - start))
         breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=result.server_compute_s)
@@ -555,14 +595,15 @@ class Runtime:
     def _light_probe(self) -> bool:
         start = time.perf_counter()
         try:
-            ready = bool(self._client.server_ready(timeout_s=self.config.probe_timeout_s))
+            with self._link.use() as link:
+                ready = bool(self._client.server_ready(timeout_s=self.config.probe_timeout_s))
         except TransportError:
             self.metrics.probes.labels(kind="ready", result="failed").inc()
             return False
         elapsed = time.perf_counter() - start
         if ready:
             with self._lock:
-                self._observe(round_trip_s=elapsed, server_s=0.0, nbytes=0, retried=False)
+                self._observe(round_trip_s=elapsed, server_s=0.0, nbytes=0, retried=False, shared=link.shared)
         self.metrics.probes.labels(kind="ready", result="ok" if ready else "not_ready").inc()
         return ready
 
@@ -579,9 +620,10 @@ class Runtime:
                 wire = {t.name: np.zeros(_concrete(t.shape), dtype=np.dtype(t.dtype)) for t in option.wire}
                 assert option.tail_model is not None
                 start = time.perf_counter()
-                result = self._client.infer(
-                    option.tail_model, wire, timeout_s=self.config.probe_timeout_s, version=option.tail_version
-                )
+                with self._link.use() as link:
+                    result = self._client.infer(
+                        option.tail_model, wire, timeout_s=self.config.probe_timeout_s, version=option.tail_version
+                    )
                 latency = time.perf_counter() - start
                 _check_answer(option, self.plan, result.outputs, result.model_sha256)
                 ok = True
@@ -591,6 +633,7 @@ class Runtime:
                         server_s=result.server_compute_s,
                         nbytes=result.request_bytes + result.response_bytes,
                         retried=False,
+                        shared=link.shared,
                     )
         except TransportError as exc:
             reason = f"probe_{_reason(exc)}"

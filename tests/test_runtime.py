@@ -6,6 +6,7 @@ compared with the full model's; bad inputs and mismatched tails are refused or f
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -480,3 +481,35 @@ def test_a_server_down_at_start_leaves_the_prior_and_answers_from_the_fallback(p
     with Runtime(plan_dir, device_config(f"127.0.0.1:{dead_port}", budget_s=0.2), background_probes=False) as runtime:
         assert runtime.estimator.snapshot(runtime.clock()).rtt_samples == 0
         assert runtime.infer(sample()).kind == "fallback"
+
+
+def test_a_probe_that_shared_the_link_with_a_request_is_not_taken_for_the_path_delay(
+    plan_dir: Path, server: tuple[Any, int]
+) -> None:
+    skew = [0.0]  # the runtime's clock, moved past the window instead of waiting it out
+    with FaultProxy(f"127.0.0.1:{server[1]}") as proxy:
+        config = device_config(proxy.address)
+        clock = lambda: time.monotonic() + skew[0]  # noqa: E731
+        with Runtime(plan_dir, config, clock=clock, background_probes=False) as runtime:
+            clean = runtime.estimator.snapshot(clock())
+            assert clean.base_rtt_s is not None and clean.base_rtt_s < 0.1
+            proxy.set(FaultSettings(downstream=DirectionFaults(latency_ms=300)))
+            skew[0] += config.policy.window_s + 1.0  # the start probe's baseline has aged out
+            sent = proxy.stats().bytes_forwarded["upstream"]
+            request = threading.Thread(target=runtime.infer, args=(sample(),))
+            request.start()
+            # the request has reached the server; its answer is held for 300 ms
+            wait_for(lambda: proxy.stats().bytes_forwarded["upstream"] > sent, timeout_s=5)
+            assert runtime.probe_once() == "ready"
+            request.join(5)
+            assert not request.is_alive()
+            shared = runtime.estimator.snapshot(clock())
+            # neither the probe nor the (light) request had the link to itself: no RTT sample, old baseline
+            assert shared.rtt_samples == clean.rtt_samples
+            assert shared.base_rtt_s == clean.base_rtt_s
+            # the baseline is still stale, so the next probe is due; alone on the link it is a clean
+            # sample, and the path's new delay is followed
+            assert runtime.probe_once() == "ready"
+            alone = runtime.estimator.snapshot(clock())
+            assert alone.rtt_samples == clean.rtt_samples + 1
+            assert alone.base_rtt_s is not None and alone.base_rtt_s >= 0.3
