@@ -43,17 +43,59 @@ from splitinf.metrics import ServerMetrics
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
-from splitinf.protocol.tensors import datatype_of, decode_request_inputs, encode_response_outputs
+from splitinf.protocol.tensors import (
+    ParsedInferRequest,
+    datatype_of,
+    decode_request_inputs,
+    encode_response_outputs,
+    parse_infer_request,
+)
 from splitinf.repository import LoadedModel, load_repository
 from splitinf.server_config import ServerConfig
 from splitinf.tls import TokenAuthInterceptor
 
-__all__ = ["SERVICE_NAME", "Batcher", "DataPlane", "InferOutcome", "InferenceServicer", "TailServer", "create_server"]
+__all__ = [
+    "SERVICE_NAME",
+    "Batcher",
+    "DataPlane",
+    "InferOutcome",
+    "InferenceServicer",
+    "TailServer",
+    "add_inference_servicer",
+    "create_server",
+    "inference_method_handlers",
+]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 UNKNOWN_MODEL_LABEL = "_unknown"
+
+
+class _ModelSeries:
+    """One model's metric children, looked up once: ``labels()`` costs about a microsecond per call."""
+
+    def __init__(self, metrics: ServerMetrics, model: str):
+        self.queue_seconds = metrics.queue_seconds.labels(model=model)
+        self.compute_seconds = metrics.compute_seconds.labels(model=model)
+        self.batch_size = metrics.batch_size.labels(model=model)
+        self.request_bytes = metrics.request_bytes.labels(model=model)
+        self.response_bytes = metrics.response_bytes.labels(model=model)
+        self.requests_ok = metrics.requests.labels(model=model, code=grpc.StatusCode.OK.name)
+
+
+class _SeriesCache:
+    """``_ModelSeries`` by model name; only names of served models ever reach it."""
+
+    def __init__(self, metrics: ServerMetrics):
+        self.metrics = metrics
+        self._by_model: dict[str, _ModelSeries] = {}
+
+    def __call__(self, model: str) -> _ModelSeries:
+        series = self._by_model.get(model)
+        if series is None:
+            series = self._by_model[model] = _ModelSeries(self.metrics, model)
+        return series
 
 
 @dataclass(frozen=True)
@@ -87,7 +129,7 @@ class Batcher:
         self, model: LoadedModel, metrics: ServerMetrics | None = None, in_flight: Callable[[], int] | None = None
     ):
         self.model = model
-        self._metrics = metrics
+        self._series = _ModelSeries(metrics, model.name) if metrics is not None else None
         self._in_flight = in_flight
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._carry: _Pending | None = None
@@ -159,9 +201,9 @@ class Batcher:
                 pending.future.set_exception(exc)
             return
         compute_ns = time.perf_counter_ns() - started
-        if self._metrics is not None:
-            self._metrics.compute_seconds.labels(model=self.model.name).observe(compute_ns / 1e9)
-            self._metrics.batch_size.labels(model=self.model.name).observe(total)
+        if self._series is not None:
+            self._series.compute_seconds.observe(compute_ns / 1e9)
+            self._series.batch_size.observe(total)
         bad = [name for name, value in outputs.items() if value.ndim == 0 or value.shape[0] != total]
         if bad:
             error = ModelExecutionError(
@@ -191,7 +233,9 @@ class DataPlane:
         batch_wait_when_idle: bool = False,
     ):
         self.models = {name: dict(versions) for name, versions in models.items()}
+        self._latest = {name: versions[max(versions, key=int)] for name, versions in self.models.items() if versions}
         self.metrics = metrics
+        self._series = _SeriesCache(metrics) if metrics is not None else None
         self.max_inflight = max_inflight
         self._inflight = 0
         self._lock = threading.Condition()
@@ -267,7 +311,7 @@ class DataPlane:
         if versions is None:
             raise ModelNotFoundError(f"unknown model {name!r}; this server has {sorted(self.models)}")
         if not version:
-            return versions[max(versions, key=int)]
+            return self._latest[name]
         try:
             return versions[version]
         except KeyError:
@@ -322,8 +366,8 @@ class DataPlane:
                     self._leave_inline(key)
             else:
                 outputs, compute_ns, queue_ns = batcher.submit(inputs, batch).result()
-        if self.metrics is not None:
-            self.metrics.queue_seconds.labels(model=model.name).observe(queue_ns / 1e9)
+        if self._series is not None:
+            self._series(model.name).queue_seconds.observe(queue_ns / 1e9)
         if requested:
             outputs = {out: outputs[out] for out in requested}
         return InferOutcome(model, outputs, compute_ns, queue_ns)
@@ -334,9 +378,10 @@ class DataPlane:
             started = time.perf_counter_ns()
             outputs = model.run(inputs)
             compute_ns = time.perf_counter_ns() - started
-        if self.metrics is not None:
-            self.metrics.compute_seconds.labels(model=model.name).observe(compute_ns / 1e9)
-            self.metrics.batch_size.labels(model=model.name).observe(
+        if self._series is not None:
+            series = self._series(model.name)
+            series.compute_seconds.observe(compute_ns / 1e9)
+            series.batch_size.observe(
                 next(iter(inputs.values())).shape[0] if model.has_batch_dimension and inputs else 1
             )
         return outputs, compute_ns, started - arrived
@@ -360,6 +405,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.dataplane = dataplane
         self.metrics = metrics
         self.server_name = server_name
+        self._series = _SeriesCache(metrics) if metrics is not None else None
 
     def _model_label(self, name: str | None) -> str | None:
         # Clients choose the name: unknown ones share one label, so they cannot grow the metrics without bound.
@@ -383,8 +429,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self.metrics.record_request(model, grpc.StatusCode.INTERNAL.name)
             context.abort(grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}")
         else:
-            if model is not None and self.metrics is not None:
-                self.metrics.record_request(model, grpc.StatusCode.OK.name)
+            if model is not None and self._series is not None:
+                self._series(model).requests_ok.inc()
 
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -416,47 +462,87 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    def _infer(self, request: pb.ModelInferRequest | ParsedInferRequest) -> pb.ModelInferResponse:
+        message = request.message if isinstance(request, ParsedInferRequest) else request
         inputs = decode_request_inputs(request)
-        requested = [output.name for output in request.outputs]
+        requested = [output.name for output in message.outputs]
         if len(set(requested)) != len(requested):
             raise InvalidRequestError(f"an output is requested twice: {requested}")
-        outcome = self.dataplane.infer(request.model_name, request.model_version, inputs, requested)
+        outcome = self.dataplane.infer(message.model_name, message.model_version, inputs, requested)
         response = pb.ModelInferResponse(
-            model_name=outcome.model.name, model_version=outcome.model.version, id=request.id
+            model_name=outcome.model.name, model_version=outcome.model.version, id=message.id
         )
         response.parameters[COMPUTE_NS_PARAMETER].int64_param = outcome.compute_ns
         response.parameters[MODEL_SHA256_PARAMETER].string_param = outcome.model.sha256
         encode_response_outputs(response, outcome.outputs)
-        if self.metrics is not None:
+        if self._series is not None:
             # Tensor bytes, not ByteSize(): on a parsed 0.8 MB request ByteSize() doubled the
             # server's per-call time (tests/bench/bench_server.py).
-            self.metrics.request_bytes.labels(model=outcome.model.name).inc(sum(a.nbytes for a in inputs.values()))
-            self.metrics.response_bytes.labels(model=outcome.model.name).inc(
-                sum(a.nbytes for a in outcome.outputs.values())
-            )
+            series = self._series(outcome.model.name)
+            series.request_bytes.inc(sum(a.nbytes for a in inputs.values()))
+            series.response_bytes.inc(sum(a.nbytes for a in outcome.outputs.values()))
         return response
 
-    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
-        with self._answer(context, request.model_name):
+    def ModelInfer(
+        self, request: pb.ModelInferRequest | ParsedInferRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """Accepts a protobuf request (grpcio-testing) or, on the server, the zero-copy parse."""
+        message = request.message if isinstance(request, ParsedInferRequest) else request
+        with self._answer(context, message.model_name):
             return self._infer(request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def ModelStreamInfer(
-        self, request_iterator: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[pb.ModelInferRequest | ParsedInferRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ModelStreamInferResponse]:
         # Triton's semantics: a failed request is reported in its response; the stream goes on.
         for request in request_iterator:
+            message = request.message if isinstance(request, ParsedInferRequest) else request
             try:
                 response = self._infer(request)
             except InferenceError as exc:
                 if self.metrics is not None:
-                    self.metrics.record_request(self._model_label(request.model_name) or "", exc.code.name)
+                    self.metrics.record_request(self._model_label(message.model_name) or "", exc.code.name)
                 yield pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
                 continue
-            if self.metrics is not None:
-                self.metrics.record_request(request.model_name, grpc.StatusCode.OK.name)
+            if self._series is not None:
+                self._series(response.model_name).requests_ok.inc()
             yield pb.ModelStreamInferResponse(infer_response=response)
+
+
+def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The V2 service's method handlers: the generated ones, but inference requests are parsed
+    without copying their tensor bytes (``parse_infer_request``)."""
+
+    def unary(method: Callable[..., Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+        )
+
+    return {
+        "ServerLive": unary(servicer.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": unary(servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": unary(servicer.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": unary(servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(
+            servicer.ModelInfer,
+            request_deserializer=parse_infer_request,
+            response_serializer=pb.ModelInferResponse.SerializeToString,
+        ),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+            servicer.ModelStreamInfer,
+            request_deserializer=parse_infer_request,
+            response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+        ),
+    }
+
+
+def add_inference_servicer(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """``add_GRPCInferenceServiceServicer_to_server`` with ``inference_method_handlers``."""
+    handlers = inference_method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -598,7 +684,7 @@ def create_server(config: ServerConfig) -> tuple[TailServer, int]:
         options=server_options(config),
         maximum_concurrent_rpcs=workers,
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, grpc_server)
+    add_inference_servicer(servicer, grpc_server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     for service in ("", SERVICE_NAME):
