@@ -9,15 +9,29 @@ the runtime and RSS stays flat. Run: ``pytest tests/chaos``.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from chaos_harness import MARGIN_S, ChaosPlan, Device, TailProcess, leak_guard, wait_until
+from chaos_harness import (
+    MARGIN_S,
+    ChaosPlan,
+    Device,
+    Recorder,
+    TailProcess,
+    device_config,
+    leak_guard,
+    wait_until,
+)
 
 from splitinf.client import ChannelOptions
 from splitinf.faults import FaultProxy, FaultSettings
+from splitinf.plan import load_plan, write_json_atomic
 from splitinf.policy import BreakerState, Mode
+from splitinf.runtime import Runtime
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,19 +126,74 @@ def test_5_bandwidth_collapse_moves_the_estimate_and_the_cut(
     cap_kbit = 1000.0
     with leak_guard():
         recorder = device(budget_s=0.6, policy={"window_s": 1.0})
-        healthy = recorder.run(10, pace_s=0.05)  # long enough for a light probe to set the RTT baseline
+        healthy = recorder.run(10)
         assert {a.result.option_id for a in healthy} == {chaos_plan.big_option}
         proxy.set(rate_kbit=cap_kbit)
         switched = recorder.run_until(lambda a: a.result.option_id == chaos_plan.small_option, timeout_s=10)
         under_cap = [a for a in recorder.answers if a.index > healthy[-1].index]
         assert len(under_cap) <= 8, f"took {len(under_cap)} requests to leave the 32 KiB cut"
         estimate = recorder.runtime.estimator.snapshot(time.monotonic()).bandwidth_bps
+        print(f"cap {cap_kbit * 1000:.0f} b/s, estimate {estimate:.0f} b/s after {len(under_cap)} requests")
         assert 0.5 * cap_kbit * 1000 <= estimate <= 1.5 * cap_kbit * 1000, f"estimate {estimate:.0f} b/s"
         assert switched.result.kind == "split"
         recorder.run(5)
         recorder.check()
         assert recorder.kinds()["fallback"] == 0
         recorder.close()
+
+
+def _only_the_big_cut(chaos_plan: ChaosPlan, root: Path) -> Path:
+    """The chaos plan without its small cut: every request under a cap then carries 32 KiB, so
+    every one of them is a bandwidth sample (no switch to the small cut hides a wrong estimate)."""
+    plan_dir = root / "big-cut-only"
+    shutil.copytree(chaos_plan.path, plan_dir, ignore=shutil.ignore_patterns("server"))
+    plan = load_plan(plan_dir)
+    options = tuple(o for o in plan.options if o.id != chaos_plan.small_option)
+    write_json_atomic(plan_dir / "plan.json", dataclasses.replace(plan, options=options).to_json())
+    return plan_dir
+
+
+def test_5_a_probe_queued_behind_a_large_request_does_not_inflate_the_estimate(
+    proxy: FaultProxy, chaos_plan: ChaosPlan, tmp_path: Path
+) -> None:
+    """The link is capped, the RTT baseline has aged out of the window, and the light probe that
+    would renew it goes out while a 32 KiB request fills the bottleneck: its round trip is mostly
+    queueing behind that request, and taken as the baseline it made 1 Mbit/s read nearly 4 Mbit/s."""
+    cap_bps = 1e6
+    skew = [0.0]  # the runtime's clock, moved on past the window instead of waiting it out
+    config = device_config(proxy.address, budget_s=1.0)
+    with leak_guard():
+        runtime = Runtime(
+            _only_the_big_cut(chaos_plan, tmp_path),
+            config,
+            clock=lambda: time.monotonic() + skew[0],
+            background_probes=False,
+        )
+        recorder = Recorder(runtime, chaos_plan, config.budget_s)
+        try:
+            recorder.run(3)
+            proxy.set(rate_kbit=cap_bps / 1000)
+            skew[0] += config.policy.window_s + 1.0
+            sent = proxy.stats().bytes_forwarded["upstream"]
+            large = threading.Thread(target=recorder.one, name="chaos-large-request")
+            large.start()
+            # the request is past the proxy's burst and ~24 KiB (~0.2 s at the cap) are still queued
+            wait_until(
+                lambda: proxy.stats().bytes_forwarded["upstream"] - sent >= 8 * 1024, 5, "the request to fill the link"
+            )
+            assert runtime.probe_once() == "ready"
+            large.join(5)
+            assert not large.is_alive()
+            base = runtime.estimator.snapshot(runtime.clock()).base_rtt_s
+            assert base is not None and base < 0.05, f"the queued probe became the baseline: {base:.3f}s"
+            recorder.run(4)
+            estimate = runtime.estimator.snapshot(runtime.clock()).bandwidth_bps
+            print(f"cap {cap_bps:.0f} b/s, estimate {estimate:.0f} b/s ({estimate / cap_bps - 1:+.1%})")
+            assert 0.75 * cap_bps <= estimate <= 1.25 * cap_bps, f"estimate {estimate:.0f} b/s, cap {cap_bps:.0f}"
+            assert recorder.kinds() == {"split": 8}
+            recorder.check()
+        finally:
+            recorder.close()
 
 
 def test_6_link_cut_mid_tensor_is_answered_locally_and_never_run_by_the_server(
