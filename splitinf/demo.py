@@ -142,8 +142,11 @@ def run_demo(settings: DemoSettings = DemoSettings(), out: TextIO = sys.stdout) 
         _say(out, f"[1/4] planning the shipped digits model (files in {workdir}, removed at the end)")
         plan_dir, n_cal = _make_plan(workdir, settings, out)
         plan = load_plan(plan_dir)
-        held = ", ".join(f"{o.id} ({o.bytes} B)" for o in plan.split_options)
-        _say(out, f"  plan holds: {held}; fallback accuracy {plan.fallback.accuracy if plan.fallback else '?'}")
+        held = ", ".join(f"{o.id} ({o.bytes} B, accuracy {o.accuracy:.1%})" for o in plan.split_options)
+        fallback = plan.fallback
+        _say(out, f"  plan holds: {held}")
+        if fallback is not None and fallback.accuracy is not None:
+            _say(out, f"  fallback model on the device: accuracy {fallback.accuracy:.1%}")
 
         _say(out, "[2/4] starting the tail server on loopback")
         config = ServerConfig(repo=plan_dir / "server", host="127.0.0.1", port=0, metrics_port=0, drain_grace_s=2.0)

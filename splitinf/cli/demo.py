@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         rate_per_s=args.rate,
         budget_s=args.budget_ms / 1000,
     )
+    if args.verbose == 0:
+        # The demo prints each mode change itself; the runtime's JSON log lines of them are for -v.
+        logging.getLogger("splitinf.runtime").setLevel(logging.ERROR)
     reports = run_demo(settings)
     if args.json:
         with open(args.json, "w") as f:
