@@ -238,6 +238,7 @@ class DataPlane:
         self._series = _SeriesCache(metrics) if metrics is not None else None
         self.max_inflight = max_inflight
         self._inflight = 0
+        self._idle_waiters = 0
         self._lock = threading.Condition()
         self._draining = False
         self._ready = False
@@ -246,11 +247,15 @@ class DataPlane:
         # nothing else for that model is in the server; they cannot join any batch anyway.
         self._model_inline: dict[tuple[str, str], int] = {}
         self._adaptive_batching = not batch_wait_when_idle
-        self._instance_slots = {
-            (name, version): threading.Semaphore(instances)
+        # A plain Lock for one instance: threading.Semaphore is Python code, a Lock is one C call.
+        self._instance_slots: dict[tuple[str, str], threading.Lock | threading.Semaphore] = {
+            (name, version): threading.Lock() if instances == 1 else threading.Semaphore(instances)
             for name, versions in self.models.items()
             for version in versions
         }
+        if metrics is not None:
+            # Read when scraped, instead of inc()/dec() under a lock on every call.
+            metrics.inflight.set_function(lambda: self._inflight)
         self._batchers = {
             (name, version): Batcher(
                 model, metrics, None if batch_wait_when_idle else self._in_flight_counter(name, version)
@@ -299,7 +304,11 @@ class DataPlane:
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no request is in flight; False when ``timeout_s`` passed first."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+            self._idle_waiters += 1
+            try:
+                return self._lock.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+            finally:
+                self._idle_waiters -= 1
 
     def close(self) -> None:
         for batcher in self._batchers.values():
@@ -324,8 +333,7 @@ class DataPlane:
         return self.ready
 
     # --- inference ---
-    @contextlib.contextmanager
-    def _admitted(self, key: tuple[str, str]) -> Iterator[None]:
+    def _admit(self, key: tuple[str, str]) -> None:
         with self._lock:
             if self._draining:
                 raise ServerUnavailableError("the server is shutting down; send the request to another replica")
@@ -335,17 +343,13 @@ class DataPlane:
                 )
             self._inflight += 1
             self._model_inflight[key] = self._model_inflight.get(key, 0) + 1
-        if self.metrics is not None:
-            self.metrics.inflight.inc()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._inflight -= 1
-                self._model_inflight[key] -= 1
+
+    def _release(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self._model_inflight[key] -= 1
+            if self._idle_waiters:
                 self._lock.notify_all()
-            if self.metrics is not None:
-                self.metrics.inflight.dec()
 
     def infer(
         self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()
@@ -353,9 +357,10 @@ class DataPlane:
         model = self.model(name, version)
         if not self._ready:
             raise ServerUnavailableError(f"model {name!r} is not ready yet")
-        with self._admitted((model.name, model.version)):
+        key = (model.name, model.version)
+        self._admit(key)
+        try:
             batch = model.validate(inputs, requested)
-            key = (model.name, model.version)
             batcher = self._batchers.get(key)
             if batcher is None:
                 outputs, compute_ns, queue_ns = self._run_direct(model, inputs)
@@ -366,6 +371,8 @@ class DataPlane:
                     self._leave_inline(key)
             else:
                 outputs, compute_ns, queue_ns = batcher.submit(inputs, batch).result()
+        finally:
+            self._release(key)
         if self._series is not None:
             self._series(model.name).queue_seconds.observe(queue_ns / 1e9)
         if requested:
