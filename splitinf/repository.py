@@ -220,16 +220,50 @@ class LoadedModel:
     max_batch_size: int = 0  # > 0: dynamic batching across requests
     batch_delay_s: float = 0.0
     _output_names: tuple[str, ...] = field(default=(), repr=False)
+    _input_names: frozenset[str] = field(default=frozenset(), repr=False)
+    # Per input: name, dtype, rank and the (axis, size) pairs that must match: built once, checked per call.
+    _input_checks: tuple[tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...]], ...] = field(
+        default=(), repr=False
+    )
+    _has_batch_dimension: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self._output_names = tuple(spec.name for spec in self.outputs)
+        self._input_names = frozenset(spec.name for spec in self.inputs)
+        self._input_checks = tuple(
+            (
+                spec.name,
+                np.dtype(spec.dtype),
+                len(spec.shape),
+                tuple((axis, d) for axis, d in enumerate(spec.shape) if isinstance(d, int) and d >= 0),
+            )
+            for spec in self.inputs
+        )
+        self._has_batch_dimension = all(
+            spec.shape and not isinstance(spec.shape[0], int) for spec in self.inputs + self.outputs
+        )
 
     @property
     def has_batch_dimension(self) -> bool:
-        return all(spec.shape and not isinstance(spec.shape[0], int) for spec in self.inputs + self.outputs)
+        return self._has_batch_dimension
 
     def validate(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> int:
         """Check names, dtypes and shapes; returns the batch size (first dim) when batching, else 1."""
+        if inputs.keys() != self._input_names:
+            self._explain_input_names(inputs)
+        for name, dtype, rank, fixed in self._input_checks:
+            array = inputs[name]
+            shape = array.shape
+            if array.dtype != dtype or len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
+                spec = next(spec for spec in self.inputs if spec.name == name)
+                check_array(name, array, spec.dtype, spec.shape)  # raises, naming what was expected
+        if requested:
+            self._check_requested(requested)
+        if self.max_batch_size <= 0:
+            return 1
+        return self._batch_of(inputs)
+
+    def _explain_input_names(self, inputs: Mapping[str, np.ndarray]) -> None:
         expected = {spec.name for spec in self.inputs}
         missing = sorted(expected - set(inputs))
         unexpected = sorted(set(inputs) - expected)
@@ -242,16 +276,16 @@ class LoadedModel:
             raise InvalidRequestError(
                 f"model {self.name!r}: {'; '.join(parts)}; the model's inputs are {sorted(expected)}"
             )
-        for spec in self.inputs:
-            check_array(spec.name, inputs[spec.name], spec.dtype, spec.shape)
+
+    def _check_requested(self, requested: Sequence[str]) -> None:
         unknown_outputs = sorted(set(requested) - set(self._output_names))
         if unknown_outputs:
             raise InvalidRequestError(
                 f"model {self.name!r}: unknown output(s) {unknown_outputs}; the model's outputs are "
                 f"{list(self._output_names)}"
             )
-        if self.max_batch_size <= 0:
-            return 1
+
+    def _batch_of(self, inputs: Mapping[str, np.ndarray]) -> int:
         batches = {inputs[spec.name].shape[0] for spec in self.inputs}
         if len(batches) != 1:
             raise InvalidRequestError(

@@ -16,6 +16,7 @@ tensor cost more than the rest of the server's per-call work together.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,9 +105,14 @@ def numpy_dtype(datatype: str, tensor: str = "?") -> np.dtype[Any]:
 
 
 def _checked_shape(tensor: str, shape: Sequence[int]) -> tuple[int, ...]:
-    if any(dim < 0 for dim in shape):
+    dims = tuple(int(dim) for dim in shape)
+    if dims and min(dims) < 0:
         raise InvalidRequestError(f"tensor {tensor!r}: shape {list(shape)} has a negative dimension")
-    return tuple(int(dim) for dim in shape)
+    return dims
+
+
+# On a little-endian host the wire dtypes are the native ones: arrays need no byte swap.
+_NATIVE_IS_WIRE = sys.byteorder == "little"
 
 
 def array_from_raw(tensor: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
@@ -120,7 +126,7 @@ def array_from_raw(tensor: str, datatype: str, shape: Sequence[int], raw: bytes 
             f"({datatype} x shape {list(dims)})"
         )
     array = np.frombuffer(raw, dtype=dtype).reshape(dims)
-    return array.astype(dtype.newbyteorder("="), copy=False)
+    return array if _NATIVE_IS_WIRE else array.astype(dtype.newbyteorder("="))
 
 
 def _array_from_contents(tensor: str, datatype: str, shape: Sequence[int], contents: Any) -> np.ndarray:
