@@ -16,6 +16,10 @@ not share a GIL with them), on 127.0.0.1:
 - ``bare-pb``: the same, but through the generated protobuf code the way a minimal V2
   server would: ``ModelInferRequest.FromString``, read ``raw_input_contents[0]``, serialize a
   ``ModelInferResponse`` of the same size as splitinf's answer. Shown for reference.
+- ``bare`` and ``bare-pb`` run with the process-wide malloc settings the splitinf server
+  applies (``splitinf.server.tune_allocator``), so the comparison is of the servers, not of
+  allocator settings; ``bare-glibc`` is ``bare`` with glibc's defaults (what the overhead
+  was measured against before the tuning), shown for reference.
 
 The clients send pre-serialized bytes through the same code path to every server, so the
 difference is the server. Per pair of interleaved runs, overhead per call = splitinf p50 -
@@ -91,8 +95,12 @@ def tail_conv() -> onnx.ModelProto:
 # --- bare server (its own process) ---------------------------------------------------------------
 
 
-def serve_bare(response_size: int, parse: bool) -> None:
+def serve_bare(response_size: int, parse: bool, tuned: bool) -> None:
     from splitinf.protocol import grpc_service_pb2 as pb
+    from splitinf.server import tune_allocator
+
+    if tuned:
+        tune_allocator()  # the same process-wide malloc settings as the splitinf server
 
     answer = b"\0" * response_size
     # A response of the same serialized size as splitinf's answer (one raw output, padded).
@@ -231,9 +239,14 @@ def main() -> int:
     parser.add_argument("--overhead-only", action="store_true", help="skip the batching section")
     parser.add_argument("--bare-server", type=int, metavar="RESPONSE_SIZE", help=argparse.SUPPRESS)
     parser.add_argument("--bare-pb-server", type=int, metavar="RESPONSE_SIZE", help=argparse.SUPPRESS)
+    parser.add_argument("--malloc-defaults", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server is not None or args.bare_pb_server is not None:
-        serve_bare(args.bare_server or args.bare_pb_server, parse=args.bare_pb_server is not None)
+        serve_bare(
+            args.bare_server or args.bare_pb_server,
+            parse=args.bare_pb_server is not None,
+            tuned=not args.malloc_defaults,
+        )
         return 0
     only_overhead = args.overhead_only
     requests = 8 if args.quick else args.requests
@@ -258,12 +271,18 @@ def main() -> int:
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 response_size = len(channel.unary_unary(INFER_PATH)(small_payload, timeout=60))
-            for label, flag in (("bare", "--bare-server"), ("bare-pb", "--bare-pb-server")):
-                process, bare_port = start([sys.executable, str(here), flag, str(response_size)])
+            bare_servers = {
+                "bare": ["--bare-server"],
+                "bare-pb": ["--bare-pb-server"],
+                "bare-glibc": ["--bare-server", "--malloc-defaults"],
+            }
+            for label, bare_flags in bare_servers.items():
+                command = [sys.executable, str(here), bare_flags[0], str(response_size), *bare_flags[1:]]
+                process, bare_port = start(command)
                 servers.append((label, process, bare_port))
             print("1) splitinf (tail 'small') vs bare gRPC servers, same request bytes")
             print(
-                f"{'clients':>7} {'server':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'compute p50':>12} "
+                f"{'clients':>7} {'server':>10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'compute p50':>12} "
                 f"{'CPU/call':>9} {'sys':>7} {'faults/call':>11}"
             )
             for clients in (1, 4, 16):
@@ -279,12 +298,12 @@ def main() -> int:
                     sys_per_call = sum(r["sys_ms"] for r in overhead_runs[label]) / calls
                     faults_per_call = sum(r["faults"] for r in overhead_runs[label]) / calls
                     print(
-                        f"{clients:>7} {label:>9} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} "
+                        f"{clients:>7} {label:>10} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} "
                         f"{row['p99_ms']:>8.2f} {row['compute_p50_ms']:>10.3f}ms {cpu_per_call:>7.3f}ms "
                         f"{sys_per_call:>5.3f}ms {faults_per_call:>11.1f}"
                     )
                 ours = overhead_runs["splitinf"]
-                for label in ("bare", "bare-pb"):
+                for label in bare_servers:
                     pairs = [
                         (o["p50_ms"] - o["compute_p50_ms"] - b["p50_ms"]) / b["p50_ms"]
                         for o, b in zip(ours, overhead_runs[label], strict=True)
