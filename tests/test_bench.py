@@ -20,6 +20,7 @@ import pytest
 from splitinf.bench import (
     QUICK,
     CpuLimitUnavailable,
+    bench_markdown,
     bench_svg,
     choose_cuts,
     create_cpu_cgroup,
@@ -185,7 +186,7 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     printed = capsys.readouterr().out
     results = json.loads((out / "bench.json").read_text())
     markdown = (out / "bench.md").read_text()
-    ET.fromstring((out / "bench.svg").read_text())  # well-formed SVG
+    svg = ET.fromstring((out / "bench.svg").read_text())  # well-formed SVG
     assert printed.startswith(markdown.splitlines()[0])
     assert f"Command: `splitinf {' '.join(flags)}`" in markdown
 
@@ -233,6 +234,10 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert failover["outage_answers"] > 0 and failover["outage_split_answers"] == 0
     assert any(e["to"] == "local" for e in failover["events"]) and failover["events"][-1]["to"] == "split"
 
+    points = [e for e in svg.iter("{http://www.w3.org/2000/svg}circle") if e.get("class") == "point"]
+    assert len(points) == 4 * len(results["grid"])  # local, remote, planned, best at every point
+    assert {p.get("data-strategy") for p in points} == {"local", "remote", "planned", "best"}
+
     levels = results["throughput"]["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 2]
     assert all(lv["requests"] > 0 and lv["rps"] > 0 for lv in levels)
@@ -260,10 +265,13 @@ def test_remote_latency_grows_as_bandwidth_shrinks(tmp_path: Path) -> None:
         failover=False,
         concurrency=(1,),
         throughput_s=0.5,
-        device_cpus=0.5 if CGROUP else None,
+        device_cpus=None,  # the unlimited path, said so in the outputs
         progress=False,
     )
     results = run_bench(config)
+    assert results["emulation"]["device"]["cpu_limit"]["applied"] is False
+    assert "**NO CPU limit**" in bench_markdown(results)
+    assert any("WITHOUT a CPU limit" in note for note in results["notes"])
     slow, fast = sorted(results["grid"], key=lambda c: c["bandwidth_mbit"])
     remote_id = results["plan"]["full_offload"][0]
     slow_stats, fast_stats = slow["options"][remote_id]["stats"], fast["options"][remote_id]["stats"]
