@@ -3,7 +3,7 @@
 Layers, from the wire inward:
 
 - ``InferenceServicer``: the thin adapter. It converts protobuf <-> numpy and maps
-  ``InferenceError.code`` to the gRPC status in one place (``_answer``).
+  ``InferenceError.code`` to the gRPC status in one place (``_abort``).
 - ``DataPlane``: the core. Admission (bounded, RESOURCE_EXHAUSTED when full), draining,
   validation, execution directly or through a ``Batcher``; it raises ``InferenceError``s.
 - ``Batcher``: dynamic batching across requests for models with a batch dimension
@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -240,7 +240,9 @@ class DataPlane:
         self.max_inflight = max_inflight
         self._inflight = 0
         self._idle_waiters = 0
-        self._lock = threading.Condition()
+        # Per-call counters take the plain Lock (one C call); waiting for idle uses the Condition over it.
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
         self._draining = False
         self._ready = False
         self._model_inflight: dict[tuple[str, str], int] = {}
@@ -335,7 +337,7 @@ class DataPlane:
 
     # --- inference ---
     def _admit(self, key: tuple[str, str]) -> None:
-        with self._lock:
+        with self._mutex:
             if self._draining:
                 raise ServerUnavailableError("the server is shutting down; send the request to another replica")
             if self._inflight >= self.max_inflight:
@@ -346,7 +348,7 @@ class DataPlane:
             self._model_inflight[key] = self._model_inflight.get(key, 0) + 1
 
     def _release(self, key: tuple[str, str]) -> None:
-        with self._lock:
+        with self._mutex:
             self._inflight -= 1
             self._model_inflight[key] -= 1
             if self._idle_waiters:
@@ -421,24 +423,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return name
         return UNKNOWN_MODEL_LABEL
 
-    @contextlib.contextmanager
-    def _answer(self, context: grpc.ServicerContext, model: str | None = None) -> Iterator[None]:
-        """The one place where InferenceError becomes a gRPC status (and gets counted)."""
-        model = self._model_label(model)
-        try:
-            yield
-        except InferenceError as exc:
+    def _abort(self, context: grpc.ServicerContext, model: str | None, exc: Exception) -> NoReturn:
+        """The one place where an error becomes a gRPC status (and gets counted). Call it in ``except``."""
+        if isinstance(exc, InferenceError):
             if model is not None and self.metrics is not None:
                 self.metrics.record_request(model, exc.code.name)
             context.abort(exc.code, str(exc))
-        except Exception as exc:
+        else:
             log.exception("unexpected error answering %s", model or "a call")
             if model is not None and self.metrics is not None:
                 self.metrics.record_request(model, grpc.StatusCode.INTERNAL.name)
             context.abort(grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    def _count_ok(self, model: str | None) -> None:
+        if model is not None and self._series is not None:
+            self._series(model).requests_ok.inc()
+
+    @contextlib.contextmanager
+    def _answer(self, context: grpc.ServicerContext, model: str | None = None) -> Iterator[None]:
+        """Errors in the block become a gRPC status (``_abort``); success is counted."""
+        model = self._model_label(model)
+        try:
+            yield
+        except Exception as exc:
+            self._abort(context, model, exc)
         else:
-            if model is not None and self._series is not None:
-                self._series(model).requests_ok.inc()
+            self._count_ok(model)
 
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -496,9 +507,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         """Accepts a protobuf request (grpcio-testing) or, on the server, the zero-copy parse."""
         message = request.message if isinstance(request, ParsedInferRequest) else request
-        with self._answer(context, message.model_name):
-            return self._infer(request)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:  # _answer's work spelled out: this is the per-call path
+            response = self._infer(request)
+        except Exception as exc:
+            self._abort(context, self._model_label(message.model_name), exc)
+        self._count_ok(response.model_name)
+        return response
 
     def ModelStreamInfer(
         self, request_iterator: Iterator[pb.ModelInferRequest | ParsedInferRequest], context: grpc.ServicerContext

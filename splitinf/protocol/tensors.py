@@ -209,29 +209,35 @@ def parse_infer_request(data: bytes) -> ParsedInferRequest:
     raw: list[memoryview] = []
     kept: list[memoryview] = []
     position = kept_from = 0
+    end = len(data)
     try:
-        while position < len(data):
+        while position < end:
             field_start = position
-            tag, position = _varint(data, position)
+            tag = data[position]  # one byte for fields 1-15, which is every field of ModelInferRequest
+            position += 1
+            if tag >= 0x80:
+                tag, position = _varint(data, field_start)
             wire_type = tag & 7
-            if tag >> 3 == 0:
-                raise _NotPlain
-            if wire_type == 0:
+            if wire_type == 2:
+                length = data[position] if position < end else 0x80
+                if length < 0x80:
+                    position += 1
+                else:
+                    length, position = _varint(data, position)
+                if tag == _RAW_INPUT_CONTENTS_TAG and position + length <= end:
+                    kept.append(view[kept_from:field_start])
+                    raw.append(view[position : position + length])
+                    kept_from = position + length
+                position += length
+            elif wire_type == 0:
                 _, position = _varint(data, position)
             elif wire_type == 1:
                 position += 8
             elif wire_type == 5:
                 position += 4
-            elif wire_type == 2:
-                length, position = _varint(data, position)
-                if tag == _RAW_INPUT_CONTENTS_TAG and position + length <= len(data):
-                    kept.append(view[kept_from:field_start])
-                    raw.append(view[position : position + length])
-                    kept_from = position + length
-                position += length
             else:
                 raise _NotPlain
-            if position > len(data):
+            if tag >> 3 == 0 or position > end:
                 raise _NotPlain
     except _NotPlain:
         message = pb.ModelInferRequest.FromString(data)
