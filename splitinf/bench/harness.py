@@ -408,13 +408,288 @@ def _cpu_limit(config: BenchConfig, progress: _Progress) -> Iterator[tuple[CpuCg
         info["removed"] = group.remove()
 
 
+def _emulation(config: BenchConfig, limit_info: dict[str, Any], hello: dict[str, Any]) -> dict[str, Any]:
+    from splitinf.profiling import machine_info
+
+    share = config.device_cpus if config.device_cpus is not None else "an unlimited share"
+    return {
+        "device": {
+            "cpu_limit": limit_info,
+            "threads": config.device_threads,
+            "process": f"python -m splitinf.bench.device, pid {hello['pid']}",
+            "cgroups": hello["cgroups"],
+            "emulates": (
+                "A Raspberry Pi 4 (4 Cortex-A72 cores, each several times slower than one core here): "
+                "what is emulated is the device's compute budget, not its core count. onnxruntime runs "
+                f"{config.device_threads} intra-op thread(s) inside {share} of this machine's CPUs; more "
+                "threads than the quota's CPUs spin and get throttled in bursts, which inflates p90 and "
+                "spoils the profiles."
+            ),
+        },
+        "server": {
+            "process": "python -m splitinf serve (the plan's V2 model repository), loopback",
+            "threads": "onnxruntime default intra-op threads",
+        },
+        "link": {
+            "mechanism": "splitinf.faults.FaultProxy, a userspace TCP proxy in the orchestrator between the "
+            "device and the server (loopback)",
+            "shaping": "token-bucket bandwidth cap in each direction at the grid's rate (1 kbit = 1000 bit), "
+            "RTT/2 added delay in each direction, no jitter, no loss",
+        },
+        "machine": machine_info(),
+    }
+
+
+def _make_plan(
+    config: BenchConfig,
+    prepared: _Prepared,
+    cut_ids: Sequence[str],
+    device: _DeviceWorker,
+    progress: _Progress,
+    work: Path,
+) -> Any:
+    """Device profile inside the limited process, server profile unlimited, then ``splitinf plan``."""
+    from splitinf.plan import load_plan
+    from splitinf.planner import DEFAULT_BANDWIDTHS_BPS, DEFAULT_RTTS_S
+
+    progress("device profile (inside the CPU-limited process)")
+    device_profile, server_profile, plan_dir = work / "device_profile.json", work / "server_profile.json", work / "plan"
+    device.call(
+        "profile",
+        wait_s=3600,
+        model=str(prepared.path),
+        fallback=str(prepared.fallback) if prepared.fallback else None,
+        cuts=list(cut_ids),
+        codecs=list(config.codecs),
+        repeats=config.profile_repeats,
+        warmup=config.profile_warmup,
+        output=str(device_profile),
+        progress=config.progress,
+    )
+    progress("server profile (unlimited process, as the server runs)")
+    _run_checked(
+        _python(
+            "splitinf", "profile", str(prepared.path), "-o", str(server_profile), "--threads", "0",
+            "--cuts", ",".join(cut_ids), "--codecs", ",".join(config.codecs),
+            "--repeats", str(config.profile_repeats), "--warmup", str(config.profile_warmup),
+        ),
+        "the server profile",
+    )  # fmt: skip
+    progress("planning (splitinf plan --hold-all with both profiles)")
+    # The plan's grid holds the benchmark's points exactly (so the table is looked up, not rounded)
+    # and the planner's default grid around them.
+    grid_bps = sorted({*(b * 1e6 for b in config.bandwidths_mbit), *DEFAULT_BANDWIDTHS_BPS})
+    grid_rtts = sorted({*(r * 1e-3 for r in config.rtts_ms), *DEFAULT_RTTS_S})
+    plan_argv = _python(
+        "splitinf", "plan", str(prepared.path), "--device", str(device_profile), "--server", str(server_profile),
+        "--calibration", str(prepared.calibration), "--codecs", ",".join(config.codecs),
+        "--bandwidths", ",".join(f"{b / 1e6:g}" for b in grid_bps),
+        "--rtts", ",".join(f"{r * 1e3:g}" for r in grid_rtts),
+        "--reference-rtt", f"{config.rtts_ms[0]:g}", "--hold-all", "-o", str(plan_dir),
+    )  # fmt: skip
+    if prepared.fallback is not None:
+        plan_argv += ["--fallback", str(prepared.fallback)]
+    _run_checked(plan_argv, "splitinf plan")
+    plan = load_plan(plan_dir, check_files=("device", "server"))
+    if plan.table is None:
+        raise SplitinfError("the plan has no decision table")
+    return plan
+
+
+@dataclass
+class _Measurements:
+    """The measuring stages, sharing the running device worker, plan, server and link."""
+
+    config: BenchConfig
+    progress: _Progress
+    prepared: _Prepared
+    device: _DeviceWorker
+    plan: Any
+    input_cut: str
+    server_address: str
+    proxy: Any
+
+    @property
+    def splits(self) -> list[Any]:
+        return list(self.plan.split_options)
+
+    @property
+    def full_offload(self) -> list[str]:
+        return [o.id for o in self.splits if o.cut_id == self.input_cut]
+
+    def _shape(self, bandwidth_mbit: float, rtt_ms: float) -> None:
+        from splitinf.faults import FaultSettings
+
+        self.proxy.set(FaultSettings.make(latency_ms=rtt_ms / 2, rate_kbit=bandwidth_mbit * 1000))
+
+    def _option_spec(self, option: Any) -> dict[str, Any]:
+        return {
+            "id": option.id,
+            "head": str(self.plan.path(option.head or "")),
+            "tail_model": option.tail_model,
+            "tail_version": option.tail_version,
+            "wire": [t.name for t in option.wire],
+        }
+
+    def local(self) -> dict[str, Any] | None:
+        local = self.plan.local
+        if local is None:
+            return None
+        self.progress(f"local model on the device ({self.config.requests} runs)")
+        reply = self.device.call(
+            "local",
+            model=str(self.plan.path(local.model or "")),
+            inputs=str(self.prepared.inputs),
+            requests=self.config.requests,
+            warmup=self.config.warmup,
+            max_s=self.config.max_cell_s,
+        )
+        return {"stats": summarise(reply["samples"]), "predicted_s": local.seconds}
+
+    def grid(self, local_stats: dict[str, Any] | None) -> list[dict[str, Any]]:
+        from splitinf.plan import expected_latency
+
+        config, splits, local = self.config, self.splits, self.plan.local
+        grid: list[dict[str, Any]] = []
+        cells = [(bw, rtt) for bw in sorted(config.bandwidths_mbit) for rtt in sorted(config.rtts_ms)]
+        for index, (bw, rtt) in enumerate(cells, start=1):
+            bps, rtt_s = bw * 1e6, rtt * 1e-3
+            self._shape(bw, rtt)
+            predicted = {o.id: expected_latency(o, bps, rtt_s) for o in splits}
+            best_predicted = min([*predicted.values(), *([local.seconds] if local else [])])
+            measure = [
+                o for o in splits
+                if not (predicted[o.id] > config.skip_factor * best_predicted and predicted[o.id] > config.skip_min_s)
+            ]  # fmt: skip
+            self.progress(f"[{index}/{len(cells)}] {bw:g} Mbit/s, RTT {rtt:g} ms: {len(measure)} options")
+            reply = self.device.call(
+                "measure",
+                target=self.proxy.address,
+                inputs=str(self.prepared.inputs),
+                requests=config.requests,
+                warmup=config.warmup,
+                max_s=config.max_cell_s,
+                timeout_s=max(30.0, 3 * max((predicted[o.id] for o in measure), default=1.0)),
+                options=[self._option_spec(o) for o in measure],
+            )
+            options: dict[str, Any] = {}
+            for o in splits:
+                measured = reply["options"].get(o.id)
+                options[o.id] = {
+                    "predicted_s": predicted[o.id],
+                    "stats": summarise(measured["samples"]) if measured else None,
+                    "errors": measured["errors"] if measured else [],
+                    "skipped": None if measured else "predicted far slower than the best option here",
+                }
+            planned_id = self.plan.table.lookup(bps, rtt_s)
+            planned_predicted = local.seconds if planned_id == "local" and local else predicted.get(planned_id)
+            summary = summarise_cell(options, local_stats, planned_id=planned_id, full_offload_ids=self.full_offload)
+            grid.append(
+                {
+                    "bandwidth_mbit": bw,
+                    "rtt_ms": rtt,
+                    "options": options,
+                    "planned_option": planned_id,
+                    "planned_predicted_s": planned_predicted,
+                    "summary": summary,
+                }
+            )
+        self.proxy.clear()
+        return grid
+
+    def overhead(self, echo_address: str) -> list[dict[str, Any]]:
+        """The largest and the smallest request against a bare echo of the same bytes."""
+        self.progress("framework overhead against a bare gRPC echo")
+        by_bytes = sorted(self.splits, key=lambda o: o.bytes)
+        cases = list(dict.fromkeys([by_bytes[-1].id, by_bytes[0].id]))
+        reply = self.device.call(
+            "overhead",
+            target=self.server_address,
+            echo_target=echo_address,
+            inputs=str(self.prepared.inputs),
+            requests=max(10, 2 * self.config.requests),
+            cases=[self._option_spec(self.plan.option(i)) for i in cases],
+        )
+        rows = []
+        for case in reply["cases"]:
+            v2, echo = statistics.median(case["v2_s"]), statistics.median(case["echo_s"])
+            rows.append(
+                {
+                    "id": case["id"],
+                    "request_bytes": case["request_bytes"],
+                    "response_bytes": case["response_bytes"],
+                    "v2_median_s": v2,
+                    "echo_median_s": echo,
+                    "overhead_s": v2 - echo,
+                    "ratio": v2 / max(echo, 1e-9),
+                    "v2_s": case["v2_s"],
+                    "echo_s": case["echo_s"],
+                }
+            )
+        return rows
+
+    def failover(self, grid: Sequence[dict[str, Any]], work: Path) -> dict[str, Any]:
+        """Cut the link under a real Runtime at the fastest point, heal it, time both transitions."""
+        from splitinf.policy import PolicyConfig
+
+        config = self.config
+        bw, rtt = max(config.bandwidths_mbit), min(config.rtts_ms)
+        cell = next(c for c in grid if c["bandwidth_mbit"] == bw and c["rtt_ms"] == rtt)
+        fastest = min((c["stats"]["median_s"] for c in cell["options"].values() if c.get("stats")), default=0.05)
+        # The device's default budget, or 4x the fastest split measured here when that is more: a
+        # budget near the split latency would trip on the estimator's cold start, not on the cut.
+        budget = max(DEFAULT_BUDGET_S, 4 * fastest, 4 * min(predicted_at(o, bw, rtt) for o in self.splits))
+        self.progress(f"failover and recovery at {bw:g} Mbit/s, RTT {rtt:g} ms (budget {budget * 1e3:.0f} ms)")
+        self._shape(bw, rtt)
+        reply = self.device.call(
+            "failover",
+            wait_s=600,
+            plan=str(_failover_plan(Path(str(self.plan.root)), work / "failover_plan")),
+            target=self.proxy.address,
+            control=f"127.0.0.1:{self.proxy.control_port}",
+            inputs=str(self.prepared.inputs),
+            budget_s=budget,
+            prior_rtt_s=rtt * 1e-3,
+            prior_bandwidth_bps=bw * 1e6,
+            policy=config.policy,
+            outage_s=config.outage_s,
+        )
+        self.proxy.clear()
+        policy = dataclasses.asdict(PolicyConfig(budget_s=budget, **config.policy))
+        summary = _failover_summary(reply)
+        summary.update(
+            bandwidth_mbit=bw,
+            rtt_ms=rtt,
+            budget_s=budget,
+            cut="a black hole both ways (FaultProxy blackhole: bytes accepted and dropped, nothing refused)",
+            policy=", ".join(f"{k}={v:g}" for k, v in policy.items()),
+        )
+        return summary
+
+    def throughput(self) -> dict[str, Any]:
+        """Concurrent clients straight to the server with the full-offload fp32 request (the whole model)."""
+        from splitinf.profiling import make_session
+
+        self.progress("tail-server throughput")
+        offload = [o for o in self.splits if o.cut_id == self.input_cut]
+        option = next((o for o in offload if o.codec == "fp32"), offload[0] if offload else self.splits[0])
+        head = make_session(str(self.plan.path(option.head or "")), 1)
+        with np.load(self.prepared.inputs, allow_pickle=False) as data:
+            feed = {k: data[k] for k in data.files}
+        names = [o.name for o in head.get_outputs()]
+        wire = dict(zip(names, head.run(names, feed), strict=True))
+        levels = _throughput(
+            self.server_address, option.tail_model or "", wire, self.config.concurrency, self.config.throughput_s
+        )
+        return {"option": option.id, "request_bytes": int(sum(v.nbytes for v in wire.values())), "levels": levels}
+
+
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark; write bench.json, bench.md and bench.svg into ``config.out``."""
-    from splitinf.faults import FaultProxy, FaultSettings
+    from splitinf.errors import OutputError
+    from splitinf.faults import FaultProxy
     from splitinf.graph import enumerate_cuts, find_cut, load_model
-    from splitinf.plan import expected_latency, load_plan, sha256_file, write_json_atomic
-    from splitinf.planner import DEFAULT_BANDWIDTHS_BPS, DEFAULT_RTTS_S
-    from splitinf.profiling import machine_info, make_session
+    from splitinf.plan import sha256_file, write_json_atomic
 
     if config.link != "proxy":
         raise UsageError(
@@ -425,30 +700,31 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         raise UsageError("give at least one bandwidth and one RTT")
     progress = _Progress(config.progress)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    out = config.out
+    out, work = config.out, config.out / "work"
     try:
         out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
     except OSError as exc:
-        from splitinf.errors import OutputError
-
-        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; choose a writable --out") from exc
-    work = out / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    notes: list[str] = []
+        raise OutputError(f"cannot write in {out}: {exc.strerror or exc}; choose a writable --out") from exc
 
     progress(f"preparing {config.model}")
     prepared = _prepare_model(config, work)
     model = load_model(prepared.path)
     cuts = enumerate_cuts(model)
-    cut_ids = list(config.cuts) if config.cuts else choose_cuts(cuts, config.max_cuts)
     if config.cuts:
-        cut_ids = [find_cut(model, c).id for c in config.cuts]
-        if cuts[0].id not in cut_ids:
-            cut_ids.insert(0, cuts[0].id)  # full offload is always weighed
+        cut_ids = list(dict.fromkeys([cuts[0].id] + [find_cut(model, c).id for c in config.cuts]))
+    else:
+        cut_ids = choose_cuts(cuts, config.max_cuts)
     progress(f"candidate cuts: {', '.join(cut_ids)}")
-    grid_bps = sorted({*(b * 1e6 for b in config.bandwidths_mbit), *DEFAULT_BANDWIDTHS_BPS})
-    grid_rtts = sorted({*(r * 1e-3 for r in config.rtts_ms), *DEFAULT_RTTS_S})
+    notes: list[str] = []
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "command", "progress")}
+    settings["skip_rule"] = (
+        f"an option is not measured at a grid point when its predicted latency exceeds both "
+        f"{config.skip_factor:g}x the best prediction there and {config.skip_min_s:g} s; each option gets "
+        f"{config.requests} requests (after {config.warmup} warm-up), fewer (at least 3) once "
+        f"{config.max_cell_s:g} s are spent"
+    )
     results: dict[str, Any] = {
         "format": 1,
         "kind": "splitinf-bench",
@@ -462,19 +738,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "fallback": str(prepared.fallback) if prepared.fallback else None,
             "candidate_cuts": cut_ids,
         },
-        "settings": {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(config).items()
-            if k not in ("out", "command", "progress")
-        },
+        "settings": settings,
         "notes": notes,
     }
-    results["settings"]["skip_rule"] = (
-        f"an option is not measured at a grid point when its predicted latency exceeds both "
-        f"{config.skip_factor:g}x the best prediction there and {config.skip_min_s:g} s; each option gets "
-        f"{config.requests} requests (after {config.warmup} warm-up), fewer (at least 3) once "
-        f"{config.max_cell_s:g} s are spent"
-    )
 
     with contextlib.ExitStack() as stack:
         group, limit_info = stack.enter_context(_cpu_limit(config, progress))
@@ -485,78 +751,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         hello = device.call("hello", wait_s=120)
         if group is not None and not any(group.path.name in line for line in hello["cgroups"]):
             raise SplitinfError(f"the device worker is not in {group.path}: {hello['cgroups']}")
-        results["emulation"] = {
-            "device": {
-                "cpu_limit": limit_info,
-                "threads": config.device_threads,
-                "process": f"python -m splitinf.bench.device, pid {hello['pid']}",
-                "cgroups": hello["cgroups"],
-                "emulates": (
-                    "A Raspberry Pi 4 (4 Cortex-A72 cores, each several times slower than one core here): "
-                    "what is emulated is the device's compute budget, not its core count. onnxruntime runs "
-                    f"{config.device_threads} intra-op thread(s) inside "
-                    f"{config.device_cpus if config.device_cpus is not None else 'an unlimited share'} of this "
-                    "machine's CPUs; more threads than the quota's CPUs spin and get throttled in bursts, "
-                    "which inflates p90 and spoils the profiles."
-                ),
-            },
-            "server": {
-                "process": "python -m splitinf serve (the plan's V2 model repository), loopback",
-                "threads": "onnxruntime default intra-op threads",
-            },
-            "link": {
-                "mechanism": "splitinf.faults.FaultProxy, a userspace TCP proxy in the orchestrator between the "
-                "device and the server (loopback)",
-                "shaping": "token-bucket bandwidth cap in each direction at the grid's rate (1 kbit = 1000 bit), "
-                "RTT/2 added delay in each direction, no jitter, no loss",
-            },
-            "machine": machine_info(),
-        }
+        results["emulation"] = _emulation(config, limit_info, hello)
 
-        progress("device profile (inside the CPU-limited process)")
-        device_profile = work / "device_profile.json"
-        device.call(
-            "profile",
-            wait_s=3600,
-            model=str(prepared.path),
-            fallback=str(prepared.fallback) if prepared.fallback else None,
-            cuts=cut_ids,
-            codecs=list(config.codecs),
-            repeats=config.profile_repeats,
-            warmup=config.profile_warmup,
-            output=str(device_profile),
-            progress=config.progress,
-        )
-        progress("server profile (unlimited process, as the server runs)")
-        server_profile = work / "server_profile.json"
-        _run_checked(
-            _python(
-                "splitinf", "profile", str(prepared.path), "-o", str(server_profile), "--threads", "0",
-                "--cuts", ",".join(cut_ids), "--codecs", ",".join(config.codecs),
-                "--repeats", str(config.profile_repeats), "--warmup", str(config.profile_warmup),
-            ),
-            "the server profile",
-        )  # fmt: skip
-        progress("planning (splitinf plan with both profiles)")
-        plan_dir = work / "plan"
-        plan_argv = _python(
-            "splitinf", "plan", str(prepared.path), "--device", str(device_profile), "--server", str(server_profile),
-            "--calibration", str(prepared.calibration), "--codecs", ",".join(config.codecs),
-            "--bandwidths", ",".join(f"{b / 1e6:g}" for b in grid_bps),
-            "--rtts", ",".join(f"{r * 1e3:g}" for r in grid_rtts),
-            "--reference-rtt", f"{config.rtts_ms[0]:g}", "--hold-all", "-o", str(plan_dir),
-        )  # fmt: skip
-        if prepared.fallback is not None:
-            plan_argv += ["--fallback", str(prepared.fallback)]
-        _run_checked(plan_argv, "splitinf plan")
-        plan = load_plan(plan_dir, check_files=("device", "server"))
-        if plan.table is None:
-            raise SplitinfError("the plan has no decision table")
-        splits = list(plan.split_options)
-        input_cut = cuts[0].id
-        full_offload = [o.id for o in splits if o.cut_id == input_cut]
+        plan = _make_plan(config, prepared, cut_ids, device, progress, work)
         results["plan"] = {
-            "dir": str(plan_dir),
+            "dir": str(plan.root),
             "options": [
                 {
                     "id": o.id,
@@ -569,12 +768,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                     "accuracy": o.accuracy,
                 }
                 for o in plan.options
-            ],
-            "full_offload": full_offload,
+            ],  # fmt: skip
+            "full_offload": [o.id for o in plan.split_options if o.cut_id == cuts[0].id],
         }
         results["profiles"] = {
-            "device": {"path": str(device_profile), "model_seconds": plan.profiles["device"].get("model_seconds")},
-            "server": {"path": str(server_profile), "model_seconds": plan.profiles["server"].get("model_seconds")},
+            side: {"path": str(work / f"{side}_profile.json"), "model_seconds": summary.get("model_seconds")}
+            for side, summary in plan.profiles.items()
+            if side in ("device", "server")
         }
         notes.append(
             "Candidates measured: every profiled (cut, codec) option within the planner's accuracy floor (the "
@@ -584,7 +784,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
         progress("starting the tail server and the emulated link")
         server, server_address = _start_subprocess(
-            _python("splitinf", "serve", "--repo", str(plan_dir / "server"), "--host", "127.0.0.1", "--port", "0",
+            _python("splitinf", "serve", "--repo", str(plan.root / "server"), "--host", "127.0.0.1", "--port", "0",
                     "--metrics-port", "-1"),
             "serving on ",
             "the tail server",
@@ -594,173 +794,21 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         stack.callback(proxy.stop)
         results["emulation"]["server"]["address"] = server_address
         results["emulation"]["link"]["proxy"] = proxy.address
+        measure = _Measurements(config, progress, prepared, device, plan, cuts[0].id, server_address, proxy)
 
-        local = plan.local
-        local_stats = None
+        local = measure.local()
         if local is not None:
-            progress(f"local model on the device ({config.requests} runs)")
-            reply = device.call(
-                "local",
-                model=str(plan.path(local.model or "")),
-                inputs=str(prepared.inputs),
-                requests=config.requests,
-                warmup=config.warmup,
-                max_s=config.max_cell_s,
-            )
-            local_stats = summarise(reply["samples"])
-            results["local"] = {"stats": local_stats, "predicted_s": local.seconds}
+            results["local"] = local
             notes.append("The local model is measured once (it does not touch the link) and stands at every point.")
-
-        grid: list[dict[str, Any]] = []
-        cells = [(bw, rtt) for bw in sorted(config.bandwidths_mbit) for rtt in sorted(config.rtts_ms)]
-        for index, (bw, rtt) in enumerate(cells, start=1):
-            bps, rtt_s = bw * 1e6, rtt * 1e-3
-            proxy.set(FaultSettings.make(latency_ms=rtt / 2, rate_kbit=bw * 1000))
-            predicted = {o.id: expected_latency(o, bps, rtt_s) for o in splits}
-            best_predicted = min([*predicted.values(), *([local.seconds] if local else [])])
-            measure = [
-                o for o in splits if not (predicted[o.id] > config.skip_factor * best_predicted
-                                          and predicted[o.id] > config.skip_min_s)
-            ]  # fmt: skip
-            progress(f"[{index}/{len(cells)}] {bw:g} Mbit/s, RTT {rtt:g} ms: {len(measure)} options")
-            reply = device.call(
-                "measure",
-                target=proxy.address,
-                inputs=str(prepared.inputs),
-                requests=config.requests,
-                warmup=config.warmup,
-                max_s=config.max_cell_s,
-                timeout_s=max(30.0, 3 * max((predicted[o.id] for o in measure), default=1.0)),
-                options=[
-                    {
-                        "id": o.id,
-                        "head": str(plan.path(o.head or "")),
-                        "tail_model": o.tail_model,
-                        "tail_version": o.tail_version,
-                        "wire": [t.name for t in o.wire],
-                    }
-                    for o in measure
-                ],
-            )
-            options: dict[str, Any] = {}
-            for o in splits:
-                measured = reply["options"].get(o.id)
-                options[o.id] = {
-                    "predicted_s": predicted[o.id],
-                    "stats": summarise(measured["samples"]) if measured else None,
-                    "errors": measured["errors"] if measured else [],
-                    "skipped": None if measured else "predicted far slower than the best option here",
-                }
-            planned_id = plan.table.lookup(bps, rtt_s)
-            planned_predicted = local.seconds if planned_id == "local" and local else predicted.get(planned_id)
-            grid.append(
-                {
-                    "bandwidth_mbit": bw,
-                    "rtt_ms": rtt,
-                    "options": options,
-                    "planned_option": planned_id,
-                    "planned_predicted_s": planned_predicted,
-                    "summary": summarise_cell(
-                        options, local_stats, planned_id=planned_id, full_offload_ids=full_offload
-                    ),
-                }
-            )
-        results["grid"] = grid
-        proxy.clear()
-
-        progress("framework overhead against a bare gRPC echo")
+        results["grid"] = measure.grid(local["stats"] if local else None)
         echo, echo_address = _start_subprocess(_python("splitinf.bench.echo"), "echo on ", "the echo server")
         stack.callback(_stop, echo)
-        by_bytes = sorted(splits, key=lambda o: o.bytes)
-        cases = list(dict.fromkeys([by_bytes[-1].id, by_bytes[0].id]))
-        reply = device.call(
-            "overhead",
-            target=server_address,
-            echo_target=echo_address,
-            inputs=str(prepared.inputs),
-            requests=max(10, 2 * config.requests),
-            cases=[
-                {
-                    "id": i,
-                    "head": str(plan.path(plan.option(i).head or "")),
-                    "tail_model": plan.option(i).tail_model,
-                    "tail_version": plan.option(i).tail_version,
-                    "wire": [t.name for t in plan.option(i).wire],
-                }
-                for i in cases
-            ],
-        )
-        results["overhead"] = [
-            {
-                "id": case["id"],
-                "request_bytes": case["request_bytes"],
-                "response_bytes": case["response_bytes"],
-                "v2_median_s": statistics.median(case["v2_s"]),
-                "echo_median_s": statistics.median(case["echo_s"]),
-                "overhead_s": statistics.median(case["v2_s"]) - statistics.median(case["echo_s"]),
-                "ratio": statistics.median(case["v2_s"]) / max(statistics.median(case["echo_s"]), 1e-9),
-                "v2_s": case["v2_s"],
-                "echo_s": case["echo_s"],
-            }
-            for case in reply["cases"]
-        ]
-
+        results["overhead"] = measure.overhead(echo_address)
         if config.failover and plan.fallback is not None:
-            bw, rtt = max(config.bandwidths_mbit), min(config.rtts_ms)
-            cell = next(c for c in grid if c["bandwidth_mbit"] == bw and c["rtt_ms"] == rtt)
-            fastest = min((c["stats"]["median_s"] for c in cell["options"].values() if c.get("stats")), default=0.05)
-            # The device's default budget, or 4x the fastest split measured here when that is more: a
-            # budget near the split latency would trip on the estimator's cold start, not on the cut.
-            budget = max(DEFAULT_BUDGET_S, 4 * fastest, 4 * min(predicted_at(o, bw, rtt) for o in splits))
-            progress(f"failover and recovery at {bw:g} Mbit/s, RTT {rtt:g} ms (budget {budget * 1e3:.0f} ms)")
-            proxy.set(FaultSettings.make(latency_ms=rtt / 2, rate_kbit=bw * 1000))
-            failover_plan = _failover_plan(plan_dir, work / "failover_plan")
-            reply = device.call(
-                "failover",
-                timeout_s=600,
-                plan=str(failover_plan),
-                target=proxy.address,
-                control=f"127.0.0.1:{proxy.control_port}",
-                inputs=str(prepared.inputs),
-                budget_s=budget,
-                prior_rtt_s=rtt * 1e-3,
-                prior_bandwidth_bps=bw * 1e6,
-                policy=config.policy,
-                outage_s=config.outage_s,
-            )
-            from splitinf.policy import PolicyConfig
-
-            summary = _failover_summary(reply)
-            summary.update(
-                bandwidth_mbit=bw,
-                rtt_ms=rtt,
-                budget_s=budget,
-                cut="a black hole both ways (FaultProxy blackhole: bytes accepted and dropped, nothing refused)",
-                policy=", ".join(
-                    f"{k}={v:g}" for k, v in dataclasses.asdict(PolicyConfig(budget_s=budget, **config.policy)).items()
-                ),
-            )
-            results["failover"] = summary
-            proxy.clear()
+            results["failover"] = measure.failover(results["grid"], work)
         elif config.failover:
             notes.append("Failover not measured: the model has no fallback (give --fallback).")
-
-        progress("tail-server throughput")
-        option = plan.option(full_offload[0]) if full_offload else splits[0]
-        for candidate in splits:
-            if candidate.cut_id == input_cut and candidate.codec == "fp32":
-                option = candidate
-        head = make_session(str(plan.path(option.head or "")), 1)
-        with np.load(prepared.inputs, allow_pickle=False) as data:
-            feed = {k: data[k] for k in data.files}
-        names = [o.name for o in head.get_outputs()]
-        wire = dict(zip(names, head.run(names, feed), strict=True))
-        levels = _throughput(server_address, option.tail_model or "", wire, config.concurrency, config.throughput_s)
-        results["throughput"] = {
-            "option": option.id,
-            "request_bytes": int(sum(v.nbytes for v in wire.values())),
-            "levels": levels,
-        }
+        results["throughput"] = measure.throughput()
 
     results["accuracy"] = model_accuracy(results["grid"], results.get("local"))
     results["wall_s"] = progress.elapsed
