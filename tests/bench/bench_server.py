@@ -25,8 +25,10 @@ The clients send pre-serialized bytes through the same code path to every server
 difference is the server. Per pair of interleaved runs, overhead per call = splitinf p50 -
 splitinf's reported compute p50 - bare p50, as a share of the bare p50 (goal: within 10%);
 the table reports the median over pairs. Server CPU per call (user + system time of the
-server process from /proc, all threads, divided by calls) is shown too: it is far less
-disturbed by other load on a shared machine than latency is.
+server process from /proc, all threads, divided by calls) is shown too, and its ratio to
+the bare server's (compute included): it is far less disturbed by other load on a shared
+machine than latency is, and with several clients on two cores, where each p50 also holds
+other requests' compute, it is the steadier figure.
 """
 
 from __future__ import annotations
@@ -313,6 +315,10 @@ def main() -> int:
                         f"{100 * statistics.median(pairs):+.1f}% (median of {len(pairs)} pairs; "
                         f"range {100 * min(pairs):+.0f}% .. {100 * max(pairs):+.0f}%)"
                     )
+                    cpu_ratio = sum(r["cpu_ms"] for r in ours) / max(
+                        1e-9, sum(r["cpu_ms"] for r in overhead_runs[label])
+                    )
+                    print(f"{'':>7}   server CPU per call vs {label} (compute included): {100 * (cpu_ratio - 1):+.1f}%")
         finally:
             for _, process, _ in servers:
                 process.terminate()
