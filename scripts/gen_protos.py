@@ -7,6 +7,7 @@ committed modules differ, so the .proto and the generated code cannot drift apar
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -67,7 +68,11 @@ def _use_private_pool(pb2_module: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    out_dir = Path(argv[0]) if argv else DEFAULT_OUT
+    parser = argparse.ArgumentParser(description="Generate splitinf's V2 protocol code from protos/grpc_service.proto.")
+    parser.add_argument(
+        "out_dir", nargs="?", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})"
+    )
+    out_dir = parser.parse_args(argv).out_dir
     for path in generate(out_dir):
         print(path)
     return 0

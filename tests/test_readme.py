@@ -86,3 +86,43 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
             assert server.wait(timeout=30) == 0
     plan = tmp_path / "plan"
     assert (plan / "plan.json").is_file() and (plan / "report.md").is_file() and (plan / "latency.svg").is_file()
+
+
+def quoted_commands() -> list[str]:
+    """Every command the README shows: code blocks and inline code starting with splitinf or python."""
+    text = (ROOT / "README.md").read_text()
+    inline = re.findall(r"`((?:splitinf|python) [^`]+)`", text)
+    return [c for c in [*readme_commands(), *inline] if c.startswith(("splitinf ", "python "))]
+
+
+def test_every_splitinf_command_in_the_readme_parses_against_the_real_cli() -> None:
+    import shlex
+
+    from splitinf.cli import SUBCOMMAND_MODULES, build_parser
+
+    parser = build_parser()
+    commands = [c for c in quoted_commands() if c.startswith("splitinf ")]
+    assert len(commands) >= 10
+    for command in commands:
+        words = shlex.split(command)[1:]
+        if len(words) == 1:  # prose naming a subcommand, e.g. `splitinf proxy`
+            assert words[0] in SUBCOMMAND_MODULES, command
+            continue
+        try:
+            args = parser.parse_args(words)
+        except SystemExit as exc:
+            raise AssertionError(f"README command does not parse: {command}") from exc
+        assert callable(args.handler), command
+
+
+def test_every_script_the_readme_names_exists_and_answers_help() -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    scripts = {shlex.split(c)[1] for c in quoted_commands() if c.startswith("python ")}
+    assert scripts
+    for script in sorted(scripts):
+        assert (ROOT / script).is_file(), f"README names {script}, which does not exist"
+        done = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "usage" in done.stdout.lower(), f"{script} --help: {done.stderr}"
