@@ -16,6 +16,9 @@ not share a GIL with them), on 127.0.0.1:
 - ``bare-pb``: the same, but through the generated protobuf code the way a minimal V2
   server would: ``ModelInferRequest.FromString``, read ``raw_input_contents[0]``, serialize a
   ``ModelInferResponse`` of the same size as splitinf's answer. Shown for reference.
+- ``no-ort``: the splitinf server itself, but every onnxruntime run after warm-up returns
+  the model's first answer: splitinf's own per-call cost (parse, validation, admission,
+  metrics, response) with no compute in it.
 - ``bare`` and ``bare-pb`` run with the process-wide malloc settings the splitinf server
   applies (``splitinf.server.tune_allocator``), so the comparison is of the servers, not of
   allocator settings; ``bare-glibc`` is ``bare`` with glibc's defaults (what the overhead
@@ -140,6 +143,32 @@ def serve_bare(response_size: int, parse: bool, tuned: bool) -> None:
     server.wait_for_termination()
 
 
+def serve_splitinf_without_onnxruntime(repo: Path) -> None:
+    """splitinf's own server with every onnxruntime run after warm-up replaced by its first answer.
+
+    Everything else is the real server (parse, validation, admission, metrics, response), so
+    its gap to ``bare`` is splitinf's own per-call cost, with no compute at all in it.
+    """
+    import threading as _threading
+
+    from splitinf.repository import LoadedModel
+    from splitinf.server import create_server
+    from splitinf.server_config import ServerConfig
+
+    real_run = LoadedModel.run
+    answers: dict[str, dict[str, np.ndarray]] = {}
+
+    def remembered_run(self: LoadedModel, inputs: Any) -> dict[str, np.ndarray]:
+        if self.name not in answers:
+            answers[self.name] = real_run(self, inputs)
+        return answers[self.name]
+
+    LoadedModel.run = remembered_run  # type: ignore[method-assign]
+    server, port = create_server(ServerConfig(repo=repo, port=0, metrics_port=None))
+    print(f"serving on 127.0.0.1:{port}", flush=True)
+    _threading.Event().wait()
+
+
 # --- clients -------------------------------------------------------------------------------------
 
 
@@ -242,7 +271,11 @@ def main() -> int:
     parser.add_argument("--bare-server", type=int, metavar="RESPONSE_SIZE", help=argparse.SUPPRESS)
     parser.add_argument("--bare-pb-server", type=int, metavar="RESPONSE_SIZE", help=argparse.SUPPRESS)
     parser.add_argument("--malloc-defaults", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-ort-server", type=Path, metavar="REPO", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.no_ort_server is not None:
+        serve_splitinf_without_onnxruntime(args.no_ort_server)
+        return 0
     if args.bare_server is not None or args.bare_pb_server is not None:
         serve_bare(
             args.bare_server or args.bare_pb_server,
@@ -278,6 +311,8 @@ def main() -> int:
                 "bare-pb": ["--bare-pb-server"],
                 "bare-glibc": ["--bare-server", "--malloc-defaults"],
             }
+            process, no_ort_port = start([sys.executable, str(here), "--no-ort-server", str(repo)])
+            servers.append(("no-ort", process, no_ort_port))
             for label, bare_flags in bare_servers.items():
                 command = [sys.executable, str(here), bare_flags[0], str(response_size), *bare_flags[1:]]
                 process, bare_port = start(command)
@@ -304,21 +339,24 @@ def main() -> int:
                         f"{row['p99_ms']:>8.2f} {row['compute_p50_ms']:>10.3f}ms {cpu_per_call:>7.3f}ms "
                         f"{sys_per_call:>5.3f}ms {faults_per_call:>11.1f}"
                     )
-                ours = overhead_runs["splitinf"]
-                for label in bare_servers:
+                for ours_label, label in [("splitinf", bare) for bare in bare_servers] + [("no-ort", "bare")]:
+                    ours = overhead_runs[ours_label]
                     pairs = [
                         (o["p50_ms"] - o["compute_p50_ms"] - b["p50_ms"]) / b["p50_ms"]
                         for o, b in zip(ours, overhead_runs[label], strict=True)
                     ]
                     print(
-                        f"{'':>7} overhead per call vs {label} (p50, compute excluded): "
+                        f"{'':>7} {ours_label} overhead per call vs {label} (p50, compute excluded): "
                         f"{100 * statistics.median(pairs):+.1f}% (median of {len(pairs)} pairs; "
                         f"range {100 * min(pairs):+.0f}% .. {100 * max(pairs):+.0f}%)"
                     )
                     cpu_ratio = sum(r["cpu_ms"] for r in ours) / max(
                         1e-9, sum(r["cpu_ms"] for r in overhead_runs[label])
                     )
-                    print(f"{'':>7}   server CPU per call vs {label} (compute included): {100 * (cpu_ratio - 1):+.1f}%")
+                    print(
+                        f"{'':>7}   {ours_label} server CPU per call vs {label} (compute included): "
+                        f"{100 * (cpu_ratio - 1):+.1f}%"
+                    )
         finally:
             for _, process, _ in servers:
                 process.terminate()
