@@ -197,6 +197,7 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert any(Path(limit["path"]).name in line for line in results["emulation"]["device"]["cgroups"])
         assert limit["cpu_stat"]["nr_periods"] > 0  # the quota was in force while the device ran
         assert "0.5 CPU via cgroup" in markdown
+        assert "device: 0.5 CPU (cgroup v" in next(e.text or "" for e in svg.iter() if e.get("class") == "emulation")
     else:
         assert not limit["applied"] and "NO CPU limit" in markdown
 

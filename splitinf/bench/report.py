@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
-__all__ = ["STRATEGIES", "bench_markdown", "bench_svg", "model_accuracy", "summarise", "summarise_cell"]
+__all__ = [
+    "STRATEGIES",
+    "bench_markdown",
+    "bench_svg",
+    "emulation_summary",
+    "model_accuracy",
+    "summarise",
+    "summarise_cell",
+]
 
 # The four answers the table compares at each grid point, in column order.
 STRATEGIES = ("local", "remote", "planned", "best")
@@ -170,6 +178,21 @@ def _emulation_lines(emulation: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def emulation_summary(results: Mapping[str, Any]) -> str:
+    """One line: how the device and the link were emulated (for the chart)."""
+    emulation = results["emulation"]
+    limit = emulation["device"]["cpu_limit"]
+    cpu = (
+        f"{limit['cpus']:g} CPU ({limit['mechanism']}, {limit['quota_us']}/{limit['period_us']} us)"
+        if limit.get("applied")
+        else "NO CPU limit"
+    )
+    return (
+        f"device: {cpu}, {emulation['device']['threads']} ORT thread(s); link: FaultProxy rate cap and RTT/2 "
+        f"each way; {results['command']}"
+    )
+
+
 def bench_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# splitinf bench: {results['model']['name']}",
@@ -318,7 +341,7 @@ def bench_svg(results: Mapping[str, Any], panel_w: int = 300, panel_h: int = 260
     y_high = 10 ** math.ceil(math.log10(max(values))) if values else 1.0
     if y_high <= y_low:
         y_high = y_low * 10
-    left, top, gap, bottom = 60, 50, 30, 45
+    left, top, gap, bottom = 60, 62, 30, 45
     width = left + len(rtts) * (panel_w + gap) + 120
     height = top + panel_h + bottom
     x_low = math.log10(bandwidths[0]) if bandwidths else 0.0
@@ -340,6 +363,7 @@ def bench_svg(results: Mapping[str, Any], panel_w: int = 300, panel_h: int = 260
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{left}" y="18" font-size="14">{escape(results["model"]["name"])}: measured median latency '
         "against bandwidth (log-log), one panel per RTT</text>",
+        f'<text class="emulation" x="{left}" y="34" font-size="10">{escape(emulation_summary(results))}</text>',
     ]
     for p, rtt in enumerate(rtts):
         x0 = left + p * (panel_w + gap)
