@@ -18,13 +18,13 @@ import onnx
 import pytest
 
 from splitinf.bench import (
-    QUICK,
     CpuLimitUnavailable,
     bench_markdown,
     bench_svg,
     choose_cuts,
     create_cpu_cgroup,
     detect_cgroup_version,
+    quick_config,
     run_bench,
     summarise,
     summarise_cell,
@@ -253,7 +253,7 @@ def test_remote_latency_grows_as_bandwidth_shrinks(tmp_path: Path) -> None:
     model, fallback = tmp_path / "wide_input.onnx", tmp_path / "wide_input_fallback.onnx"
     onnx.save_model(build_resnet50(batch=1, num_classes=10, width=1 / 16), str(model))
     onnx.save_model(build_resnet50(batch=1, num_classes=10, width=1 / 32, seed=3), str(fallback))
-    config = QUICK(
+    config = quick_config(
         tmp_path / "bench",
         model=str(model),
         fallback=str(fallback),

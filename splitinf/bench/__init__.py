@@ -10,11 +10,17 @@
 from __future__ import annotations
 
 from splitinf.bench.cgroup import CpuCgroup, CpuLimitUnavailable, create_cpu_cgroup, detect_cgroup_version
-from splitinf.bench.harness import QUICK, BenchConfig, choose_cuts, command_line, run_bench
-from splitinf.bench.report import bench_markdown, bench_svg, model_accuracy, summarise, summarise_cell
+from splitinf.bench.harness import BenchConfig, choose_cuts, command_line, quick_config, run_bench
+from splitinf.bench.report import (
+    bench_markdown,
+    bench_svg,
+    emulation_summary,
+    model_accuracy,
+    summarise,
+    summarise_cell,
+)
 
 __all__ = [
-    "QUICK",
     "BenchConfig",
     "CpuCgroup",
     "CpuLimitUnavailable",
@@ -24,7 +30,9 @@ __all__ = [
     "command_line",
     "create_cpu_cgroup",
     "detect_cgroup_version",
+    "emulation_summary",
     "model_accuracy",
+    "quick_config",
     "run_bench",
     "summarise",
     "summarise_cell",

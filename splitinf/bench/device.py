@@ -250,6 +250,7 @@ class _Device:
             while streak < int(cmd.get("warm_splits", 5)):
                 if time.monotonic() > deadline:
                     out["error"] = "the runtime never reached a steady split mode before the cut"
+                    out["events"] = [e.as_log_fields() | {"at": e.at} for e in runtime.events]
                     return out
                 streak = streak + 1 if ask(runtime)["kind"] == "split" else 0
             out["cut_at"] = time.monotonic()

@@ -43,7 +43,7 @@ from splitinf.bench.cgroup import CpuCgroup, create_cpu_cgroup
 from splitinf.bench.report import bench_markdown, bench_svg, model_accuracy, summarise, summarise_cell
 from splitinf.errors import SplitinfError, UsageError
 
-__all__ = ["QUICK", "BenchConfig", "choose_cuts", "run_bench"]
+__all__ = ["BenchConfig", "choose_cuts", "command_line", "quick_config", "run_bench"]
 
 # The product's defaults (splitinf.policy.PolicyConfig) are used for the full run; the quick run
 # shortens the waits so a test finishes in seconds. Either way the settings go into the output.
@@ -92,7 +92,7 @@ class BenchConfig:
     progress: bool = True
 
 
-def QUICK(out: Path, **overrides: Any) -> BenchConfig:
+def quick_config(out: Path, **overrides: Any) -> BenchConfig:
     """The tiny configuration of ``--quick``: the digits pair, few requests, short policy waits."""
     settings: dict[str, Any] = dict(
         out=out,
@@ -330,7 +330,7 @@ def _failover_plan(plan_dir: Path, target: Path) -> Path:
 def _failover_summary(reply: dict[str, Any]) -> dict[str, Any]:
     answers = reply.get("answers", [])
     if reply.get("error"):
-        return {"error": reply["error"], "answers": len(answers)}
+        return {"error": reply["error"], "answers": len(answers), "events": reply.get("events", [])}
     cut_at, heal_at = reply["cut_at"], reply["heal_at"]
     first_local = next((a for a in answers if a["end"] > cut_at and a["kind"] != "split"), None)
     first_split = next((a for a in answers if a["end"] > heal_at and a["kind"] == "split"), None)

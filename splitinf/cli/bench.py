@@ -74,7 +74,7 @@ def _given_flags(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.bench import QUICK, BenchConfig, command_line, run_bench
+    from splitinf.bench import BenchConfig, command_line, quick_config, run_bench
     from splitinf.errors import UsageError
 
     overrides: dict[str, object] = {}
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     overrides["link"] = args.link
     overrides["command"] = command_line(_given_flags(args))
     out = Path(args.out)
-    config = QUICK(out, **overrides) if args.quick else BenchConfig(out=out, **overrides)  # type: ignore[arg-type]
+    config = quick_config(out, **overrides) if args.quick else BenchConfig(out=out, **overrides)  # type: ignore[arg-type]
     results = run_bench(config)
     print((out / "bench.md").read_text())
     print(f"wall time {results['wall_s']:.0f} s; outputs in {out}")
