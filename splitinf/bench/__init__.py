@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from splitinf.bench.cgroup import CpuCgroup, CpuLimitUnavailable, create_cpu_cgroup, detect_cgroup_version
+from splitinf.bench.cgroup import CpuCgroup, create_cpu_cgroup, detect_cgroup_version
 from splitinf.bench.harness import BenchConfig, choose_cuts, command_line, quick_config, run_bench
 from splitinf.bench.report import (
     bench_markdown,
@@ -23,7 +23,6 @@ from splitinf.bench.report import (
 __all__ = [
     "BenchConfig",
     "CpuCgroup",
-    "CpuLimitUnavailable",
     "bench_markdown",
     "bench_svg",
     "choose_cuts",

@@ -22,13 +22,9 @@ from typing import Any
 
 from splitinf.errors import UsageError
 
-__all__ = ["CpuCgroup", "CpuLimitUnavailable", "create_cpu_cgroup", "detect_cgroup_version"]
+__all__ = ["CpuCgroup", "create_cpu_cgroup", "detect_cgroup_version"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-class CpuLimitUnavailable(UsageError):
-    """This machine (or this user) cannot set a cgroup CPU quota; the message says why and the fix."""
 
 
 def detect_cgroup_version(root: Path = CGROUP_ROOT) -> int | None:
@@ -126,7 +122,7 @@ def create_cpu_cgroup(
 ) -> CpuCgroup:
     """Create a child cgroup capped at ``cpus`` CPUs (quota = cpus x period).
 
-    Raises CpuLimitUnavailable naming the reason (no controller, not permitted) and the fix.
+    Raises UsageError naming the reason (no controller, not permitted) and the fix (root, or --no-cpu-limit).
     """
     if not cpus > 0:
         raise UsageError(f"--device-cpus must be > 0, got {cpus}")
@@ -137,7 +133,7 @@ def create_cpu_cgroup(
     name = name or f"splitinf-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     hint = "run as root on a machine with the cgroup cpu controller, or pass --no-cpu-limit to run unlimited"
     if version is None:
-        raise CpuLimitUnavailable(f"no cgroup cpu controller under {root} (neither v1 cpu/ nor v2); {hint}")
+        raise UsageError(f"no cgroup cpu controller under {root} (neither v1 cpu/ nor v2); {hint}")
     base = root / "cpu" if version == 1 else root
     path = base / name
     try:
@@ -147,7 +143,7 @@ def create_cpu_cgroup(
                 _write(root / "cgroup.subtree_control", "+cpu")
         path.mkdir()
     except OSError as exc:
-        raise CpuLimitUnavailable(f"cannot create the cgroup {path}: {exc.strerror or exc}; {hint}") from exc
+        raise UsageError(f"cannot create the cgroup {path}: {exc.strerror or exc}; {hint}") from exc
     group = CpuCgroup(path=path, version=version, quota_us=quota_us, period_us=period_us)
     try:
         if version == 1:
@@ -157,5 +153,5 @@ def create_cpu_cgroup(
             _write(path / "cpu.max", f"{quota_us} {period_us}")
     except OSError as exc:
         group.remove(timeout_s=0)
-        raise CpuLimitUnavailable(f"cannot set the CPU quota in {path}: {exc.strerror or exc}; {hint}") from exc
+        raise UsageError(f"cannot set the CPU quota in {path}: {exc.strerror or exc}; {hint}") from exc
     return group
