@@ -77,7 +77,7 @@ def test_no_cpu_controller_is_refused_with_the_fix(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cpus, period", [(0.0, 10_000), (-1.0, 10_000), (0.5, 10)])
 def test_bad_quota_settings_are_refused(tmp_path: Path, cpus: float, period: int) -> None:
-    with pytest.raises(Exception, match="must be"):
+    with pytest.raises(UsageError, match="must be"):
         create_cpu_cgroup(cpus, period, root=tmp_path)
 
 
