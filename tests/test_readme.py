@@ -120,7 +120,20 @@ def test_every_script_the_readme_names_exists_and_answers_help() -> None:
     import subprocess
     import sys
 
-    scripts = {shlex.split(c)[1] for c in quoted_commands() if c.startswith("python ")}
+    commands = [shlex.split(c) for c in quoted_commands() if c.startswith("python ")]
+    for words in commands:
+        if words[1:3] == ["-m", "pytest"]:  # it must select tests that exist
+            collect = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--collect-only",
+                "-q",
+                *[w for w in words[3:] if w not in ("-s", "-q")],
+            ]
+            done = subprocess.run(collect, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0 and "::" in done.stdout, f"{' '.join(words)} selects no test"
+    scripts = {words[1] for words in commands if words[1] != "-m"}
     assert scripts
     for script in sorted(scripts):
         assert (ROOT / script).is_file(), f"README names {script}, which does not exist"
