@@ -24,23 +24,17 @@ from splitinf.errors import InputError, IntegrityError, PlanError
 from splitinf.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 from splitinf.graph import find_cut
 from splitinf.partition import split_model
-from splitinf.plan import Option, Plan, TensorSpec, sha256_file, write_json_atomic
-from splitinf.planner import option_names
+from splitinf.plan import Plan, sha256_file, write_json_atomic
 from splitinf.policy import Mode, PolicyConfig
 from splitinf.runtime import Runtime, RuntimeResult
 from splitinf.server import create_server
 from splitinf.server_config import ServerConfig
 from splitinf.testing.models import mlp
+from splitinf.testing.plans import save_model, write_plan_dir
 
 FULL = mlp(batch=1, seed=0)
 FALLBACK = mlp(batch=1, seed=7, sizes=(16, 8, 4))
 CUTS = ("x", "relu_0", "relu_1")  # full offload, early, late
-
-
-def _save(model: onnx.ModelProto, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return sha256_file(path)
 
 
 def build_plan_dir(
@@ -51,51 +45,23 @@ def build_plan_dir(
     served_tails: dict[str, onnx.ModelProto] | None = None,
     accuracy: float = 0.95,
 ) -> Path:
-    """A plan directory per splitinf.plan: heads, fallback, local model, tails in server/.
+    """A plan of FULL at ``cuts`` with FALLBACK (and FULL as the local option unless ``local`` is False).
 
     ``served_tails`` replaces the tail deployed for a cut id (the plan keeps the true tail's
     sha256), to build a server that holds a tail from another partition.
     """
-    options: list[Option] = []
-    for cut_id in cuts:
-        cut = find_cut(FULL, cut_id)
-        part = split_model(FULL, cut)
-        option_id, head_rel, tail_name = option_names("mlp", cut.id, "fp32")
-        head_sha = _save(part.head, root / head_rel)
-        tail_path = root / "server" / tail_name / "1" / "model.onnx"
-        tail_sha = _save(part.tail, tail_path)
-        if served_tails and cut_id in served_tails:
-            _save(served_tails[cut_id], tail_path)
-        options.append(
-            Option(
-                id=option_id,
-                kind="split",
-                accuracy=accuracy,
-                cut_id=cut.id,
-                codec="fp32",
-                head=head_rel,
-                head_sha256=head_sha,
-                tail_model=tail_name,
-                tail_sha256=tail_sha,
-                wire=cut.tensors,
-                bytes=cut.bytes_per_sample,
-                head_seconds=0.0001,
-                tail_seconds=0.0001,
-            )
-        )
-    if local:
-        sha = _save(FULL, root / "device/local.onnx")
-        options.append(
-            Option(id="local", kind="local", accuracy=0.95, model="device/local.onnx", sha256=sha, seconds=5)
-        )
-    sha = _save(FALLBACK, root / "device/fallback.onnx")
-    options.append(
-        Option(id="fallback", kind="fallback", accuracy=0.80, model="device/fallback.onnx", sha256=sha, seconds=0.001)
+    write_plan_dir(
+        root,
+        FULL,
+        FALLBACK,
+        dict.fromkeys(cuts, (0.0001, 0.0001)),
+        name="mlp",
+        accuracy=accuracy,
+        fallback_accuracy=0.80,
+        fallback_seconds=0.001,
+        local_seconds=5 if local else None,
+        served_tails=served_tails,
     )
-    x = TensorSpec("x", "float32", (1, 16))
-    y = TensorSpec("y", "float32", (1, 4))
-    plan = Plan("mlp", "0" * 64, (x,), (y,), tuple(options))
-    write_json_atomic(root / "plan.json", plan.to_json())
     return root
 
 
@@ -327,7 +293,7 @@ def test_wrong_tensors_and_unknown_model_fall_back(tmp_path: Path) -> None:
         # a server without the tail at all: NOT_FOUND, the option is set aside too
         srv.stop(grace=0)
         other_repo = tmp_path / "other-repo"
-        _save(FULL, other_repo / "other" / "1" / "model.onnx")
+        save_model(FULL, other_repo / "other" / "1" / "model.onnx")
         srv, port = create_server(ServerConfig(repo=other_repo, port=0, metrics_port=None))
         with Runtime(plan, device_config(f"127.0.0.1:{port}"), background_probes=False) as runtime:
             result = runtime.infer(sample())

@@ -31,14 +31,12 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from splitinf.device_config import DeviceConfig
-from splitinf.graph import find_cut
-from splitinf.partition import split_model
-from splitinf.plan import Option, Plan, TensorSpec, load_plan, sha256_file, write_json_atomic
-from splitinf.planner import option_names
+from splitinf.plan import load_plan
 from splitinf.policy import PolicyConfig
 from splitinf.runtime import Runtime, RuntimeResult
 from splitinf.server import TailServer, create_server
 from splitinf.server_config import ServerConfig
+from splitinf.testing.plans import write_plan_dir
 
 # Stated margin on top of budget + fallback run time: two shared, noisy cores (six engineers'
 # test suites at once) can stall any thread for a while; the point is "not TCP's minutes".
@@ -113,12 +111,6 @@ def fallback_model(seed: int = 7) -> onnx.ModelProto:
     return model
 
 
-def _save(model: onnx.ModelProto, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return sha256_file(path)
-
-
 @dataclass
 class ChaosPlan:
     """A plan directory (heads, fallback, tails under ``server/``) plus reference sessions."""
@@ -141,46 +133,18 @@ class ChaosPlan:
 
 
 def build_chaos_plan(root: Path) -> ChaosPlan:
-    full, fallback = full_model(), fallback_model()
-    options: list[Option] = []
     # head_seconds as a Pi would measure them: the early cut is free, the late one pays the matmul
     # (x wins while the bandwidth estimate is above ~1.8 Mbit/s, b below it)
-    declared = {"x": (0.0, 0.004), "b": (0.15, 0.0005)}
-    for tensor, (head_s, tail_s) in declared.items():
-        cut = find_cut(full, tensor)
-        part = split_model(full, cut)
-        option_id, head_rel, tail_name = option_names(MODEL_NAME, cut.id, "fp32")
-        head_sha = _save(part.head, root / head_rel)
-        tail_sha = _save(part.tail, root / "server" / tail_name / "1" / "model.onnx")
-        options.append(
-            Option(
-                id=option_id,
-                kind="split",
-                accuracy=0.95,
-                cut_id=cut.id,
-                codec="fp32",
-                head=head_rel,
-                head_sha256=head_sha,
-                tail_model=tail_name,
-                tail_sha256=tail_sha,
-                wire=cut.tensors,
-                bytes=cut.bytes_per_sample,
-                head_seconds=head_s,
-                tail_seconds=tail_s,
-            )
-        )
-    sha = _save(fallback, root / "device" / "fallback.onnx")
-    options.append(
-        Option(id="fallback", kind="fallback", accuracy=0.7, model="device/fallback.onnx", sha256=sha, seconds=0.002)
+    write_plan_dir(
+        root,
+        full_model(),
+        fallback_model(),
+        {"x": (0.0, 0.004), "b": (0.15, 0.0005)},
+        name=MODEL_NAME,
+        accuracy=0.95,
+        fallback_accuracy=0.7,
+        fallback_seconds=0.002,
     )
-    plan = Plan(
-        MODEL_NAME,
-        sha256_file(_save_tmp(full, root)),
-        (TensorSpec("x", "float32", (1, WIDTH)),),
-        (TensorSpec("y", "float32", (1, 10)),),
-        tuple(options),
-    )
-    write_json_atomic(root / "plan.json", plan.to_json())
     return load_chaos_plan(root)
 
 
@@ -199,12 +163,6 @@ def load_chaos_plan(root: Path) -> ChaosPlan:
         timings.append(time.perf_counter() - start)
     tails = {o.id: o.tail_model for o in split.values() if o.tail_model is not None}
     return ChaosPlan(root, split["x"].id, split["b"].id, max(timings[5:]), tails, full_session, fallback_session)
-
-
-def _save_tmp(model: onnx.ModelProto, root: Path) -> Path:
-    path = root / "source" / "model.onnx"
-    _save(model, path)
-    return path
 
 
 def sample_input(i: int) -> np.ndarray:
