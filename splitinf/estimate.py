@@ -45,6 +45,7 @@ several in flight), and dropping them would leave a busy stream with no samples.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -112,12 +113,30 @@ class RttEstimator:
 
 
 class BandwidthEstimator:
-    """Median of the bandwidth samples of the last ``window_s`` seconds (at most ``max_samples``)."""
+    """Median of the bandwidth samples of the last ``window_s`` seconds (at most ``max_samples``).
 
-    def __init__(self, *, window_s: float = 30.0, max_samples: int = 15) -> None:
+    The median ignores one or two outliers, but on its own it would follow a real change of
+    the link only once the new samples are the majority of the window (up to 8 of 15). So a
+    level shift is detected: when the newest ``shift_samples`` samples all lie more than
+    ``shift_factor`` times away from the older samples' median, on the same side, the older
+    samples describe a link that is gone and are dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 30.0,
+        max_samples: int = 15,
+        shift_samples: int = 3,
+        shift_factor: float = 2.0,
+    ) -> None:
         if window_s <= 0 or max_samples < 1:
             raise ValueError("window_s must be > 0 and max_samples >= 1")
+        if not 1 <= shift_samples < max_samples or shift_factor <= 1:
+            raise ValueError("shift_samples must be in 1..max_samples-1 and shift_factor > 1")
         self.window_s = window_s
+        self.shift_samples = shift_samples
+        self.shift_factor = shift_factor
         self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
         self._last: float | None = None
         self.last_sample_at: float | None = None
@@ -126,9 +145,23 @@ class BandwidthEstimator:
         if bits <= 0 or transfer_s <= 0 or not math.isfinite(transfer_s):
             return False
         self._samples.append((now, bits / transfer_s))
+        self._forget_before_a_level_shift(now)
         self.last_sample_at = now
         self._last = self.estimate(now)
         return True
+
+    def _forget_before_a_level_shift(self, now: float) -> None:
+        in_window = [bps for at, bps in self._samples if now - at <= self.window_s]
+        newest, older = in_window[-self.shift_samples :], in_window[: -self.shift_samples]
+        if not older:
+            return
+        reference = statistics.median(older)
+        if all(b * self.shift_factor < reference for b in newest) or all(
+            b > reference * self.shift_factor for b in newest
+        ):
+            kept = list(self._samples)[-self.shift_samples :]
+            self._samples.clear()
+            self._samples.extend(kept)
 
     def estimate(self, now: float) -> float | None:
         """The median of the samples in the window; the last estimate when all are older (stale)."""

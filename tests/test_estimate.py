@@ -158,3 +158,44 @@ def test_a_heavy_call_that_shared_the_link_keeps_its_bandwidth_sample() -> None:
     est.observe_call(round_trip_s=0.020, bytes_on_wire=0, now=0.0)
     est.observe_call(round_trip_s=0.020 + 2 * HEAVY_TRANSFER_S, bytes_on_wire=HEAVY_BYTES, shared_link=True, now=1.0)
     assert est.snapshot(1.0).bandwidth_bps == pytest.approx(CAP_BPS / 2)
+
+
+def _fill(estimator: BandwidthEstimator, bps: float, count: int, start: float) -> float:
+    """``count`` one-second transfers at ``bps``, a second apart; returns the time after them."""
+    now = start
+    for _ in range(count):
+        now += 1.0
+        estimator.observe(bps, 1.0, now=now)
+    return now
+
+
+def test_a_bandwidth_collapse_is_followed_within_three_samples_with_the_defaults() -> None:
+    estimator = BandwidthEstimator()
+    now = _fill(estimator, 10e6, 12, 0.0)
+    assert estimator.estimate(now) == 10e6
+    now = _fill(estimator, 1e6, 2, now)
+    assert estimator.estimate(now) == 10e6, "two low samples are outliers to the median"
+    now = _fill(estimator, 1e6, 1, now)
+    assert estimator.estimate(now) == 1e6
+
+
+def test_a_recovery_is_followed_as_quickly_as_a_collapse() -> None:
+    estimator = BandwidthEstimator()
+    now = _fill(estimator, 1e6, 12, 0.0)
+    now = _fill(estimator, 20e6, 3, now)
+    assert estimator.estimate(now) == 20e6
+
+
+def test_samples_on_both_sides_of_the_median_are_noise_not_a_shift() -> None:
+    estimator = BandwidthEstimator()
+    now = _fill(estimator, 10e6, 12, 0.0)
+    for bps in (1e6, 50e6, 1e6, 50e6):
+        now = _fill(estimator, bps, 1, now)
+    assert estimator.estimate(now) == 10e6
+
+
+def test_a_shift_smaller_than_the_factor_moves_only_the_median() -> None:
+    estimator = BandwidthEstimator()
+    now = _fill(estimator, 10e6, 12, 0.0)
+    now = _fill(estimator, 6e6, 3, now)
+    assert estimator.estimate(now) == 10e6
