@@ -378,7 +378,8 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> fl
 # grpc's serving thread live with each server instance): the scenarios kill and restart it,
 # and these are not the device's.
 SERVER_THREAD_PREFIXES = ("splitinf-grpc", "batcher-")
-SERVER_THREAD_SUFFIXES = ("(_serve)",)
+# grpc.aio's poller thread lives exactly as long as an asyncio server does (it ends when the last one stops).
+SERVER_THREAD_SUFFIXES = ("(_serve)", "(_poll_wrapper)")
 
 
 def device_threads() -> set[threading.Thread]:
