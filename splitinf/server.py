@@ -14,16 +14,15 @@ Layers, from the wire inward:
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -53,11 +52,10 @@ from splitinf.protocol.tensors import (
 )
 from splitinf.repository import LoadedModel, load_repository
 from splitinf.server_config import ServerConfig
-from splitinf.tls import AsyncTokenAuthInterceptor
+from splitinf.tls import TokenAuthInterceptor
 
 __all__ = [
     "SERVICE_NAME",
-    "AsyncInferenceServicer",
     "Batcher",
     "DataPlane",
     "InferOutcome",
@@ -73,7 +71,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 UNKNOWN_MODEL_LABEL = "_unknown"
-T = TypeVar("T")
 
 
 class _ModelSeries:
@@ -235,7 +232,6 @@ class DataPlane:
         instances: int = 1,
         metrics: ServerMetrics | None = None,
         batch_wait_when_idle: bool = False,
-        inline_compute_s: float = 0.001,
     ):
         self.models = {name: dict(versions) for name, versions in models.items()}
         self._latest = {name: versions[max(versions, key=int)] for name, versions in self.models.items() if versions}
@@ -254,9 +250,6 @@ class DataPlane:
         # nothing else for that model is in the server; they cannot join any batch anyway.
         self._model_inline: dict[tuple[str, str], int] = {}
         self._adaptive_batching = not batch_wait_when_idle
-        # Smoothed compute time of each model's direct runs: infer_async runs short ones inline.
-        self.inline_compute_ns = int(inline_compute_s * 1e9)
-        self._recent_compute_ns: dict[tuple[str, str], int] = {}
         # A plain Lock for one instance: threading.Semaphore is Python code, a Lock is one C call.
         self._instance_slots: dict[tuple[str, str], threading.Lock | threading.Semaphore] = {
             (name, version): threading.Lock() if instances == 1 else threading.Semaphore(instances)
@@ -361,10 +354,9 @@ class DataPlane:
             if self._idle_waiters:
                 self._lock.notify_all()
 
-    def _begin(
-        self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: Sequence[str]
-    ) -> tuple[LoadedModel, tuple[str, str], int]:
-        """Look up, admit and validate; the caller must ``_release`` the returned key."""
+    def infer(
+        self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()
+    ) -> InferOutcome:
         model = self.model(name, version)
         if not self._ready:
             raise ServerUnavailableError(f"model {name!r} is not ready yet")
@@ -372,79 +364,23 @@ class DataPlane:
         self._admit(key)
         try:
             batch = model.validate(inputs, requested)
-        except BaseException:
+            batcher = self._batchers.get(key)
+            if batcher is None:
+                outputs, compute_ns, queue_ns = self._run_direct(model, inputs)
+            elif self._adaptive_batching and self._enter_inline(key):
+                try:
+                    outputs, compute_ns, queue_ns = self._run_direct(model, inputs)
+                finally:
+                    self._leave_inline(key)
+            else:
+                outputs, compute_ns, queue_ns = batcher.submit(inputs, batch).result()
+        finally:
             self._release(key)
-            raise
-        return model, key, batch
-
-    def _outcome(
-        self, model: LoadedModel, result: tuple[dict[str, np.ndarray], int, int], requested: Sequence[str]
-    ) -> InferOutcome:
-        outputs, compute_ns, queue_ns = result
         if self._series is not None:
             self._series(model.name).queue_seconds.observe(queue_ns / 1e9)
         if requested:
             outputs = {out: outputs[out] for out in requested}
         return InferOutcome(model, outputs, compute_ns, queue_ns)
-
-    def infer(
-        self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()
-    ) -> InferOutcome:
-        model, key, batch = self._begin(name, version, inputs, requested)
-        try:
-            batcher = self._batchers.get(key)
-            if batcher is None:
-                result = self._run_direct(model, inputs)
-            elif self._adaptive_batching and self._enter_inline(key):
-                try:
-                    result = self._run_direct(model, inputs)
-                finally:
-                    self._leave_inline(key)
-            else:
-                result = batcher.submit(inputs, batch).result()
-        finally:
-            self._release(key)
-        return self._outcome(model, result, requested)
-
-    async def infer_async(
-        self,
-        name: str,
-        version: str,
-        inputs: Mapping[str, np.ndarray],
-        requested: Sequence[str] = (),
-        executor: concurrent.futures.Executor | None = None,
-    ) -> InferOutcome:
-        """``infer`` for an asyncio server, called on its event loop.
-
-        A model whose recent runs took at most ``inline_compute_s`` runs on the loop itself
-        (a thread handoff costs more than such a run); others run in ``executor`` (inline
-        when None). Batches are awaited, never waited for on the loop.
-        """
-        model, key, batch = self._begin(name, version, inputs, requested)
-        try:
-            batcher = self._batchers.get(key)
-            if batcher is None:
-                result = await self._run_direct_async(model, inputs, executor)
-            elif self._adaptive_batching and self._enter_inline(key):
-                try:
-                    result = await self._run_direct_async(model, inputs, executor)
-                finally:
-                    self._leave_inline(key)
-            else:
-                # shield: a cancelled call must not cancel the future the batcher will answer.
-                result = await asyncio.shield(asyncio.wrap_future(batcher.submit(inputs, batch)))
-        finally:
-            self._release(key)
-        return self._outcome(model, result, requested)
-
-    async def _run_direct_async(
-        self, model: LoadedModel, inputs: Mapping[str, np.ndarray], executor: concurrent.futures.Executor | None
-    ) -> tuple[dict[str, Any], int, int]:
-        recent = self._recent_compute_ns.get((model.name, model.version))
-        if executor is None or (recent is not None and recent <= self.inline_compute_ns):
-            return self._run_direct(model, inputs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._run_direct, model, inputs)
 
     def _run_direct(self, model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], int, int]:
         arrived = time.perf_counter_ns()
@@ -452,9 +388,6 @@ class DataPlane:
             started = time.perf_counter_ns()
             outputs = model.run(inputs)
             compute_ns = time.perf_counter_ns() - started
-        key = (model.name, model.version)
-        recent = self._recent_compute_ns.get(key)
-        self._recent_compute_ns[key] = compute_ns if recent is None else (3 * recent + compute_ns) // 4
         if self._series is not None:
             series = self._series(model.name)
             series.compute_seconds.observe(compute_ns / 1e9)
@@ -490,20 +423,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return name
         return UNKNOWN_MODEL_LABEL
 
-    def _status(self, model: str | None, exc: Exception) -> tuple[grpc.StatusCode, str]:
-        """The one place where an error becomes a gRPC status (and gets counted)."""
+    def _abort(self, context: grpc.ServicerContext, model: str | None, exc: Exception) -> NoReturn:
+        """The one place where an error becomes a gRPC status (and gets counted). Call it in ``except``."""
         if isinstance(exc, InferenceError):
             if model is not None and self.metrics is not None:
                 self.metrics.record_request(model, exc.code.name)
-            return exc.code, str(exc)
-        log.exception("unexpected error answering %s", model or "a call")
-        if model is not None and self.metrics is not None:
-            self.metrics.record_request(model, grpc.StatusCode.INTERNAL.name)
-        return grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}"
-
-    def _abort(self, context: grpc.ServicerContext, model: str | None, exc: Exception) -> NoReturn:
-        """``_status``, then abort the call. Call it in ``except``."""
-        context.abort(*self._status(model, exc))
+            context.abort(exc.code, str(exc))
+        else:
+            log.exception("unexpected error answering %s", model or "a call")
+            if model is not None and self.metrics is not None:
+                self.metrics.record_request(model, grpc.StatusCode.INTERNAL.name)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}")
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     def _count_ok(self, model: str | None) -> None:
@@ -521,37 +451,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             self._count_ok(model)
 
-    # --- conversions, shared with AsyncInferenceServicer ---
-    def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
 
-    def _server_metadata(self) -> pb.ServerMetadataResponse:
+    def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
+        with self._answer(context):
+            return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+        raise AssertionError("unreachable")  # pragma: no cover  (abort raised)
+
+    def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=self.server_name, version=__version__, extensions=[])
 
-    def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        model = self.dataplane.model(request.name, request.version)
-        return pb.ModelMetadataResponse(
-            name=model.name,
-            versions=sorted(self.dataplane.models[model.name], key=int),
-            platform="onnxruntime_onnx",
-            inputs=_tensor_metadata(model.inputs),
-            outputs=_tensor_metadata(model.outputs),
-        )
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        with self._answer(context):
+            model = self.dataplane.model(request.name, request.version)
+            return pb.ModelMetadataResponse(
+                name=model.name,
+                versions=sorted(self.dataplane.models[model.name], key=int),
+                platform="onnxruntime_onnx",
+                inputs=_tensor_metadata(model.inputs),
+                outputs=_tensor_metadata(model.outputs),
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    def _prepare(
-        request: pb.ModelInferRequest | ParsedInferRequest,
-    ) -> tuple[pb.ModelInferRequest, dict[str, np.ndarray], list[str]]:
+    def _infer(self, request: pb.ModelInferRequest | ParsedInferRequest) -> pb.ModelInferResponse:
         message = request.message if isinstance(request, ParsedInferRequest) else request
         inputs = decode_request_inputs(request)
         requested = [output.name for output in message.outputs]
         if len(set(requested)) != len(requested):
             raise InvalidRequestError(f"an output is requested twice: {requested}")
-        return message, inputs, requested
-
-    def _respond(
-        self, message: pb.ModelInferRequest, inputs: Mapping[str, np.ndarray], outcome: InferOutcome
-    ) -> pb.ModelInferResponse:
+        outcome = self.dataplane.infer(message.model_name, message.model_version, inputs, requested)
         response = pb.ModelInferResponse(
             model_name=outcome.model.name, model_version=outcome.model.version, id=message.id
         )
@@ -565,41 +501,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             series.request_bytes.inc(sum(a.nbytes for a in inputs.values()))
             series.response_bytes.inc(sum(a.nbytes for a in outcome.outputs.values()))
         return response
-
-    def _stream_error(self, message: pb.ModelInferRequest, exc: InferenceError) -> pb.ModelStreamInferResponse:
-        # Triton's semantics: a failed request is reported in its response; the stream goes on.
-        if self.metrics is not None:
-            self.metrics.record_request(self._model_label(message.model_name) or "", exc.code.name)
-        return pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
-
-    # --- RPCs ---
-    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
-
-    def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready)
-
-    def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
-        with self._answer(context):
-            return self._model_ready(request)
-        raise AssertionError("unreachable")  # pragma: no cover  (abort raised)
-
-    def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
-    ) -> pb.ServerMetadataResponse:
-        return self._server_metadata()
-
-    def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
-    ) -> pb.ModelMetadataResponse:
-        with self._answer(context):
-            return self._model_metadata(request)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _infer(self, request: pb.ModelInferRequest | ParsedInferRequest) -> pb.ModelInferResponse:
-        message, inputs, requested = self._prepare(request)
-        outcome = self.dataplane.infer(message.model_name, message.model_version, inputs, requested)
-        return self._respond(message, inputs, outcome)
 
     def ModelInfer(
         self, request: pb.ModelInferRequest | ParsedInferRequest, context: grpc.ServicerContext
@@ -616,111 +517,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelStreamInfer(
         self, request_iterator: Iterator[pb.ModelInferRequest | ParsedInferRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ModelStreamInferResponse]:
+        # Triton's semantics: a failed request is reported in its response; the stream goes on.
         for request in request_iterator:
             message = request.message if isinstance(request, ParsedInferRequest) else request
             try:
                 response = self._infer(request)
             except InferenceError as exc:
-                yield self._stream_error(message, exc)
+                if self.metrics is not None:
+                    self.metrics.record_request(self._model_label(message.model_name) or "", exc.code.name)
+                yield pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
                 continue
-            self._count_ok(response.model_name)
+            if self._series is not None:
+                self._series(response.model_name).requests_ok.inc()
             yield pb.ModelStreamInferResponse(infer_response=response)
 
 
-@dataclass(frozen=True)
-class _Undecodable:
-    """What the asyncio server's deserializer hands on for bytes that are not a request."""
-
-    error: Exception
-
-    @property
-    def status(self) -> tuple[grpc.StatusCode, str]:
-        return grpc.StatusCode.INTERNAL, f"the request is not a ModelInferRequest: {self.error}"
-
-
-def _parse_or_error(data: bytes) -> ParsedInferRequest | _Undecodable:
-    try:
-        return parse_infer_request(data)
-    except Exception as exc:
-        return _Undecodable(exc)
-
-
-class AsyncInferenceServicer:
-    """The V2 adapter for the asyncio server: ``InferenceServicer``'s conversions, with the
-    inference awaited (``DataPlane.infer_async``) so the event loop never blocks on a batch
-    or a long onnxruntime run."""
-
-    def __init__(self, servicer: InferenceServicer, executor: concurrent.futures.Executor | None = None):
-        self.servicer = servicer
-        self.dataplane = servicer.dataplane
-        self.executor = executor
-
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
-
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready)
-
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        try:
-            return self.servicer._model_ready(request)
-        except Exception as exc:
-            await context.abort(*self.servicer._status(None, exc))
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return self.servicer._server_metadata()
-
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        try:
-            return self.servicer._model_metadata(request)
-        except Exception as exc:
-            await context.abort(*self.servicer._status(None, exc))
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-    async def _infer(self, request: pb.ModelInferRequest | ParsedInferRequest) -> pb.ModelInferResponse:
-        message, inputs, requested = self.servicer._prepare(request)
-        outcome = await self.dataplane.infer_async(
-            message.model_name, message.model_version, inputs, requested, self.executor
-        )
-        return self.servicer._respond(message, inputs, outcome)
-
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest | ParsedInferRequest | _Undecodable, context: Any
-    ) -> pb.ModelInferResponse:
-        if isinstance(request, _Undecodable):
-            await context.abort(*request.status)
-            raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-        try:
-            response = await self._infer(request)
-        except Exception as exc:
-            message = request.message if isinstance(request, ParsedInferRequest) else request
-            await context.abort(*self.servicer._status(self.servicer._model_label(message.model_name), exc))
-        self.servicer._count_ok(response.model_name)
-        return response
-
-    async def ModelStreamInfer(
-        self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest | ParsedInferRequest | _Undecodable],
-        context: Any,
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for request in request_iterator:
-            if isinstance(request, _Undecodable):
-                await context.abort(*request.status)
-                raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-            try:
-                response = await self._infer(request)
-            except InferenceError as exc:
-                message = request.message if isinstance(request, ParsedInferRequest) else request
-                yield self.servicer._stream_error(message, exc)
-                continue
-            self.servicer._count_ok(response.model_name)
-            yield pb.ModelStreamInferResponse(infer_response=response)
-
-
-def inference_method_handlers(
-    servicer: InferenceServicer | AsyncInferenceServicer,
-) -> dict[str, grpc.RpcMethodHandler]:
+def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
     """The V2 service's method handlers: the generated ones, but inference requests are parsed
     without copying their tensor bytes (``parse_infer_request``)."""
 
@@ -729,9 +541,6 @@ def inference_method_handlers(
             method, request_deserializer=request.FromString, response_serializer=response.SerializeToString
         )
 
-    # grpcio's sync server answers an undecodable message INTERNAL, its asyncio server UNKNOWN:
-    # the asyncio servicer gets the parse error as its request and answers INTERNAL itself.
-    parse = _parse_or_error if isinstance(servicer, AsyncInferenceServicer) else parse_infer_request
     return {
         "ServerLive": unary(servicer.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ServerReady": unary(servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -740,20 +549,18 @@ def inference_method_handlers(
         "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(
             servicer.ModelInfer,
-            request_deserializer=parse,
+            request_deserializer=parse_infer_request,
             response_serializer=pb.ModelInferResponse.SerializeToString,
         ),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
             servicer.ModelStreamInfer,
-            request_deserializer=parse,
+            request_deserializer=parse_infer_request,
             response_serializer=pb.ModelStreamInferResponse.SerializeToString,
         ),
     }
 
 
-def add_inference_servicer(
-    servicer: InferenceServicer | AsyncInferenceServicer, server: grpc.Server | grpc.aio.Server
-) -> None:
+def add_inference_servicer(servicer: InferenceServicer, server: grpc.Server) -> None:
     """``add_GRPCInferenceServiceServicer_to_server`` with ``inference_method_handlers``."""
     handlers = inference_method_handlers(servicer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -823,46 +630,17 @@ def _reflection_pool() -> Any:
     return pool
 
 
-class _LoopThread:
-    """An asyncio event loop on a daemon thread; ``run(coro)`` runs a coroutine on it from synchronous code."""
-
-    def __init__(self, name: str):
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            self.loop.close()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=5)
-
-
 class TailServer:
-    """A running tail server: gRPC (asyncio, on its own thread) + health + reflection + metrics.
-
-    Synchronous to its callers: use ``drain()`` or ``stop()`` from any thread.
-    """
+    """A running tail server: gRPC + health + reflection + metrics. Use ``drain()`` or ``stop()``."""
 
     def __init__(
         self,
         config: ServerConfig,
-        grpc_server: grpc.aio.Server,
+        grpc_server: grpc.Server,
         dataplane: DataPlane,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: health.HealthServicer,
         metrics: ServerMetrics,
         port: int,
-        loop: _LoopThread,
-        executor: concurrent.futures.ThreadPoolExecutor,
     ):
         self.config = config
         self.grpc_server = grpc_server
@@ -872,9 +650,6 @@ class TailServer:
         self.port = port
         self.metrics_port: int | None = None
         self._metrics_http: Any = None
-        self._loop = loop
-        self._executor = executor
-        self._stopping = threading.Lock()
         self._stopped = threading.Event()
 
     def start_metrics_http(self) -> None:
@@ -888,18 +663,10 @@ class TailServer:
         self._metrics_http = httpd
         self.metrics_port = int(httpd.server_port)
 
-    def set_health(self, status: int) -> None:
-        async def set_all() -> None:
-            for service in ("", SERVICE_NAME):
-                await self.health.set(service, status)
-
-        self._loop.run(set_all())
-
     def begin_drain(self) -> None:
         """Health NOT_SERVING and new inference calls refused (UNAVAILABLE); calls in flight go on."""
+        self.health.enter_graceful_shutdown()
         self.dataplane.start_draining()
-        if not self._stopped.is_set():
-            self._loop.run(self.health.enter_graceful_shutdown())
 
     def drain(self, grace_s: float | None = None) -> bool:
         """Health NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish, stop.
@@ -917,27 +684,18 @@ class TailServer:
         return finished
 
     def stop(self, grace: float | None = 0) -> None:
-        with self._stopping:
-            if self._stopped.is_set():
-                return
-            try:
-                self._loop.run(self._stop(grace))
-            finally:
-                self._loop.close()
-                self._executor.shutdown(wait=False)
-                self.dataplane.close()
-                if self._metrics_http is not None:
-                    self._metrics_http.shutdown()
-                    self._metrics_http.server_close()
-                self._stopped.set()
-
-    async def _stop(self, grace: float | None) -> None:
-        await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.dataplane.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Block until the server stops; like grpc's, returns True when ``timeout`` passed first."""
-        return not self._stopped.wait(timeout)
+        return self.grpc_server.wait_for_termination(timeout)
 
     def __enter__(self) -> TailServer:
         return self
@@ -946,51 +704,11 @@ class TailServer:
         self.stop()
 
 
-async def _start_grpc(
-    config: ServerConfig, servicer: AsyncInferenceServicer
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """Build, bind and start the asyncio gRPC server (on the loop that will run it)."""
-    # Admission in DataPlane refuses beyond max_inflight; the extra slots answer health,
-    # metadata and refusals. maximum_concurrent_rpcs keeps gRPC's own queue bounded.
-    interceptors = [AsyncTokenAuthInterceptor(config.token)] if config.token else []
-    grpc_server = grpc.aio.server(
-        interceptors=interceptors,
-        options=server_options(config),
-        maximum_concurrent_rpcs=config.max_inflight + 8,
-    )
-    add_inference_servicer(servicer, grpc_server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server, pool=_reflection_pool()
-    )
-    address = f"{config.host}:{config.port}"
-    reason = "port 0 returned"
-    if ":" in config.host and not config.host.startswith("["):
-        address = f"[{config.host}]:{config.port}"
-    try:
-        if config.tls is not None:
-            port = grpc_server.add_secure_port(address, config.tls.credentials())
-        else:
-            port = grpc_server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpc's "Failed to bind"
-        port = 0
-        reason = str(exc)
-    if port == 0:
-        raise ConfigError(f"cannot listen on {address} (in use, or not an address of this host): {reason}")
-    await grpc_server.start()
-    return grpc_server, health_servicer, port
-
-
 def create_server(config: ServerConfig) -> tuple[TailServer, int]:
     """Load and warm up the repository, then start serving; returns the server and the bound port.
 
     The returned server is already started and SERVING; ``port`` is the bound one (use
-    ``port=0`` in tests). gRPC runs on an asyncio loop on its own thread (fewer thread
-    handoffs per call than grpcio's thread-pool server); the returned ``TailServer`` is
-    driven from synchronous code.
+    ``port=0`` in tests).
     """
     tune_allocator()
     metrics = ServerMetrics()
@@ -1011,28 +729,49 @@ def create_server(config: ServerConfig) -> tuple[TailServer, int]:
         metrics=metrics,
         batch_wait_when_idle=config.batch_wait_when_idle,
     )
-    # Long onnxruntime runs go here, so the loop keeps answering health, metadata and refusals.
-    executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=config.max_inflight, thread_name_prefix="splitinf-grpc-ort"
+    servicer = InferenceServicer(dataplane, metrics, config.server_name)
+    # Admission in DataPlane refuses beyond max_inflight; the extra threads answer health,
+    # metadata and refusals quickly. maximum_concurrent_rpcs keeps gRPC's own queue bounded.
+    workers = config.max_inflight + 8
+    interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+    grpc_server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitinf-grpc"),
+        interceptors=interceptors,
+        options=server_options(config),
+        maximum_concurrent_rpcs=workers,
     )
-    servicer = AsyncInferenceServicer(InferenceServicer(dataplane, metrics, config.server_name), executor)
-    loop = _LoopThread("splitinf-grpc")
+    add_inference_servicer(servicer, grpc_server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server, pool=_reflection_pool()
+    )
+    address = f"{config.host}:{config.port}"
+    reason = "port 0 returned"
+    if ":" in config.host and not config.host.startswith("["):
+        address = f"[{config.host}]:{config.port}"
     try:
-        grpc_server, health_servicer, port = loop.run(_start_grpc(config, servicer))
-    except BaseException:
-        loop.close()
-        executor.shutdown(wait=False)
+        if config.tls is not None:
+            port = grpc_server.add_secure_port(address, config.tls.credentials())
+        else:
+            port = grpc_server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        port = 0
+        reason = str(exc)
+    if port == 0:
         dataplane.close()
-        raise
-    server = TailServer(
-        config.replace(port=port), grpc_server, dataplane, health_servicer, metrics, port, loop, executor
-    )
+        raise ConfigError(f"cannot listen on {address} (in use, or not an address of this host): {reason}")
+    server = TailServer(config.replace(port=port), grpc_server, dataplane, health_servicer, metrics, port)
+    grpc_server.start()
     try:
         server.start_metrics_http()
     except OSError:
         server.stop()
         raise
     dataplane.set_ready(True)
-    server.set_health(health_pb2.HealthCheckResponse.SERVING)
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %d model(s) on %s port %d", len(models), config.host, port)
     return server, port

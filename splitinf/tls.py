@@ -1,6 +1,6 @@
 """TLS / mutual TLS credentials from certificate files, and the optional bearer token.
 
-Shared by the server (``ServerTLS``, ``TokenAuthInterceptor`` and its asyncio twin) and the device client
+Shared by the server (``ServerTLS``, ``TokenAuthInterceptor``) and the device client
 (``ClientTLS``, ``bearer_metadata``). The token travels as ``authorization: Bearer <token>``
 call metadata, the header Triton and KServe gateways use too.
 """
@@ -8,7 +8,7 @@ call metadata, the header Triton and KServe gateways use too.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ from splitinf.errors import ConfigError
 
 __all__ = [
     "AUTHORIZATION_HEADER",
-    "AsyncTokenAuthInterceptor",
     "ClientTLS",
     "ServerTLS",
     "TokenAuthInterceptor",
@@ -98,75 +97,37 @@ def _denied(message: str) -> Callable[[Any, grpc.ServicerContext], Any]:
     return deny
 
 
-def _denied_async(message: str) -> Callable[[Any, Any], Any]:
-    async def deny(request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    return deny
-
-
-def _deny_like(handler: grpc.RpcMethodHandler, deny: Callable[[Any, Any], Any]) -> grpc.RpcMethodHandler:
-    """A handler of ``handler``'s kind (unary/streaming) that answers with ``deny``."""
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(deny)
-
-
-class _TokenCheck:
-    def __init__(self, token: str):
-        if not token:
-            raise ConfigError("the bearer token is empty")
-        self._expected = f"Bearer {token}".encode()
-
-    def refusal(self, handler_call_details: grpc.HandlerCallDetails) -> str | None:
-        """None when the call may go on, else why it is refused."""
-        if handler_call_details.method.startswith(_OPEN_METHOD_PREFIXES):
-            return None
-        presented = ""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == AUTHORIZATION_HEADER and isinstance(value, str):
-                presented = value
-        if hmac.compare_digest(presented.encode(), self._expected):
-            return None
-        reason = "missing bearer token" if not presented else "wrong bearer token"
-        return f"{reason}: send 'authorization: Bearer <token>' metadata"
-
-
 class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Refuses every call (except health checks) without ``authorization: Bearer <token>`` (UNAUTHENTICATED)."""
 
     def __init__(self, token: str):
-        self._check = _TokenCheck(token)
+        if not token:
+            raise ConfigError("the bearer token is empty")
+        self._expected = f"Bearer {token}".encode()
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        refusal = self._check.refusal(handler_call_details)
+        method = handler_call_details.method
+        if method.startswith(_OPEN_METHOD_PREFIXES):
+            return continuation(handler_call_details)
+        presented = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == AUTHORIZATION_HEADER and isinstance(value, str):
+                presented = value
+        if hmac.compare_digest(presented.encode(), self._expected):
+            return continuation(handler_call_details)
         handler = continuation(handler_call_details)
-        if refusal is None or handler is None:
-            return handler
-        return _deny_like(handler, _denied(refusal))
-
-
-class AsyncTokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """``TokenAuthInterceptor`` for the asyncio server."""
-
-    def __init__(self, token: str):
-        self._check = _TokenCheck(token)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        refusal = self._check.refusal(handler_call_details)
-        handler = await continuation(handler_call_details)
-        if refusal is None or handler is None:
-            return handler
-        return _deny_like(handler, _denied_async(refusal))
+        if handler is None:
+            return None
+        reason = "missing bearer token" if not presented else "wrong bearer token"
+        deny = _denied(f"{reason}: send 'authorization: Bearer <token>' metadata")
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)

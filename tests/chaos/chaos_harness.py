@@ -378,8 +378,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> fl
 # grpc's serving thread live with each server instance): the scenarios kill and restart it,
 # and these are not the device's.
 SERVER_THREAD_PREFIXES = ("splitinf-grpc", "batcher-")
-# grpc.aio's poller thread lives exactly as long as an asyncio server does (it ends when the last one stops).
-SERVER_THREAD_SUFFIXES = ("(_serve)", "(_poll_wrapper)")
+SERVER_THREAD_SUFFIXES = ("(_serve)",)
 
 
 def device_threads() -> set[threading.Thread]:
