@@ -16,7 +16,7 @@ not share a GIL with them), on 127.0.0.1:
 - ``bare-pb``: the same, but through the generated protobuf code the way a minimal V2
   server would: ``ModelInferRequest.FromString``, read ``raw_input_contents[0]``, serialize a
   ``ModelInferResponse`` of the same size as splitinf's answer. Shown for reference.
-- ``bare-aio``: ``bare`` on grpcio's asyncio server (splitinf's server is asyncio too);
+- ``bare-aio``: ``bare`` on grpcio's asyncio server, the other floor grpcio offers;
   ``best bare`` takes, run by run, whichever of ``bare`` and ``bare-aio`` was faster.
 - ``bare-ort``: the least a V2 server that computes must do (asyncio server, parse, one
   onnxruntime run of the same tail with splitinf's session settings, answer). On a small
@@ -140,7 +140,7 @@ def serve_bare(response_size: int, parse: bool, tuned: bool, aio: bool = False) 
     )
     handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": method})
     if aio:
-        serve_aio(handler)
+        serve_aio(method)
         return
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=72),
@@ -153,21 +153,20 @@ def serve_bare(response_size: int, parse: bool, tuned: bool, aio: bool = False) 
     server.wait_for_termination()
 
 
-def serve_aio(handler: grpc.GenericRpcHandler) -> None:
-    """Serve ``handler`` (sync functions are wrapped as coroutines) on a grpc.aio server."""
+def serve_aio(method: grpc.RpcMethodHandler) -> None:
+    """Serve ``method`` as ModelInfer (its sync function wrapped as a coroutine) on a grpc.aio server."""
     import asyncio
 
-    def wrapped(method: Any) -> Any:
-        function = method.unary_unary
+    function = method.unary_unary
 
-        async def call(request: Any, context: Any) -> Any:
-            return function(request, context)
+    async def call(request: Any, context: Any) -> Any:
+        return function(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
+    methods = {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(
             call, request_deserializer=method.request_deserializer, response_serializer=method.response_serializer
         )
-
-    methods = {name: wrapped(method) for name, method in handler._method_handlers.items()}  # type: ignore[attr-defined]
+    }
 
     async def main() -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)])
@@ -208,8 +207,7 @@ def serve_bare_onnxruntime(repo: Path) -> None:
         response.parameters[COMPUTE_NS_PARAMETER].int64_param = compute
         return response.SerializeToString()
 
-    method = grpc.unary_unary_rpc_method_handler(handle)
-    serve_aio(grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": method}))
+    serve_aio(grpc.unary_unary_rpc_method_handler(handle))
 
 
 def serve_splitinf_without_onnxruntime(repo: Path) -> None:
