@@ -18,8 +18,8 @@ not share a GIL with them), on 127.0.0.1:
   ``ModelInferResponse`` of the same size as splitinf's answer. Shown for reference.
 - ``bare-aio``: ``bare`` on grpcio's asyncio server, the other floor grpcio offers;
   ``best bare`` takes, run by run, whichever of ``bare`` and ``bare-aio`` was faster.
-- ``bare-ort``: the least a V2 server that computes must do (asyncio server, parse, one
-  onnxruntime run of the same tail with splitinf's session settings, answer). On a small
+- ``bare-ort``: the least a V2 server that computes must do (grpcio's thread-pool server
+  like splitinf's, parse, one onnxruntime run of the same tail with splitinf's session settings, answer). On a small
   machine the compute's CPU time delays the other clients' calls, which subtracting the
   compute p50 cannot remove: ``bare-ort`` vs ``best bare`` is that floor, and ``splitinf``
   vs ``bare-ort`` is splitinf's own overhead.
@@ -138,10 +138,15 @@ def serve_bare(response_size: int, parse: bool, tuned: bool, aio: bool = False) 
         if parse
         else grpc.unary_unary_rpc_method_handler(handle)
     )
-    handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": method})
     if aio:
         serve_aio(method)
-        return
+    else:
+        serve_sync(method)
+
+
+def serve_sync(method: grpc.RpcMethodHandler) -> None:
+    """Serve ``method`` as ModelInfer on a grpcio thread-pool server (splitinf's kind)."""
+    handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": method})
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=72),
         handlers=[handler],
@@ -207,7 +212,7 @@ def serve_bare_onnxruntime(repo: Path) -> None:
         response.parameters[COMPUTE_NS_PARAMETER].int64_param = compute
         return response.SerializeToString()
 
-    serve_aio(grpc.unary_unary_rpc_method_handler(handle))
+    serve_sync(grpc.unary_unary_rpc_method_handler(handle))
 
 
 def serve_splitinf_without_onnxruntime(repo: Path) -> None:
