@@ -44,10 +44,11 @@ from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.protocol.tensors import (
+    EncodedInferResponse,
     ParsedInferRequest,
     datatype_of,
     decode_request_inputs,
-    encode_response_outputs,
+    encode_infer_response,
     parse_infer_request,
 )
 from splitinf.repository import LoadedModel, load_repository
@@ -481,7 +482,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _infer(self, request: pb.ModelInferRequest | ParsedInferRequest) -> pb.ModelInferResponse:
+    def _infer(self, request: pb.ModelInferRequest | ParsedInferRequest) -> EncodedInferResponse:
         message = request.message if isinstance(request, ParsedInferRequest) else request
         inputs = decode_request_inputs(request)
         requested = [output.name for output in message.outputs]
@@ -493,30 +494,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         response.parameters[COMPUTE_NS_PARAMETER].int64_param = outcome.compute_ns
         response.parameters[MODEL_SHA256_PARAMETER].string_param = outcome.model.sha256
-        encode_response_outputs(response, outcome.outputs)
+        encoded = encode_infer_response(response, outcome.outputs)
         if self._series is not None:
             # Tensor bytes, not ByteSize(): on a parsed 0.8 MB request ByteSize() doubled the
             # server's per-call time (tests/bench/bench_server.py).
             series = self._series(outcome.model.name)
             series.request_bytes.inc(sum(a.nbytes for a in inputs.values()))
             series.response_bytes.inc(sum(a.nbytes for a in outcome.outputs.values()))
-        return response
+        return encoded
 
-    def ModelInfer(
+    def model_infer_encoded(
         self, request: pb.ModelInferRequest | ParsedInferRequest, context: grpc.ServicerContext
-    ) -> pb.ModelInferResponse:
-        """Accepts a protobuf request (grpcio-testing) or, on the server, the zero-copy parse."""
+    ) -> EncodedInferResponse:
+        """``ModelInfer`` as the server runs it: the answer's tensors are serialized with one copy."""
         message = request.message if isinstance(request, ParsedInferRequest) else request
         try:  # _answer's work spelled out: this is the per-call path
             response = self._infer(request)
         except Exception as exc:
             self._abort(context, self._model_label(message.model_name), exc)
-        self._count_ok(response.model_name)
+        self._count_ok(response.message.model_name)
         return response
 
-    def ModelStreamInfer(
+    def ModelInfer(
+        self, request: pb.ModelInferRequest | ParsedInferRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """Accepts a protobuf request (grpcio-testing) or the zero-copy parse; answers a protobuf message."""
+        return self.model_infer_encoded(request, context).to_message()
+
+    def model_stream_infer_encoded(
         self, request_iterator: Iterator[pb.ModelInferRequest | ParsedInferRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.ModelStreamInferResponse]:
+    ) -> Iterator[EncodedInferResponse | pb.ModelStreamInferResponse]:
+        """``ModelStreamInfer`` as the server runs it: answers as ``EncodedInferResponse``, errors as
+        ``ModelStreamInferResponse(error_message=...)`` (``EncodedInferResponse.serialize_stream`` takes both)."""
         # Triton's semantics: a failed request is reported in its response; the stream goes on.
         for request in request_iterator:
             message = request.message if isinstance(request, ParsedInferRequest) else request
@@ -528,13 +537,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
                 continue
             if self._series is not None:
-                self._series(response.model_name).requests_ok.inc()
-            yield pb.ModelStreamInferResponse(infer_response=response)
+                self._series(response.message.model_name).requests_ok.inc()
+            yield response
+
+    def ModelStreamInfer(
+        self, request_iterator: Iterator[pb.ModelInferRequest | ParsedInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        for response in self.model_stream_infer_encoded(request_iterator, context):
+            if isinstance(response, EncodedInferResponse):
+                yield pb.ModelStreamInferResponse(infer_response=response.to_message())
+            else:
+                yield response
 
 
 def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
     """The V2 service's method handlers: the generated ones, but inference requests are parsed
-    without copying their tensor bytes (``parse_infer_request``)."""
+    without copying their tensor bytes (``parse_infer_request``) and answers are serialized
+    with one copy of their tensors (``EncodedInferResponse``)."""
 
     def unary(method: Callable[..., Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
@@ -548,14 +567,14 @@ def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.Rpc
         "ServerMetadata": unary(servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
         "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(
-            servicer.ModelInfer,
+            servicer.model_infer_encoded,
             request_deserializer=parse_infer_request,
-            response_serializer=pb.ModelInferResponse.SerializeToString,
+            response_serializer=EncodedInferResponse.serialize,
         ),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
-            servicer.ModelStreamInfer,
+            servicer.model_stream_infer_encoded,
             request_deserializer=parse_infer_request,
-            response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+            response_serializer=EncodedInferResponse.serialize_stream,
         ),
     }
 

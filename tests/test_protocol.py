@@ -25,6 +25,7 @@ from splitinf.protocol import (
     encode_response_outputs,
 )
 from splitinf.protocol import grpc_service_pb2 as pb
+from splitinf.protocol.tensors import EncodedInferResponse, encode_infer_response
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ("grpc_service_pb2.py", "grpc_service_pb2.pyi", "grpc_service_pb2_grpc.py")
@@ -117,6 +118,66 @@ def test_response_outputs_round_trip() -> None:
     for name, value in outputs.items():
         np.testing.assert_array_equal(decoded[name], value)
         assert decoded[name].dtype == value.dtype
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    outputs=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(DATATYPE_TO_NUMPY)),
+            hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+        ),
+        max_size=3,
+    ),
+    fields=st.fixed_dictionaries(
+        {"model_name": st.text(max_size=8), "model_version": st.text(max_size=3), "id": st.text(max_size=8)}
+    ),
+    parameters=st.dictionaries(st.text(max_size=6), st.integers(-(2**63), 2**63 - 1), max_size=3),
+    big_endian=st.booleans(),
+    data=st.data(),
+)
+def test_encoded_response_is_the_bytes_protobuf_writes(
+    outputs: list[tuple[str, tuple[int, ...]]],
+    fields: dict[str, str],
+    parameters: dict[str, int],
+    big_endian: bool,
+    data: st.DataObject,
+) -> None:
+    """EncodedInferResponse writes raw_output_contents itself: byte for byte what protobuf writes, and
+    protobuf's parser reads it back (alone, and inside a ModelStreamInferResponse)."""
+    arrays = {}
+    for index, (datatype, shape) in enumerate(outputs):
+        dtype = DATATYPE_TO_NUMPY[datatype]
+        dtype = dtype.newbyteorder(">") if big_endian and dtype.itemsize > 1 else dtype
+        array = data.draw(hnp.arrays(dtype=dtype, shape=shape))
+        arrays[f"out{index}"] = array.T if array.ndim > 1 else array  # non-contiguous too
+
+    def message() -> pb.ModelInferResponse:
+        response = pb.ModelInferResponse(**fields)
+        for key, value in parameters.items():
+            response.parameters[key].int64_param = value
+        return response
+
+    reference = message()
+    encode_response_outputs(reference, arrays)
+    encoded = encode_infer_response(message(), arrays)
+    wire = encoded.SerializeToString()
+    assert wire == reference.SerializeToString()
+    assert pb.ModelInferResponse.FromString(wire) == reference
+    assert encoded.to_message() == reference
+    stream = EncodedInferResponse.serialize_stream(encoded)
+    outer = pb.ModelStreamInferResponse(infer_response=reference)
+    assert pb.ModelStreamInferResponse.FromString(stream) == outer
+    if len(parameters) <= 1:  # copying a map into the outer message may reorder it (map order is not wire format)
+        assert stream == outer.SerializeToString()
+    error = pb.ModelStreamInferResponse(error_message="INVALID_ARGUMENT: no")
+    assert EncodedInferResponse.serialize_stream(error) == error.SerializeToString()
+
+
+def test_encoded_response_holds_views_not_copies() -> None:
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    encoded = encode_infer_response(pb.ModelInferResponse(), {"y": array})
+    assert np.shares_memory(np.frombuffer(encoded.raw_output_contents[0], np.float32), array)
 
 
 def test_typed_contents_are_accepted() -> None:
