@@ -40,6 +40,7 @@ __all__ = [
     "VerifyReport",
     "export_partition",
     "load_samples",
+    "save_model",
     "split_model",
     "verify_partition",
     "write_to_repository",
@@ -320,7 +321,10 @@ def load_samples(path: str | os.PathLike[str]) -> list[dict[str, np.ndarray]]:
 # ----------------------------------------------------------------------------- write
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def save_model(model: onnx.ModelProto, path: Path) -> str:
+    """Write ``model`` to ``path`` (making its folder; over 2 GiB with its weights in ``path.data``)
+    and return the sha256 of the ``.onnx`` file, the hash manifests and plans record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if _model_bytes(model) >= PROTOBUF_LIMIT:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
@@ -334,6 +338,7 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
         )
     else:
         path.write_bytes(model.SerializeToString())
+    return sha256_file(path)
 
 
 @contextlib.contextmanager
@@ -409,16 +414,15 @@ def export_partition(
     report = _verify(view, partition, samples, 4, 0) if verify or samples else None
     target = Path(outdir)
     with _atomic_dir(target) as tmp:
+        part_sha256 = {}
         for part_name, part in (("head", partition.head), ("tail", partition.tail)):
-            _save(part, tmp / f"{part_name}.onnx")
+            part_sha256[part_name] = save_model(part, tmp / f"{part_name}.onnx")
             try:
                 # the path form checks parts of any size, external data included
                 onnx.checker.check_model(str(tmp / f"{part_name}.onnx"))
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                 raise VerificationError(f"the {part_name} at cut {cut.id!r} fails onnx.checker: {exc}") from exc
-        manifest = _manifest(
-            path.name, sha256_file(path), partition, sha256_file(tmp / "head.onnx"), sha256_file(tmp / "tail.onnx")
-        )
+        manifest = _manifest(path.name, sha256_file(path), partition, part_sha256["head"], part_sha256["tail"])
         if report is not None:
             manifest["verify"] = report.to_json()
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -439,9 +443,9 @@ def write_to_repository(
         raise OutputError(f"model name {name!r} is not a plain directory name; choose one like 'resnet_tail'")
     target = Path(repo_dir) / name / str(version)
     with _atomic_dir(target, ours=("model.onnx", "manifest.json")) as tmp:
-        _save(model, tmp / "model.onnx")
+        model_sha256 = save_model(model, tmp / "model.onnx")
         if manifest is not None:
             manifest = json.loads(json.dumps(manifest))
-            manifest.setdefault("parts", {})["tail"] = {"file": "model.onnx", "sha256": sha256_file(tmp / "model.onnx")}
+            manifest.setdefault("parts", {})["tail"] = {"file": "model.onnx", "sha256": model_sha256}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return target / "model.onnx"

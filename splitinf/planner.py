@@ -49,6 +49,7 @@ __all__ = [
     "best_option",
     "check_profile",
     "decision_table",
+    "io_specs",
     "log_grid",
     "max_flow_min_cut",
     "min_cut_split",
@@ -383,7 +384,8 @@ def _random_samples(model: onnx.ModelProto, n: int, seed: int = 0) -> list[dict[
     return [random_inputs(session, seed + i) for i in range(n)]
 
 
-def _io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The model's (inputs, outputs) as plan.json records them; initializers listed as inputs are not inputs."""
     from onnx import helper
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -462,16 +464,6 @@ def _publish(build: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> str:
-    import onnx
-
-    from splitinf.plan import sha256_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(path))
-    return sha256_file(path)
-
-
 def _profile_summary(profile: Mapping[str, Any], source: str) -> dict[str, Any]:
     return {
         "source": source,
@@ -514,7 +506,7 @@ def plan_model(
 
     from splitinf import codecs as wire_codecs
     from splitinf.graph import enumerate_cuts, load_model
-    from splitinf.partition import split_model, write_to_repository
+    from splitinf.partition import save_model, split_model, write_to_repository
     from splitinf.plan import load_plan, sha256_file, write_json_atomic
     from splitinf.profiling import load_profile, make_session, time_callable
     from splitinf.report import latency_svg, report_markdown
@@ -532,12 +524,12 @@ def plan_model(
     server = load_profile(server_profile)
     check_profile(device, role="device", model_sha256=model_sha, source=str(device_profile))
     check_profile(server, role="server", model_sha256=model_sha, source=str(server_profile))
-    inputs, outputs = _io_specs(full)
+    inputs, outputs = io_specs(full)
 
     fallback_model = None
     if fallback is not None:
         fallback_model = load_model(fallback)
-        _check_fallback((inputs, outputs), _io_specs(fallback_model), str(fallback))
+        _check_fallback((inputs, outputs), io_specs(fallback_model), str(fallback))
 
     labels = None  # the labels of the samples accuracy is measured on, when given
     if calibration is not None:
@@ -676,7 +668,7 @@ def plan_model(
         for option in held_splits:
             encoded = encoded_by_id[option.id]
             assert option.head is not None and option.tail_model is not None
-            head_sha = _save(encoded.head, build / option.head)
+            head_sha = save_model(encoded.head, build / option.head)
             manifest = {
                 "format": 1,
                 "source": {"name": name, "sha256": model_sha},
@@ -696,10 +688,10 @@ def plan_model(
                 dataclasses.replace(option, head_sha256=head_sha, tail_version="1", tail_sha256=sha256_file(tail_path))
             )
         if local is not None:
-            written.append(dataclasses.replace(local, sha256=_save(full, build / "device" / "local.onnx")))
+            written.append(dataclasses.replace(local, sha256=save_model(full, build / "device" / "local.onnx")))
         if fallback_option is not None and fallback_model is not None:
             written.append(
-                dataclasses.replace(fallback_option, sha256=_save(fallback_model, build / "device/fallback.onnx"))
+                dataclasses.replace(fallback_option, sha256=save_model(fallback_model, build / "device/fallback.onnx"))
             )
         plan = Plan(
             model_name=name,

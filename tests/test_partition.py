@@ -361,14 +361,14 @@ def test_export_replaces_its_own_output_but_not_foreign_files(tmp_path: Path) ->
 def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "m.onnx"
     onnx.save_model(models.mlp(), str(source))
-    real_save = partition._save
+    real_save = partition.save_model
 
-    def failing_save(model: onnx.ModelProto, path: Path) -> None:
+    def failing_save(model: onnx.ModelProto, path: Path) -> str:
         if path.name == "tail.onnx":
             raise OSError(28, "No space left on device")
-        real_save(model, path)
+        return real_save(model, path)
 
-    monkeypatch.setattr(partition, "_save", failing_save)
+    monkeypatch.setattr(partition, "save_model", failing_save)
     with pytest.raises(OutputError, match="No space left"):
         export_partition(source, "relu_0", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

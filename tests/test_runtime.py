@@ -23,14 +23,14 @@ from splitinf.device_config import DeviceConfig
 from splitinf.errors import InputError, IntegrityError, PlanError
 from splitinf.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 from splitinf.graph import find_cut
-from splitinf.partition import split_model
+from splitinf.partition import save_model, split_model
 from splitinf.plan import Plan, sha256_file, write_json_atomic
 from splitinf.policy import Mode, PolicyConfig
 from splitinf.runtime import Runtime, RuntimeResult
 from splitinf.server import create_server
 from splitinf.server_config import ServerConfig
 from splitinf.testing.models import mlp
-from splitinf.testing.plans import save_model, write_plan_dir
+from splitinf.testing.plans import write_plan_dir
 
 FULL = mlp(batch=1, seed=0)
 FALLBACK = mlp(batch=1, seed=7, sizes=(16, 8, 4))

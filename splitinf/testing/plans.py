@@ -15,28 +15,11 @@ from pathlib import Path
 import onnx
 
 from splitinf.graph import find_cut
-from splitinf.partition import split_model
-from splitinf.plan import Option, Plan, TensorSpec, sha256_file, write_json_atomic
-from splitinf.planner import option_names
+from splitinf.partition import save_model, split_model
+from splitinf.plan import Option, Plan, write_json_atomic
+from splitinf.planner import io_specs, option_names
 
-__all__ = ["save_model", "write_plan_dir"]
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> str:
-    """Write ``model`` to ``path`` (making its folder) and return the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return sha256_file(path)
-
-
-def _io_specs(values: list[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:
-    specs = []
-    for value in values:
-        tensor_type = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-        shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim)
-        specs.append(TensorSpec(value.name, dtype, shape))
-    return tuple(specs)
+__all__ = ["write_plan_dir"]
 
 
 def write_plan_dir(
@@ -58,7 +41,6 @@ def write_plan_dir(
     (head_seconds, tail_seconds) the plan declares for it. ``local_seconds`` adds the full model
     as the local option. ``served_tails`` deploys another model in place of a cut's tail while
     the plan keeps the true tail's sha256: a server holding a tail from another partition.
-    The graph inputs' and outputs' symbolic dimensions are written as 1.
     """
     options: list[Option] = []
     for cut_name, (head_seconds, tail_seconds) in cuts.items():
@@ -111,12 +93,7 @@ def write_plan_dir(
         )
     )
     source_sha = save_model(model, root / "source" / "model.onnx")
-    plan = Plan(
-        name,
-        source_sha,
-        _io_specs(list(model.graph.input)),
-        _io_specs(list(model.graph.output)),
-        tuple(options),
-    )
+    inputs, outputs = io_specs(model)
+    plan = Plan(name, source_sha, inputs, outputs, tuple(options))
     write_json_atomic(root / "plan.json", plan.to_json())
     return plan
