@@ -219,16 +219,16 @@ class Runtime:
             raise PlanError(f"{plan_dir}: the plan has no fallback option; re-run `splitinf plan` with a fallback")
         self.clock = clock
         self.metrics = metrics if metrics is not None else DeviceMetrics()
-        options = ort.SessionOptions()
-        if self.config.intra_op_threads:
-            options.intra_op_num_threads = self.config.intra_op_threads
-        options.inter_op_num_threads = 1
+        from splitinf.profiling import PROVIDERS, session_options
+
+        # The options `splitinf profile` timed the heads with, so the plan's costs are this runtime's.
+        options = session_options(self.config.intra_op_threads)
         self._sessions: dict[str, Any] = {}
         for option in self.plan.options:
             relative = option.head if option.is_remote else option.model
             assert relative is not None  # Option.from_json requires it
             self._sessions[option.id] = ort.InferenceSession(
-                str(self.plan.path(relative)), options, providers=["CPUExecutionProvider"]
+                str(self.plan.path(relative)), options, providers=PROVIDERS
             )
         self._warm_up()
         self._lock = threading.Lock()
