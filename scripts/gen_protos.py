@@ -1,7 +1,7 @@
 """Generate splitinf's V2 protocol Python code from protos/grpc_service.proto.
 
 Usage: ``python scripts/gen_protos.py [OUTDIR]`` (default ``splitinf/protocol``).
-tests/test_protocol.py runs this into a temporary directory and fails when the
+tests/protocol/test_protocol.py runs this into a temporary directory and fails when the
 committed modules differ, so the .proto and the generated code cannot drift apart.
 """
 

@@ -1,4 +1,4 @@
-"""Train and export the digits model pair shipped in ``splitinf/models``.
+"""Train and export the digits model pair shipped in ``splitinf/tools/models``.
 
     pip install -e '.[train]'          # torch==2.13.0 (CPU build) and scikit-learn
     python scripts/train_digits.py [--out DIR] [--epochs N]
@@ -7,7 +7,7 @@ Data: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits`
 images, values 0..16; nothing is downloaded). A stratified split with a fixed seed holds out 20%;
 the models never see it during training (fixed epoch count, no early stopping on it).
 
-Writes into DIR (default: ``splitinf/models``):
+Writes into DIR (default: ``splitinf/tools/models``):
 
 - ``digits_main.onnx``: residual CNN, stem conv -> 3 residual blocks (Add skips) -> global average
   pool -> Linear. BatchNorm is folded into the convolutions by the exporter.
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     import sklearn
     from sklearn.datasets import load_digits
 
-    from splitinf.models import preprocess
+    from splitinf.tools.models import preprocess
 
     torch.set_num_threads(1)  # float reduction order depends on the thread count
     torch.use_deterministic_algorithms(True)

@@ -17,7 +17,6 @@
     │   ├── InvalidRequestError        INVALID_ARGUMENT
     │   ├── ServerBusyError            RESOURCE_EXHAUSTED
     │   ├── ServerUnavailableError     UNAVAILABLE (draining, not ready)
-    │   ├── UnauthenticatedError       UNAUTHENTICATED
     │   └── ModelExecutionError        INTERNAL (onnxruntime failed)
     └── TransportError             seen by the device's client; mapped from grpc.RpcError in one place
         ├── RemoteUnavailableError     connection refused/reset, server draining: nothing was answered
@@ -26,13 +25,13 @@
         └── RemoteMismatchError        the server answered, but not what the plan expects
                                        (wrong tensors, a tail from another partition)
 
-The server maps ``InferenceError.code`` to the gRPC status; the device client maps
-``grpc.RpcError`` to ``TransportError`` in ``splitinf.client`` and nowhere else.
+Status codes are names (``"NOT_FOUND"``), so this module needs no grpc: the server maps
+``InferenceError.code`` to ``grpc.StatusCode`` in one place (``splitinf.cloud.errors``), and the device
+client maps ``grpc.RpcError`` to ``TransportError`` (whose ``code`` is the status name) in
+``splitinf.edge.client`` and nowhere else.
 """
 
 from __future__ import annotations
-
-import grpc
 
 __all__ = [
     "ConfigError",
@@ -54,7 +53,6 @@ __all__ = [
     "ServerUnavailableError",
     "SplitinfError",
     "TransportError",
-    "UnauthenticatedError",
     "UsageError",
     "VerificationError",
 ]
@@ -103,37 +101,33 @@ class IntegrityError(SplitinfError):
 class InferenceError(SplitinfError):
     """A request the server core refuses or fails; ``code`` is the gRPC status to answer with."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: str = "INTERNAL"
 
 
 class ModelNotFoundError(InferenceError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = "NOT_FOUND"
 
 
 class InvalidRequestError(InferenceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
 
 
 class ServerBusyError(InferenceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "RESOURCE_EXHAUSTED"
 
 
 class ServerUnavailableError(InferenceError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class UnauthenticatedError(InferenceError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = "UNAVAILABLE"
 
 
 class ModelExecutionError(InferenceError):
-    code = grpc.StatusCode.INTERNAL
+    code = "INTERNAL"
 
 
 class TransportError(SplitinfError):
     """A remote call did not give a usable answer; ``responded`` says whether any response arrived."""
 
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, responded: bool = False):
+    def __init__(self, message: str, *, code: str | None = None, responded: bool = False):
         super().__init__(message)
         self.code = code
         self.responded = responded

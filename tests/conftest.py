@@ -1,15 +1,15 @@
 """Shared fixtures: a V2 model repository and a real tail server on 127.0.0.1, port 0.
 
 - ``start_v2_server(models=None, *, repo=None, **config)`` (factory fixture): writes
-  ``models`` ({name: ModelProto}, default ``{"mlp": splitinf.testing.models.mlp()}``) into a
+  ``models`` ({name: ModelProto}, default ``{"mlp": splitinf.tools.testing.graphs.mlp()}``) into a
   Triton-layout repository (``REPO/NAME/1/model.onnx``) unless ``repo`` is given, starts
-  ``splitinf.server.create_server`` with ``ServerConfig(repo, port=0, metrics_port=None,
+  ``splitinf.cloud.server.create_server`` with ``ServerConfig(repo, port=0, metrics_port=None,
   **config)`` and returns a ``RunningV2Server`` (``port``, ``target``, ``server``, ``repo``).
   Every server it started is stopped at teardown.
 - ``v2_server_port``: the port of a server holding the default ``mlp`` model.
 - ``write_v2_repository``: the repository writer itself; ``tls_material``: throwaway certificates.
 
-Use these as fixtures; do not ``import conftest`` (tests/chaos has a conftest.py of its own).
+Use these as fixtures; do not ``import conftest`` (tests/tools/chaos has a conftest.py of its own).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 import onnx
 import pytest
 
-from splitinf.server import TailServer, create_server
-from splitinf.server_config import ServerConfig
+from splitinf.cloud.config import ServerConfig
+from splitinf.cloud.server import TailServer, create_server
 
 
 @dataclass
@@ -65,7 +65,7 @@ def start_v2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartV
         models: Mapping[str, onnx.ModelProto] | None = None, *, repo: Path | None = None, **config: Any
     ) -> RunningV2Server:
         if repo is None:
-            from splitinf.testing.models import mlp
+            from splitinf.tools.testing.graphs import mlp
 
             repo = write_v2_repository(tmp_path_factory.mktemp("repo"), models or {"mlp": mlp()})
         settings: dict[str, Any] = {"port": 0, "metrics_port": None}

@@ -36,7 +36,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
 
     import numpy as np
 
-    from splitinf.models import DIGITS_INPUT, digits_fallback_path, digits_main_path, load_digits_test
+    from splitinf.tools.models import DIGITS_INPUT, digits_fallback_path, digits_main_path, load_digits_test
 
     shutil.copy(digits_main_path(), tmp_path / "model.onnx")
     shutil.copy(digits_fallback_path(), tmp_path / "small.onnx")

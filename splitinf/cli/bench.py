@@ -74,8 +74,8 @@ def _given_flags(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.bench import BenchConfig, command_line, quick_config, run_bench
     from splitinf.errors import UsageError
+    from splitinf.tools.bench import BenchConfig, command_line, quick_config, run_bench
 
     overrides: dict[str, object] = {}
     if args.model is not None:
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cuts:
         overrides["cuts"] = tuple(c.strip() for c in args.cuts.split(",") if c.strip())
     if args.codecs:
-        from splitinf.codecs import parse_codecs
+        from splitinf.offline.codecs import parse_codecs
 
         overrides["codecs"] = tuple(parse_codecs(args.codecs))
     if args.no_failover:

@@ -44,8 +44,8 @@ def _share(part: int, total: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.graph import enumerate_cuts, load_model
-    from splitinf.plan import sha256_file
+    from splitinf.contract.plan import sha256_file
+    from splitinf.offline.graph import enumerate_cuts, load_model
 
     model = load_model(args.model)
     cuts = enumerate_cuts(model)

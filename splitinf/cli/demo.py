@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.demo import DemoSettings, run_demo
     from splitinf.errors import UsageError
+    from splitinf.tools.demo import DemoSettings, run_demo
 
     try:
         phases = tuple(float(s) for s in args.phase_seconds.split(","))
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.verbose == 0:
         # The demo prints each mode change itself; the runtime's JSON log lines of them are for -v.
-        logging.getLogger("splitinf.runtime").setLevel(logging.ERROR)
+        logging.getLogger("splitinf.edge.runtime").setLevel(logging.ERROR)
     reports = run_demo(settings)
     if args.json:
         with open(args.json, "w") as f:

@@ -1,7 +1,7 @@
 """``splitinf plan MODEL.onnx --device DEV.json --server SRV.json -o PLANDIR``: build a plan directory.
 
-A thin adapter over :func:`splitinf.planner.plan_model`, which reads the profiles, applies the
-codecs, prices the options and writes the layout of :mod:`splitinf.plan` with ``report.md`` and
+A thin adapter over :func:`splitinf.offline.planner.plan_model`, which reads the profiles, applies the
+codecs, prices the options and writes the layout of :mod:`splitinf.contract.plan` with ``report.md`` and
 ``latency.svg``.
 
 Samples (``--calibration``): an .npz with one array per model input, samples stacked on axis 0
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from splitinf.errors import UsageError
-    from splitinf.planner import plan_model
+    from splitinf.offline.planner import plan_model
 
     if args.max_candidates < 0:
         raise UsageError(f"--max-candidates must be >= 0, got {args.max_candidates}")

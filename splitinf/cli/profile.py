@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.profiling import profile_file
+    from splitinf.offline.profiling import profile_file
 
     profile = profile_file(
         args.model,

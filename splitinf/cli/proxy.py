@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_proxy(args: argparse.Namespace) -> int:
-    from splitinf.faults.proxy import FaultProxy, FaultSettings, parse_host_port, parse_schedule
+    from splitinf.tools.faults.proxy import FaultProxy, FaultSettings, parse_host_port, parse_schedule
 
     target = parse_host_port(args.target, what="--target")
     listen_host, listen_port = parse_host_port(args.listen, what="--listen")

@@ -128,9 +128,9 @@ def _ms(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.device_config import DeviceConfig, load_device_config
+    from splitinf.edge.config import DeviceConfig, load_device_config
+    from splitinf.edge.runtime import Runtime
     from splitinf.errors import ConfigError, UsageError
-    from splitinf.runtime import Runtime
 
     config = load_device_config(args.config) if args.config else DeviceConfig()
     if args.budget_ms is not None and args.budget_ms <= 0:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--repo and --name go together: give both to write the tail into a model repository")
     import onnx
 
-    from splitinf.partition import export_partition, load_samples, write_to_repository
+    from splitinf.offline.partition import export_partition, load_samples, write_to_repository
 
     samples = load_samples(args.samples) if args.samples else None
     manifest = export_partition(args.model, args.cut, args.output, verify=args.verify, samples=samples)

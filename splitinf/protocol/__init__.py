@@ -19,6 +19,7 @@ from splitinf.protocol.tensors import (
 )
 
 __all__ = [
+    "AUTHORIZATION_HEADER",
     "COMPUTE_NS_PARAMETER",
     "DATATYPE_TO_NUMPY",
     "MODEL_SHA256_PARAMETER",
@@ -36,3 +37,5 @@ __all__ = [
 # request (int64 ns) and the sha256 of the model.onnx that answered (string).
 COMPUTE_NS_PARAMETER = "splitinf_compute_ns"
 MODEL_SHA256_PARAMETER = "splitinf_model_sha256"
+# The call metadata that carries the bearer token, as Triton and KServe gateways use it.
+AUTHORIZATION_HEADER = "authorization"

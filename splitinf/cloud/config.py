@@ -1,0 +1,214 @@
+"""The tail server's configuration as data: defaults, TOML file, command-line overrides.
+
+Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)::
+
+    repo = "/models"
+    host = "0.0.0.0"          # loopback (127.0.0.1) unless an address is given
+    port = 8001
+    metrics_port = 8002       # -1 turns the metrics endpoint off
+    max_message_bytes = 67108864
+    max_inflight = 64         # admitted requests (running + queued); more get RESOURCE_EXHAUSTED
+    drain_grace_s = 10.0
+    max_connection_age_s = 300.0  # clients re-resolve DNS (new replicas) at least this often
+
+    [onnxruntime]
+    providers = ["CPUExecutionProvider"]
+    intra_op_threads = 0      # 0: onnxruntime's default
+    inter_op_threads = 0
+    graph_optimization = "all"  # disable | basic | extended | all
+    instances = 1             # concurrent executions per model
+
+    [batching]                # overrides config.pbtxt for every model with a batch dimension
+    max_batch_size = 8        # 0: off
+    max_queue_delay_ms = 2.0
+    wait_when_idle = false    # true: always wait the delay for more requests, as Triton does
+
+    [tls]
+    cert = "server.pem"
+    key = "server.key"
+    client_ca = "ca.pem"      # present: mutual TLS
+
+    [auth]
+    token_file = "token.txt"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from splitinf.cloud.auth import ServerTLS
+from splitinf.contract.secrets import read_token
+from splitinf.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "ServerConfig", "load_server_config"]
+
+MIB = 1024 * 1024
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repo: Path
+    host: str = "127.0.0.1"
+    port: int = 8001
+    metrics_port: int | None = 8002  # None: no metrics endpoint; 0: any free port
+    max_message_bytes: int = 64 * MIB
+    max_inflight: int = 64
+    drain_grace_s: float = 10.0
+    # Close each connection after this long (gracefully), so DNS round_robin clients re-resolve
+    # and spread onto new replicas; None: connections live as long as the client wants.
+    max_connection_age_s: float | None = None
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    graph_optimization: str = "all"
+    instances: int = 1
+    # None: each model's config.pbtxt decides; 0: batching off for every model.
+    max_batch_size: int | None = None
+    batch_delay_ms: float | None = None
+    # False: a batch runs at once when no other request for the model is in the server;
+    # True: always wait up to the delay for more (Triton's behaviour).
+    batch_wait_when_idle: bool = False
+    tls: ServerTLS | None = None
+    token: str | None = field(default=None, repr=False)
+    warmup: bool = True
+    # The device pings every ~2 s; anything slower than this from a client is allowed.
+    min_client_ping_interval_ms: int = 1000
+    server_name: str = "splitinf"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} is not in 0..65535")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            problems.append(f"metrics_port {self.metrics_port} is not in 0..65535")
+        if self.max_message_bytes < 1024:
+            problems.append(f"max_message_bytes {self.max_message_bytes} is below 1024")
+        if self.max_inflight < 1:
+            problems.append(f"max_inflight {self.max_inflight} must be at least 1")
+        if self.instances < 1:
+            problems.append(f"instances {self.instances} must be at least 1")
+        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+            problems.append(
+                f"graph_optimization {self.graph_optimization!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
+            )
+        if self.max_batch_size is not None and self.max_batch_size < 0:
+            problems.append(f"max_batch_size {self.max_batch_size} must be 0 (off) or more")
+        if self.batch_delay_ms is not None and self.batch_delay_ms < 0:
+            problems.append(f"batch_delay_ms {self.batch_delay_ms} must not be negative")
+        if self.drain_grace_s < 0:
+            problems.append(f"drain_grace_s {self.drain_grace_s} must not be negative")
+        if not self.providers:
+            problems.append("providers is empty; use e.g. ['CPUExecutionProvider']")
+        if problems:
+            raise ConfigError("bad server configuration: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# TOML key -> ServerConfig field, per table ("" is the top level).
+_TOML_KEYS: dict[str, dict[str, str]] = {
+    "": {
+        "repo": "repo",
+        "host": "host",
+        "port": "port",
+        "metrics_port": "metrics_port",
+        "max_message_bytes": "max_message_bytes",
+        "max_inflight": "max_inflight",
+        "drain_grace_s": "drain_grace_s",
+        "max_connection_age_s": "max_connection_age_s",
+        "warmup": "warmup",
+    },
+    "onnxruntime": {
+        "providers": "providers",
+        "intra_op_threads": "intra_op_threads",
+        "inter_op_threads": "inter_op_threads",
+        "graph_optimization": "graph_optimization",
+        "instances": "instances",
+    },
+    "batching": {
+        "max_batch_size": "max_batch_size",
+        "max_queue_delay_ms": "batch_delay_ms",
+        "wait_when_idle": "batch_wait_when_idle",
+    },
+    "tls": {"cert": "cert", "key": "key", "client_ca": "client_ca"},
+    "auth": {"token_file": "token_file"},
+}
+
+
+def _flatten(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            known = _TOML_KEYS.get(key)
+            if known is None or key == "":
+                raise ConfigError(f"{path}: unknown table [{key}]; known: {', '.join(t for t in _TOML_KEYS if t)}")
+            for sub_key, sub_value in value.items():
+                if sub_key not in known:
+                    raise ConfigError(f"{path}: unknown key {sub_key!r} in [{key}]; known: {', '.join(known)}")
+                values[known[sub_key]] = sub_value
+        elif key in _TOML_KEYS[""]:
+            values[_TOML_KEYS[""][key]] = value
+        else:
+            raise ConfigError(f"{path}: unknown key {key!r}; known: {', '.join(_TOML_KEYS[''])}")
+    return values
+
+
+def load_server_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
+    """Defaults, then the TOML file (relative paths inside it resolve against its folder), then ``overrides``.
+
+    ``overrides`` use ServerConfig field names plus ``cert``, ``key``, ``client_ca`` and
+    ``token_file``; a None override means "not given" and is skipped.
+    """
+    values: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        values = _flatten(data, path)
+        base = path.parent
+        for key in ("repo", "cert", "key", "client_ca", "token_file"):
+            if key in values:
+                values[key] = base / str(values[key])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "repo" not in values:
+        raise ConfigError("no model repository: pass --repo DIR or set repo in the config file")
+    if values.get("metrics_port") == -1:
+        values["metrics_port"] = None
+    cert, key, client_ca = values.pop("cert", None), values.pop("key", None), values.pop("client_ca", None)
+    if (cert is None) != (key is None):
+        raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+    if client_ca is not None and cert is None:
+        raise ConfigError("mutual TLS (client CA) needs a server certificate and key too")
+    if cert is not None:
+        values["tls"] = ServerTLS(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+    token_file = values.pop("token_file", None)
+    if token_file is not None:
+        values["token"] = read_token(token_file)
+    if "providers" in values:
+        values["providers"] = tuple(values["providers"])
+    values["repo"] = Path(values["repo"])
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ConfigError(f"unknown server settings: {', '.join(sorted(unknown))}")
+    try:
+        return ServerConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad server configuration: {exc}") from exc

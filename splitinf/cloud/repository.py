@@ -1,0 +1,414 @@
+"""A model repository in Triton's layout, loaded into onnxruntime sessions.
+
+::
+
+    REPO/
+      MODEL/
+        config.pbtxt          optional; splitinf reads max_batch_size and dynamic_batching
+        1/
+          model.onnx
+          manifest.json       optional (from `splitinf split`); parts.tail.sha256 must match model.onnx
+
+The same folder can be served by NVIDIA Triton (``cloud/TRITON.md``). ``config.pbtxt`` is
+read with a small tolerant text-format parser: unknown fields are skipped, nothing is evaluated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splitinf.contract.plan import TensorSpec
+from splitinf.errors import ConfigError, IntegrityError, InvalidRequestError, ModelExecutionError, ModelLoadError
+from splitinf.ort import SessionSettings, check_providers, open_session, session_options
+from splitinf.protocol import grpc_service_pb2 as pb
+from splitinf.protocol.tensors import check_array, decode_request_inputs, encode_request
+
+__all__ = [
+    "LoadedModel",
+    "ModelConfig",
+    "load_repository",
+    "parse_pbtxt",
+    "read_model_config",
+    "scan_repository",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.pbtxt"
+MANIFEST_FILE = "manifest.json"
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+# --- config.pbtxt -----------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<comment>\#[^\n]*)
+      | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+      | (?P<punct>[{}\[\]:,;<>])
+      | (?P<word>[A-Za-z0-9_.+\-]+)
+    )""",
+    re.X,
+)
+
+
+def _tokens(text: str) -> list[str]:
+    tokens = []
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            if text[position:].strip() == "":
+                break
+            raise ConfigError(f"config.pbtxt: unexpected character {text[position]!r} at offset {position}")
+        position = match.end()
+        if match.group("comment") is None:
+            tokens.append(match.group("string") or match.group("punct") or match.group("word"))
+    return tokens
+
+
+def _scalar(token: str) -> Any:
+    if token[:1] in "\"'":
+        return token[1:-1]
+    for convert in (int, float):
+        try:
+            return convert(token)
+        except ValueError:
+            pass
+    return token  # enum names, true/false
+
+
+def parse_pbtxt(text: str) -> dict[str, Any]:
+    """Protobuf text format -> nested dicts; a repeated field becomes a list. No evaluation."""
+    tokens = _tokens(text)
+    position = 0
+
+    def value() -> Any:
+        nonlocal position
+        token = tokens[position]
+        if token in ("{", "<"):
+            position += 1
+            return message("}" if token == "{" else ">")
+        if token == "[":
+            position += 1
+            items = []
+            while tokens[position] != "]":
+                items.append(value())
+                if tokens[position] == ",":
+                    position += 1
+            position += 1
+            return items
+        position += 1
+        return _scalar(token)
+
+    def message(end: str | None) -> dict[str, Any]:
+        nonlocal position
+        fields: dict[str, Any] = {}
+        while position < len(tokens) and tokens[position] != end:
+            name = tokens[position]
+            position += 1
+            if tokens[position] == ":":
+                position += 1
+            item = value()
+            if name in fields:
+                existing = fields[name]
+                fields[name] = (existing if isinstance(existing, list) else [existing]) + (
+                    item if isinstance(item, list) else [item]
+                )
+            else:
+                fields[name] = item
+            if position < len(tokens) and tokens[position] in (",", ";"):
+                position += 1
+        if end is not None:
+            if position >= len(tokens):
+                raise ConfigError(f"config.pbtxt: missing closing {end!r}")
+            position += 1
+        return fields
+
+    try:
+        return message(None)
+    except IndexError:
+        raise ConfigError("config.pbtxt: the text ends in the middle of a field") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What splitinf uses from config.pbtxt."""
+
+    max_batch_size: int = 0
+    dynamic_batching: bool = False
+    max_queue_delay_s: float = 0.0
+
+
+def read_model_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        return ModelConfig()
+    try:
+        fields = parse_pbtxt(path.read_text())
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    max_batch = fields.get("max_batch_size", 0)
+    batching = fields.get("dynamic_batching")
+    if not isinstance(max_batch, int) or max_batch < 0:
+        raise ConfigError(f"{path}: max_batch_size must be a non-negative integer, got {max_batch!r}")
+    delay_us = batching.get("max_queue_delay_microseconds", 0) if isinstance(batching, dict) else 0
+    return ModelConfig(
+        max_batch_size=max_batch,
+        dynamic_batching=batching is not None,
+        max_queue_delay_s=float(delay_us) / 1e6,
+    )
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_manifest(model_file: Path, digest: str) -> None:
+    manifest_path = model_file.parent / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = manifest["parts"]["tail"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{manifest_path}: not a readable manifest with parts.tail.sha256 ({exc})") from exc
+    if expected != digest:
+        raise IntegrityError(
+            f"refusing to load {model_file}: its sha256 is {digest} but {manifest_path} expects {expected}; "
+            "re-export the tail with `splitinf split` or remove the stale manifest"
+        )
+
+
+@dataclass
+class LoadedModel:
+    """One version of one model, ready to run."""
+
+    name: str
+    version: str
+    path: Path
+    sha256: str
+    session: Any  # onnxruntime.InferenceSession
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0  # > 0: dynamic batching across requests
+    batch_delay_s: float = 0.0
+    _output_names: tuple[str, ...] = field(default=(), repr=False)
+    _input_names: frozenset[str] = field(default=frozenset(), repr=False)
+    # Per input: name, dtype, rank and the (axis, size) pairs that must match: built once, checked per call.
+    _input_checks: tuple[tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...]], ...] = field(
+        default=(), repr=False
+    )
+    _has_batch_dimension: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._output_names = tuple(spec.name for spec in self.outputs)
+        self._input_names = frozenset(spec.name for spec in self.inputs)
+        self._input_checks = tuple(
+            (
+                spec.name,
+                np.dtype(spec.dtype),
+                len(spec.shape),
+                tuple((axis, d) for axis, d in enumerate(spec.shape) if isinstance(d, int) and d >= 0),
+            )
+            for spec in self.inputs
+        )
+        self._has_batch_dimension = all(
+            spec.shape and not isinstance(spec.shape[0], int) for spec in self.inputs + self.outputs
+        )
+
+    @property
+    def has_batch_dimension(self) -> bool:
+        return self._has_batch_dimension
+
+    def validate(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> int:
+        """Check names, dtypes and shapes; returns the batch size (first dim) when batching, else 1."""
+        if inputs.keys() != self._input_names:
+            self._explain_input_names(inputs)
+        for name, dtype, rank, fixed in self._input_checks:
+            array = inputs[name]
+            shape = array.shape
+            if array.dtype != dtype or len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
+                spec = next(spec for spec in self.inputs if spec.name == name)
+                check_array(name, array, spec.dtype, spec.shape)  # raises, naming what was expected
+        if requested:
+            self._check_requested(requested)
+        if self.max_batch_size <= 0:
+            return 1
+        return self._batch_of(inputs)
+
+    def _explain_input_names(self, inputs: Mapping[str, np.ndarray]) -> None:
+        expected = {spec.name for spec in self.inputs}
+        missing = sorted(expected - set(inputs))
+        unexpected = sorted(set(inputs) - expected)
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if unexpected:
+                parts.append(f"unknown input(s) {unexpected}")
+            raise InvalidRequestError(
+                f"model {self.name!r}: {'; '.join(parts)}; the model's inputs are {sorted(expected)}"
+            )
+
+    def _check_requested(self, requested: Sequence[str]) -> None:
+        unknown_outputs = sorted(set(requested) - set(self._output_names))
+        if unknown_outputs:
+            raise InvalidRequestError(
+                f"model {self.name!r}: unknown output(s) {unknown_outputs}; the model's outputs are "
+                f"{list(self._output_names)}"
+            )
+
+    def _batch_of(self, inputs: Mapping[str, np.ndarray]) -> int:
+        batches = {inputs[spec.name].shape[0] for spec in self.inputs}
+        if len(batches) != 1:
+            raise InvalidRequestError(
+                f"model {self.name!r}: inputs disagree on the batch (first) dimension: {sorted(batches)}"
+            )
+        batch = batches.pop()
+        if batch > self.max_batch_size:
+            raise InvalidRequestError(
+                f"model {self.name!r}: batch {batch} exceeds max_batch_size {self.max_batch_size}; split the request"
+            )
+        return int(batch)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One onnxruntime execution; onnxruntime failures become ModelExecutionError (INTERNAL)."""
+        try:
+            values = self.session.run(list(self._output_names), dict(inputs))
+        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidArgument ...)
+            raise ModelExecutionError(f"model {self.name!r} failed in onnxruntime: {exc}") from exc
+        return dict(zip(self._output_names, values, strict=True))
+
+    def warm_up(self) -> None:
+        """Run once on zeros (symbolic dimensions as 1) so the first real request is not slow.
+
+        The zeros take the wire's path (protobuf bytes -> numpy views over them), not just
+        ``np.zeros``: warming only onnxruntime left every later call on a 0.8 MB tensor
+        about twice as slow (benchmarks/bench_server.py).
+        """
+        sample = {
+            spec.name: np.zeros([d if isinstance(d, int) and d >= 0 else 1 for d in spec.shape], dtype=spec.dtype)
+            for spec in self.inputs
+        }
+        request = encode_request(pb.ModelInferRequest(model_name=self.name), sample)
+        self.run(decode_request_inputs(pb.ModelInferRequest.FromString(request.SerializeToString())))
+
+
+def _tensor_specs(args: Sequence[Any], path: Path) -> tuple[TensorSpec, ...]:
+    specs = []
+    for arg in args:
+        dtype = _ORT_TYPES.get(arg.type)
+        if dtype is None:
+            raise ModelLoadError(f"{path}: tensor {arg.name!r} has type {arg.type}, which splitinf cannot serve")
+        specs.append(TensorSpec(arg.name, dtype, tuple(arg.shape)))
+    return tuple(specs)
+
+
+def scan_repository(repo: Path) -> dict[str, dict[str, Path]]:
+    """``{model: {version: model.onnx path}}`` for every numeric version folder holding a model.onnx."""
+    if not repo.is_dir():
+        raise ConfigError(f"model repository {repo} is not a directory")
+    found: dict[str, dict[str, Path]] = {}
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = {
+            v.name: v / MODEL_FILE
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isdigit() and (v / MODEL_FILE).is_file()
+        }
+        if versions:
+            found[model_dir.name] = dict(sorted(versions.items(), key=lambda item: int(item[0])))
+        else:
+            log.warning("skipping %s: no VERSION/%s inside", model_dir, MODEL_FILE)
+    if not found:
+        raise ConfigError(f"model repository {repo} holds no models; expected {repo}/MODEL/1/{MODEL_FILE}")
+    return found
+
+
+def load_repository(
+    repo: Path,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    graph_optimization: str = "all",
+    max_batch_size: int | None = None,
+    batch_delay_ms: float | None = None,
+    warmup: bool = True,
+) -> dict[str, dict[str, LoadedModel]]:
+    """Load, check and warm up every model version; ``max_batch_size``/``batch_delay_ms`` override config.pbtxt."""
+    settings = SessionSettings(
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        graph_optimization=graph_optimization,  # type: ignore[arg-type]
+        providers=check_providers(providers),
+    )
+    session_options(settings)  # a bad optimization level is a ConfigError before any model loads
+    models: dict[str, dict[str, LoadedModel]] = {}
+    for name, versions in scan_repository(repo).items():
+        config = read_model_config(repo / name)
+        batch = config.max_batch_size if config.dynamic_batching else 0
+        delay_s = config.max_queue_delay_s
+        if max_batch_size is not None:
+            batch = max_batch_size
+        if batch_delay_ms is not None:
+            delay_s = batch_delay_ms / 1000
+        models[name] = {}
+        for version, path in versions.items():
+            data = path.read_bytes()
+            digest = sha256_bytes(data)
+            _check_manifest(path, digest)
+            started = time.perf_counter()
+            session = open_session(data, settings)
+            model = LoadedModel(
+                name=name,
+                version=version,
+                path=path,
+                sha256=digest,
+                session=session,
+                inputs=_tensor_specs(session.get_inputs(), path),
+                outputs=_tensor_specs(session.get_outputs(), path),
+            )
+            if batch > 0:
+                if model.has_batch_dimension:
+                    model.max_batch_size, model.batch_delay_s = batch, delay_s
+                elif max_batch_size is None:
+                    raise ConfigError(
+                        f"{repo / name / CONFIG_FILE}: dynamic batching needs a variable first (batch) "
+                        f"dimension on every input and output of {path}"
+                    )
+            if warmup:
+                model.warm_up()
+            log.info(
+                "loaded %s version %s (%s, batch %d) in %.2fs",
+                name, version, digest[:12], model.max_batch_size, time.perf_counter() - started,
+            )  # fmt: skip
+            models[name][version] = model
+    return models

@@ -1,0 +1,342 @@
+"""The device's policy engine: which option answers the next request.
+
+A pure state machine: no threads, no I/O, time from an injectable clock. The
+runtime asks ``decide()`` before each request, reports what happened with
+``record()`` / ``record_probe()``, and logs the returned ``Event``s.
+
+Modes (the breaker state in brackets)::
+
+    SPLIT [closed] --failure / breaker trip / predicted over budget--> LOCAL [open]
+    LOCAL [open]   --open period over, min dwell, flap limit allows--> PROBING [half-open]
+    PROBING        --a probe fails or is slow------------------------> LOCAL (open period grows)
+    PROBING        --enough healthy probes over the stabilisation
+                     period, min dwell, a split option fits---------> SPLIT
+
+- Falling back is immediate; returning is slow on purpose: an open period that
+  doubles on repeated trips (capped), then a stabilisation period of healthy
+  probes, a minimum dwell in each mode and a limit on returns per time window,
+  so a flapping link cannot make the device oscillate.
+- The breaker's window is time-based (seconds), because a device sends few
+  requests: it trips when at least ``min_calls`` calls in the window have a
+  failure rate or a slow-call rate (slower than the split-mode budget) at or
+  above the thresholds, or after ``trip_after_failures`` consecutive failures.
+- The option for a request is the most accurate one expected to meet the budget
+  (ties go to the faster), with ``plan.expected_latency`` at the current
+  estimates; the fallback when none is expected to. In LOCAL and PROBING only
+  on-device options are eligible. An option whose server answered with the
+  wrong model is quarantined for a while, not retried.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from splitinf.contract.plan import Option, Plan, expected_latency
+from splitinf.edge.estimate import Estimates
+from splitinf.errors import ConfigError, PlanError
+
+__all__ = [
+    "BreakerState",
+    "Decision",
+    "Event",
+    "Mode",
+    "Policy",
+    "PolicyConfig",
+    "choose_option",
+]
+
+
+class Mode(str, enum.Enum):
+    SPLIT = "split"
+    LOCAL = "local"
+    PROBING = "probing"
+
+
+class BreakerState(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    budget_s: float = 0.25  # split-mode budget: a call slower than this counts as slow
+    window_s: float = 30.0
+    min_calls: int = 3
+    failure_rate: float = 0.5
+    slow_call_rate: float = 0.5
+    trip_after_failures: int = 1  # consecutive failures that trip at once ("fall back at once")
+    open_s: float = 5.0
+    open_multiplier: float = 2.0
+    open_max_s: float = 120.0
+    half_open_probes: int = 3  # healthy probes needed before returning to SPLIT
+    probe_interval_s: float = 1.0
+    stabilisation_s: float = 10.0
+    min_dwell_s: float = 5.0
+    flap_window_s: float = 300.0
+    flap_limit: int = 4  # returns to SPLIT allowed per flap window
+    quarantine_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        positive = ("budget_s", "window_s", "open_s", "open_max_s", "probe_interval_s", "flap_window_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"policy.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("stabilisation_s", "min_dwell_s", "quarantine_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"policy.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("failure_rate", "slow_call_rate"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"policy.{name} must be in (0, 1], got {getattr(self, name)!r}")
+        for name in ("min_calls", "trip_after_failures", "half_open_probes", "flap_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"policy.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.open_multiplier < 1:
+            raise ConfigError(f"policy.open_multiplier must be >= 1, got {self.open_multiplier!r}")
+        if self.open_max_s < self.open_s:
+            raise ConfigError("policy.open_max_s must be >= policy.open_s")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A transition: ``kind`` is "mode" (old/new are modes) or "quarantine" (old/new: option id, "")."""
+
+    at: float
+    kind: str
+    old: str
+    new: str
+    reason: str
+    breaker: BreakerState
+    open_s: float = 0.0
+
+    def as_log_fields(self) -> dict[str, object]:
+        return {
+            "event": f"{self.kind}_change",
+            "from": self.old,
+            "to": self.new,
+            "reason": self.reason,
+            "breaker": self.breaker.value,
+            "open_s": round(self.open_s, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    option: Option
+    mode: Mode
+    expected_s: float
+    events: tuple[Event, ...] = ()
+
+    @property
+    def remote(self) -> bool:
+        return self.option.is_remote
+
+
+def choose_option(
+    options: Sequence[Option], estimates: Estimates, budget_s: float
+) -> tuple[Option, float, bool] | None:
+    """Most accurate option expected within budget (ties: faster); returns (option, expected_s, fits)."""
+    scored = [(o, expected_latency(o, estimates.bandwidth_bps, estimates.rtt_s)) for o in options]
+    fitting = [(o, s) for o, s in scored if s <= budget_s]
+    if fitting:
+        option, seconds = max(fitting, key=lambda c: (c[0].accuracy or 0.0, -c[1]))
+        return option, seconds, True
+    return None
+
+
+class Policy:
+    def __init__(self, plan: Plan, config: PolicyConfig | None = None, clock: Callable[[], float] = time.monotonic):
+        self.plan = plan
+        self.config = config or PolicyConfig()
+        self.clock = clock
+        fallback = plan.fallback
+        if fallback is None:
+            raise PlanError("the plan has no fallback option; the device needs one to answer when the network fails")
+        self.fallback: Option = fallback
+        self.on_device = tuple(o for o in plan.options if not o.is_remote)
+        now = clock()
+        self._mode = Mode.SPLIT
+        self._mode_since = now
+        self._open_until = now
+        self._open_s = 0.0
+        self._trips = 0
+        self._consecutive_failures = 0
+        self._calls: deque[tuple[float, bool, bool]] = deque()  # (at, failed, slow)
+        self._probe_successes = 0
+        self._probe_in_flight = False
+        self._last_probe_at = -math.inf
+        self._split_entries: deque[float] = deque()
+        self._quarantine: dict[str, float] = {}
+
+    # -- state -------------------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def breaker(self) -> BreakerState:
+        if self._mode is Mode.PROBING:
+            return BreakerState.HALF_OPEN
+        if self._mode is Mode.LOCAL and self.clock() < self._open_until:
+            return BreakerState.OPEN
+        return BreakerState.CLOSED
+
+    def quarantined(self, now: float | None = None) -> set[str]:
+        now = self.clock() if now is None else now
+        return {option_id for option_id, until in self._quarantine.items() if now < until}
+
+    def usable_split_options(self, now: float | None = None) -> tuple[Option, ...]:
+        bad = self.quarantined(now)
+        return tuple(o for o in self.plan.split_options if o.id not in bad)
+
+    def _transition(self, new: Mode, reason: str, now: float) -> Event:
+        old = self._mode
+        self._mode = new
+        self._mode_since = now
+        if new is Mode.SPLIT:
+            self._split_entries.append(now)
+            self._calls.clear()
+            self._consecutive_failures = 0
+        if new is Mode.PROBING:
+            self._probe_successes = 0
+            self._probe_in_flight = False
+            self._last_probe_at = -math.inf
+        return Event(now, "mode", old.value, new.value, reason, self.breaker, self._open_s if new is Mode.LOCAL else 0)
+
+    def _trip(self, reason: str, now: float, *, grow: bool = True) -> Event:
+        if grow:
+            # A long healthy stretch in SPLIT forgives earlier trips.
+            if self._mode is Mode.SPLIT and now - self._mode_since >= self.config.open_max_s:
+                self._trips = 0
+            self._trips += 1
+            self._open_s = min(
+                self.config.open_s * self.config.open_multiplier ** (self._trips - 1), self.config.open_max_s
+            )
+        else:
+            self._open_s = self.config.open_s
+        self._open_until = now + self._open_s
+        return self._transition(Mode.LOCAL, reason, now)
+
+    def _flap_allowed_at(self) -> float:
+        entries = self._split_entries
+        if len(entries) < self.config.flap_limit:
+            return -math.inf
+        return entries[-self.config.flap_limit] + self.config.flap_window_s
+
+    # -- time-driven transitions -------------------------------------------------------------------
+
+    def tick(self, estimates: Estimates | None = None) -> list[Event]:
+        """Transitions that come with time: LOCAL -> PROBING, PROBING -> SPLIT."""
+        now = self.clock()
+        cfg = self.config
+        events: list[Event] = []
+        if self._mode is Mode.LOCAL:
+            ready_at = max(self._open_until, self._mode_since + cfg.min_dwell_s, self._flap_allowed_at())
+            if now >= ready_at and self.usable_split_options(now):
+                events.append(self._transition(Mode.PROBING, "open_period_over", now))
+        if self._mode is Mode.PROBING and estimates is not None:
+            stable_for = now - self._mode_since
+            if (
+                self._probe_successes >= cfg.half_open_probes
+                and stable_for >= max(cfg.stabilisation_s, cfg.min_dwell_s)
+                and now >= self._flap_allowed_at()
+            ):
+                if choose_option(self.usable_split_options(now), estimates, cfg.budget_s) is not None:
+                    events.append(self._transition(Mode.SPLIT, "stable", now))
+                else:
+                    events.append(self._trip("predicted_over_budget", now, grow=False))
+        return events
+
+    # -- decisions ---------------------------------------------------------------------------------
+
+    def decide(self, estimates: Estimates, budget_s: float | None = None) -> Decision:
+        budget = self.config.budget_s if budget_s is None else budget_s
+        events = self.tick(estimates)
+        now = self.clock()
+        local_choice = choose_option(self.on_device, estimates, budget)
+        if self._mode is Mode.SPLIT:
+            split_choice = choose_option(self.usable_split_options(now), estimates, budget)
+            if split_choice is not None:
+                candidates = [split_choice] + ([local_choice] if local_choice else [])
+                option, seconds, _ = max(candidates, key=lambda c: (c[0].accuracy or 0.0, -c[1]))
+                return Decision(option, self._mode, seconds, tuple(events))
+            reason = "predicted_over_budget" if self.usable_split_options(now) else "no_usable_split_option"
+            events.append(self._trip(reason, now, grow=False))
+        if local_choice is not None:
+            return Decision(local_choice[0], self._mode, local_choice[1], tuple(events))
+        fallback_s = expected_latency(self.fallback, estimates.bandwidth_bps, estimates.rtt_s)
+        return Decision(self.fallback, self._mode, fallback_s, tuple(events))
+
+    # -- outcomes ----------------------------------------------------------------------------------
+
+    def record(
+        self,
+        option_id: str,
+        *,
+        ok: bool,
+        latency_s: float | None = None,
+        reason: str = "failure",
+        mismatch: bool = False,
+    ) -> list[Event]:
+        """The outcome of a remote user request decided in SPLIT mode."""
+        now = self.clock()
+        cfg = self.config
+        events: list[Event] = []
+        if mismatch:
+            # The server answered, but not what the plan expects: a deployment problem, not the network's.
+            self._quarantine[option_id] = now + cfg.quarantine_s
+            events.append(Event(now, "quarantine", option_id, "", reason, self.breaker))
+            return events
+        if self._mode is not Mode.SPLIT:
+            return events  # a late answer from before the mode changed
+        slow = ok and latency_s is not None and latency_s > cfg.budget_s
+        self._calls.append((now, not ok, slow))
+        while self._calls and now - self._calls[0][0] > cfg.window_s:
+            self._calls.popleft()
+        self._consecutive_failures = 0 if ok else self._consecutive_failures + 1
+        if self._consecutive_failures >= cfg.trip_after_failures:
+            events.append(self._trip(reason, now))
+            return events
+        n = len(self._calls)
+        if n >= cfg.min_calls:
+            failures = sum(1 for _, failed, _ in self._calls if failed)
+            slows = sum(1 for _, _, s in self._calls if s)
+            if failures / n >= cfg.failure_rate:
+                events.append(self._trip("failure_rate", now))
+            elif slows / n >= cfg.slow_call_rate:
+                events.append(self._trip("slow_calls", now))
+        return events
+
+    def probe_due(self) -> bool:
+        """PROBING only, one at a time, at most once per probe interval."""
+        now = self.clock()
+        return (
+            self._mode is Mode.PROBING
+            and not self._probe_in_flight
+            and now - self._last_probe_at >= self.config.probe_interval_s
+        )
+
+    def probe_option(self) -> Option | None:
+        """The split option a half-open probe should exercise: the one with the fewest bytes."""
+        usable = self.usable_split_options()
+        return min(usable, key=lambda o: o.bytes) if usable else None
+
+    def probe_started(self) -> None:
+        self._probe_in_flight = True
+        self._last_probe_at = self.clock()
+
+    def record_probe(self, *, ok: bool, latency_s: float | None = None, reason: str = "probe_failed") -> list[Event]:
+        now = self.clock()
+        self._probe_in_flight = False
+        if self._mode is not Mode.PROBING:
+            return []
+        if ok and (latency_s is None or latency_s <= self.config.budget_s):
+            self._probe_successes += 1
+            return []
+        return [self._trip(reason if not ok else "probe_slow", now)]

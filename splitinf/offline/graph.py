@@ -1,0 +1,647 @@
+"""Graph analysis: load a model, view it as a DAG, and enumerate the cuts that split it in two.
+
+Terms
+-----
+*Dynamic* tensors depend on a graph input (or on a random op); everything else is
+*constant*: initializers, the outputs of nodes fed only by constants (Constant,
+ConstantOfShape of an initializer, shape arithmetic), and Shape/Size of a tensor whose
+inferred shape is fully static (exported as a Constant node holding the value). Constants never
+cross a cut: each side recomputes or stores the constants its own nodes need, so a
+constant node needed by both sides is duplicated.
+
+A *cut* is a set of dynamic tensors ``C`` that separates the graph inputs from the graph
+outputs: the head computes ``C`` from the graph inputs, the tail computes every graph
+output from ``C`` (plus constants). A graph input the tail needs is itself in ``C``, and so
+is a graph output the head already computes.
+
+Control-flow nodes (If, Loop, Scan) are atomic: their subgraphs are never entered, and the
+outer-scope names their subgraphs read count as inputs of the node, so the side that runs
+the node also has (or receives) them.
+
+Enumeration rule
+----------------
+A DAG has exponentially many cuts; we list the linear family of *topological-prefix cuts*.
+Take a topological order of the dynamic nodes that reach an output; after each prefix
+``S`` (including the empty one) the cut is the set of tensors produced by ``S`` or fed as
+graph inputs that are still needed: consumed by a node outside ``S`` or a graph output.
+The order is chosen greedily to keep those live sets small: among the ready nodes, take the
+one that adds the fewest bytes net of the bytes it frees (ties: the model's own order).
+Chains and residual blocks then yield their natural single-tensor cuts, and parallel
+branches are finished one at a time. Identical tensor sets are listed once. The list runs
+from input to output: the first cut is the graph inputs (full offload), the last the graph
+outputs (everything on the device). That is at most ``nodes + 1`` cuts, found in
+``O(nodes x live-set width)``.
+
+Sizes: ``bytes_per_sample`` counts symbolic dimensions (the batch) as 1. Tensors whose
+element type or rank shape inference cannot find are never offered as cut tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto
+
+from splitinf.contract.plan import TensorSpec
+from splitinf.errors import CutError, ModelLoadError
+
+__all__ = [
+    "Cut",
+    "GraphView",
+    "enumerate_cuts",
+    "find_cut",
+    "load_model",
+    "tensor_bytes",
+]
+
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+# Nodes without dynamic inputs that must still run exactly once (duplicating them would
+# draw different numbers on each side).
+NONDETERMINISTIC_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+# protobuf cannot serialise a message of 2 GiB or more; stay clear of the limit.
+PROTOBUF_LIMIT = 2**31 - 2**26
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX model with its external data; check it with ``onnx.checker``.
+
+    Raises ModelLoadError naming the problem: missing file, not ONNX, corrupt, fails the checker.
+    """
+    model_path = Path(path)
+    if not model_path.exists():
+        raise ModelLoadError(f"{model_path} does not exist; give the path of an .onnx model file")
+    if not model_path.is_file():
+        raise ModelLoadError(f"{model_path} is not a file; give the path of an .onnx model file")
+    try:
+        model = onnx.load_model(str(model_path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"{model_path} is not a readable ONNX model (protobuf parse failed: {exc}); "
+            "check the file is an .onnx export and not truncated"
+        ) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {model_path}: {exc.strerror or exc}") from exc
+    if model.ir_version == 0 or not model.HasField("graph") or not model.opset_import:
+        raise ModelLoadError(
+            f"{model_path} is not an ONNX model (no IR version, graph or opset); check the file is an .onnx export"
+        )
+    try:
+        # The path form checks models over 2 GiB too, and finds their external data.
+        onnx.checker.check_model(str(model_path))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{model_path} fails onnx.checker: {first}; re-export the model or fix it with onnx tools"
+        ) from exc
+    try:
+        onnx.load_external_data_for_model(model, str(model_path.parent))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{model_path} refers to external data that cannot be read ({exc}); "
+            "keep the .onnx file beside its data files"
+        ) from exc
+    return model
+
+
+# ----------------------------------------------------------------------------- the cut
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A set of crossing tensors, with the head's share of the model."""
+
+    id: str
+    tensors: tuple[TensorSpec, ...]
+    bytes_per_sample: int
+    head_nodes: int
+    total_nodes: int
+    head_flops: int
+    total_flops: int
+    head_params: int
+    total_params: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "tensors": [t.to_json() for t in self.tensors],
+            "bytes": self.bytes_per_sample,
+            "head_nodes": self.head_nodes,
+            "total_nodes": self.total_nodes,
+            "head_flops": self.head_flops,
+            "total_flops": self.total_flops,
+            "head_params": self.head_params,
+            "total_params": self.total_params,
+        }
+
+
+def cut_id(names: Iterable[str]) -> str:
+    """Stable id from the crossing tensor names: readable when short and plain, else a digest."""
+    ordered = sorted(names)
+    joined = "+".join(ordered)
+    if ordered and len(joined) <= 64 and all(_SAFE_ID.match(n) for n in ordered):
+        return joined
+    return "cut-" + hashlib.sha1("\n".join(ordered).encode()).hexdigest()[:12]
+
+
+def tensor_bytes(dtype: str, shape: Sequence[int | str | None]) -> int:
+    """Bytes of one sample: symbolic and unknown dimensions count as 1."""
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:
+        itemsize = 0
+    count = 1
+    for dim in shape:
+        count *= dim if isinstance(dim, int) and dim >= 0 else 1
+    return itemsize * count
+
+
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type).name)
+    except (KeyError, TypeError, ValueError):
+        return str(TensorProto.DataType.Name(elem_type)).lower()
+
+
+# ----------------------------------------------------------------------------- the DAG view
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    graphs: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
+def _outer_names(graph: onnx.GraphProto, inner: set[str]) -> list[str]:
+    """Names a subgraph reads from enclosing scopes; collects the names it defines into ``inner``."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    used: list[str] = []
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in defined:
+                used.append(name)
+        for sub in _subgraphs(node):
+            used.extend(n for n in _outer_names(sub, inner) if n not in defined)
+        defined.update(o for o in node.output if o)
+    inner |= defined
+    return list(dict.fromkeys(used))
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without bulky weight data, for shape inference of models of any size."""
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph = skeleton.graph
+    source = model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    for tensor in source.initializer:
+        if tensor.data_type in (TensorProto.INT64, TensorProto.INT32) and len(tensor.dims) <= 1:
+            graph.initializer.append(tensor)  # small shape constants feed data propagation
+            continue
+        light = graph.initializer.add()
+        light.name = tensor.name
+        light.data_type = tensor.data_type
+        light.dims.extend(tensor.dims)
+        light.data_location = TensorProto.EXTERNAL
+        entry = light.external_data.add()
+        entry.key, entry.value = "location", "skeleton-placeholder"
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    return skeleton
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    skeleton = _skeleton(model)
+    try:
+        return onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
+        return skeleton
+
+
+def _node_flops(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
+    def dims(name: str) -> tuple[int, ...] | None:
+        return shapes.get(name)
+
+    op = node.op_type
+    if op in ("Conv", "ConvTranspose") and len(node.input) >= 2:
+        out, w, x = dims(node.output[0]), dims(node.input[1]), dims(node.input[0])
+        if out is None or w is None:
+            return 0
+        if op == "ConvTranspose":
+            return 2 * int(np.prod(x[1:])) * int(np.prod(w[1:])) if x is not None else 0
+        return 2 * int(np.prod(out[1:])) * int(np.prod(w[1:]))
+    if op == "Gemm" and len(node.input) >= 2:
+        a, out = dims(node.input[0]), dims(node.output[0])
+        if a is None or out is None or len(a) != 2:
+            return 0
+        trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
+        k = a[0] if trans_a else a[1]
+        return 2 * int(np.prod(out)) * k
+    if op == "MatMul" and len(node.input) >= 2:
+        a, out = dims(node.input[0]), dims(node.output[0])
+        if a is None or out is None or not a:
+            return 0
+        return 2 * int(np.prod(out)) * a[-1]
+    return 0
+
+
+def _static_shape_value(
+    node: onnx.NodeProto, types: dict[str, tuple[int, tuple[int | str | None, ...]]]
+) -> np.ndarray | None:
+    """The value of a Shape or Size node whose input shape is fully known, else None."""
+    if node.op_type not in ("Shape", "Size") or node.domain not in ("", "ai.onnx") or not node.input:
+        return None
+    known = types.get(node.input[0])
+    if known is None or not all(isinstance(d, int) for d in known[1]):
+        return None
+    dims = [int(d) for d in known[1] if isinstance(d, int)]
+    if node.op_type == "Size":
+        return np.array(int(np.prod(dims)), dtype=np.int64)
+    attrs = {a.name: a.i for a in node.attribute}
+    start, end = attrs.get("start", 0), attrs.get("end", len(dims))
+    return np.array(dims[start:end], dtype=np.int64)  # Python slicing clamps as the Shape spec does
+
+
+class GraphView:
+    """Index maps over a model's top-level graph, built once (like ``onnx.utils.Extractor``)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        graph = model.graph
+        self.nodes: list[onnx.NodeProto] = list(graph.node)
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self.sparse_initializers: dict[str, onnx.SparseTensorProto] = {
+            t.values.name: t for t in graph.sparse_initializer
+        }
+        constant_names = set(self.initializers) | set(self.sparse_initializers)
+        self.inputs: list[onnx.ValueInfoProto] = [i for i in graph.input if i.name not in constant_names]
+        self.input_names: list[str] = [i.name for i in self.inputs]
+        self.output_names: list[str] = [o.name for o in graph.output]
+
+        # effective inputs: direct inputs plus the outer-scope names of control-flow subgraphs
+        self.subgraph_names: dict[str, str] = {}
+        self.node_inputs: list[tuple[str, ...]] = []
+        for node in self.nodes:
+            names = [n for n in node.input if n]
+            for sub in _subgraphs(node):
+                inner: set[str] = set()
+                names.extend(_outer_names(sub, inner))
+                for name in inner:
+                    self.subgraph_names.setdefault(name, node.name or node.op_type)
+            self.node_inputs.append(tuple(dict.fromkeys(names)))
+        self.producer: dict[str, int] = {}
+        for index, node in enumerate(self.nodes):
+            for name in node.output:
+                if name:
+                    self.producer[name] = index
+        self.consumers: dict[str, list[int]] = {}
+        for index, node_names in enumerate(self.node_inputs):
+            for name in node_names:
+                self.consumers.setdefault(name, []).append(index)
+
+        # types and shapes from shape inference
+        inferred = _infer(model)
+        self.types: dict[str, tuple[int, tuple[int | str | None, ...]]] = {}
+        for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+                tensor_type = info.type.tensor_type
+                if not tensor_type.HasField("shape"):
+                    continue  # unknown rank: no byte count, so never offered as a crossing tensor
+                shape = tuple(
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+                )
+                self.types[info.name] = (tensor_type.elem_type, shape)
+        for tensor in graph.initializer:
+            self.types.setdefault(tensor.name, (tensor.data_type, tuple(tensor.dims)))
+        # Shape/Size of a tensor whose shape is fully static is a constant, whatever computes the tensor
+        self.static_values: dict[int, np.ndarray] = {}
+        for index, node in enumerate(self.nodes):
+            value = _static_shape_value(node, self.types)
+            if value is not None:
+                self.static_values[index] = value
+
+        # constant vs dynamic, in topological order
+        self.dynamic_tensors: set[str] = set(self.input_names)
+        self.dynamic: list[bool] = []
+        for index, node in enumerate(self.nodes):
+            is_dynamic = index not in self.static_values and (
+                node.op_type in NONDETERMINISTIC_OPS or any(n in self.dynamic_tensors for n in self.node_inputs[index])
+            )
+            self.dynamic.append(is_dynamic)
+            if is_dynamic:
+                self.dynamic_tensors.update(o for o in node.output if o)
+
+        # nodes that reach a graph output; the rest is dead and goes nowhere
+        self.live: list[bool] = [False] * len(self.nodes)
+        stack = [self.producer[o] for o in self.output_names if o in self.producer]
+        while stack:
+            index = stack.pop()
+            if self.live[index]:
+                continue
+            self.live[index] = True
+            if index not in self.static_values:
+                stack.extend(self.producer[n] for n in self.node_inputs[index] if n in self.producer)
+
+        concrete = {
+            name: tuple(d if isinstance(d, int) else 1 for d in shape) for name, (_, shape) in self.types.items()
+        }
+        self.flops: list[int] = [_node_flops(node, concrete) for node in self.nodes]
+        self.params: dict[str, int] = {}
+        for tensor in graph.initializer:
+            self.params[tensor.name] = int(np.prod(tensor.dims)) if tensor.dims else 1
+        for name, sparse in self.sparse_initializers.items():
+            self.params[name] = int(np.prod(sparse.values.dims)) if sparse.values.dims else 0
+        for node in self.nodes:
+            if node.op_type == "Constant" and node.output:
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.TENSOR:
+                        self.params[node.output[0]] = int(np.prod(attr.t.dims)) if attr.t.dims else 1
+        self.total_params = sum(self.params.values())
+        self._specs: dict[str, TensorSpec | None] = {}
+        self.total_flops = sum(self.flops)
+
+    # -- specs
+
+    def spec(self, name: str) -> TensorSpec | None:
+        if name in self._specs:
+            return self._specs[name]
+        known = self.types.get(name)
+        spec = None if known is None else TensorSpec(name=name, dtype=_dtype_name(known[0]), shape=known[1])
+        self._specs[name] = spec
+        return spec
+
+    def value_info(self, name: str) -> onnx.ValueInfoProto:
+        elem_type, shape = self.types[name]
+        return onnx.helper.make_tensor_value_info(name, elem_type, list(shape))
+
+    # -- closures
+
+    def constant_closure(self, nodes: Iterable[int], names: Iterable[str] = ()) -> tuple[set[int], set[str]]:
+        """Constant nodes and initializers the given nodes (and tensor ``names``) need, transitively."""
+        const_nodes: set[int] = set()
+        initializers: set[str] = set()
+        stack = [name for index in nodes for name in self.node_inputs[index]]
+        stack.extend(names)
+        seen: set[str] = set()
+        while stack:
+            name = stack.pop()
+            if name in seen or name in self.dynamic_tensors:
+                continue
+            seen.add(name)
+            if name in self.initializers or name in self.sparse_initializers:
+                initializers.add(name)
+            elif name in self.producer:
+                index = self.producer[name]
+                if index not in const_nodes:
+                    const_nodes.add(index)
+                    if index not in self.static_values:  # those become Constant nodes
+                        stack.extend(self.node_inputs[index])
+        return const_nodes, initializers
+
+    def head_nodes_for(self, tensors: Iterable[str]) -> set[int]:
+        """Dynamic nodes needed to compute ``tensors`` from the graph inputs."""
+        nodes: set[int] = set()
+        stack = [self.producer[n] for n in tensors if n in self.producer]
+        while stack:
+            index = stack.pop()
+            if index in nodes:
+                continue
+            nodes.add(index)
+            stack.extend(
+                self.producer[n] for n in self.node_inputs[index] if n in self.dynamic_tensors and n in self.producer
+            )
+        return nodes
+
+    def tail_nodes_for(self, cut_names: set[str]) -> set[int]:
+        """Dynamic nodes needed to compute the outputs from ``cut_names``; CutError if an input leaks past."""
+        nodes: set[int] = set()
+        origin: dict[str, str] = {}
+        stack: list[tuple[str, str]] = [(o, o) for o in self.output_names]
+        while stack:
+            name, output = stack.pop()
+            if name in origin or name in cut_names or name not in self.dynamic_tensors:
+                continue
+            origin[name] = output
+            if name in self.producer:
+                index = self.producer[name]
+                if index not in nodes:
+                    nodes.add(index)
+                    stack.extend((n, output) for n in self.node_inputs[index])
+            else:
+                raise CutError(
+                    f"the tensors {sorted(cut_names)} do not separate the graph: output {output!r} still depends "
+                    f"on input {name!r}; add {name!r} (or a tensor between it and {output!r}) to the cut"
+                )
+        return nodes
+
+    def cut_from_sets(self, names: Sequence[str], head: set[int]) -> Cut:
+        specs = []
+        for name in names:
+            spec = self.spec(name)
+            if spec is None:
+                raise CutError(
+                    f"tensor {name!r} has no known type and shape after shape inference, so it cannot cross a cut; "
+                    "cut before or after the node that makes it"
+                )
+            specs.append(spec)
+        const_nodes, initializers = self.constant_closure(head)
+        head_params = sum(self.params.get(n, 0) for n in initializers)
+        head_params += sum(self.params.get(self.nodes[i].output[0], 0) for i in const_nodes if self.nodes[i].output)
+        return Cut(
+            id=cut_id(names),
+            tensors=tuple(specs),
+            bytes_per_sample=sum(tensor_bytes(s.dtype, s.shape) for s in specs),
+            head_nodes=len(head) + len(const_nodes),
+            total_nodes=len(self.nodes),
+            head_flops=sum(self.flops[i] for i in head),
+            total_flops=self.total_flops,
+            head_params=head_params,
+            total_params=self.total_params,
+        )
+
+    # -- enumeration
+
+    def _remaining_uses(self) -> dict[str, int]:
+        uses: dict[str, int] = {}
+        for index, names in enumerate(self.node_inputs):
+            if self.dynamic[index] and self.live[index]:
+                for name in names:
+                    if name in self.dynamic_tensors:
+                        uses[name] = uses.get(name, 0) + 1
+        for name in self.output_names:
+            if name in self.dynamic_tensors:
+                uses[name] = uses.get(name, 0) + 1
+        return uses
+
+    def _bytes(self, name: str) -> int:
+        spec = self.spec(name)
+        return 0 if spec is None else tensor_bytes(spec.dtype, spec.shape)
+
+    def enumerate(self) -> list[Cut]:
+        order = [i for i in range(len(self.nodes)) if self.dynamic[i] and self.live[i]]
+        uses = self._remaining_uses()
+        waiting = {
+            i: sum(1 for n in self.node_inputs[i] if n in self.producer and self.dynamic[self.producer[n]])
+            for i in order
+        }
+        dependents: dict[int, list[int]] = {}
+        for i in order:
+            for name in self.node_inputs[i]:
+                if name in self.producer and self.dynamic[self.producer[name]]:
+                    dependents.setdefault(self.producer[name], []).append(i)
+        ready = {i for i in order if waiting[i] == 0}
+        live = [n for n in self.input_names if uses.get(n, 0) > 0]
+        live_set = set(live)
+        seen: set[frozenset[str]] = set()
+        cuts: list[Cut] = []
+        head: list[int] = []
+        const_nodes: set[int] = set()
+        initializers: set[str] = set()
+        head_flops = 0
+        head_params = 0
+
+        def record() -> None:
+            key = frozenset(live_set)
+            if key in seen or not key or not all(n in self.types for n in key):
+                return
+            seen.add(key)
+            names = [n for n in live if n in live_set]
+            specs = tuple(s for s in (self.spec(n) for n in names) if s is not None)
+            cuts.append(
+                Cut(
+                    id=cut_id(names),
+                    tensors=specs,
+                    bytes_per_sample=sum(tensor_bytes(s.dtype, s.shape) for s in specs),
+                    head_nodes=len(head) + len(const_nodes),
+                    total_nodes=len(self.nodes),
+                    head_flops=head_flops,
+                    total_flops=self.total_flops,
+                    head_params=head_params,
+                    total_params=self.total_params,
+                )
+            )
+
+        record()
+        while ready:
+            # scores change as other nodes run, so rescore the (small) ready set each step
+            _, index = min((self._net_bytes(i, uses), i) for i in ready)
+            ready.discard(index)
+            head.append(index)
+            head_flops += self.flops[index]
+            new_consts, new_inits = self.constant_closure([index])
+            new_consts -= const_nodes
+            new_inits -= initializers
+            const_nodes |= new_consts
+            initializers |= new_inits
+            head_params += sum(self.params.get(n, 0) for n in new_inits)
+            head_params += sum(self.params.get(self.nodes[i].output[0], 0) for i in new_consts if self.nodes[i].output)
+            for name in self.node_inputs[index]:
+                if name in uses:
+                    uses[name] -= 1
+                    if uses[name] == 0:
+                        live_set.discard(name)
+            for name in self.nodes[index].output:
+                if name and uses.get(name, 0) > 0:
+                    live.append(name)
+                    live_set.add(name)
+            for dependent in dependents.get(index, ()):
+                waiting[dependent] -= 1
+                if waiting[dependent] == 0:
+                    ready.add(dependent)
+            if len(live) > 4 * len(live_set) + 64:
+                live = [n for n in live if n in live_set]
+            record()
+        return cuts
+
+    def _net_bytes(self, index: int, uses: dict[str, int]) -> int:
+        added = sum(self._bytes(n) for n in self.nodes[index].output if n and uses.get(n, 0) > 0)
+        freed = sum(self._bytes(n) for n in self.node_inputs[index] if uses.get(n, 0) == 1)
+        return added - freed
+
+    # -- lookup
+
+    def find(self, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:
+        """See ``find_cut``."""
+        return _find_cut(self, cut_id_or_tensor_names)
+
+    def check_cut_names(self, names: Sequence[str]) -> None:
+        if not names:
+            raise CutError("the cut is empty; give at least one tensor name")
+        for name in names:
+            if name in self.subgraph_names:
+                raise CutError(
+                    f"tensor {name!r} is inside the subgraph of control-flow node {self.subgraph_names[name]!r}; "
+                    "If/Loop/Scan are atomic, so cut before or after the node"
+                )
+            if name not in self.producer and name not in self.input_names and name not in self.initializers:
+                raise CutError(f"the model has no tensor {name!r}; `splitinf cuts MODEL` lists the cuts and tensors")
+            if name not in self.dynamic_tensors:
+                raise CutError(
+                    f"tensor {name!r} is a constant (it does not depend on any input); constants never cross "
+                    "a cut, each side computes its own: drop it from the list"
+                )
+
+
+def enumerate_cuts(model: onnx.ModelProto) -> list[Cut]:
+    """The topological-prefix cuts of ``model``, from input (full offload) to output (see module docstring)."""
+    return GraphView(model).enumerate()
+
+
+def find_cut(model: onnx.ModelProto, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:
+    """A cut by its id, or by its tensor names (a sequence, or one string separated by commas).
+
+    Raises CutError for an unknown id, unknown or constant tensors, or tensors that do not separate the graph.
+    """
+    return GraphView(model).find(cut_id_or_tensor_names)
+
+
+def _find_cut(view: GraphView, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:
+    if isinstance(cut_id_or_tensor_names, str):
+        wanted = cut_id_or_tensor_names.strip()
+        cuts = view.enumerate()
+        for cut in cuts:
+            if cut.id == wanted:
+                return cut
+        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        known = set(view.producer) | set(view.input_names)
+        if not names or not all(n in known for n in names):
+            listed = ", ".join(c.id for c in cuts[:6])
+            more = f" (and {len(cuts) - 6} more)" if len(cuts) > 6 else ""
+            raise CutError(
+                f"unknown cut id {wanted!r}; valid ids include {listed}{more}: run `splitinf cuts MODEL` "
+                "for the list, or give comma-separated tensor names"
+            )
+    else:
+        names = list(cut_id_or_tensor_names)
+    names = list(dict.fromkeys(names))
+    view.check_cut_names(names)
+    view.tail_nodes_for(set(names))
+    head = view.head_nodes_for(names)
+    return view.cut_from_sets(names, head)

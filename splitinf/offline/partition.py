@@ -1,0 +1,449 @@
+"""Cut a model into head and tail, verify the pair against the full model, and write it out.
+
+``split_model`` is pure (ModelProto in, ModelProto out). The head takes every graph input
+of the original and outputs exactly the cut tensors; the tail takes exactly the cut
+tensors and outputs every graph output. Each part carries the constants (initializers,
+Constant nodes and constant subgraphs) its own nodes need, so weights never cross the
+cut. Opset imports, IR version, producer, doc string, metadata and local functions are
+kept; both parts also get the metadata ``splitinf.cut`` (the cut id).
+
+``export_partition`` and ``write_to_repository`` are the thin file wrappers: they write
+into a temporary directory beside the destination and rename it into place, so a failure
+leaves nothing behind. A part over 2 GiB is saved with its weights in an external data
+file next to it (``head.onnx.data``/``tail.onnx.data``); the manifest's sha256 covers the
+``.onnx`` file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+
+from splitinf.contract.plan import sha256_file
+from splitinf.errors import CutError, InputError, OutputError, VerificationError
+from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
+from splitinf.ort import SessionSettings, open_session
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "Partition",
+    "VerifyReport",
+    "export_partition",
+    "load_samples",
+    "save_model",
+    "split_model",
+    "verify_partition",
+    "write_to_repository",
+]
+
+MANIFEST_FORMAT = 1
+# head -> tail runs the same kernels as the full model (graph optimisations are off while
+# verifying), so fp32 outputs agree to rounding; anything above this is a wrong partition.
+REL_TOLERANCE = 1e-5
+
+
+@dataclass
+class Partition:
+    cut: Cut
+    head: onnx.ModelProto
+    tail: onnx.ModelProto
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    max_abs_error: float
+    max_rel_error: float  # largest |full - split| over the largest |full|, per output
+    samples: int  # input sets compared (random + user samples)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error, "samples": self.samples}
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def _part(
+    view: GraphView,
+    nodes: set[int],
+    inputs: Sequence[onnx.ValueInfoProto],
+    outputs: Sequence[onnx.ValueInfoProto],
+    suffix: str,
+    cut: Cut,
+) -> onnx.ModelProto:
+    source = view.model
+    # graph outputs that are constants are computed (or stored) by the tail itself
+    const_nodes, initializer_names = view.constant_closure(nodes, [o.name for o in outputs])
+    chosen = sorted(nodes | const_nodes)
+    graph = onnx.GraphProto()
+    graph.name = f"{source.graph.name}_{suffix}" if source.graph.name else suffix
+    graph.doc_string = source.graph.doc_string
+    for index in chosen:
+        if index in view.static_values:
+            static = view.nodes[index]
+            value = onnx.numpy_helper.from_array(view.static_values[index], static.output[0])
+            graph.node.append(
+                onnx.helper.make_node("Constant", [], [static.output[0]], name=static.name or None, value=value)
+            )
+        else:
+            graph.node.append(view.nodes[index])
+    graph.input.extend(inputs)
+    graph.output.extend(outputs)
+    graph.initializer.extend(view.initializers[n] for n in sorted(initializer_names) if n in view.initializers)
+    graph.sparse_initializer.extend(
+        view.sparse_initializers[n] for n in sorted(initializer_names) if n in view.sparse_initializers
+    )
+    known = {o for i in chosen for o in view.nodes[i].output}
+    io_names = {v.name for v in inputs} | {v.name for v in outputs}
+    graph.value_info.extend(v for v in source.graph.value_info if v.name in known and v.name not in io_names)
+    if source.ir_version < 4:
+        # before IR 4 every initializer had to be listed as a graph input too
+        graph.input.extend(
+            onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer
+        )
+
+    model = onnx.ModelProto()
+    model.ir_version = source.ir_version
+    model.opset_import.extend(source.opset_import)
+    model.producer_name = source.producer_name
+    model.producer_version = source.producer_version
+    model.domain = source.domain
+    model.model_version = source.model_version
+    model.doc_string = source.doc_string
+    model.functions.extend(source.functions)
+    model.metadata_props.extend(p for p in source.metadata_props if p.key != "splitinf.cut")
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "splitinf.cut", cut.id
+    model.graph.CopyFrom(graph)
+    return model
+
+
+def _split(view: GraphView, cut: Cut) -> Partition:
+    names = list(cut.names)
+    view.check_cut_names(names)
+    tail_nodes = view.tail_nodes_for(set(names))
+    head_nodes = view.head_nodes_for(names)
+    for index in sorted(head_nodes & tail_nodes):
+        node = view.nodes[index]
+        if node.op_type in NONDETERMINISTIC_OPS:
+            raise CutError(
+                f"{node.op_type} node {node.name or node.output[0]!r} would run on both sides and draw different "
+                f"numbers; add its output {node.output[0]!r} to the cut"
+            )
+    originals = {v.name: v for v in [*view.model.graph.input, *view.model.graph.output, *view.model.graph.value_info]}
+
+    def info(name: str) -> onnx.ValueInfoProto:
+        if name in view.types:
+            return view.value_info(name)
+        return originals[name]
+
+    cut_infos = [info(n) for n in names]
+    head = _part(view, head_nodes, view.inputs, cut_infos, "head", cut)
+    tail = _part(view, tail_nodes, cut_infos, list(view.model.graph.output), "tail", cut)
+    return Partition(cut=cut, head=head, tail=tail)
+
+
+def split_model(model: onnx.ModelProto, cut: Cut) -> Partition:
+    """Head and tail of ``model`` at ``cut`` (pure; CutError when the cut does not fit the model)."""
+    return _split(GraphView(model), cut)
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def _model_bytes(model: onnx.ModelProto) -> int:
+    # each piece is under 2 GiB, so sizing them one by one never overflows
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    return weights + sum(n.ByteSize() for n in model.graph.node)
+
+
+# The same kernels on both sides of the comparison: fusions across the cut would differ.
+_VERIFY_SETTINGS = SessionSettings(graph_optimization="disable")
+
+
+@contextlib.contextmanager
+def _session(model: onnx.ModelProto) -> Iterator[Any]:
+    if _model_bytes(model) < PROTOBUF_LIMIT:
+        yield open_session(model.SerializeToString(), _VERIFY_SETTINGS)
+        return
+    with tempfile.TemporaryDirectory(prefix="splitinf-verify-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(path), save_as_external_data=True, location="model.onnx.data")
+        yield open_session(path, _VERIFY_SETTINGS)
+
+
+def _random_inputs(view: GraphView, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for value in view.inputs:
+        spec = view.spec(value.name)
+        if spec is None:
+            raise InputError(f"input {value.name!r} has no tensor type, so random inputs cannot be made for it")
+        shape = [d if isinstance(d, int) and d >= 0 else (2 if i == 0 else 1) for i, d in enumerate(spec.shape)]
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iu":
+            feeds[value.name] = rng.integers(0, 3, size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[value.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise InputError(f"input {value.name!r} has dtype {spec.dtype}; give sample inputs for it")
+    return feeds
+
+
+def _check_sample(view: GraphView, sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    missing = [n for n in view.input_names if n not in sample]
+    unknown = [n for n in sample if n not in view.input_names]
+    if missing or unknown:
+        raise InputError(
+            f"sample inputs must be named by the model's inputs {view.input_names}; "
+            f"missing {missing}, unknown {unknown}"
+        )
+    feeds = {}
+    for name in view.input_names:
+        spec = view.spec(name)
+        array = np.asarray(sample[name])
+        if spec is not None and array.dtype.name != spec.dtype:
+            raise InputError(f"sample input {name!r} is {array.dtype.name}, the model expects {spec.dtype}")
+        if spec is not None and array.ndim != len(spec.shape):
+            raise InputError(f"sample input {name!r} has shape {array.shape}, the model expects {list(spec.shape)}")
+        feeds[name] = array
+    return feeds
+
+
+def _verify(
+    view: GraphView,
+    partition: Partition,
+    samples: Sequence[Mapping[str, np.ndarray]] | None,
+    n_random: int,
+    seed: int,
+) -> VerifyReport:
+    rng = np.random.default_rng(seed)
+    feeds_list = [_random_inputs(view, rng) for _ in range(n_random)]
+    feeds_list += [_check_sample(view, s) for s in samples or ()]
+    max_abs = 0.0
+    max_rel = 0.0
+    with _session(view.model) as full, _session(partition.head) as head, _session(partition.tail) as tail:
+        output_names = [o.name for o in full.get_outputs()]
+        head_outputs = [o.name for o in head.get_outputs()]
+        head_inputs = {i.name for i in head.get_inputs()}
+        for feeds in feeds_list:
+            expected = dict(zip(output_names, full.run(None, feeds), strict=True))
+            crossing = dict(
+                zip(head_outputs, head.run(None, {k: v for k, v in feeds.items() if k in head_inputs}), strict=True)
+            )
+            got = dict(zip([o.name for o in tail.get_outputs()], tail.run(None, crossing), strict=True))
+            for name in output_names:
+                want, have = np.asarray(expected[name]), np.asarray(got[name])
+                if want.shape != have.shape or want.dtype != have.dtype:
+                    raise VerificationError(
+                        f"output {name!r}: full model gives {want.dtype}{list(want.shape)}, "
+                        f"head -> tail gives {have.dtype}{list(have.shape)}"
+                    )
+                if want.dtype.kind not in "fc":
+                    if not np.array_equal(want, have):
+                        raise VerificationError(f"output {name!r} ({want.dtype}) differs between full and head -> tail")
+                    continue
+                if not np.array_equal(np.isnan(want), np.isnan(have)):
+                    raise VerificationError(f"output {name!r} has NaNs in different places in full and head -> tail")
+                finite = ~np.isnan(want)
+                diff = np.abs(want[finite].astype(np.float64) - have[finite].astype(np.float64))
+                abs_error = float(diff.max()) if diff.size else 0.0
+                scale = float(np.abs(want[finite]).max()) if diff.size else 0.0
+                rel_error = abs_error / scale if scale > 0 else abs_error
+                max_abs = max(max_abs, abs_error)
+                max_rel = max(max_rel, rel_error)
+    report = VerifyReport(max_abs_error=max_abs, max_rel_error=max_rel, samples=len(feeds_list))
+    if max_rel > REL_TOLERANCE:
+        raise VerificationError(
+            f"head -> tail differs from the full model at cut {partition.cut.id!r}: max abs error {max_abs:.3g}, "
+            f"max rel error {max_rel:.3g} (tolerance {REL_TOLERANCE:g})"
+        )
+    return report
+
+
+def verify_partition(
+    model: onnx.ModelProto,
+    partition: Partition,
+    samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+    n_random: int = 4,
+    seed: int = 0,
+) -> VerifyReport:
+    """Run the full model and head -> tail with onnxruntime on ``n_random`` random input sets and on
+    ``samples`` (each a mapping from input name to array); VerificationError beyond float rounding."""
+    return _verify(GraphView(model), partition, samples, n_random, seed)
+
+
+def load_samples(path: str | os.PathLike[str]) -> list[dict[str, np.ndarray]]:
+    """Sample inputs from an .npz (one set, keyed by input name) or a directory of ``INPUT.npy``
+    files (one set) and/or .npz files (one set each). Never unpickles."""
+    source = Path(path)
+
+    def read_npz(file: Path) -> dict[str, np.ndarray]:
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read samples from {file}: {exc}; give an .npz of arrays named by input") from exc
+
+    if source.is_file():
+        return [read_npz(source)]
+    if not source.is_dir():
+        raise InputError(f"samples {source} do not exist; give an .npz file or a directory of .npy/.npz files")
+    sets = [read_npz(f) for f in sorted(source.glob("*.npz"))]
+    arrays = {}
+    for file in sorted(source.glob("*.npy")):
+        try:
+            arrays[file.stem] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read sample {file}: {exc}") from exc
+    if arrays:
+        sets.append(arrays)
+    if not sets:
+        raise InputError(f"{source} holds no .npy or .npz files; name them after the model's inputs")
+    return sets
+
+
+# ----------------------------------------------------------------------------- write
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> str:
+    """Write ``model`` to ``path`` (making its folder; over 2 GiB with its weights in ``path.data``)
+    and return the sha256 of the ``.onnx`` file, the hash manifests and plans record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _model_bytes(model) >= PROTOBUF_LIMIT:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(
+            copy,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
+    else:
+        path.write_bytes(model.SerializeToString())
+    return sha256_file(path)
+
+
+@contextlib.contextmanager
+def _atomic_dir(target: Path, ours: Sequence[str] = ("manifest.json",)) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target``.
+
+    An existing ``target`` is replaced only when it is empty or holds one of the files ``ours``
+    (an earlier output of ours); anything else is left alone."""
+    parent = target.parent
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{target} exists and is not a directory; choose another output directory")
+    if target.is_dir() and any(target.iterdir()) and not any((target / f).is_file() for f in ours):
+        raise OutputError(
+            f"{target} exists and holds files that splitinf did not write; choose a new or empty directory"
+        )
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write into {parent}: {exc.strerror or exc}; choose a writable directory") from exc
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            os.replace(target, old / "previous")
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}; choose a writable directory") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _manifest(
+    source_name: str, source_sha256: str, partition: Partition, head_sha: str, tail_sha: str
+) -> dict[str, Any]:
+    cut = partition.cut
+    return {
+        "format": MANIFEST_FORMAT,
+        "source": {"name": source_name, "sha256": source_sha256},
+        "cut": {"id": cut.id, "tensors": [t.to_json() for t in cut.tensors], "bytes": cut.bytes_per_sample},
+        "codec": "fp32",
+        "opset": [{"domain": o.domain, "version": o.version} for o in partition.head.opset_import],
+        "ir_version": partition.head.ir_version,
+        "parts": {
+            "head": {"file": "head.onnx", "sha256": head_sha},
+            "tail": {"file": "tail.onnx", "sha256": tail_sha},
+        },
+    }
+
+
+def export_partition(
+    model_path: str | os.PathLike[str],
+    cut_id: str | Sequence[str],
+    outdir: str | os.PathLike[str],
+    verify: bool = False,
+    samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Write ``OUTDIR/head.onnx``, ``tail.onnx`` and ``manifest.json`` for a cut (id or tensor names).
+
+    With ``verify``, checks head -> tail against the full model first (VerificationError) and
+    records the errors under ``manifest["verify"]``. Returns the manifest.
+    """
+    path = Path(model_path)
+    model = load_model(path)
+    view = GraphView(model)
+    cut = view.find(cut_id)
+    partition = _split(view, cut)
+    report = _verify(view, partition, samples, 4, 0) if verify or samples else None
+    target = Path(outdir)
+    with _atomic_dir(target) as tmp:
+        part_sha256 = {}
+        for part_name, part in (("head", partition.head), ("tail", partition.tail)):
+            part_sha256[part_name] = save_model(part, tmp / f"{part_name}.onnx")
+            try:
+                # the path form checks parts of any size, external data included
+                onnx.checker.check_model(str(tmp / f"{part_name}.onnx"))
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+                raise VerificationError(f"the {part_name} at cut {cut.id!r} fails onnx.checker: {exc}") from exc
+        manifest = _manifest(path.name, sha256_file(path), partition, part_sha256["head"], part_sha256["tail"])
+        if report is not None:
+            manifest["verify"] = report.to_json()
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def write_to_repository(
+    model: onnx.ModelProto,
+    repo_dir: str | os.PathLike[str],
+    name: str,
+    version: str = "1",
+    manifest: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``REPO/NAME/VERSION/model.onnx`` (a Triton-layout model repository) atomically, with
+    ``manifest.json`` beside it when given; the manifest's ``parts.tail`` then names ``model.onnx``
+    and its sha256. Returns the path of model.onnx."""
+    if not name or "/" in name or name in (".", ".."):
+        raise OutputError(f"model name {name!r} is not a plain directory name; choose one like 'resnet_tail'")
+    target = Path(repo_dir) / name / str(version)
+    with _atomic_dir(target, ours=("model.onnx", "manifest.json")) as tmp:
+        model_sha256 = save_model(model, tmp / "model.onnx")
+        if manifest is not None:
+            manifest = json.loads(json.dumps(manifest))
+            manifest.setdefault("parts", {})["tail"] = {"file": "model.onnx", "sha256": model_sha256}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return target / "model.onnx"

@@ -1,0 +1,357 @@
+"""Measure how long a model's heads and tails take on this machine, and write a profile.
+
+``splitinf profile`` runs this on each machine (the device for the heads, the server for the
+tails). Each candidate head and tail is timed as the runtime runs it: its own onnxruntime
+session with the same session settings and thread count (:mod:`splitinf.ort`), with
+warm-up runs and then repeats summarised by median and p90, in two or more separate passes
+over everything of which each item keeps its quietest (other load comes in bursts). Heads are timed with their codec
+applied (the Cast/QuantizeLinear is part of the head), tails likewise. ``serialize`` is the
+client's work to build and serialise the V2 request, ``deserialize`` the server's to parse it.
+
+Profile JSON (format 1)::
+
+    {"format": 1, "kind": "splitinf-profile",
+     "model": {"name": "m", "sha256": "..."},
+     "machine": {"platform": ..., "cpu_count": 4, "cpu_model": ...},
+     "onnxruntime": {"version": "1.31.0", "providers": ["CPUExecutionProvider"], "threads": 4},
+     "settings": {"repeats": 20, "warmup": 3, "passes": 2, "codecs": ["fp32", "fp16", "int8"]},
+     "model_seconds": {"median": ..., "p90": ..., "min": ..., "repeats": 20},
+     "cuts": [{"id": "c3", "bytes": 2048,
+               "codecs": {"fp16": {"head": <timing>, "tail": <timing>, "serialize": <timing>,
+                                   "deserialize": <timing>, "wire_bytes": 1024}}}, ...],
+     "fallback": {"name": "small", "sha256": "...", "seconds": <timing>}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from splitinf.errors import PlanError
+from splitinf.ort import SessionSettings, open_session
+
+__all__ = [
+    "PROFILE_FORMAT",
+    "ProgressBar",
+    "Timing",
+    "load_profile",
+    "machine_info",
+    "make_session",
+    "profile_file",
+    "profile_model",
+    "random_inputs",
+    "time_callable",
+]
+
+PROFILE_FORMAT = 1
+
+
+def make_session(model: onnx.ModelProto | bytes | str, threads: int | None = None) -> ort.InferenceSession:
+    """A session with the settings the side that runs the part uses (see ``splitinf.ort``)."""
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return open_session(data, SessionSettings().with_threads(threads))
+
+
+@dataclass(frozen=True)
+class Timing:
+    median: float
+    p90: float
+    min: float
+    repeats: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"median": self.median, "p90": self.p90, "min": self.min, "repeats": self.repeats}
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Timing:
+        return cls(
+            median=float(statistics.median(seconds)),
+            p90=float(np.percentile(seconds, 90)),
+            min=float(min(seconds)),
+            repeats=len(seconds),
+        )
+
+
+def time_callable(
+    fn: Callable[[], object], *, repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed."""
+    if repeats < 1:
+        raise PlanError(f"--repeats must be at least 1, got {repeats}")
+    for _ in range(max(warmup, 0)):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        seconds.append(clock() - start)
+    return Timing.of(seconds)
+
+
+_NUMPY_OF_ONNX = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def random_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+    """A sample for the session's inputs: symbolic dims are 1, floats standard normal, integers 0."""
+    rng = np.random.default_rng(seed)
+    feed: dict[str, np.ndarray] = {}
+    for spec in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        dtype = _NUMPY_OF_ONNX.get(spec.type)
+        if dtype is None:
+            raise PlanError(f"input {spec.name!r} has type {spec.type}, which splitinf cannot make samples for")
+        if np.issubdtype(dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feed[spec.name] = np.zeros(shape, dtype=dtype)
+    return feed
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+    }
+
+
+class ProgressBar:
+    """A one-line progress bar on a stream (stderr); silent when not enabled."""
+
+    def __init__(self, total: int, *, enabled: bool, stream: IO[str] | None = None, width: int = 30) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        filled = self.width * self.done // self.total
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[:40]:<40}")
+        if self.done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _serialize(values: Mapping[str, np.ndarray]) -> bytes:
+    """What the device's client does per request: build the V2 request, and gRPC serialises it."""
+    from splitinf.protocol import grpc_service_pb2 as pb
+    from splitinf.protocol.tensors import encode_request
+
+    return encode_request(pb.ModelInferRequest(model_name="m"), values).SerializeToString()
+
+
+def _deserialize(data: bytes) -> int:
+    """What the server does per request before running the tail: parse it and view the tensors."""
+    from splitinf.protocol import grpc_service_pb2 as pb
+    from splitinf.protocol.tensors import decode_request_inputs
+
+    request = pb.ModelInferRequest()
+    request.ParseFromString(data)
+    return len(decode_request_inputs(request))
+
+
+def _quietest(timings: Sequence[Timing]) -> Timing:
+    """Of one item's per-pass timings, the pass with the least median: the one least disturbed by
+    other load on the machine (bursts of it last seconds, so a whole pass can fall inside one)."""
+    return min(timings, key=lambda t: t.median)
+
+
+def profile_model(
+    model: onnx.ModelProto,
+    *,
+    name: str,
+    sha256: str,
+    threads: int | None = None,
+    cut_ids: Sequence[str] | None = None,
+    codecs: Sequence[str] = ("fp32", "fp16", "int8"),
+    repeats: int = 20,
+    warmup: int = 3,
+    passes: int = 2,
+    fallback: tuple[onnx.ModelProto, str, str] | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time the full model, each cut's head and tail per codec (and the fallback); return the profile.
+
+    Everything is timed in ``passes`` separate sweeps; each item keeps its quietest pass.
+    """
+    from splitinf.offline.codecs import calibrate, encode, parse_codecs
+    from splitinf.offline.graph import enumerate_cuts, find_cut
+    from splitinf.offline.partition import split_model
+
+    if passes < 1:
+        raise PlanError(f"passes must be at least 1, got {passes}")
+    codecs = parse_codecs(codecs)
+    cuts = enumerate_cuts(model) if not cut_ids else [find_cut(model, c) for c in cut_ids]
+    bar = ProgressBar(passes * (1 + len(cuts) * len(codecs) + (1 if fallback else 0)), enabled=progress)
+    timings: dict[tuple[str, ...], list[Timing]] = {}
+    wire_bytes: dict[tuple[str, str], int] = {}
+
+    def timed(key: tuple[str, ...], fn: Callable[[], object]) -> None:
+        timings.setdefault(key, []).append(time_callable(fn, repeats=repeats, warmup=warmup))
+
+    providers: list[str] = []
+    for _ in range(passes):
+        full = make_session(model, threads)
+        providers = full.get_providers()
+        sample = random_inputs(full, seed)
+        timed(("model",), partial(full.run, None, sample))
+        del full
+        bar.step("full model")
+        for cut in cuts:
+            partition = split_model(model, cut)
+            for codec in codecs:
+                # Timing does not depend on the scale's value, so one sample calibrates well enough here.
+                quant = calibrate(partition, [sample], codec, threads) if codec in ("int8", "uint8") else None
+                encoded = encode(partition, codec, quant)
+                head = make_session(encoded.head, threads)
+                tail = make_session(encoded.tail, threads)
+                head_feed = {i.name: sample[i.name] for i in head.get_inputs()}
+                head_names = [o.name for o in head.get_outputs()]
+                wire = dict(zip(head_names, head.run(head_names, head_feed), strict=True))
+                tail_feed = {i.name: wire[i.name] for i in tail.get_inputs()}
+                timed((cut.id, codec, "head"), partial(head.run, None, head_feed))
+                timed((cut.id, codec, "tail"), partial(tail.run, None, tail_feed))
+                timed((cut.id, codec, "serialize"), partial(_serialize, wire))
+                timed((cut.id, codec, "deserialize"), partial(_deserialize, _serialize(wire)))
+                wire_bytes[(cut.id, codec)] = int(sum(np.asarray(v).nbytes for v in wire.values()))
+                del head, tail
+                bar.step(f"cut {cut.id} {codec}")
+        if fallback is not None:
+            small = make_session(fallback[0], threads)
+            timed(("fallback",), partial(small.run, None, random_inputs(small, seed)))
+            bar.step("fallback")
+
+    def best(*key: str) -> dict[str, Any]:
+        return _quietest(timings[key]).to_json()
+
+    profile: dict[str, Any] = {
+        "format": PROFILE_FORMAT,
+        "kind": "splitinf-profile",
+        "model": {"name": name, "sha256": sha256},
+        "machine": machine_info(),
+        "onnxruntime": {"version": ort.__version__, "providers": providers, "threads": threads or 0},
+        "settings": {"repeats": repeats, "warmup": warmup, "passes": passes, "codecs": list(codecs)},
+        "model_seconds": best("model"),
+        "cuts": [
+            {
+                "id": cut.id,
+                "bytes": int(cut.bytes_per_sample),
+                "codecs": {
+                    codec: {
+                        "head": best(cut.id, codec, "head"),
+                        "tail": best(cut.id, codec, "tail"),
+                        "serialize": best(cut.id, codec, "serialize"),
+                        "deserialize": best(cut.id, codec, "deserialize"),
+                        "wire_bytes": wire_bytes[(cut.id, codec)],
+                    }
+                    for codec in codecs
+                },
+            }
+            for cut in cuts
+        ],
+    }
+    if fallback is not None:
+        profile["fallback"] = {"name": fallback[1], "sha256": fallback[2], "seconds": best("fallback")}
+    return profile
+
+
+def profile_file(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    threads: int | None = 1,
+    cut_ids: Sequence[str] | None = None,
+    codecs: str | Sequence[str] = ("fp32", "fp16", "int8"),
+    repeats: int = 20,
+    warmup: int = 3,
+    passes: int = 2,
+    fallback: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Profile the model file (and the fallback file) and write the profile JSON; the file wrapper."""
+    from splitinf.contract.plan import sha256_file, write_json_atomic
+    from splitinf.offline.graph import load_model
+
+    if (threads is not None and threads < 0) or repeats < 1 or warmup < 0:
+        raise PlanError("threads must be >= 0, repeats >= 1 and warmup >= 0")
+    target = Path(output)
+    if not target.parent.is_dir():
+        raise PlanError(f"the directory of {target} does not exist; create it or choose another output")
+    small = None
+    if fallback is not None:
+        small = (load_model(fallback), Path(fallback).stem, sha256_file(fallback))
+    profile = profile_model(
+        load_model(model),
+        name=Path(model).stem,
+        sha256=sha256_file(model),
+        threads=threads,
+        cut_ids=cut_ids,
+        codecs=codecs,
+        repeats=repeats,
+        warmup=warmup,
+        passes=passes,
+        fallback=small,
+        progress=progress,
+    )
+    write_json_atomic(target, profile)
+    return profile
+
+
+def load_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a profile written by ``splitinf profile``; a PlanError names what is wrong."""
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError as exc:
+        raise PlanError(f"profile {file} does not exist; write it with `splitinf profile MODEL -o {file}`") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"profile {file} is not readable JSON ({exc}); re-run `splitinf profile`") from exc
+    if not isinstance(data, dict) or data.get("kind") != "splitinf-profile":
+        raise PlanError(f"{file} is not a splitinf profile; write one with `splitinf profile`")
+    if data.get("format") != PROFILE_FORMAT:
+        raise PlanError(f"profile {file} has format {data.get('format')!r}, expected {PROFILE_FORMAT}; re-profile")
+    for key in ("model", "cuts", "model_seconds"):
+        if key not in data:
+            raise PlanError(f"profile {file} lacks {key!r}; re-run `splitinf profile`")
+    return data

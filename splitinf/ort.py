@@ -1,0 +1,97 @@
+"""The one place splitinf builds onnxruntime sessions and their options.
+
+The device runtime, the tail server, the profiler and the verifier all open sessions here, so
+a profile is timed with exactly the settings the side that runs the part will use: a
+:class:`SessionSettings` names them, and ``session_options`` turns it into onnxruntime's options.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import onnxruntime as ort
+
+from splitinf.errors import ConfigError, ModelLoadError
+
+__all__ = [
+    "DEFAULT_PROVIDERS",
+    "GRAPH_OPTIMIZATIONS",
+    "SessionSettings",
+    "check_providers",
+    "open_session",
+    "session_options",
+]
+
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+GRAPH_OPTIMIZATIONS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How a session runs: threads (0 is onnxruntime's default), graph optimization, spinning, providers.
+
+    ``spinning`` False keeps idle pool threads off the cores: on a small machine spinning takes the
+    cores gRPC needs to move the next request's bytes, so the server and the device run without it.
+    """
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    graph_optimization: GraphOptimization = "all"
+    spinning: bool = False
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+
+    def with_threads(self, threads: int | None) -> SessionSettings:
+        """The same settings with ``threads`` intra-op threads and one inter-op thread (None or 0: default)."""
+        if not threads:
+            return self
+        return replace(self, intra_op_threads=threads, inter_op_threads=1)
+
+
+def session_options(settings: SessionSettings | None = None) -> ort.SessionOptions:
+    settings = settings or SessionSettings()
+    if settings.graph_optimization not in GRAPH_OPTIMIZATIONS:
+        raise ConfigError(
+            f"graph_optimization {settings.graph_optimization!r} is not one of {sorted(GRAPH_OPTIMIZATIONS)}"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = GRAPH_OPTIMIZATIONS[settings.graph_optimization]
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    spin = "1" if settings.spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
+
+
+def check_providers(providers: Sequence[str]) -> tuple[str, ...]:
+    available = set(ort.get_available_providers())
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise ConfigError(f"onnxruntime providers {missing} are not available here; available: {sorted(available)}")
+    return tuple(providers)
+
+
+def open_session(
+    source: bytes | str | os.PathLike[str], settings: SessionSettings | None = None
+) -> ort.InferenceSession:
+    """A session for a serialized model or a model file (a file's external data resolves beside it)."""
+    settings = settings or SessionSettings()
+    data = str(source) if isinstance(source, (str, os.PathLike)) else source
+    try:
+        return ort.InferenceSession(data, session_options(settings), providers=list(settings.providers))
+    except Exception as exc:  # onnxruntime raises its own pybind classes; name the file and the cause
+        where = Path(data) if isinstance(data, str) else "the model"
+        raise ModelLoadError(f"onnxruntime cannot load {where}: {str(exc).strip().splitlines()[-1]}") from exc

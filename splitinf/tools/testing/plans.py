@@ -1,0 +1,141 @@
+"""Plan directories written by hand, for tests of the device runtime and of whole systems.
+
+``splitinf plan`` measures profiles and calibrates codecs; a test that is about the
+runtime, the policy or the network wants a plan whose costs it chooses itself.
+``write_plan_dir`` splits a model at the given cuts (fp32), writes the heads, the
+tails (as a V2 model repository under ``server/``), the fallback and optionally the
+full model, and a ``plan.json`` in the layout ``splitinf.contract.plan`` documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from splitinf.contract.plan import Option, Plan, write_json_atomic
+from splitinf.offline.graph import find_cut
+from splitinf.offline.partition import save_model, split_model
+from splitinf.offline.planner import io_specs, option_names
+from splitinf.ort import open_session
+from splitinf.tools.testing.graphs import mlp
+
+__all__ = ["MLP_CUTS", "MLP_FALLBACK", "MLP_FULL", "run_mlp", "write_mlp_plan_dir", "write_plan_dir"]
+
+
+def write_plan_dir(
+    root: Path,
+    model: onnx.ModelProto,
+    fallback: onnx.ModelProto,
+    cuts: Mapping[str, tuple[float, float]],
+    *,
+    name: str = "model",
+    accuracy: float = 0.95,
+    fallback_accuracy: float = 0.8,
+    fallback_seconds: float = 0.001,
+    local_seconds: float | None = None,
+    served_tails: Mapping[str, onnx.ModelProto] | None = None,
+) -> Plan:
+    """Write a plan directory at ``root`` and return the plan.
+
+    ``cuts`` maps a cut (an id or tensor names, as ``splitinf.offline.graph.find_cut`` takes) to the
+    (head_seconds, tail_seconds) the plan declares for it. ``local_seconds`` adds the full model
+    as the local option. ``served_tails`` deploys another model in place of a cut's tail while
+    the plan keeps the true tail's sha256: a server holding a tail from another partition.
+    """
+    options: list[Option] = []
+    for cut_name, (head_seconds, tail_seconds) in cuts.items():
+        cut = find_cut(model, cut_name)
+        part = split_model(model, cut)
+        option_id, head_rel, tail_name = option_names(name, cut.id, "fp32")
+        tail_path = root / "server" / tail_name / "1" / "model.onnx"
+        head_sha = save_model(part.head, root / head_rel)
+        tail_sha = save_model(part.tail, tail_path)
+        if served_tails and cut_name in served_tails:
+            save_model(served_tails[cut_name], tail_path)
+        options.append(
+            Option(
+                id=option_id,
+                kind="split",
+                accuracy=accuracy,
+                cut_id=cut.id,
+                codec="fp32",
+                head=head_rel,
+                head_sha256=head_sha,
+                tail_model=tail_name,
+                tail_sha256=tail_sha,
+                wire=cut.tensors,
+                bytes=cut.bytes_per_sample,
+                head_seconds=head_seconds,
+                tail_seconds=tail_seconds,
+            )
+        )
+    if local_seconds is not None:
+        sha = save_model(model, root / "device" / "local.onnx")
+        options.append(
+            Option(
+                id="local",
+                kind="local",
+                accuracy=accuracy,
+                model="device/local.onnx",
+                sha256=sha,
+                seconds=local_seconds,
+            )
+        )
+    sha = save_model(fallback, root / "device" / "fallback.onnx")
+    options.append(
+        Option(
+            id="fallback",
+            kind="fallback",
+            accuracy=fallback_accuracy,
+            model="device/fallback.onnx",
+            sha256=sha,
+            seconds=fallback_seconds,
+        )
+    )
+    source_sha = save_model(model, root / "source" / "model.onnx")
+    inputs, outputs = io_specs(model)
+    plan = Plan(name, source_sha, inputs, outputs, tuple(options))
+    write_json_atomic(root / "plan.json", plan.to_json())
+    return plan
+
+
+MLP_FULL = mlp(batch=1, seed=0)
+MLP_FALLBACK = mlp(batch=1, seed=7, sizes=(16, 8, 4))
+MLP_CUTS = ("x", "relu_0", "relu_1")  # full offload, early, late
+
+
+def write_mlp_plan_dir(
+    root: Path,
+    cuts: Sequence[str] = MLP_CUTS,
+    *,
+    local: bool = True,
+    served_tails: dict[str, onnx.ModelProto] | None = None,
+    accuracy: float = 0.95,
+) -> Path:
+    """A plan of MLP_FULL at ``cuts`` with MLP_FALLBACK (and MLP_FULL as the local option unless ``local`` is False).
+
+    ``served_tails`` replaces the tail deployed for a cut id (the plan keeps the true tail's
+    sha256), to build a server that holds a tail from another partition.
+    """
+    write_plan_dir(
+        root,
+        MLP_FULL,
+        MLP_FALLBACK,
+        dict.fromkeys(cuts, (0.0001, 0.0001)),
+        name="mlp",
+        accuracy=accuracy,
+        fallback_accuracy=0.80,
+        fallback_seconds=0.001,
+        local_seconds=5 if local else None,
+        served_tails=served_tails,
+    )
+    return root
+
+
+def run_mlp(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """``y`` of an MLP from ``splitinf.tools.testing.graphs.mlp`` for input ``x``."""
+    session = open_session(model.SerializeToString())
+    return np.asarray(session.run(["y"], {"x": x})[0])
