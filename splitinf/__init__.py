@@ -6,4 +6,4 @@ import os
 # directory). A device framework keeps that off unless the user sets the variable themselves.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
