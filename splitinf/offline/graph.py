@@ -51,7 +51,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from splitinf.contract.plan import TensorSpec
-from splitinf.errors import CutError, ModelLoadError
+from splitinf.errors import CutError, InputError, ModelLoadError
 
 __all__ = [
     "Cut",
@@ -435,6 +435,16 @@ class GraphView:
         spec = None if known is None else TensorSpec(name=name, dtype=_dtype_name(known[0]), shape=known[1])
         self._specs[name] = spec
         return spec
+
+    def input_specs(self) -> list[TensorSpec]:
+        """The graph inputs' specs; InputError for an input without a tensor type."""
+        specs = []
+        for value in self.inputs:
+            spec = self.spec(value.name)
+            if spec is None:
+                raise InputError(f"input {value.name!r} has no tensor type; splitinf handles tensor inputs only")
+            specs.append(spec)
+        return specs
 
     def value_info(self, name: str) -> onnx.ValueInfoProto:
         elem_type, shape = self.types[name]
