@@ -34,6 +34,7 @@ from splitinf.contract.plan import sha256_file
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
 from splitinf.offline.inputs import random_inputs
+from splitinf.offline.samples import read_samples
 from splitinf.ort import SessionSettings, open_session
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "Partition",
     "VerifyReport",
     "export_partition",
-    "load_samples",
     "save_model",
     "split_model",
     "verify_partition",
@@ -270,36 +270,6 @@ def verify_partition(
     return _verify(GraphView(model), partition, samples, n_random, seed)
 
 
-def load_samples(path: str | os.PathLike[str]) -> list[dict[str, np.ndarray]]:
-    """Sample inputs from an .npz (one set, keyed by input name) or a directory of ``INPUT.npy``
-    files (one set) and/or .npz files (one set each). Never unpickles."""
-    source = Path(path)
-
-    def read_npz(file: Path) -> dict[str, np.ndarray]:
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read samples from {file}: {exc}; give an .npz of arrays named by input") from exc
-
-    if source.is_file():
-        return [read_npz(source)]
-    if not source.is_dir():
-        raise InputError(f"samples {source} do not exist; give an .npz file or a directory of .npy/.npz files")
-    sets = [read_npz(f) for f in sorted(source.glob("*.npz"))]
-    arrays = {}
-    for file in sorted(source.glob("*.npy")):
-        try:
-            arrays[file.stem] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read sample {file}: {exc}") from exc
-    if arrays:
-        sets.append(arrays)
-    if not sets:
-        raise InputError(f"{source} holds no .npy or .npz files; name them after the model's inputs")
-    return sets
-
-
 # ----------------------------------------------------------------------------- write
 
 
@@ -381,16 +351,19 @@ def export_partition(
     cut_id: str | Sequence[str],
     outdir: str | os.PathLike[str],
     verify: bool = False,
-    samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+    samples: Sequence[Mapping[str, np.ndarray]] | str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``OUTDIR/head.onnx``, ``tail.onnx`` and ``manifest.json`` for a cut (id or tensor names).
 
-    With ``verify``, checks head -> tail against the full model first (VerificationError) and
-    records the errors under ``manifest["verify"]``. Returns the manifest.
+    With ``verify`` or ``samples`` (input sets, or a path :func:`splitinf.offline.samples.read_samples`
+    reads), checks head -> tail against the full model first (VerificationError) and records the
+    errors under ``manifest["verify"]``. Returns the manifest.
     """
     path = Path(model_path)
     model = load_model(path)
     view = GraphView(model)
+    if isinstance(samples, (str, os.PathLike)):
+        samples, _ = read_samples(samples, view.input_specs())
     cut = view.find(cut_id)
     partition = _split(view, cut)
     report = _verify(view, partition, samples, 4, 0) if verify or samples else None
