@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from splitinf.contract.plan import TensorSpec
 from splitinf.errors import PlanError
 from splitinf.offline.graph import Cut, tensor_bytes
+from splitinf.offline.sessions import make_session
 
 __all__ = [
     "CODECS",
@@ -229,8 +230,6 @@ def calibrate(
     if codec not in QUANTIZED:
         raise PlanError(f"calibration is for {' and '.join(QUANTIZED)}, not {codec!r}")
     _check_samples(samples, "calibration")
-    from splitinf.offline.profiling import make_session
-
     floats = [t.name for t in partition.cut.tensors if t.dtype == "float32"]
     if not floats:
         return {}
@@ -271,8 +270,6 @@ def run_encoded(
     encoded: Encoded, samples: Sequence[Sample], threads: int | None = 1
 ) -> tuple[list[dict[str, np.ndarray]], int]:
     """Run head -> wire -> tail on each sample; return the outputs and the wire bytes of the first sample."""
-    from splitinf.offline.profiling import make_session
-
     head = make_session(encoded.head, threads=threads)
     tail = make_session(encoded.tail, threads=threads)
     head_outputs = [o.name for o in head.get_outputs()]
@@ -291,8 +288,6 @@ def run_encoded(
 def run_model(
     model: onnx.ModelProto, samples: Sequence[Sample], threads: int | None = 1
 ) -> list[dict[str, np.ndarray]]:
-    from splitinf.offline.profiling import make_session
-
     session = make_session(model, threads=threads)
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, session.run(names, _feed(session, s)), strict=True)) for s in samples]

@@ -32,8 +32,9 @@ from input to output: the first cut is the graph inputs (full offload), the last
 outputs (everything on the device). That is at most ``nodes + 1`` cuts, found in
 ``O(nodes x live-set width)``.
 
-Sizes: ``bytes_per_sample`` counts symbolic dimensions (the batch) as 1. Tensors whose
-element type or rank shape inference cannot find are never offered as cut tensors.
+Sizes: ``bytes_per_sample`` counts symbolic dimensions (the batch) as 1 and a zero-sized
+dimension as 0 (:func:`tensor_bytes`). Tensors whose element type or rank shape inference
+cannot find are never offered as cut tensors.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ __all__ = [
     "tensor_bytes",
 ]
 
-CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 # Nodes without dynamic inputs that must still run exactly once (duplicating them would
 # draw different numbers on each side).
 NONDETERMINISTIC_OPS = frozenset(

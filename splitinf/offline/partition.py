@@ -265,8 +265,9 @@ def verify_partition(
     n_random: int = 4,
     seed: int = 0,
 ) -> VerifyReport:
-    """Run the full model and head -> tail with onnxruntime on ``n_random`` random input sets and on
-    ``samples`` (each a mapping from input name to array); VerificationError beyond float rounding."""
+    """Run the full model and head -> tail with onnxruntime on ``n_random`` random input sets (batch 2,
+    small integers: :func:`splitinf.offline.inputs.random_inputs`) and on ``samples`` (each a mapping
+    from input name to array); VerificationError beyond float rounding."""
     return _verify(GraphView(model), partition, samples, n_random, seed)
 
 
