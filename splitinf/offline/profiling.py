@@ -7,11 +7,13 @@ onnxruntime session with splitinf's default settings and ``threads`` intra-op th
 equals ``threads``. The tail server runs tails with its own settings (thread counts, graph
 optimization, providers), may batch requests and serves several devices at once: give
 ``threads`` the server's intra-op thread count, and read a tail's time as one request's on an
-idle server (the server reports its real compute time in each response). Timings are warm-up runs, then repeats
-summarised by median and p90, in two or more separate passes over everything of which each item
-keeps its quietest (other load comes in bursts). Heads are timed with their codec applied (the
-Cast/QuantizeLinear is part of the head), tails likewise. ``serialize`` is the client's work to
-build and serialise the V2 request, ``deserialize`` the server's to parse it.
+idle server (the server reports its real compute time in each response).
+
+Each item gets warm-up runs, then repeats summarised by median and p90, in two or more separate
+passes over everything; it keeps its quietest pass (other load comes in bursts). Heads are timed
+with their codec applied (the Cast/QuantizeLinear is part of the head), tails likewise.
+``serialize`` is the client's work to build and serialise the V2 request, ``deserialize`` the
+server's to parse it.
 
 Profile JSON (format 1)::
 
