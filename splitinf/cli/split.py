@@ -3,7 +3,8 @@
 Writes ``OUTDIR/head.onnx``, ``OUTDIR/tail.onnx`` and ``OUTDIR/manifest.json`` atomically.
 ``--cut`` takes a cut id from ``splitinf cuts`` or comma-separated tensor names.
 ``--verify`` compares head -> tail with the full model in onnxruntime on random inputs
-(and on ``--samples``: an .npz keyed by input name, or a directory of INPUT.npy / .npz files).
+(and on ``--samples``: an .npz keyed by input name, or a directory of INPUT.npy / .npz files, with
+samples along each array's first axis; see :mod:`splitinf.offline.samples`).
 ``--repo REPO --name NAME`` also writes the tail as ``REPO/NAME/1/model.onnx`` with the manifest beside it.
 """
 
@@ -37,10 +38,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--repo and --name go together: give both to write the tail into a model repository")
     import onnx
 
-    from splitinf.offline.partition import export_partition, load_samples, write_to_repository
+    from splitinf.offline.partition import export_partition, write_to_repository
 
-    samples = load_samples(args.samples) if args.samples else None
-    manifest = export_partition(args.model, args.cut, args.output, verify=args.verify, samples=samples)
+    manifest = export_partition(args.model, args.cut, args.output, verify=args.verify, samples=args.samples)
     cut = manifest["cut"]
     names = ", ".join(t["name"] for t in cut["tensors"])
     print(f"cut {cut['id']}: {names} ({cut['bytes']} bytes/sample)")

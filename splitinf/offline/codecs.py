@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -27,9 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from splitinf.contract.plan import TensorSpec
 from splitinf.errors import PlanError
-
-if TYPE_CHECKING:
-    from splitinf.offline.graph import Cut
+from splitinf.offline.graph import Cut, tensor_bytes
+from splitinf.offline.sessions import make_session
 
 __all__ = [
     "CODECS",
@@ -41,7 +40,6 @@ __all__ = [
     "fidelity",
     "parse_codecs",
     "run_encoded",
-    "spec_bytes",
 ]
 
 CODECS = ("fp32", "fp16", "int8", "uint8")
@@ -85,7 +83,7 @@ class Encoded:
 
     @property
     def bytes_per_sample(self) -> int:
-        return sum(spec_bytes(t) for t in self.wire)
+        return sum(tensor_bytes(t.dtype, t.shape) for t in self.wire)
 
 
 def parse_codecs(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -95,14 +93,6 @@ def parse_codecs(text: str | Sequence[str]) -> tuple[str, ...]:
     if unknown or not names:
         raise PlanError(f"unknown codec(s) {unknown or names!r}; choose from {', '.join(CODECS)}")
     return tuple(dict.fromkeys(names))
-
-
-def spec_bytes(spec: TensorSpec) -> int:
-    """Bytes of one sample of a tensor: symbolic (batch) dims count as 1."""
-    count = 1
-    for dim in spec.shape:
-        count *= dim if isinstance(dim, int) and dim > 0 else 1
-    return count * np.dtype(spec.dtype).itemsize
 
 
 def _fresh_name(base: str, taken: set[str]) -> str:
@@ -240,8 +230,6 @@ def calibrate(
     if codec not in QUANTIZED:
         raise PlanError(f"calibration is for {' and '.join(QUANTIZED)}, not {codec!r}")
     _check_samples(samples, "calibration")
-    from splitinf.offline.profiling import make_session
-
     floats = [t.name for t in partition.cut.tensors if t.dtype == "float32"]
     if not floats:
         return {}
@@ -282,8 +270,6 @@ def run_encoded(
     encoded: Encoded, samples: Sequence[Sample], threads: int | None = 1
 ) -> tuple[list[dict[str, np.ndarray]], int]:
     """Run head -> wire -> tail on each sample; return the outputs and the wire bytes of the first sample."""
-    from splitinf.offline.profiling import make_session
-
     head = make_session(encoded.head, threads=threads)
     tail = make_session(encoded.tail, threads=threads)
     head_outputs = [o.name for o in head.get_outputs()]
@@ -302,8 +288,6 @@ def run_encoded(
 def run_model(
     model: onnx.ModelProto, samples: Sequence[Sample], threads: int | None = 1
 ) -> list[dict[str, np.ndarray]]:
-    from splitinf.offline.profiling import make_session
-
     session = make_session(model, threads=threads)
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, session.run(names, _feed(session, s)), strict=True)) for s in samples]

@@ -32,8 +32,9 @@ from input to output: the first cut is the graph inputs (full offload), the last
 outputs (everything on the device). That is at most ``nodes + 1`` cuts, found in
 ``O(nodes x live-set width)``.
 
-Sizes: ``bytes_per_sample`` counts symbolic dimensions (the batch) as 1. Tensors whose
-element type or rank shape inference cannot find are never offered as cut tensors.
+Sizes: ``bytes_per_sample`` counts symbolic dimensions (the batch) as 1 and a zero-sized
+dimension as 0 (:func:`tensor_bytes`). Tensors whose element type or rank shape inference
+cannot find are never offered as cut tensors.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from splitinf.contract.plan import TensorSpec
-from splitinf.errors import CutError, ModelLoadError
+from splitinf.errors import CutError, InputError, ModelLoadError
 
 __all__ = [
     "Cut",
@@ -62,7 +63,6 @@ __all__ = [
     "tensor_bytes",
 ]
 
-CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 # Nodes without dynamic inputs that must still run exactly once (duplicating them would
 # draw different numbers on each side).
 NONDETERMINISTIC_OPS = frozenset(
@@ -162,7 +162,9 @@ def cut_id(names: Iterable[str]) -> str:
 
 
 def tensor_bytes(dtype: str, shape: Sequence[int | str | None]) -> int:
-    """Bytes of one sample: symbolic and unknown dimensions count as 1."""
+    """Bytes of a tensor at ``shape``: symbolic and unknown dimensions (the batch) count as 1, so
+    this is one sample's size; a zero-sized dimension makes it 0. The one byte count of cuts and
+    wire tensors. A dtype numpy does not know counts 0 bytes an element."""
     try:
         itemsize = np.dtype(dtype).itemsize
     except TypeError:
@@ -289,6 +291,107 @@ def _static_shape_value(
     return np.array(dims[start:end], dtype=np.int64)  # Python slicing clamps as the Shape spec does
 
 
+_TensorTypes = dict[str, tuple[int, tuple[int | str | None, ...]]]
+
+
+def _effective_inputs(nodes: Sequence[onnx.NodeProto]) -> tuple[list[tuple[str, ...]], dict[str, str]]:
+    """Each node's inputs plus the outer-scope names its control-flow subgraphs read, and the names
+    defined inside those subgraphs (mapped to the node that holds them)."""
+    node_inputs: list[tuple[str, ...]] = []
+    subgraph_names: dict[str, str] = {}
+    for node in nodes:
+        names = [n for n in node.input if n]
+        for sub in _subgraphs(node):
+            inner: set[str] = set()
+            names.extend(_outer_names(sub, inner))
+            for name in inner:
+                subgraph_names.setdefault(name, node.name or node.op_type)
+        node_inputs.append(tuple(dict.fromkeys(names)))
+    return node_inputs, subgraph_names
+
+
+def _producers(nodes: Sequence[onnx.NodeProto]) -> dict[str, int]:
+    return {name: index for index, node in enumerate(nodes) for name in node.output if name}
+
+
+def _tensor_types(model: onnx.ModelProto) -> _TensorTypes:
+    """Element type and shape of every tensor shape inference (or an initializer) gives a rank for."""
+    inferred = _infer(model)
+    types: _TensorTypes = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        tensor_type = info.type.tensor_type
+        if not info.type.HasField("tensor_type") or not tensor_type.elem_type or not tensor_type.HasField("shape"):
+            continue  # unknown rank: no byte count, so never offered as a crossing tensor
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
+        types[info.name] = (tensor_type.elem_type, shape)
+    for tensor in model.graph.initializer:
+        types.setdefault(tensor.name, (tensor.data_type, tuple(tensor.dims)))
+    return types
+
+
+def _static_values(nodes: Sequence[onnx.NodeProto], types: _TensorTypes) -> dict[int, np.ndarray]:
+    """Shape/Size of a tensor whose shape is fully static is a constant, whatever computes the tensor."""
+    values = {index: _static_shape_value(node, types) for index, node in enumerate(nodes)}
+    return {index: value for index, value in values.items() if value is not None}
+
+
+def _dynamic_nodes(
+    nodes: Sequence[onnx.NodeProto],
+    node_inputs: Sequence[tuple[str, ...]],
+    input_names: Iterable[str],
+    static_values: Mapping[int, np.ndarray],
+) -> tuple[list[bool], set[str]]:
+    """Which nodes depend on a graph input (or draw random numbers), and the tensors they make;
+    one pass in the model's (topological) order."""
+    dynamic_tensors = set(input_names)
+    dynamic: list[bool] = []
+    for index, node in enumerate(nodes):
+        is_dynamic = index not in static_values and (
+            node.op_type in NONDETERMINISTIC_OPS or any(n in dynamic_tensors for n in node_inputs[index])
+        )
+        dynamic.append(is_dynamic)
+        if is_dynamic:
+            dynamic_tensors.update(o for o in node.output if o)
+    return dynamic, dynamic_tensors
+
+
+def _reaching_outputs(
+    n_nodes: int,
+    output_names: Iterable[str],
+    producer: Mapping[str, int],
+    node_inputs: Sequence[tuple[str, ...]],
+    static_values: Mapping[int, np.ndarray],
+) -> list[bool]:
+    """Which nodes a graph output depends on; the rest is dead and goes nowhere."""
+    live = [False] * n_nodes
+    stack = [producer[o] for o in output_names if o in producer]
+    while stack:
+        index = stack.pop()
+        if live[index]:
+            continue
+        live[index] = True
+        if index not in static_values:
+            stack.extend(producer[n] for n in node_inputs[index] if n in producer)
+    return live
+
+
+def _element_count(dims: Sequence[int], empty: int) -> int:
+    return int(np.prod(dims)) if dims else empty
+
+
+def _parameter_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """Elements of each initializer and Constant node output, by tensor name."""
+    params = {tensor.name: _element_count(tensor.dims, 1) for tensor in graph.initializer}
+    for sparse in graph.sparse_initializer:
+        params[sparse.values.name] = _element_count(sparse.values.dims, 0)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    params[node.output[0]] = _element_count(attr.t.dims, 1)
+    return params
+
+
 class GraphView:
     """Index maps over a model's top-level graph, built once (like ``onnx.utils.Extractor``)."""
 
@@ -304,88 +407,24 @@ class GraphView:
         self.inputs: list[onnx.ValueInfoProto] = [i for i in graph.input if i.name not in constant_names]
         self.input_names: list[str] = [i.name for i in self.inputs]
         self.output_names: list[str] = [o.name for o in graph.output]
-
-        # effective inputs: direct inputs plus the outer-scope names of control-flow subgraphs
-        self.subgraph_names: dict[str, str] = {}
-        self.node_inputs: list[tuple[str, ...]] = []
-        for node in self.nodes:
-            names = [n for n in node.input if n]
-            for sub in _subgraphs(node):
-                inner: set[str] = set()
-                names.extend(_outer_names(sub, inner))
-                for name in inner:
-                    self.subgraph_names.setdefault(name, node.name or node.op_type)
-            self.node_inputs.append(tuple(dict.fromkeys(names)))
-        self.producer: dict[str, int] = {}
-        for index, node in enumerate(self.nodes):
-            for name in node.output:
-                if name:
-                    self.producer[name] = index
-        self.consumers: dict[str, list[int]] = {}
-        for index, node_names in enumerate(self.node_inputs):
-            for name in node_names:
-                self.consumers.setdefault(name, []).append(index)
-
-        # types and shapes from shape inference
-        inferred = _infer(model)
-        self.types: dict[str, tuple[int, tuple[int | str | None, ...]]] = {}
-        for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-                tensor_type = info.type.tensor_type
-                if not tensor_type.HasField("shape"):
-                    continue  # unknown rank: no byte count, so never offered as a crossing tensor
-                shape = tuple(
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
-                )
-                self.types[info.name] = (tensor_type.elem_type, shape)
-        for tensor in graph.initializer:
-            self.types.setdefault(tensor.name, (tensor.data_type, tuple(tensor.dims)))
-        # Shape/Size of a tensor whose shape is fully static is a constant, whatever computes the tensor
-        self.static_values: dict[int, np.ndarray] = {}
-        for index, node in enumerate(self.nodes):
-            value = _static_shape_value(node, self.types)
-            if value is not None:
-                self.static_values[index] = value
-
-        # constant vs dynamic, in topological order
-        self.dynamic_tensors: set[str] = set(self.input_names)
-        self.dynamic: list[bool] = []
-        for index, node in enumerate(self.nodes):
-            is_dynamic = index not in self.static_values and (
-                node.op_type in NONDETERMINISTIC_OPS or any(n in self.dynamic_tensors for n in self.node_inputs[index])
-            )
-            self.dynamic.append(is_dynamic)
-            if is_dynamic:
-                self.dynamic_tensors.update(o for o in node.output if o)
-
-        # nodes that reach a graph output; the rest is dead and goes nowhere
-        self.live: list[bool] = [False] * len(self.nodes)
-        stack = [self.producer[o] for o in self.output_names if o in self.producer]
-        while stack:
-            index = stack.pop()
-            if self.live[index]:
-                continue
-            self.live[index] = True
-            if index not in self.static_values:
-                stack.extend(self.producer[n] for n in self.node_inputs[index] if n in self.producer)
-
+        self.node_inputs, self.subgraph_names = _effective_inputs(self.nodes)
+        self.producer: dict[str, int] = _producers(self.nodes)
+        self.types: _TensorTypes = _tensor_types(model)
+        self.static_values: dict[int, np.ndarray] = _static_values(self.nodes, self.types)
+        self.dynamic, self.dynamic_tensors = _dynamic_nodes(
+            self.nodes, self.node_inputs, self.input_names, self.static_values
+        )
+        self.live: list[bool] = _reaching_outputs(
+            len(self.nodes), self.output_names, self.producer, self.node_inputs, self.static_values
+        )
         concrete = {
             name: tuple(d if isinstance(d, int) else 1 for d in shape) for name, (_, shape) in self.types.items()
         }
         self.flops: list[int] = [_node_flops(node, concrete) for node in self.nodes]
-        self.params: dict[str, int] = {}
-        for tensor in graph.initializer:
-            self.params[tensor.name] = int(np.prod(tensor.dims)) if tensor.dims else 1
-        for name, sparse in self.sparse_initializers.items():
-            self.params[name] = int(np.prod(sparse.values.dims)) if sparse.values.dims else 0
-        for node in self.nodes:
-            if node.op_type == "Constant" and node.output:
-                for attr in node.attribute:
-                    if attr.type == onnx.AttributeProto.TENSOR:
-                        self.params[node.output[0]] = int(np.prod(attr.t.dims)) if attr.t.dims else 1
+        self.total_flops = sum(self.flops)
+        self.params: dict[str, int] = _parameter_counts(graph)
         self.total_params = sum(self.params.values())
         self._specs: dict[str, TensorSpec | None] = {}
-        self.total_flops = sum(self.flops)
 
     # -- specs
 
@@ -396,6 +435,16 @@ class GraphView:
         spec = None if known is None else TensorSpec(name=name, dtype=_dtype_name(known[0]), shape=known[1])
         self._specs[name] = spec
         return spec
+
+    def input_specs(self) -> list[TensorSpec]:
+        """The graph inputs' specs; InputError for an input without a tensor type."""
+        specs = []
+        for value in self.inputs:
+            spec = self.spec(value.name)
+            if spec is None:
+                raise InputError(f"input {value.name!r} has no tensor type; splitinf handles tensor inputs only")
+            specs.append(spec)
+        return specs
 
     def value_info(self, name: str) -> onnx.ValueInfoProto:
         elem_type, shape = self.types[name]
@@ -461,7 +510,8 @@ class GraphView:
                 )
         return nodes
 
-    def cut_from_sets(self, names: Sequence[str], head: set[int]) -> Cut:
+    def crossing_specs(self, names: Iterable[str]) -> list[TensorSpec]:
+        """The specs of cut tensors; CutError for one whose type or rank shape inference did not find."""
         specs = []
         for name in names:
             spec = self.spec(name)
@@ -471,119 +521,58 @@ class GraphView:
                     "cut before or after the node that makes it"
                 )
             specs.append(spec)
-        const_nodes, initializers = self.constant_closure(head)
-        head_params = sum(self.params.get(n, 0) for n in initializers)
-        head_params += sum(self.params.get(self.nodes[i].output[0], 0) for i in const_nodes if self.nodes[i].output)
+        return specs
+
+    def head_params(self, const_nodes: Iterable[int], initializers: Iterable[str]) -> int:
+        """Parameters the head stores: its initializers and its Constant nodes' values."""
+        stored = sum(self.params.get(n, 0) for n in initializers)
+        return stored + sum(self.params.get(self.nodes[i].output[0], 0) for i in const_nodes if self.nodes[i].output)
+
+    def make_cut(self, specs: Sequence[TensorSpec], head_nodes: int, head_flops: int, head_params: int) -> Cut:
         return Cut(
-            id=cut_id(names),
+            id=cut_id(s.name for s in specs),
             tensors=tuple(specs),
             bytes_per_sample=sum(tensor_bytes(s.dtype, s.shape) for s in specs),
-            head_nodes=len(head) + len(const_nodes),
+            head_nodes=head_nodes,
             total_nodes=len(self.nodes),
-            head_flops=sum(self.flops[i] for i in head),
+            head_flops=head_flops,
             total_flops=self.total_flops,
             head_params=head_params,
             total_params=self.total_params,
         )
 
+    def cut_from_sets(self, names: Sequence[str], head: set[int]) -> Cut:
+        """The cut crossing ``names`` whose head runs the dynamic nodes ``head``."""
+        specs = self.crossing_specs(names)
+        const_nodes, initializers = self.constant_closure(head)
+        return self.make_cut(
+            specs,
+            head_nodes=len(head) + len(const_nodes),
+            head_flops=sum(self.flops[i] for i in head),
+            head_params=self.head_params(const_nodes, initializers),
+        )
+
     # -- enumeration
 
-    def _remaining_uses(self) -> dict[str, int]:
-        uses: dict[str, int] = {}
-        for index, names in enumerate(self.node_inputs):
-            if self.dynamic[index] and self.live[index]:
-                for name in names:
-                    if name in self.dynamic_tensors:
-                        uses[name] = uses.get(name, 0) + 1
-        for name in self.output_names:
-            if name in self.dynamic_tensors:
-                uses[name] = uses.get(name, 0) + 1
-        return uses
+    def cuts(self) -> list[Cut]:
+        """The topological-prefix cuts, from input (full offload) to output (see the module docstring)."""
+        walk = _PrefixWalk(self)
+        seen: set[frozenset[str]] = set()
+        found: list[Cut] = []
+        while True:
+            key = frozenset(walk.live_set)
+            if key and key not in seen and all(n in self.types for n in key):
+                seen.add(key)
+                specs = self.crossing_specs(walk.crossing())
+                found.append(self.make_cut(specs, walk.head_nodes, walk.head_flops, walk.head_params))
+            if not walk.ready:
+                return found
+            walk.step()
 
-    def _bytes(self, name: str) -> int:
+    def bytes_of(self, name: str) -> int:
+        """One sample's bytes of a tensor; 0 when shape inference found no type for it."""
         spec = self.spec(name)
         return 0 if spec is None else tensor_bytes(spec.dtype, spec.shape)
-
-    def enumerate(self) -> list[Cut]:
-        order = [i for i in range(len(self.nodes)) if self.dynamic[i] and self.live[i]]
-        uses = self._remaining_uses()
-        waiting = {
-            i: sum(1 for n in self.node_inputs[i] if n in self.producer and self.dynamic[self.producer[n]])
-            for i in order
-        }
-        dependents: dict[int, list[int]] = {}
-        for i in order:
-            for name in self.node_inputs[i]:
-                if name in self.producer and self.dynamic[self.producer[name]]:
-                    dependents.setdefault(self.producer[name], []).append(i)
-        ready = {i for i in order if waiting[i] == 0}
-        live = [n for n in self.input_names if uses.get(n, 0) > 0]
-        live_set = set(live)
-        seen: set[frozenset[str]] = set()
-        cuts: list[Cut] = []
-        head: list[int] = []
-        const_nodes: set[int] = set()
-        initializers: set[str] = set()
-        head_flops = 0
-        head_params = 0
-
-        def record() -> None:
-            key = frozenset(live_set)
-            if key in seen or not key or not all(n in self.types for n in key):
-                return
-            seen.add(key)
-            names = [n for n in live if n in live_set]
-            specs = tuple(s for s in (self.spec(n) for n in names) if s is not None)
-            cuts.append(
-                Cut(
-                    id=cut_id(names),
-                    tensors=specs,
-                    bytes_per_sample=sum(tensor_bytes(s.dtype, s.shape) for s in specs),
-                    head_nodes=len(head) + len(const_nodes),
-                    total_nodes=len(self.nodes),
-                    head_flops=head_flops,
-                    total_flops=self.total_flops,
-                    head_params=head_params,
-                    total_params=self.total_params,
-                )
-            )
-
-        record()
-        while ready:
-            # scores change as other nodes run, so rescore the (small) ready set each step
-            _, index = min((self._net_bytes(i, uses), i) for i in ready)
-            ready.discard(index)
-            head.append(index)
-            head_flops += self.flops[index]
-            new_consts, new_inits = self.constant_closure([index])
-            new_consts -= const_nodes
-            new_inits -= initializers
-            const_nodes |= new_consts
-            initializers |= new_inits
-            head_params += sum(self.params.get(n, 0) for n in new_inits)
-            head_params += sum(self.params.get(self.nodes[i].output[0], 0) for i in new_consts if self.nodes[i].output)
-            for name in self.node_inputs[index]:
-                if name in uses:
-                    uses[name] -= 1
-                    if uses[name] == 0:
-                        live_set.discard(name)
-            for name in self.nodes[index].output:
-                if name and uses.get(name, 0) > 0:
-                    live.append(name)
-                    live_set.add(name)
-            for dependent in dependents.get(index, ()):
-                waiting[dependent] -= 1
-                if waiting[dependent] == 0:
-                    ready.add(dependent)
-            if len(live) > 4 * len(live_set) + 64:
-                live = [n for n in live if n in live_set]
-            record()
-        return cuts
-
-    def _net_bytes(self, index: int, uses: dict[str, int]) -> int:
-        added = sum(self._bytes(n) for n in self.nodes[index].output if n and uses.get(n, 0) > 0)
-        freed = sum(self._bytes(n) for n in self.node_inputs[index] if uses.get(n, 0) == 1)
-        return added - freed
 
     # -- lookup
 
@@ -609,9 +598,89 @@ class GraphView:
                 )
 
 
+class _PrefixWalk:
+    """The greedy topological walk behind ``GraphView.cuts``: the head grows one node a step, and
+    the live tensors (made or fed so far and still needed later) are the cut after each step."""
+
+    def __init__(self, view: GraphView) -> None:
+        self.view = view
+        order = [i for i in range(len(view.nodes)) if view.dynamic[i] and view.live[i]]
+        self.uses = self._uses_left(view)
+        self.waiting = dict.fromkeys(order, 0)  # dynamic inputs not yet computed
+        self.dependents: dict[int, list[int]] = {}
+        for i in order:
+            for name in view.node_inputs[i]:
+                if name in view.producer and view.dynamic[view.producer[name]]:
+                    self.waiting[i] += 1
+                    self.dependents.setdefault(view.producer[name], []).append(i)
+        self.ready = {i for i in order if self.waiting[i] == 0}
+        self.live = [n for n in view.input_names if self.uses.get(n, 0) > 0]  # in order of appearance
+        self.live_set = set(self.live)
+        self.const_nodes: set[int] = set()
+        self.initializers: set[str] = set()
+        self.head_nodes = 0
+        self.head_flops = 0
+        self.head_params = 0
+
+    @staticmethod
+    def _uses_left(view: GraphView) -> dict[str, int]:
+        """Per dynamic tensor, how many live nodes (and graph outputs) still need it."""
+        uses: dict[str, int] = {}
+        for index, names in enumerate(view.node_inputs):
+            if view.dynamic[index] and view.live[index]:
+                for name in names:
+                    if name in view.dynamic_tensors:
+                        uses[name] = uses.get(name, 0) + 1
+        for name in view.output_names:
+            if name in view.dynamic_tensors:
+                uses[name] = uses.get(name, 0) + 1
+        return uses
+
+    def crossing(self) -> list[str]:
+        return [n for n in self.live if n in self.live_set]
+
+    def _net_bytes(self, index: int) -> int:
+        view = self.view
+        added = sum(view.bytes_of(n) for n in view.nodes[index].output if n and self.uses.get(n, 0) > 0)
+        freed = sum(view.bytes_of(n) for n in view.node_inputs[index] if self.uses.get(n, 0) == 1)
+        return added - freed
+
+    def step(self) -> None:
+        """Move the ready node that adds the fewest bytes net of those it frees into the head."""
+        # scores change as other nodes run, so rescore the (small) ready set each step
+        _, index = min((self._net_bytes(i), i) for i in self.ready)
+        self.ready.discard(index)
+        self._add_to_head(index)
+        for name in self.view.node_inputs[index]:
+            if name in self.uses:
+                self.uses[name] -= 1
+                if self.uses[name] == 0:
+                    self.live_set.discard(name)
+        for name in self.view.nodes[index].output:
+            if name and self.uses.get(name, 0) > 0:
+                self.live.append(name)
+                self.live_set.add(name)
+        for dependent in self.dependents.get(index, ()):
+            self.waiting[dependent] -= 1
+            if self.waiting[dependent] == 0:
+                self.ready.add(dependent)
+        if len(self.live) > 4 * len(self.live_set) + 64:
+            self.live = self.crossing()
+
+    def _add_to_head(self, index: int) -> None:
+        new_consts, new_inits = self.view.constant_closure([index])
+        new_consts -= self.const_nodes
+        new_inits -= self.initializers
+        self.const_nodes |= new_consts
+        self.initializers |= new_inits
+        self.head_nodes = self.head_nodes + 1 + len(new_consts)
+        self.head_flops += self.view.flops[index]
+        self.head_params += self.view.head_params(new_consts, new_inits)
+
+
 def enumerate_cuts(model: onnx.ModelProto) -> list[Cut]:
     """The topological-prefix cuts of ``model``, from input (full offload) to output (see module docstring)."""
-    return GraphView(model).enumerate()
+    return GraphView(model).cuts()
 
 
 def find_cut(model: onnx.ModelProto, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:
@@ -625,7 +694,7 @@ def find_cut(model: onnx.ModelProto, cut_id_or_tensor_names: str | Sequence[str]
 def _find_cut(view: GraphView, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:
     if isinstance(cut_id_or_tensor_names, str):
         wanted = cut_id_or_tensor_names.strip()
-        cuts = view.enumerate()
+        cuts = view.cuts()
         for cut in cuts:
             if cut.id == wanted:
                 return cut

@@ -33,6 +33,8 @@ import onnx.numpy_helper
 from splitinf.contract.plan import sha256_file
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
+from splitinf.offline.inputs import random_inputs
+from splitinf.offline.samples import read_samples
 from splitinf.ort import SessionSettings, open_session
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "Partition",
     "VerifyReport",
     "export_partition",
-    "load_samples",
     "save_model",
     "split_model",
     "verify_partition",
@@ -184,25 +185,6 @@ def _session(model: onnx.ModelProto) -> Iterator[Any]:
         yield open_session(path, _VERIFY_SETTINGS)
 
 
-def _random_inputs(view: GraphView, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    feeds: dict[str, np.ndarray] = {}
-    for value in view.inputs:
-        spec = view.spec(value.name)
-        if spec is None:
-            raise InputError(f"input {value.name!r} has no tensor type, so random inputs cannot be made for it")
-        shape = [d if isinstance(d, int) and d >= 0 else (2 if i == 0 else 1) for i, d in enumerate(spec.shape)]
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind in "iu":
-            feeds[value.name] = rng.integers(0, 3, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[value.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            raise InputError(f"input {value.name!r} has dtype {spec.dtype}; give sample inputs for it")
-    return feeds
-
-
 def _check_sample(view: GraphView, sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     missing = [n for n in view.input_names if n not in sample]
     unknown = [n for n in sample if n not in view.input_names]
@@ -231,7 +213,9 @@ def _verify(
     seed: int,
 ) -> VerifyReport:
     rng = np.random.default_rng(seed)
-    feeds_list = [_random_inputs(view, rng) for _ in range(n_random)]
+    specs = view.input_specs() if n_random else []
+    # batch 2 and varied integers, so a part that mixes up the batch axis or an index fails the check
+    feeds_list = [random_inputs(specs, rng, batch=2, integers="small") for _ in range(n_random)]
     feeds_list += [_check_sample(view, s) for s in samples or ()]
     max_abs = 0.0
     max_rel = 0.0
@@ -281,39 +265,10 @@ def verify_partition(
     n_random: int = 4,
     seed: int = 0,
 ) -> VerifyReport:
-    """Run the full model and head -> tail with onnxruntime on ``n_random`` random input sets and on
-    ``samples`` (each a mapping from input name to array); VerificationError beyond float rounding."""
+    """Run the full model and head -> tail with onnxruntime on ``n_random`` random input sets (batch 2,
+    small integers: :func:`splitinf.offline.inputs.random_inputs`) and on ``samples`` (each a mapping
+    from input name to array); VerificationError beyond float rounding."""
     return _verify(GraphView(model), partition, samples, n_random, seed)
-
-
-def load_samples(path: str | os.PathLike[str]) -> list[dict[str, np.ndarray]]:
-    """Sample inputs from an .npz (one set, keyed by input name) or a directory of ``INPUT.npy``
-    files (one set) and/or .npz files (one set each). Never unpickles."""
-    source = Path(path)
-
-    def read_npz(file: Path) -> dict[str, np.ndarray]:
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read samples from {file}: {exc}; give an .npz of arrays named by input") from exc
-
-    if source.is_file():
-        return [read_npz(source)]
-    if not source.is_dir():
-        raise InputError(f"samples {source} do not exist; give an .npz file or a directory of .npy/.npz files")
-    sets = [read_npz(f) for f in sorted(source.glob("*.npz"))]
-    arrays = {}
-    for file in sorted(source.glob("*.npy")):
-        try:
-            arrays[file.stem] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read sample {file}: {exc}") from exc
-    if arrays:
-        sets.append(arrays)
-    if not sets:
-        raise InputError(f"{source} holds no .npy or .npz files; name them after the model's inputs")
-    return sets
 
 
 # ----------------------------------------------------------------------------- write
@@ -397,16 +352,19 @@ def export_partition(
     cut_id: str | Sequence[str],
     outdir: str | os.PathLike[str],
     verify: bool = False,
-    samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+    samples: Sequence[Mapping[str, np.ndarray]] | str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``OUTDIR/head.onnx``, ``tail.onnx`` and ``manifest.json`` for a cut (id or tensor names).
 
-    With ``verify``, checks head -> tail against the full model first (VerificationError) and
-    records the errors under ``manifest["verify"]``. Returns the manifest.
+    With ``verify`` or ``samples`` (input sets, or a path :func:`splitinf.offline.samples.read_samples`
+    reads), checks head -> tail against the full model first (VerificationError) and records the
+    errors under ``manifest["verify"]``. Returns the manifest.
     """
     path = Path(model_path)
     model = load_model(path)
     view = GraphView(model)
+    if isinstance(samples, (str, os.PathLike)):
+        samples, _ = read_samples(samples, view.input_specs())
     cut = view.find(cut_id)
     partition = _split(view, cut)
     report = _verify(view, partition, samples, 4, 0) if verify or samples else None

@@ -1,12 +1,19 @@
 """Measure how long a model's heads and tails take on this machine, and write a profile.
 
 ``splitinf profile`` runs this on each machine (the device for the heads, the server for the
-tails). Each candidate head and tail is timed as the runtime runs it: its own onnxruntime
-session with the same session settings and thread count (:mod:`splitinf.ort`), with
-warm-up runs and then repeats summarised by median and p90, in two or more separate passes
-over everything of which each item keeps its quietest (other load comes in bursts). Heads are timed with their codec
-applied (the Cast/QuantizeLinear is part of the head), tails likewise. ``serialize`` is the
-client's work to build and serialise the V2 request, ``deserialize`` the server's to parse it.
+tails). Each candidate head and tail is timed alone, one request at a time, in its own
+onnxruntime session with splitinf's default settings and ``threads`` intra-op threads
+(:mod:`splitinf.ort`): exactly how the device runtime runs a head when its ``intra_op_threads``
+equals ``threads``. The tail server runs tails with its own settings (thread counts, graph
+optimization, providers), may batch requests and serves several devices at once: give
+``threads`` the server's intra-op thread count, and read a tail's time as one request's on an
+idle server (the server reports its real compute time in each response).
+
+Each item gets warm-up runs, then repeats summarised by median and p90, in two or more separate
+passes over everything; it keeps its quietest pass (other load comes in bursts). Heads are timed
+with their codec applied (the Cast/QuantizeLinear is part of the head), tails likewise.
+``serialize`` is the client's work to build and serialise the V2 request, ``deserialize`` the
+server's to parse it.
 
 Profile JSON (format 1)::
 
@@ -40,8 +47,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from splitinf.contract.plan import sha256_file, write_json_atomic
 from splitinf.errors import PlanError
-from splitinf.ort import SessionSettings, open_session
+from splitinf.offline import inputs
+from splitinf.offline.codecs import calibrate, encode, parse_codecs
+from splitinf.offline.graph import GraphView, load_model
+from splitinf.offline.partition import split_model
+from splitinf.offline.sessions import make_session
 
 __all__ = [
     "PROFILE_FORMAT",
@@ -57,12 +69,6 @@ __all__ = [
 ]
 
 PROFILE_FORMAT = 1
-
-
-def make_session(model: onnx.ModelProto | bytes | str, threads: int | None = None) -> ort.InferenceSession:
-    """A session with the settings the side that runs the part uses (see ``splitinf.ort``)."""
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return open_session(data, SessionSettings().with_threads(threads))
 
 
 @dataclass(frozen=True)
@@ -101,32 +107,12 @@ def time_callable(
     return Timing.of(seconds)
 
 
-_NUMPY_OF_ONNX = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
 def random_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    """A sample for the session's inputs: symbolic dims are 1, floats standard normal, integers 0."""
-    rng = np.random.default_rng(seed)
-    feed: dict[str, np.ndarray] = {}
-    for spec in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
-        dtype = _NUMPY_OF_ONNX.get(spec.type)
-        if dtype is None:
-            raise PlanError(f"input {spec.name!r} has type {spec.type}, which splitinf cannot make samples for")
-        if np.issubdtype(dtype, np.floating):
-            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feed[spec.name] = np.zeros(shape, dtype=dtype)
-    return feed
+    """Deprecated: use ``splitinf.offline.inputs.random_inputs(session_input_specs(session), seed)``.
+
+    Kept only until ``tools/bench/harness.py`` and ``offline/planner.py`` call that directly; delete then.
+    """
+    return inputs.random_inputs(inputs.session_input_specs(session), seed)
 
 
 def _cpu_model() -> str:
@@ -215,14 +201,11 @@ def profile_model(
 
     Everything is timed in ``passes`` separate sweeps; each item keeps its quietest pass.
     """
-    from splitinf.offline.codecs import calibrate, encode, parse_codecs
-    from splitinf.offline.graph import enumerate_cuts, find_cut
-    from splitinf.offline.partition import split_model
-
     if passes < 1:
         raise PlanError(f"passes must be at least 1, got {passes}")
     codecs = parse_codecs(codecs)
-    cuts = enumerate_cuts(model) if not cut_ids else [find_cut(model, c) for c in cut_ids]
+    view = GraphView(model)
+    cuts = view.cuts() if not cut_ids else [view.find(c) for c in cut_ids]
     bar = ProgressBar(passes * (1 + len(cuts) * len(codecs) + (1 if fallback else 0)), enabled=progress)
     timings: dict[tuple[str, ...], list[Timing]] = {}
     wire_bytes: dict[tuple[str, str], int] = {}
@@ -234,7 +217,8 @@ def profile_model(
     for _ in range(passes):
         full = make_session(model, threads)
         providers = full.get_providers()
-        sample = random_inputs(full, seed)
+        # batch 1, the device's; integer zeros are valid indices, and the time does not depend on the values
+        sample = inputs.random_inputs(inputs.session_input_specs(full), seed, batch=1, integers="zeros")
         timed(("model",), partial(full.run, None, sample))
         del full
         bar.step("full model")
@@ -259,7 +243,8 @@ def profile_model(
                 bar.step(f"cut {cut.id} {codec}")
         if fallback is not None:
             small = make_session(fallback[0], threads)
-            timed(("fallback",), partial(small.run, None, random_inputs(small, seed)))
+            small_sample = inputs.random_inputs(inputs.session_input_specs(small), seed, batch=1, integers="zeros")
+            timed(("fallback",), partial(small.run, None, small_sample))
             bar.step("fallback")
 
     def best(*key: str) -> dict[str, Any]:
@@ -310,9 +295,6 @@ def profile_file(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Profile the model file (and the fallback file) and write the profile JSON; the file wrapper."""
-    from splitinf.contract.plan import sha256_file, write_json_atomic
-    from splitinf.offline.graph import load_model
-
     if (threads is not None and threads < 0) or repeats < 1 or warmup < 0:
         raise PlanError("threads must be >= 0, repeats >= 1 and warmup >= 0")
     target = Path(output)

@@ -190,3 +190,17 @@ def test_label_accuracy_checks_the_label_count() -> None:
     assert codecs.label_accuracy(outputs, np.array([1, 1])) == 0.5
     with pytest.raises(PlanError, match="labels"):
         codecs.label_accuracy(outputs, np.array([1, 1, 0]))
+
+
+def test_a_zero_sized_dimension_is_zero_bytes_for_the_cut_and_for_every_codec() -> None:
+    # graph.py once counted a zero-sized dimension as 0 bytes and codecs.py as 1: one count now
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 0, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 0, 4])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "empty", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    partition = _partition(model, "x")
+    assert partition.cut.bytes_per_sample == 0
+    for codec in ("fp32", "fp16"):
+        assert codecs.encode(partition, codec).bytes_per_sample == 0

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from splitinf.errors import CutError, ModelLoadError
-from splitinf.offline.graph import GraphView, enumerate_cuts, find_cut, load_model
+from splitinf.offline.graph import GraphView, enumerate_cuts, find_cut, load_model, tensor_bytes
 from splitinf.tools.testing import graphs as models
 
 
@@ -231,3 +231,10 @@ def test_long_cut_ids_are_short_digests_and_stable() -> None:
     ids = [c.id for c in enumerate_cuts(model)]
     assert ids == [c.id for c in enumerate_cuts(models.inception_block())]
     assert all(len(i) <= 64 for i in ids)
+
+
+def test_tensor_bytes_counts_symbolic_dims_as_one_and_zero_dims_as_zero() -> None:
+    assert tensor_bytes("float32", ("N", 3, None, 4)) == 48
+    assert tensor_bytes("float16", (2, 3)) == 12
+    assert tensor_bytes("float32", ("N", 0, 4)) == 0
+    assert tensor_bytes("int8", ()) == 1

@@ -21,7 +21,6 @@ from splitinf.offline import partition
 from splitinf.offline.graph import enumerate_cuts, find_cut
 from splitinf.offline.partition import (
     export_partition,
-    load_samples,
     split_model,
     verify_partition,
     write_to_repository,
@@ -296,26 +295,6 @@ def test_verify_on_user_samples_and_rejects_misnamed_ones() -> None:
         verify_partition(model, part, samples=[{"a": samples[0]["a"], "c": samples[0]["b"]}])
     with pytest.raises(InputError, match="float64"):
         verify_partition(model, part, samples=[{"a": np.ones((1, 8)), "b": np.ones((1, 4), np.float32)}])
-
-
-def test_load_samples_from_npz_and_directory(tmp_path: Path) -> None:
-    a, b = np.ones((2, 8), np.float32), np.zeros((2, 4), np.float32)
-    np.savez(tmp_path / "s.npz", a=a, b=b)
-    assert sorted(load_samples(tmp_path / "s.npz")[0]) == ["a", "b"]
-    folder = tmp_path / "dir"
-    folder.mkdir()
-    np.save(folder / "a.npy", a)
-    np.save(folder / "b.npy", b)
-    (sample,) = load_samples(folder)
-    np.testing.assert_array_equal(sample["b"], b)
-    np.save(tmp_path / "obj.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    (tmp_path / "obj.npy").rename(pickled / "a.npy")
-    with pytest.raises(InputError, match="cannot read"):
-        load_samples(pickled)  # object arrays need pickle, which we never load
-    with pytest.raises(InputError, match="do not exist"):
-        load_samples(tmp_path / "missing")
 
 
 # ----------------------------------------------------------------------------- export
