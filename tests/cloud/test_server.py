@@ -19,9 +19,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from onnx import TensorProto, helper
 
+from splitinf.cloud.app import create_server, server_options
 from splitinf.cloud.config import ServerConfig
+from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.repository import load_repository, sha256_bytes
-from splitinf.cloud.server import DataPlane, InferenceServicer, create_server
+from splitinf.cloud.servicer import InferenceServicer
 from splitinf.errors import ConfigError, IntegrityError
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER, encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
@@ -406,7 +408,6 @@ def test_malformed_requests_do_not_leak(start_v2_server: StartV2Server) -> None:
 def test_server_permits_the_device_keepalive_pings() -> None:
     """The device pings every ~2 s, with or without calls; the server's ping policy must allow that rate,
     or it answers GOAWAY too_many_pings and the device loses its connection exactly when idle."""
-    from splitinf.cloud.server import server_options
     from splitinf.edge.client import ChannelOptions
 
     device = dict(ChannelOptions().grpc_options())
