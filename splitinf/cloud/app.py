@@ -2,9 +2,6 @@
 
 ``create_server`` loads and warms up the repository, then starts gRPC (the V2 servicer, health and
 reflection) and the Prometheus endpoint. ``TailServer`` is its lifecycle: ``drain()``, ``stop()``.
-
-Layers, from the wire inward: ``servicer`` (protobuf <-> plain data), ``errors`` (failures ->
-gRPC status), ``dataplane`` (admission, validation, execution, metrics), ``batching``.
 """
 
 from __future__ import annotations
@@ -127,7 +124,7 @@ class TailServer:
         """Start gRPC and the metrics endpoint, then report SERVING."""
         self.grpc_server.start()
         try:
-            self.start_metrics_http()
+            self._start_metrics_http()
         except OSError:
             self.stop()
             raise
@@ -135,7 +132,7 @@ class TailServer:
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-    def start_metrics_http(self) -> None:
+    def _start_metrics_http(self) -> None:
         from prometheus_client import start_http_server
 
         if self.config.metrics_port is None:
@@ -176,9 +173,6 @@ class TailServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self.grpc_server.wait_for_termination(timeout)
 
     def __enter__(self) -> TailServer:
         return self

@@ -32,7 +32,6 @@ class InferOutcome:
     model: LoadedModel
     outputs: dict[str, np.ndarray]
     compute_ns: int
-    queue_ns: int
 
 
 class DataPlane:
@@ -88,10 +87,6 @@ class DataPlane:
     @property
     def ready(self) -> bool:
         return self._ready and not self._draining
-
-    @property
-    def draining(self) -> bool:
-        return self._draining
 
     @property
     def inflight(self) -> int:
@@ -158,7 +153,7 @@ class DataPlane:
             # doubled the server's per-call time (benchmarks/bench_server.py).
             series.request_bytes.inc(sum(a.nbytes for a in inputs.values()))
             series.response_bytes.inc(sum(a.nbytes for a in outputs.values()))
-        return InferOutcome(model, outputs, compute_ns, queue_ns)
+        return InferOutcome(model, outputs, compute_ns)
 
     def record_answer(self, name: str | None, code: str) -> None:
         """Count one answered inference request by model and status name (``"OK"`` or e.g. ``"NOT_FOUND"``)."""
