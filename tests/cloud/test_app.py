@@ -1,4 +1,4 @@
-"""``create_server``'s process-wide side effect: the glibc allocator tuning, and its switch."""
+"""``create_server``'s settings: its gRPC options, and its process-wide side effect (the glibc allocator tuning)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from splitinf.cloud.app import tune_allocator
+from splitinf.cloud.app import server_options, tune_allocator
+from splitinf.cloud.config import ServerConfig
+from splitinf.edge.client import ChannelOptions
 from splitinf.tools.testing.graphs import mlp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,3 +49,14 @@ def test_create_server_tunes_the_allocator_only_when_configured(
     assert done.returncode == 0, done.stderr
     glibc = platform.libc_ver()[0] == "glibc"
     assert done.stdout.strip() == str(switch == "on" and glibc)
+
+
+def test_server_permits_the_device_keepalive_pings() -> None:
+    """The device pings every ~2 s, with or without calls; the server's ping policy must allow that rate,
+    or it answers GOAWAY too_many_pings and the device loses its connection exactly when idle."""
+    device = dict(ChannelOptions().grpc_options())
+    server = dict(server_options(ServerConfig(repo=Path("."))))
+    assert device["grpc.keepalive_permit_without_calls"] == 1
+    assert server["grpc.keepalive_permit_without_calls"] == 1
+    assert server["grpc.http2.min_ping_interval_without_data_ms"] < device["grpc.keepalive_time_ms"]
+    assert server["grpc.http2.max_ping_strikes"] == 0  # never GOAWAY a device for pinging
