@@ -27,7 +27,7 @@ not share a GIL with them), on 127.0.0.1:
   the model's first answer: splitinf's own per-call cost (parse, validation, admission,
   metrics, response) with no compute in it.
 - ``bare`` and ``bare-pb`` run with the process-wide malloc settings the splitinf server
-  applies (``splitinf.cloud.server.tune_allocator``), so the comparison is of the servers, not of
+  applies (``splitinf.cloud.app.tune_allocator``), so the comparison is of the servers, not of
   allocator settings; ``bare-glibc`` is ``bare`` with glibc's defaults (what the overhead
   was measured against before the tuning), shown for reference.
 
@@ -108,7 +108,7 @@ def tail_conv() -> onnx.ModelProto:
 
 
 def serve_bare(response_size: int, parse: bool, tuned: bool, aio: bool = False) -> None:
-    from splitinf.cloud.server import tune_allocator
+    from splitinf.cloud.app import tune_allocator
     from splitinf.protocol import grpc_service_pb2 as pb
 
     if tuned:
@@ -193,8 +193,8 @@ def serve_bare_onnxruntime(repo: Path) -> None:
     or metrics: the gap between this and ``bare`` is the compute's own cost on this machine
     (its CPU time delays the other clients' calls), which subtracting compute p50 cannot remove.
     """
+    from splitinf.cloud.app import tune_allocator
     from splitinf.cloud.repository import load_repository
-    from splitinf.cloud.server import tune_allocator
     from splitinf.protocol import COMPUTE_NS_PARAMETER
     from splitinf.protocol import grpc_service_pb2 as pb
     from splitinf.protocol.tensors import parse_infer_request
@@ -223,9 +223,9 @@ def serve_splitinf_without_onnxruntime(repo: Path) -> None:
     """
     import threading as _threading
 
+    from splitinf.cloud.app import create_server
     from splitinf.cloud.config import ServerConfig
     from splitinf.cloud.repository import LoadedModel
-    from splitinf.cloud.server import create_server
 
     real_run = LoadedModel.run
     answers: dict[str, dict[str, np.ndarray]] = {}

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
-from splitinf.cloud.server import create_server
 from splitinf.contract.plan import Option, Plan, TensorSpec, sha256_file, write_json_atomic
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.policy import PolicyConfig

@@ -3,7 +3,7 @@
 - ``start_v2_server(models=None, *, repo=None, **config)`` (factory fixture): writes
   ``models`` ({name: ModelProto}, default ``{"mlp": splitinf.tools.testing.graphs.mlp()}``) into a
   Triton-layout repository (``REPO/NAME/1/model.onnx``) unless ``repo`` is given, starts
-  ``splitinf.cloud.server.create_server`` with ``ServerConfig(repo, port=0, metrics_port=None,
+  ``splitinf.cloud.app.create_server`` with ``ServerConfig(repo, port=0, metrics_port=None,
   **config)`` and returns a ``RunningV2Server`` (``port``, ``target``, ``server``, ``repo``).
   Every server it started is stopped at teardown.
 - ``v2_server_port``: the port of a server holding the default ``mlp`` model.
@@ -22,8 +22,8 @@ from typing import Any
 import onnx
 import pytest
 
+from splitinf.cloud.app import TailServer, create_server
 from splitinf.cloud.config import ServerConfig
-from splitinf.cloud.server import TailServer, create_server
 
 
 @dataclass

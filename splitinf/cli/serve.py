@@ -38,8 +38,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from splitinf.cloud.app import create_server
     from splitinf.cloud.config import load_server_config
-    from splitinf.cloud.server import create_server
 
     config = load_server_config(
         args.config,

@@ -10,6 +10,7 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
     max_inflight = 64         # admitted requests (running + queued); more get RESOURCE_EXHAUSTED
     drain_grace_s = 10.0
     max_connection_age_s = 300.0  # clients re-resolve DNS (new replicas) at least this often
+    tune_allocator = true     # glibc keeps tensor-sized buffers in its heap; process-wide (see below)
 
     [onnxruntime]
     providers = ["CPUExecutionProvider"]
@@ -85,6 +86,10 @@ class ServerConfig:
     # The device pings every ~2 s; anything slower than this from a client is allowed.
     min_client_ping_interval_ms: int = 1000
     server_name: str = "splitinf"
+    # glibc's mallopt, so 0.8 MB tensors stop costing an mmap and ~200 page faults each
+    # (splitinf.cloud.app.tune_allocator). It changes malloc for the whole process, for good:
+    # turn it off when the server is embedded in a process that wants glibc's defaults.
+    tune_allocator: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -110,6 +115,9 @@ class ServerConfig:
             problems.append(f"drain_grace_s {self.drain_grace_s} must not be negative")
         if not self.providers:
             problems.append("providers is empty; use e.g. ['CPUExecutionProvider']")
+        for name in ("warmup", "batch_wait_when_idle", "tune_allocator"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, not {getattr(self, name)!r}")
         if problems:
             raise ConfigError("bad server configuration: " + "; ".join(problems))
 
@@ -129,6 +137,7 @@ _TOML_KEYS: dict[str, dict[str, str]] = {
         "drain_grace_s": "drain_grace_s",
         "max_connection_age_s": "max_connection_age_s",
         "warmup": "warmup",
+        "tune_allocator": "tune_allocator",
     },
     "onnxruntime": {
         "providers": "providers",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["INFERENCE_BUCKETS_S", "ServerMetrics"]
+__all__ = ["INFERENCE_BUCKETS_S", "ModelSeries", "ServerMetrics"]
 
 # Tail inference is sub-millisecond for small tails and ~100 ms for big ones on CPU.
 INFERENCE_BUCKETS_S = (
@@ -64,6 +64,14 @@ class ServerMetrics:
         self.inflight = Gauge(
             "splitinf_inflight_requests", "Inference requests admitted and not yet answered", registry=self.registry
         )
+        self._by_model: dict[str, ModelSeries] = {}
+
+    def model(self, name: str) -> ModelSeries:
+        """``name``'s metric children; pass only names of served models (clients choose the others)."""
+        series = self._by_model.get(name)
+        if series is None:
+            series = self._by_model[name] = ModelSeries(self, name)
+        return series
 
     def record_request(self, model: str, code: str) -> None:
         self.requests.labels(model=model, code=code).inc()
@@ -71,4 +79,13 @@ class ServerMetrics:
             self.failures.labels(model=model, code=code).inc()
 
 
-# Device request latency: a Pi answers in milliseconds locally, up to seconds over a bad link.
+class ModelSeries:
+    """One model's metric children, looked up once: ``labels()`` costs about a microsecond per call."""
+
+    def __init__(self, metrics: ServerMetrics, model: str):
+        self.queue_seconds = metrics.queue_seconds.labels(model=model)
+        self.compute_seconds = metrics.compute_seconds.labels(model=model)
+        self.batch_size = metrics.batch_size.labels(model=model)
+        self.request_bytes = metrics.request_bytes.labels(model=model)
+        self.response_bytes = metrics.response_bytes.labels(model=model)
+        self.requests_ok = metrics.requests.labels(model=model, code="OK")

@@ -129,8 +129,8 @@ def _running(start: Callable[[], Any], stop: Callable[[Any], None]) -> Iterator[
 
 
 def run_demo(settings: DemoSettings = DemoSettings(), out: TextIO = sys.stdout) -> list[PhaseReport]:
+    from splitinf.cloud.app import create_server
     from splitinf.cloud.config import ServerConfig
-    from splitinf.cloud.server import create_server
     from splitinf.contract.plan import load_plan
     from splitinf.edge.config import DeviceConfig
     from splitinf.edge.runtime import Runtime

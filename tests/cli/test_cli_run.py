@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from splitinf.cli import main
+from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
-from splitinf.cloud.server import create_server
 from splitinf.edge.config import DeviceConfig, load_device_config
 from splitinf.errors import ConfigError
 from splitinf.tools.testing.plans import MLP_FALLBACK as FALLBACK

@@ -19,9 +19,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from onnx import TensorProto, helper
 
+from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
+from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.repository import load_repository, sha256_bytes
-from splitinf.cloud.server import DataPlane, InferenceServicer, create_server
+from splitinf.cloud.servicer import InferenceServicer
 from splitinf.errors import ConfigError, IntegrityError
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER, encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
@@ -401,17 +403,3 @@ def test_malformed_requests_do_not_leak(start_v2_server: StartV2Server) -> None:
     registry = running.server.metrics.registry
     assert registry.get_sample_value("splitinf_requests_total", {"model": "_unknown", "code": "NOT_FOUND"}) == 153
     assert registry.get_sample_value("splitinf_requests_total", {"model": "ghost-4", "code": "NOT_FOUND"}) is None
-
-
-def test_server_permits_the_device_keepalive_pings() -> None:
-    """The device pings every ~2 s, with or without calls; the server's ping policy must allow that rate,
-    or it answers GOAWAY too_many_pings and the device loses its connection exactly when idle."""
-    from splitinf.cloud.server import server_options
-    from splitinf.edge.client import ChannelOptions
-
-    device = dict(ChannelOptions().grpc_options())
-    server = dict(server_options(ServerConfig(repo=Path("."))))
-    assert device["grpc.keepalive_permit_without_calls"] == 1
-    assert server["grpc.keepalive_permit_without_calls"] == 1
-    assert server["grpc.http2.min_ping_interval_without_data_ms"] < device["grpc.keepalive_time_ms"]
-    assert server["grpc.http2.max_ping_strikes"] == 0  # never GOAWAY a device for pinging

@@ -34,6 +34,13 @@ def test_toml_then_overrides(tmp_path: Path) -> None:
 def test_the_shipped_example_config_loads() -> None:
     config = load_server_config(ROOT / "cloud" / "server.toml", repo="/models")
     assert config.port == 8001 and config.host == "0.0.0.0"
+    assert config.tune_allocator is True
+
+
+def test_allocator_tuning_is_a_config_switch(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text('repo = "m"\ntune_allocator = false\n')
+    assert load_server_config(tmp_path / "s.toml").tune_allocator is False
+    assert ServerConfig(repo=tmp_path).tune_allocator is True  # on unless turned off
 
 
 @pytest.mark.parametrize(
@@ -45,6 +52,7 @@ def test_the_shipped_example_config_loads() -> None:
         ('repo = "m"\nport = 70000\n', "port 70000 is not in 0..65535"),
         ('repo = "m"\n[onnxruntime]\ngraph_optimization = "max"\n', "graph_optimization 'max' is not one of"),
         ('repo = "m"\n[tls]\ncert = "a.pem"\n', "TLS needs both a certificate and a key"),
+        ('repo = "m"\ntune_allocator = "no"\n', "tune_allocator must be true or false, not 'no'"),
         ("repo = \n", "is not valid TOML"),
     ],
 )

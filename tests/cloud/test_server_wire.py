@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitinf.cloud.server import SERVICE_NAME, InferenceServicer, inference_method_handlers, tune_allocator
+from splitinf.cloud.servicer import SERVICE_NAME, InferenceServicer, inference_method_handlers
 from splitinf.protocol import encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol.tensors import (
@@ -181,8 +181,3 @@ def test_servicer_still_takes_plain_protobuf_requests() -> None:
     assert isinstance(parsed, ParsedInferRequest)
     for form in (request, parsed):
         np.testing.assert_array_equal(decode_request_inputs(form)["x"], np.ones((1, 2), np.float32))
-
-
-def test_allocator_tuning_is_idempotent() -> None:
-    first = tune_allocator()
-    assert tune_allocator() is first

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
-from splitinf.cloud.server import create_server
 from splitinf.contract.plan import Plan, sha256_file, write_json_atomic
 from splitinf.edge.client import InferenceClient
 from splitinf.edge.config import DeviceConfig

@@ -30,8 +30,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from splitinf.cloud.app import TailServer, create_server
 from splitinf.cloud.config import ServerConfig
-from splitinf.cloud.server import TailServer, create_server
 from splitinf.contract.plan import load_plan
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.policy import PolicyConfig

@@ -1,0 +1,264 @@
+"""The tail server as a process runs it: ``create_server(config) -> (TailServer, port)``.
+
+``create_server`` loads and warms up the repository, then starts gRPC (the V2 servicer, health and
+reflection) and the Prometheus endpoint. ``TailServer`` is its lifecycle: ``drain()``, ``stop()``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import logging
+import threading
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from splitinf.cloud.auth import TokenAuthInterceptor
+from splitinf.cloud.config import ServerConfig
+from splitinf.cloud.dataplane import DataPlane
+from splitinf.cloud.metrics import ServerMetrics
+from splitinf.cloud.repository import load_repository
+from splitinf.cloud.servicer import SERVICE_NAME, InferenceServicer, add_inference_servicer
+from splitinf.errors import ConfigError
+from splitinf.protocol import grpc_service_pb2 as pb
+
+__all__ = ["TailServer", "allocator_tuned", "create_server", "server_options", "tune_allocator"]
+
+log = logging.getLogger(__name__)
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_LARGE_BUFFER_BYTES = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+_allocator_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Keep large buffers (tensors up to 32 MiB) in malloc's heap instead of fresh mmaps.
+
+    By default glibc serves each 0.8 MB message buffer with its own mmap and unmaps it on
+    free, so every call page-faults ~200 zeroed pages per buffer: at 4 concurrent clients
+    that was ~0.5 ms of kernel time per call, more than all of splitinf's own work
+    (benchmarks/bench_server.py, "faults/call"). Process-wide and idempotent; the price
+    is that freed memory is kept for reuse (up to 128 MiB above the heap's top) instead of
+    being returned to the system at once. ``ServerConfig.tune_allocator`` turns it off for
+    servers embedded in a process that wants glibc's defaults. Returns False where the C
+    library is not glibc.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, _LARGE_BUFFER_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 4 * _LARGE_BUFFER_BYTES)
+    )
+    return _allocator_tuned
+
+
+def allocator_tuned() -> bool:
+    """Whether this process has applied ``tune_allocator``'s settings."""
+    return _allocator_tuned
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
+    """gRPC server channel arguments, as data."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        # Devices ping every ~2 s to notice a black hole; allow it, even between calls.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", config.min_client_ping_interval_ms),
+        ("grpc.http2.max_ping_strikes", 0),
+        # Find dead devices' connections in a minute rather than at TCP's timeout.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Two servers must never share a port (tests bind port 0 side by side).
+        ("grpc.so_reuseport", 0),
+    ]
+    if config.max_connection_age_s is not None:
+        age_ms = int(config.max_connection_age_s * 1000)
+        options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", 30_000)]
+    return options
+
+
+def _reflection_pool() -> Any:
+    """Our private descriptor pool plus the health and reflection services, for server reflection."""
+    pool = pb.DESCRIPTOR.pool
+    for module in (health_pb2, reflection_pb2):
+        with contextlib.suppress(TypeError):  # already added
+            pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool
+
+
+class TailServer:
+    """A running tail server: gRPC + health + reflection + metrics. Use ``drain()`` or ``stop()``."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        grpc_server: grpc.Server,
+        dataplane: DataPlane,
+        health_servicer: health.HealthServicer,
+        metrics: ServerMetrics,
+        port: int,
+    ):
+        self.config = config
+        self.grpc_server = grpc_server
+        self.dataplane = dataplane
+        self.health = health_servicer
+        self.metrics = metrics
+        self.port = port
+        self.metrics_port: int | None = None
+        self._metrics_http: Any = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start gRPC and the metrics endpoint, then report SERVING."""
+        self.grpc_server.start()
+        try:
+            self._start_metrics_http()
+        except OSError:
+            self.stop()
+            raise
+        self.dataplane.set_ready(True)
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def _start_metrics_http(self) -> None:
+        from prometheus_client import start_http_server
+
+        if self.config.metrics_port is None:
+            return
+        httpd, _thread = start_http_server(
+            self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+        )
+        self._metrics_http = httpd
+        self.metrics_port = int(httpd.server_port)
+
+    def begin_drain(self) -> None:
+        """Health NOT_SERVING and new inference calls refused (UNAVAILABLE); calls in flight go on."""
+        self.health.enter_graceful_shutdown()
+        self.dataplane.start_draining()
+
+    def drain(self, grace_s: float | None = None) -> bool:
+        """Health NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish, stop.
+
+        Returns True when every call in flight finished within the grace period.
+        """
+        grace = self.config.drain_grace_s if grace_s is None else grace_s
+        self.begin_drain()
+        finished = self.dataplane.wait_idle(grace)
+        if not finished:
+            log.warning(
+                "drain: %d call(s) still in flight after %.1fs; stopping anyway", self.dataplane.inflight, grace
+            )
+        self.stop(grace=1.0)
+        return finished
+
+    def stop(self, grace: float | None = 0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.dataplane.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+    def __enter__(self) -> TailServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
+    models = load_repository(
+        config.repo,
+        providers=config.providers,
+        intra_op_threads=config.intra_op_threads,
+        inter_op_threads=config.inter_op_threads,
+        graph_optimization=config.graph_optimization,
+        max_batch_size=config.max_batch_size,
+        batch_delay_ms=config.batch_delay_ms,
+        warmup=config.warmup,
+    )
+    return DataPlane(
+        models,
+        max_inflight=config.max_inflight,
+        instances=config.instances,
+        metrics=metrics,
+        batch_wait_when_idle=config.batch_wait_when_idle,
+    )
+
+
+def _grpc_server(config: ServerConfig, dataplane: DataPlane) -> tuple[grpc.Server, health.HealthServicer]:
+    """The gRPC server with the V2 servicer, health (NOT_SERVING until started) and reflection."""
+    # Admission in DataPlane refuses beyond max_inflight; the extra threads answer health,
+    # metadata and refusals quickly. maximum_concurrent_rpcs keeps gRPC's own queue bounded.
+    workers = config.max_inflight + 8
+    interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+    grpc_server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitinf-grpc"),
+        interceptors=interceptors,
+        options=server_options(config),
+        maximum_concurrent_rpcs=workers,
+    )
+    add_inference_servicer(InferenceServicer(dataplane, config.server_name), grpc_server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server, pool=_reflection_pool()
+    )
+    return grpc_server, health_servicer
+
+
+def _bind(grpc_server: grpc.Server, config: ServerConfig) -> int:
+    """Listen on the configured address; the bound port, or ConfigError."""
+    address = f"{config.host}:{config.port}"
+    if ":" in config.host and not config.host.startswith("["):
+        address = f"[{config.host}]:{config.port}"
+    reason = "port 0 returned"
+    try:
+        if config.tls is not None:
+            port = grpc_server.add_secure_port(address, config.tls.credentials())
+        else:
+            port = grpc_server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        port, reason = 0, str(exc)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address} (in use, or not an address of this host): {reason}")
+    return int(port)
+
+
+def create_server(config: ServerConfig) -> tuple[TailServer, int]:
+    """Load and warm up the repository, then start serving; returns the server and the bound port.
+
+    The returned server is already started and SERVING; ``port`` is the bound one (use
+    ``port=0`` in tests).
+    """
+    if config.tune_allocator:
+        tune_allocator()
+    metrics = ServerMetrics()
+    dataplane = _load_dataplane(config, metrics)
+    grpc_server, health_servicer = _grpc_server(config, dataplane)
+    try:
+        port = _bind(grpc_server, config)
+    except Exception:
+        dataplane.close()
+        raise
+    server = TailServer(config.replace(port=port), grpc_server, dataplane, health_servicer, metrics, port)
+    server.start()
+    log.info("serving %d model(s) on %s port %d", len(dataplane.models), config.host, port)
+    return server, port

@@ -1,0 +1,227 @@
+"""The server's core, with no protobuf and no grpc: model lookup, admission, draining, validation,
+execution (directly or through a ``Batcher``) and the metrics of each request.
+
+It raises ``InferenceError``s; ``splitinf.cloud.errors`` turns them into gRPC statuses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitinf.cloud.batching import Batcher, BatchResult
+from splitinf.cloud.metrics import ServerMetrics
+from splitinf.cloud.repository import LoadedModel
+from splitinf.errors import InvalidRequestError, ModelNotFoundError, ServerBusyError, ServerUnavailableError
+
+__all__ = ["UNKNOWN_MODEL_LABEL", "DataPlane", "InferOutcome"]
+
+# The metrics label of every model name this server does not serve: clients choose those names,
+# so they share one label and cannot grow the metrics without bound.
+UNKNOWN_MODEL_LABEL = "_unknown"
+
+ModelKey = tuple[str, str]  # (name, version)
+
+
+@dataclass(frozen=True)
+class InferOutcome:
+    model: LoadedModel
+    outputs: dict[str, np.ndarray]
+    compute_ns: int
+
+
+class DataPlane:
+    """The server core: models, admission, draining, validation, execution and metrics."""
+
+    def __init__(
+        self,
+        models: Mapping[str, Mapping[str, LoadedModel]],
+        *,
+        max_inflight: int = 64,
+        instances: int = 1,
+        metrics: ServerMetrics | None = None,
+        batch_wait_when_idle: bool = False,
+    ):
+        self.models = {name: dict(versions) for name, versions in models.items()}
+        self._latest = {name: versions[max(versions, key=int)] for name, versions in self.models.items() if versions}
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self._inflight = 0
+        self._idle_waiters = 0
+        # Per-call counters take the plain Lock (one C call); waiting for idle uses the Condition over it.
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
+        self._draining = False
+        self._ready = False
+        self._model_inflight: dict[ModelKey, int] = {}
+        # Requests of a batching model run inline (in their own thread, skipping the batcher) when
+        # nothing else for that model is in the server; they cannot join any batch anyway.
+        self._model_inline: dict[ModelKey, int] = {}
+        self._adaptive_batching = not batch_wait_when_idle
+        # A plain Lock for one instance: threading.Semaphore is Python code, a Lock is one C call.
+        self._instance_slots: dict[ModelKey, threading.Lock | threading.Semaphore] = {
+            (name, version): threading.Lock() if instances == 1 else threading.Semaphore(instances)
+            for name, versions in self.models.items()
+            for version in versions
+        }
+        if metrics is not None:
+            # Read when scraped, instead of inc()/dec() under a lock on every call.
+            metrics.inflight.set_function(lambda: self._inflight)
+        self._batchers = {
+            (name, version): Batcher(
+                model, metrics, None if batch_wait_when_idle else self._in_flight_counter((name, version))
+            )
+            for name, versions in self.models.items()
+            for version, model in versions.items()
+            if model.max_batch_size > 0
+        }
+
+    # --- state ---
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._draining
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def start_draining(self) -> None:
+        with self._lock:
+            self._draining = True
+            self._lock.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; False when ``timeout_s`` passed first."""
+        with self._lock:
+            self._idle_waiters += 1
+            try:
+                return self._lock.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+            finally:
+                self._idle_waiters -= 1
+
+    def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.stop()
+
+    # --- lookups ---
+    def model(self, name: str, version: str = "") -> LoadedModel:
+        versions = self.models.get(name)
+        if versions is None:
+            raise ModelNotFoundError(f"unknown model {name!r}; this server has {sorted(self.models)}")
+        if not version:
+            return self._latest[name]
+        try:
+            return versions[version]
+        except KeyError:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r}; available: {sorted(versions, key=int)}"
+            ) from None
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        self.model(name, version)
+        return self.ready
+
+    # --- inference ---
+    def infer(
+        self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()
+    ) -> InferOutcome:
+        """Run ``inputs`` through the model; ``requested`` outputs only, when any are named."""
+        model = self.model(name, version)
+        if not self._ready:
+            raise ServerUnavailableError(f"model {name!r} is not ready yet")
+        if requested and len(set(requested)) != len(requested):
+            raise InvalidRequestError(f"an output is requested twice: {list(requested)}")
+        key = (model.name, model.version)
+        self._admit(key)
+        try:
+            outputs, compute_ns, queue_ns = self._execute(model, key, inputs, requested)
+        finally:
+            self._release(key)
+        if requested:
+            outputs = {out: outputs[out] for out in requested}
+        if self.metrics is not None:
+            series = self.metrics.model(model.name)
+            series.queue_seconds.observe(queue_ns / 1e9)
+            # Tensor bytes, not the message's ByteSize(): on a parsed 0.8 MB request ByteSize()
+            # doubled the server's per-call time (benchmarks/bench_server.py).
+            series.request_bytes.inc(sum(a.nbytes for a in inputs.values()))
+            series.response_bytes.inc(sum(a.nbytes for a in outputs.values()))
+        return InferOutcome(model, outputs, compute_ns)
+
+    def record_answer(self, name: str | None, code: str) -> None:
+        """Count one answered inference request by model and status name (``"OK"`` or e.g. ``"NOT_FOUND"``)."""
+        if self.metrics is None or name is None:
+            return
+        if code == "OK":
+            self.metrics.model(name).requests_ok.inc()
+        else:
+            self.metrics.record_request(name if name in self.models else UNKNOWN_MODEL_LABEL, code)
+
+    def _execute(
+        self, model: LoadedModel, key: ModelKey, inputs: Mapping[str, np.ndarray], requested: Sequence[str]
+    ) -> BatchResult:
+        batch = model.validate(inputs, requested)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            return self._run_direct(model, inputs)
+        if self._adaptive_batching and self._enter_inline(key):
+            try:
+                return self._run_direct(model, inputs)
+            finally:
+                self._leave_inline(key)
+        return batcher.submit(inputs, batch).result()
+
+    def _run_direct(self, model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> BatchResult:
+        arrived = time.perf_counter_ns()
+        with self._instance_slots[(model.name, model.version)]:
+            started = time.perf_counter_ns()
+            outputs = model.run(inputs)
+            compute_ns = time.perf_counter_ns() - started
+        if self.metrics is not None:
+            series = self.metrics.model(model.name)
+            series.compute_seconds.observe(compute_ns / 1e9)
+            series.batch_size.observe(
+                next(iter(inputs.values())).shape[0] if model.has_batch_dimension and inputs else 1
+            )
+        return outputs, compute_ns, started - arrived
+
+    # --- admission ---
+    def _admit(self, key: ModelKey) -> None:
+        with self._mutex:
+            if self._draining:
+                raise ServerUnavailableError("the server is shutting down; send the request to another replica")
+            if self._inflight >= self.max_inflight:
+                raise ServerBusyError(
+                    f"the server is at its limit of {self.max_inflight} requests in flight; retry later"
+                )
+            self._inflight += 1
+            self._model_inflight[key] = self._model_inflight.get(key, 0) + 1
+
+    def _release(self, key: ModelKey) -> None:
+        with self._mutex:
+            self._inflight -= 1
+            self._model_inflight[key] -= 1
+            if self._idle_waiters:
+                self._lock.notify_all()
+
+    def _in_flight_counter(self, key: ModelKey) -> Callable[[], int]:
+        """Requests for ``key`` in the server that could join its batch (those running inline cannot)."""
+        return lambda: self._model_inflight.get(key, 0) - self._model_inline.get(key, 0)
+
+    def _enter_inline(self, key: ModelKey) -> bool:
+        with self._lock:
+            if self._model_inflight.get(key, 0) - self._model_inline.get(key, 0) != 1:
+                return False
+            self._model_inline[key] = self._model_inline.get(key, 0) + 1
+            return True
+
+    def _leave_inline(self, key: ModelKey) -> None:
+        with self._lock:
+            self._model_inline[key] -= 1

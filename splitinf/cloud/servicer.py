@@ -1,0 +1,156 @@
+"""The V2 gRPC servicer: each RPC converts protobuf to plain data, calls the ``DataPlane`` and converts
+the answer back; ``answers_errors`` (``splitinf.cloud.errors``) maps every failure to its status.
+
+``inference_method_handlers`` puts it on the wire with the zero-copy request parser and the
+one-copy response serializer (``splitinf.protocol.tensors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from splitinf import __version__
+from splitinf.cloud.dataplane import DataPlane
+from splitinf.cloud.errors import answers_errors
+from splitinf.contract.plan import TensorSpec
+from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
+from splitinf.protocol import grpc_service_pb2 as pb
+from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
+from splitinf.protocol.tensors import (
+    EncodedInferResponse,
+    ParsedInferRequest,
+    datatype_of,
+    decode_request_inputs,
+    encode_infer_response,
+    parse_infer_request,
+)
+
+__all__ = ["SERVICE_NAME", "InferenceServicer", "add_inference_servicer", "inference_method_handlers"]
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+InferRequest = pb.ModelInferRequest | ParsedInferRequest
+
+
+def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(
+            name=spec.name,
+            datatype=datatype_of(spec.dtype),
+            shape=[d if isinstance(d, int) else -1 for d in spec.shape],
+        )
+        for spec in specs
+    ]
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """V2 gRPC adapter over a ``DataPlane``: protobuf <-> plain data, nothing else."""
+
+    def __init__(self, dataplane: DataPlane, server_name: str = "splitinf"):
+        self.dataplane = dataplane
+        self.server_name = server_name
+
+    @answers_errors
+    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @answers_errors
+    def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    @answers_errors
+    def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    @answers_errors
+    def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=self.server_name, version=__version__, extensions=[])
+
+    @answers_errors
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self.dataplane.model(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=sorted(self.dataplane.models[model.name], key=int),
+            platform="onnxruntime_onnx",
+            inputs=_tensor_metadata(model.inputs),
+            outputs=_tensor_metadata(model.outputs),
+        )
+
+    def _infer(self, request: InferRequest, context: grpc.ServicerContext) -> EncodedInferResponse:
+        """One inference request; the answer's tensors are serialized with one copy."""
+        message = request.message if isinstance(request, ParsedInferRequest) else request
+        outcome = self.dataplane.infer(
+            message.model_name,
+            message.model_version,
+            decode_request_inputs(request),
+            [output.name for output in message.outputs],
+        )
+        response = pb.ModelInferResponse(
+            model_name=outcome.model.name, model_version=outcome.model.version, id=message.id
+        )
+        response.parameters[COMPUTE_NS_PARAMETER].int64_param = outcome.compute_ns
+        response.parameters[MODEL_SHA256_PARAMETER].string_param = outcome.model.sha256
+        return encode_infer_response(response, outcome.outputs)
+
+    # ModelInfer and ModelStreamInfer as the server runs them (inference_method_handlers).
+    model_infer_encoded = answers_errors(_infer)
+    # Answers as EncodedInferResponse, errors as ModelStreamInferResponse(error_message=...);
+    # EncodedInferResponse.serialize_stream takes both.
+    model_stream_infer_encoded = answers_errors(_infer, stream=True)
+
+    def ModelInfer(self, request: InferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        """For grpcio-testing and direct callers: a protobuf (or zero-copy parsed) request, a protobuf answer."""
+        return self.model_infer_encoded(request, context).to_message()
+
+    def ModelStreamInfer(
+        self, request_iterator: Iterator[InferRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        for response in self.model_stream_infer_encoded(request_iterator, context):
+            if isinstance(response, EncodedInferResponse):
+                yield pb.ModelStreamInferResponse(infer_response=response.to_message())
+            else:
+                yield response
+
+
+def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The V2 service's method handlers: the generated ones, but inference requests are parsed
+    without copying their tensor bytes (``parse_infer_request``) and answers are serialized
+    with one copy of their tensors (``EncodedInferResponse``)."""
+
+    def unary(method: Callable[..., Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+        )
+
+    return {
+        "ServerLive": unary(servicer.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": unary(servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": unary(servicer.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": unary(servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(
+            servicer.model_infer_encoded,
+            request_deserializer=parse_infer_request,
+            response_serializer=EncodedInferResponse.serialize,
+        ),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+            servicer.model_stream_infer_encoded,
+            request_deserializer=parse_infer_request,
+            response_serializer=EncodedInferResponse.serialize_stream,
+        ),
+    }
+
+
+def add_inference_servicer(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """``add_GRPCInferenceServiceServicer_to_server`` with ``inference_method_handlers``."""
+    handlers = inference_method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
