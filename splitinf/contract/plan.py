@@ -248,9 +248,7 @@ class Plan:
     def local(self) -> Option | None:
         return next((o for o in self.options if o.kind == "local"), None)
 
-    def planned(
-        self, bandwidth_bps: float, rtt_s: float, budget_s: float | None = None
-    ) -> tuple[Option, float] | None:
+    def planned(self, bandwidth_bps: float, rtt_s: float, budget_s: float | None = None) -> tuple[Option, float] | None:
         """What a healthy device answers with at these estimates: :func:`choose_option` over every
         option, else the fallback; None only for a plan without a fallback. ``budget_s`` defaults
         to the plan's."""

@@ -233,7 +233,8 @@ class Policy:
                 and stable_for >= max(cfg.stabilisation_s, cfg.min_dwell_s)
                 and now >= self._flap_allowed_at()
             ):
-                if choose_option(self.usable_split_options(now), estimates.bandwidth_bps, estimates.rtt_s, cfg.budget_s) is not None:
+                usable = self.usable_split_options(now)
+                if choose_option(usable, estimates.bandwidth_bps, estimates.rtt_s, cfg.budget_s) is not None:
                     events.append(self._transition(Mode.SPLIT, "stable", now))
                 else:
                     events.append(self._trip("predicted_over_budget", now, grow=False))

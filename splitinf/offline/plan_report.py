@@ -1,8 +1,9 @@
 """A plan the user can look at: a Markdown table and an SVG chart, both plain text (no plotting library).
 
-The chart draws each option's expected latency against bandwidth (log-log) at a reference
-round-trip time; the option the decision table picks is drawn thick along the bandwidths where
-it is chosen, and marked with dots.
+Both mark what the device's rule (:func:`splitinf.contract.plan.choose_option`, through
+:meth:`Plan.planned`) picks within the plan's budget. The chart draws each option's expected
+latency against bandwidth (log-log) at a reference round-trip time; the planned option is drawn
+thick along the bandwidths where it is picked, and marked with dots.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
+import numpy as np
+
 from splitinf.contract.plan import Option, Plan, expected_latency
-from splitinf.offline.planner import best_option, log_grid
 
 __all__ = ["chart_bandwidths", "latency_svg", "report_markdown"]
 
@@ -29,20 +31,23 @@ def _mbit(bps: float) -> str:
     return f"{bps / 1e6:g}"
 
 
-def _table_options(plan: Plan) -> list[Option]:
-    """The options the decision table picks from (the fallback answers only on failure)."""
-    if plan.table is None:
-        return [o for o in plan.options if o.kind != "fallback"]
-    chosen = {c for row in plan.table.choices for c in row}
-    return [o for o in plan.options if o.id in chosen or o.kind in ("split", "local")]
+def _grid(plan: Plan) -> tuple[list[float], list[float]]:
+    """The planning grid (bandwidths, rtts) recorded in plan.json; empty for plans that lack it."""
+    grid = (plan.profiles.get("evaluated") or {}).get("grid") or {}
+    return [float(b) for b in grid.get("bandwidths_bps", ())], [float(r) for r in grid.get("rtts_s", ())]
+
+
+def _planned_id(plan: Plan, bandwidth_bps: float, rtt_s: float) -> str | None:
+    planned = plan.planned(bandwidth_bps, rtt_s)
+    return None if planned is None else planned[0].id
 
 
 def chart_bandwidths(plan: Plan, points: int = 60) -> tuple[float, ...]:
-    if plan.table is not None and plan.table.bandwidths_bps:
-        low, high = plan.table.bandwidths_bps[0], plan.table.bandwidths_bps[-1]
-    else:
-        low, high = 0.25e6, 1000e6
-    return log_grid(low, high, points)
+    bandwidths, _ = _grid(plan)
+    low, high = (min(bandwidths), max(bandwidths)) if bandwidths else (0.25e6, 1000e6)
+    if high <= low:
+        return (low,)
+    return tuple(float(b) for b in np.geomspace(low, high, points))
 
 
 def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence[float] = (1e6, 10e6, 100e6)) -> str:
@@ -51,45 +56,67 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
         "",
         f"Model sha256 `{plan.model_sha256}`.",
         "",
-        f"Expected latency (ms) at RTT {reference_rtt_s * 1e3:g} ms; the chart is `latency.svg`.",
+        f"Expected latency (ms) at RTT {reference_rtt_s * 1e3:g} ms; the chart is `latency.svg`. **planned** marks "
+        f"the option the device picks: the most accurate one expected within the {plan.budget_s * 1e3:g} ms "
+        "budget (ties to the faster), else the fallback.",
         "",
     ]
     header = ["option", "kind", "codec", "bytes", "head ms", "tail ms", "accuracy", "fidelity (held-out)"]
     header += [f"{_mbit(b)} Mbit/s" for b in bandwidths_bps]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    choices = _table_options(plan)
+    planned = [_planned_id(plan, bw, reference_rtt_s) for bw in bandwidths_bps]
     for option in plan.options:
-        fid = option.fidelity.get("held_out") or option.fidelity.get("calibration") or {}
-        agreement = fid.get("top1_agreement")
-        fid_text = (
-            f"top-1 {agreement:.3f}"
-            if agreement is not None
-            else (f"rel.err {fid['max_rel_error']:.2e}" if "max_rel_error" in fid else "")
-        )
-        row = [
-            f"`{option.id}`",
-            option.kind,
-            option.codec or "",
-            str(option.bytes) if option.kind == "split" else "",
-            _ms(option.head_seconds if option.kind == "split" else option.seconds),
-            _ms(option.tail_seconds) if option.kind == "split" else "",
-            "" if option.accuracy is None else f"{option.accuracy:.3f}",
-            fid_text,
-        ]
-        for bw in bandwidths_bps:
-            seconds = expected_latency(option, bw, reference_rtt_s)
-            mark = " **best**" if choices and best_option(choices, bw, reference_rtt_s).id == option.id else ""
-            row.append(_ms(seconds) + mark)
+        row = _option_row(option)
+        for bw, planned_id in zip(bandwidths_bps, planned, strict=True):
+            mark = " **planned**" if planned_id == option.id else ""
+            row.append(_ms(expected_latency(option, bw, reference_rtt_s)) + mark)
         lines.append("| " + " | ".join(row) + " |")
     lines += _codec_section(plan)
-    if plan.table is not None:
-        lines += ["", "## Decision table", "", "Rows: bandwidth (Mbit/s); columns: round-trip time (ms).", ""]
-        lines.append("| Mbit/s | " + " | ".join(f"{r * 1e3:g}" for r in plan.table.rtts_s) + " |")
-        lines.append("|" + "---|" * (len(plan.table.rtts_s) + 1))
-        for bw, picks in zip(plan.table.bandwidths_bps, plan.table.choices, strict=True):
-            lines.append(f"| {bw / 1e6:.3g} | " + " | ".join(f"`{c}`" for c in picks) + " |")
+    lines += _planned_section(plan)
     return "\n".join(lines) + "\n"
+
+
+def _option_row(option: Option) -> list[str]:
+    fid = option.fidelity.get("held_out") or option.fidelity.get("calibration") or {}
+    agreement = fid.get("top1_agreement")
+    fid_text = (
+        f"top-1 {agreement:.3f}"
+        if agreement is not None
+        else (f"rel.err {fid['max_rel_error']:.2e}" if "max_rel_error" in fid else "")
+    )
+    split = option.kind == "split"
+    return [
+        f"`{option.id}`",
+        option.kind,
+        option.codec or "",
+        str(option.bytes) if split else "",
+        _ms(option.head_seconds if split else option.seconds),
+        _ms(option.tail_seconds) if split else "",
+        "" if option.accuracy is None else f"{option.accuracy:.3f}",
+        fid_text,
+    ]
+
+
+def _planned_section(plan: Plan) -> list[str]:
+    """The planned option over the planning grid: what the device picks if its estimates land there."""
+    bandwidths, rtts = _grid(plan)
+    if not bandwidths or not rtts:
+        return []
+    lines = [
+        "",
+        f"## Planned option by network condition (budget {plan.budget_s * 1e3:g} ms)",
+        "",
+        "Rows: bandwidth (Mbit/s); columns: round-trip time (ms). The device applies the same rule to its "
+        "live estimates, so this is what it answers with when they land on a grid point.",
+        "",
+        "| Mbit/s | " + " | ".join(f"{r * 1e3:g}" for r in rtts) + " |",
+        "|" + "---|" * (len(rtts) + 1),
+    ]
+    for bw in bandwidths:
+        picks = [_planned_id(plan, bw, rtt) or "none" for rtt in rtts]
+        lines.append(f"| {bw / 1e6:.3g} | " + " | ".join(f"`{p}`" for p in picks) + " |")
+    return lines
 
 
 def _fidelity_text(report: Mapping[str, Any] | None) -> str:
@@ -124,86 +151,125 @@ def _codec_section(plan: Plan) -> list[str]:
     return lines
 
 
+def _chart_options(plan: Plan, planned: Sequence[str | None]) -> list[Option]:
+    """The options but the fallback (only the planned ones when too many to read, as with --hold-all), then it."""
+    options = [o for o in plan.options if o.kind != "fallback"]
+    if len(options) > _MAX_CHART_LINES:
+        options = [o for o in options if o.id in planned]
+    return options + ([plan.fallback] if plan.fallback is not None else [])
+
+
+def _runs(flags: Sequence[bool]) -> list[tuple[int, int]]:
+    """[start, end) index ranges where ``flags`` is true."""
+    runs, start = [], None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+class _Axes:
+    """Log-log coordinates of the plot area."""
+
+    def __init__(self, bandwidths: Sequence[float], values: Sequence[float], box: tuple[int, int, int, int]) -> None:
+        finite = [v for v in values if math.isfinite(v) and v > 0]
+        low, high = (min(finite), max(finite)) if finite else (1e-3, 1.0)
+        if high <= low:
+            high = low * 10
+        self.y_low, self.y_high = 10 ** math.floor(math.log10(low)), 10 ** math.ceil(math.log10(high))
+        self.left, self.top, self.width, self.height = box
+        self.x_low, self.x_high = math.log10(bandwidths[0]), math.log10(bandwidths[-1])
+        self.bandwidths = bandwidths
+
+    def x(self, bw: float) -> float:
+        return self.left + self.width * (math.log10(bw) - self.x_low) / max(self.x_high - self.x_low, 1e-12)
+
+    def y(self, seconds: float) -> float:
+        value = min(max(seconds, self.y_low), self.y_high)
+        span = math.log10(self.y_high) - math.log10(self.y_low)
+        return self.top + self.height * (1 - (math.log10(value) - math.log10(self.y_low)) / span)
+
+    def gridlines(self) -> list[str]:
+        out = []
+        bottom = self.top + self.height
+        for decade in range(math.floor(self.x_low), math.ceil(self.x_high) + 1):
+            bw = 10.0**decade
+            if self.bandwidths[0] <= bw <= self.bandwidths[-1]:
+                out.append(
+                    f'<line x1="{self.x(bw):.1f}" y1="{self.top}" x2="{self.x(bw):.1f}" y2="{bottom}" stroke="#ddd"/>'
+                )
+                out.append(f'<text x="{self.x(bw):.1f}" y="{bottom + 15}" text-anchor="middle">{_mbit(bw)}</text>')
+        for exponent in range(round(math.log10(self.y_low)), round(math.log10(self.y_high)) + 1):
+            seconds, right, y = 10.0**exponent, self.left + self.width, self.y(10.0**exponent)
+            out.append(f'<line x1="{self.left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#ddd"/>')
+            out.append(
+                f'<text x="{self.left - 5}" y="{self.y(seconds) + 4:.1f}" text-anchor="end">{seconds * 1e3:g} ms</text>'
+            )
+        return out
+
+
+def _series_svg(
+    option: Option, colour: str, axes: _Axes, seconds: Sequence[float], chosen: Sequence[bool]
+) -> list[str]:
+    """One option's line, thick where it is the planned option, with a dot at each planned point."""
+    dash = ' stroke-dasharray="6,4"' if option.kind != "split" else ""
+    name = escape(option.id)
+    points = [f"{axes.x(bw):.1f},{axes.y(s):.1f}" for bw, s in zip(axes.bandwidths, seconds, strict=True)]
+    out = [
+        f'<polyline class="option" data-option="{name}" points="{" ".join(points)}" fill="none" '
+        f'stroke="{colour}" stroke-width="1.5"{dash}/>'
+    ]
+    for start, end in _runs(chosen):
+        out.append(
+            f'<polyline class="planned" data-option="{name}" points="{" ".join(points[start:end])}" fill="none" '
+            f'stroke="{colour}" stroke-width="5" stroke-linecap="round"/>'
+        )
+    for point, flag in zip(points, chosen, strict=True):
+        if flag:
+            cx, cy = point.split(",")
+            out.append(f'<circle class="chosen" data-option="{name}" cx="{cx}" cy="{cy}" r="3" fill="{colour}"/>')
+    return out
+
+
 def latency_svg(plan: Plan, reference_rtt_s: float, width: int = 760, height: int = 440) -> str:
-    """Expected latency against bandwidth per option at ``reference_rtt_s``; the chosen option drawn thick."""
-    options = _table_options(plan)
-    if len(options) > _MAX_CHART_LINES and plan.table is not None:
-        # too many lines to read (a plan written with --hold-all): draw the ones the table picks
-        chosen_ids = {c for row in plan.table.choices for c in row}
-        options = [o for o in options if o.id in chosen_ids]
-    if plan.fallback is not None:
-        options.append(plan.fallback)
-    height = max(height, 40 + 14 * len(options) + 40)
+    """Expected latency against bandwidth per option at ``reference_rtt_s``; the planned option drawn thick."""
     bandwidths = chart_bandwidths(plan)
+    planned = [_planned_id(plan, bw, reference_rtt_s) for bw in bandwidths]
+    options = _chart_options(plan, planned)
+    height = max(height, 40 + 14 * len(options) + 40)
     series = {o.id: [expected_latency(o, bw, reference_rtt_s) for bw in bandwidths] for o in options}
-    values = [v for vs in series.values() for v in vs if math.isfinite(v) and v > 0]
-    y_low = min(values) if values else 1e-3
-    y_high = max(values) if values else 1.0
-    if y_high <= y_low:
-        y_high = y_low * 10
-    y_low, y_high = 10 ** math.floor(math.log10(y_low)), 10 ** math.ceil(math.log10(y_high))
     left, right, top, bottom = 70, 250, 40, 50
-    plot_w, plot_h = width - left - right, height - top - bottom
-    x_low, x_high = math.log10(bandwidths[0]), math.log10(bandwidths[-1])
-
-    def x(bw: float) -> float:
-        return left + plot_w * (math.log10(bw) - x_low) / max(x_high - x_low, 1e-12)
-
-    def y(seconds: float) -> float:
-        value = min(max(seconds, y_low), y_high)
-        return top + plot_h * (1 - (math.log10(value) - math.log10(y_low)) / (math.log10(y_high) - math.log10(y_low)))
-
-    table_options = [o for o in options if o.kind != "fallback"]
-    chosen = [best_option(table_options, bw, reference_rtt_s).id for bw in bandwidths] if table_options else []
+    axes = _Axes(
+        bandwidths, [v for vs in series.values() for v in vs], (left, top, width - left - right, height - top - bottom)
+    )
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{left}" y="20" font-size="14">{escape(plan.model_name)}: expected latency vs bandwidth '
         f"(RTT {reference_rtt_s * 1e3:g} ms)</text>",
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>',
+        f'<rect x="{left}" y="{top}" width="{axes.width}" height="{axes.height}" fill="none" stroke="#333"/>',
+        *axes.gridlines(),
+        f'<text x="{left + axes.width / 2}" y="{height - 12}" text-anchor="middle">bandwidth (Mbit/s, log)</text>',
     ]
-    decade = math.floor(x_low)
-    while decade <= math.ceil(x_high):
-        bw = 10.0**decade
-        if bandwidths[0] <= bw <= bandwidths[-1]:
-            out.append(f'<line x1="{x(bw):.1f}" y1="{top}" x2="{x(bw):.1f}" y2="{top + plot_h}" stroke="#ddd"/>')
-            out.append(f'<text x="{x(bw):.1f}" y="{top + plot_h + 15}" text-anchor="middle">{_mbit(bw)}</text>')
-        decade += 1
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">bandwidth (Mbit/s, log)</text>')
-    exponent = round(math.log10(y_low))
-    while exponent <= round(math.log10(y_high)):
-        seconds = 10.0**exponent
-        out.append(
-            f'<line x1="{left}" y1="{y(seconds):.1f}" x2="{left + plot_w}" y2="{y(seconds):.1f}" stroke="#ddd"/>'
-        )
-        out.append(f'<text x="{left - 5}" y="{y(seconds) + 4:.1f}" text-anchor="end">{seconds * 1e3:g} ms</text>')
-        exponent += 1
     for k, option in enumerate(options):
         colour = _COLOURS[k % len(_COLOURS)]
-        dash = ' stroke-dasharray="6,4"' if option.kind != "split" else ""
-        points = " ".join(f"{x(bw):.1f},{y(s):.1f}" for bw, s in zip(bandwidths, series[option.id], strict=True))
-        out.append(
-            f'<polyline class="option" data-option="{escape(option.id)}" points="{points}" fill="none" '
-            f'stroke="{colour}" stroke-width="1.5"{dash}/>'
-        )
-        chosen_points = [
-            (bw, s) for bw, s, c in zip(bandwidths, series[option.id], chosen, strict=False) if c == option.id
-        ]
-        for bw, s in chosen_points:
-            out.append(
-                f'<circle class="chosen" data-option="{escape(option.id)}" cx="{x(bw):.1f}" cy="{y(s):.1f}" r="3" '
-                f'fill="{colour}"/>'
-            )
+        chosen = [p == option.id for p in planned]
+        out += _series_svg(option, colour, axes, series[option.id], chosen)
         legend_y = top + 14 * k + 10
+        dash = ' stroke-dasharray="6,4"' if option.kind != "split" else ""
         out.append(
             f'<line x1="{width - right + 15}" y1="{legend_y - 4}" x2="{width - right + 35}" y2="{legend_y - 4}" '
             f'stroke="{colour}" stroke-width="2"{dash}/>'
         )
-        label = option.id + (" (chosen somewhere)" if chosen_points else "")
+        label = option.id + (" (planned somewhere)" if any(chosen) else "")
         out.append(f'<text x="{width - right + 40}" y="{legend_y}">{escape(label)}</text>')
     out.append(
-        f'<text x="{width - right + 15}" y="{top + 14 * len(options) + 20}">dots: the option the plan picks</text>'
+        f'<text x="{width - right + 15}" y="{top + 14 * len(options) + 20}">thick, with dots: the planned option '
+        f"(budget {plan.budget_s * 1e3:g} ms)</text>"
     )
     out.append("</svg>")
     return "\n".join(out) + "\n"

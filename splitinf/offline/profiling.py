@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from splitinf.contract.stats import quantile
 from splitinf.errors import PlanError
 from splitinf.ort import SessionSettings, open_session
 
@@ -79,7 +80,7 @@ class Timing:
     def of(cls, seconds: Sequence[float]) -> Timing:
         return cls(
             median=float(statistics.median(seconds)),
-            p90=float(np.percentile(seconds, 90)),
+            p90=quantile(seconds, 0.9),
             min=float(min(seconds)),
             repeats=len(seconds),
         )
