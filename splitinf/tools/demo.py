@@ -114,6 +114,7 @@ def _make_plan(workdir: Path, settings: DemoSettings, out: TextIO) -> tuple[Path
         fallback=digits_fallback_path(),
         calibration=calibration,
         output=plan_dir,
+        budget_s=settings.budget_s,
         # The demo pretends the main model does not fit on the device, so it splits or falls back.
         include_local=False,
     )

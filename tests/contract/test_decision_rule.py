@@ -9,23 +9,9 @@ import pytest
 
 from splitinf.contract.plan import DEFAULT_BUDGET_S, Option, Plan, TensorSpec, choose_option, load_plan
 from splitinf.errors import PlanError
+from splitinf.tools.testing.plans import split_option
 
 X = TensorSpec("x", "float32", (1, 4))
-
-
-def split_option(name: str, nbytes: int, accuracy: float | None) -> Option:
-    return Option(
-        id=f"split:{name}:fp32",
-        kind="split",
-        accuracy=accuracy,
-        cut_id=name,
-        codec="fp32",
-        head=f"device/heads/{name}.onnx",
-        tail_model=f"m.{name}",
-        bytes=nbytes,
-        head_seconds=0.001,
-        tail_seconds=0.001,
-    )
 
 
 FALLBACK = Option(id="fallback", kind="fallback", accuracy=0.80, model="device/fallback.onnx", seconds=0.002)

@@ -10,6 +10,7 @@ from splitinf.contract.plan import Option, Plan, TensorSpec
 from splitinf.edge.estimate import Estimates
 from splitinf.edge.policy import BreakerState, Mode, Policy, PolicyConfig
 from splitinf.errors import ConfigError, PlanError
+from splitinf.tools.testing.plans import split_option
 
 X = TensorSpec("x", "float32", (1, 4))
 
@@ -23,21 +24,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def split_option(name: str, nbytes: int, accuracy: float, head_s: float = 0.001, tail_s: float = 0.001) -> Option:
-    return Option(
-        id=f"split:{name}:fp32",
-        kind="split",
-        accuracy=accuracy,
-        cut_id=name,
-        codec="fp32",
-        head=f"device/heads/{name}.onnx",
-        tail_model=f"m.{name}",
-        bytes=nbytes,
-        head_seconds=head_s,
-        tail_seconds=tail_s,
-    )
 
 
 FALLBACK = Option(id="fallback", kind="fallback", accuracy=0.80, model="device/fallback.onnx", seconds=0.002)
