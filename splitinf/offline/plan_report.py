@@ -203,11 +203,10 @@ class _Axes:
                 )
                 out.append(f'<text x="{self.x(bw):.1f}" y="{bottom + 15}" text-anchor="middle">{_mbit(bw)}</text>')
         for exponent in range(round(math.log10(self.y_low)), round(math.log10(self.y_high)) + 1):
-            seconds, right, y = 10.0**exponent, self.left + self.width, self.y(10.0**exponent)
+            seconds = 10.0**exponent
+            y, right = self.y(seconds), self.left + self.width
             out.append(f'<line x1="{self.left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#ddd"/>')
-            out.append(
-                f'<text x="{self.left - 5}" y="{self.y(seconds) + 4:.1f}" text-anchor="end">{seconds * 1e3:g} ms</text>'
-            )
+            out.append(f'<text x="{self.left - 5}" y="{y + 4:.1f}" text-anchor="end">{seconds * 1e3:g} ms</text>')
         return out
 
 

@@ -40,7 +40,6 @@ from splitinf.contract.plan import (
     write_json_atomic,
 )
 from splitinf.errors import PlanError
-from splitinf.offline.plan_report import latency_svg, report_markdown
 
 if TYPE_CHECKING:
     import numpy as np
@@ -682,6 +681,8 @@ def plan_model(
     ``latency.svg`` (choices marked within ``budget_s``). Samples: an .npz with one array per model
     input, stacked on axis 0, optionally ``labels``. Returns the plan as loaded back from ``output``.
     """
+    from splitinf.offline.plan_report import latency_svg, report_markdown
+
     if max_candidates < 0:
         raise PlanError(f"--max-candidates must be >= 0, got {max_candidates}")
     bandwidths = tuple(sorted(bandwidths_bps)) if bandwidths_bps else DEFAULT_BANDWIDTHS_BPS
