@@ -19,6 +19,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
+from splitinf.contract.stats import quantile
 from splitinf.tools.models import (
     DIGITS_INPUT,
     DIGITS_OUTPUT,
@@ -45,10 +46,6 @@ def timed_runs(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]
     return times
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
 def bench_resnet(repeats: int, threads: int) -> None:
     start = time.perf_counter()
     model = build_resnet50()
@@ -67,7 +64,7 @@ def bench_resnet(repeats: int, threads: int) -> None:
     )
     print(
         f"  batch-1 inference over {repeats} runs: median {statistics.median(times) * 1e3:.1f} ms, "
-        f"p90 {percentile(times, 90) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms"
+        f"p90 {quantile(times, 0.9) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms"
     )
 
 
@@ -85,7 +82,7 @@ def bench_digits(threads: int) -> None:
         print(
             f"digits {role}: accuracy {record['accuracy']:.4f}, {record['parameters']:,} parameters, "
             f"{record['bytes']:,} bytes; batch-1 over {len(feeds)} images: median {medians[role] * 1e6:.1f} us, "
-            f"p99 {percentile(times, 99) * 1e6:.1f} us"
+            f"p99 {quantile(times, 0.99) * 1e6:.1f} us"
         )
     print(f"  main / fallback median latency ratio: {medians['main'] / medians['fallback']:.1f}x")
 

@@ -9,7 +9,8 @@ holding only that option and the fallback), the options taking turns request by 
 shuffled order so other load on the machine falls on all of them alike, and reports:
 
 - predicted (``expected_latency`` at the link's bandwidth and RTT) vs measured median latency;
-- the option the plan's table picks vs the best option found by measuring every candidate
+- the option the device's rule picks (``Plan.planned``, within ``--budget-ms``) vs the best option found by
+  measuring every candidate
   (the held ones, or with ``--all-options`` every cut and codec evaluated; held ones are starred).
 
 Run::
@@ -76,8 +77,6 @@ def forced_plan(plan_dir: Path, option_id: str, out: Path) -> Path:
             # The policy answers from the most accurate option; random weights make every model
             # agree, so mark the fallback as the worse one: it is here only because the runtime needs one.
             option["accuracy"] = 0.0
-    table = data["table"]
-    table["choices"] = [[option_id] * len(row) for row in table["choices"]]
     out.mkdir(parents=True)
     for part in ("device", "server"):
         os.symlink(plan_dir / part, out / part)
@@ -113,6 +112,7 @@ def main() -> int:
     parser.add_argument("--width", type=float, default=1.0, help="ResNet-50 channel width (1.0: the real size)")
     parser.add_argument("--bandwidths", default="10,50,200", help="Mbit/s, comma-separated")
     parser.add_argument("--rtt", type=float, default=20.0, help="emulated round-trip time in ms")
+    parser.add_argument("--budget-ms", type=float, default=250.0, help="the plan's latency budget (the device's)")
     parser.add_argument("--requests", type=int, default=11, help="timed requests per option and bandwidth")
     parser.add_argument("--repeats", type=int, default=7, help="profile repeats per pass")
     parser.add_argument("--passes", type=int, default=3, help="profile passes (each item keeps its quietest)")
@@ -161,13 +161,13 @@ def main() -> int:
             "plan", str(model_path), "--device", str(work / "device.json"), "--server", str(work / "server.json"),
             "--fallback", str(small_path), "--calibration", str(work / "samples.npz"), "--codecs", args.codecs,
             "--bandwidths", args.bandwidths, "--rtts", f"{args.rtt:g}", "--reference-rtt", f"{args.rtt:g}",
+            "--budget-ms", f"{args.budget_ms:g}",
         ]  # fmt: skip
         if not args.local:
             argv.append("--no-local")
         if cli_main([*argv, "-o", str(plan_dir)]) != 0:
             return 1
         plan = load_plan(plan_dir, check_files=("device", "server"))
-        assert plan.table is not None
         # every evaluated option, so that "best" is the best of all cuts and codecs, not only the held ones
         every_dir = work / "every"
         if cli_main([*argv, "-o", str(every_dir), "--hold-all"]) != 0:
@@ -207,12 +207,14 @@ def main() -> int:
                                 f"error {error * 100:+6.1f}%",
                                 flush=True,
                             )
-                        planned = plan.table.lookup(bw, rtt)
+                        choice = plan.planned(bw, rtt)
+                        planned = choice[0].id if choice else "none"
                         best = min(measured, key=lambda k: measured[k])
-                        ratio = measured[planned] / measured[best]
+                        planned_s = measured.get(planned, float("nan"))  # the fallback is not measured
                         print(
-                            f"{bw / 1e6:7g} Mbit/s  planned {planned} ({measured[planned] * 1e3:.1f} ms), "
-                            f"best measured {best} ({measured[best] * 1e3:.1f} ms): planned/best = {ratio:.3f}  "
+                            f"{bw / 1e6:7g} Mbit/s  planned {planned} ({planned_s * 1e3:.1f} ms), "
+                            f"best measured {best} ({measured[best] * 1e3:.1f} ms): "
+                            f"planned/best = {planned_s / measured[best]:.3f}  "
                             f"[load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}]",
                             flush=True,
                         )

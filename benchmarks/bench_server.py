@@ -63,6 +63,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from splitinf.contract.stats import quantile
+
 SHAPE = (1, 256, 28, 28)
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -317,11 +319,10 @@ def run_load(port: int, payload: bytes, clients: int, requests: int, pid: int | 
     cpu_after = cpu_seconds(pid) if pid is not None else (0.0, 0.0, 0)
     for channel in channels:
         channel.close()
-    latencies.sort()
     return {
         "throughput": len(latencies) / elapsed,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "p50_ms": 1000 * quantile(latencies, 0.5),
+        "p99_ms": 1000 * quantile(latencies, 0.99),
         "compute_p50_ms": statistics.median(computes) / 1e6 if computes else 0.0,
         "cpu_ms": 1000 * (cpu_after[0] + cpu_after[1] - cpu_before[0] - cpu_before[1]),
         "sys_ms": 1000 * (cpu_after[1] - cpu_before[1]),

@@ -43,6 +43,7 @@ from chaos_harness import (
     sample_input,
 )
 
+from splitinf.contract.stats import quantile
 from splitinf.edge.runtime import Runtime
 from splitinf.tools.faults import FaultProxy, FaultSettings
 
@@ -178,7 +179,7 @@ def run_soak(duration_s: float, workdir: Path, *, verbose: bool = True) -> dict[
         "fallbacks_by_reason": dict(stats.by_reason),
         "worst_case_s": {k: round(v, 4) for k, v in stats.worst_s.items()},
         "p50_s": round(statistics.median(stats.recent_s), 4) if stats.recent_s else None,
-        "p99_s": round(float(np.percentile(stats.recent_s, 99)), 4) if stats.recent_s else None,
+        "p99_s": round(quantile(stats.recent_s, 0.99), 4) if stats.recent_s else None,
         "late": stats.late,
         "wrong_outputs": stats.wrong[:10],
         "mode_transitions": dict(transitions),

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fallback", help="with --model PATH: the small fallback model (for the failover run)")
     parser.add_argument("--bandwidths", help="comma-separated Mbit/s (default 1,10,100)")
     parser.add_argument("--rtts", help="comma-separated round-trip times in ms (default 2,20,80)")
+    parser.add_argument(
+        "--budget-ms", type=float, default=None, help="latency budget the planned option must fit (default 250)"
+    )
     parser.add_argument("--device-cpus", type=float, default=None, help="device CPU quota in CPUs (default 0.15)")
     parser.add_argument("--device-threads", type=int, default=None, help="device onnxruntime threads (default 1)")
     parser.add_argument("--cpu-period-ms", type=float, default=10.0, help="CFS period of the quota (default 10 ms)")
@@ -56,7 +59,7 @@ def _numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 _FLAGS = (
-    "quick", "model", "fallback", "bandwidths", "rtts", "device_cpus", "device_threads", "cpu_period_ms",
+    "quick", "model", "fallback", "bandwidths", "rtts", "budget_ms", "device_cpus", "device_threads", "cpu_period_ms",
     "no_cpu_limit", "requests", "cuts", "codecs", "max_cell_seconds", "link", "no_failover", "out",
 )  # fmt: skip
 
@@ -73,19 +76,19 @@ def _given_flags(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def run(args: argparse.Namespace) -> int:
+def _positive_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The numeric flags, checked, as BenchConfig fields."""
     from splitinf.errors import UsageError
-    from splitinf.tools.bench import BenchConfig, command_line, quick_config, run_bench
 
     overrides: dict[str, object] = {}
-    if args.model is not None:
-        overrides["model"] = args.model
-    if args.fallback is not None:
-        overrides["fallback"] = args.fallback
     for flag, key, text in (("--bandwidths", "bandwidths_mbit", args.bandwidths), ("--rtts", "rtts_ms", args.rtts)):
         values = _numbers(text, flag)
         if values is not None:
             overrides[key] = values
+    if args.budget_ms is not None:
+        if not args.budget_ms > 0:
+            raise UsageError(f"--budget-ms must be > 0, got {args.budget_ms:g}")
+        overrides["budget_s"] = args.budget_ms * 1e-3
     if args.device_cpus is not None:
         if not args.device_cpus > 0:
             raise UsageError(f"--device-cpus must be > 0, got {args.device_cpus}")
@@ -102,16 +105,35 @@ def run(args: argparse.Namespace) -> int:
         overrides["requests"] = args.requests
     if args.max_cell_seconds is not None:
         overrides["max_cell_s"] = args.max_cell_seconds
+    return overrides
+
+
+def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The model, its cuts and codecs, as BenchConfig fields."""
+    from splitinf.errors import UsageError
+
+    if args.model not in (None, "resnet50", "digits") and not Path(args.model).is_file():
+        raise UsageError(f"--model {args.model!r} is neither resnet50, digits nor an existing ONNX file")
+    overrides: dict[str, object] = {}
+    if args.model is not None:
+        overrides["model"] = args.model
+    if args.fallback is not None:
+        overrides["fallback"] = args.fallback
     if args.cuts:
         overrides["cuts"] = tuple(c.strip() for c in args.cuts.split(",") if c.strip())
     if args.codecs:
         from splitinf.offline.codecs import parse_codecs
 
         overrides["codecs"] = tuple(parse_codecs(args.codecs))
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitinf.tools.bench import BenchConfig, command_line, quick_config, run_bench
+
+    overrides = {**_model_overrides(args), **_positive_overrides(args)}
     if args.no_failover:
         overrides["failover"] = False
-    if args.model not in (None, "resnet50", "digits") and not Path(args.model).is_file():
-        raise UsageError(f"--model {args.model!r} is neither resnet50, digits nor an existing ONNX file")
     overrides["cpu_period_us"] = int(round(args.cpu_period_ms * 1000))
     overrides["link"] = args.link
     overrides["command"] = command_line(_given_flags(args))

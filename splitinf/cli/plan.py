@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_MAX_ACCURACY_DROP = 0.01
+from splitinf.contract.plan import DEFAULT_BUDGET_S
+from splitinf.offline.planner import DEFAULT_MAX_ACCURACY_DROP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="choose the cuts and codecs worth holding and write a plan directory",
         description=(
             "Combine a device profile and a server profile of MODEL into a plan: device heads, fallback, "
-            "server tails in a V2 model repository, plan.json with the decision table, report.md and latency.svg."
+            "server tails in a V2 model repository, plan.json (options, expected latencies, budget), report.md and "
+            "latency.svg."
         ),
     )
     parser.add_argument("model", help="the ONNX model (the one both profiles measured)")
@@ -42,11 +44,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bandwidths", help="comma-separated grid in Mbit/s (default 0.25..1000, log-spaced)")
     parser.add_argument("--rtts", help="comma-separated grid in ms (default 1,5,10,20,50,100,200,300)")
     parser.add_argument("--reference-rtt", type=float, default=20.0, help="RTT in ms for the report's chart")
+    parser.add_argument(
+        "--budget-ms",
+        type=float,
+        default=DEFAULT_BUDGET_S * 1e3,
+        help="latency budget per request the report's planned choices fit (default 250, the device's default)",
+    )
     parser.add_argument("--no-local", action="store_true", help="the full model does not fit on the device")
     parser.add_argument(
         "--hold-all",
         action="store_true",
-        help="hold every evaluated option, not only the best few (for measuring them all; the table is unchanged)",
+        help="hold every evaluated option, not only the best few (for measuring them all)",
     )
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for calibration runs")
     parser.add_argument("-o", "--output", required=True, help="the plan directory to write")
@@ -75,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_candidates < 0:
         raise UsageError(f"--max-candidates must be >= 0, got {args.max_candidates}")
+    if not args.budget_ms > 0:
+        raise UsageError(f"--budget-ms must be > 0, got {args.budget_ms:g}")
     plan = plan_model(
         args.model,
         device_profile=args.device,
@@ -89,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         bandwidths_bps=_floats(args.bandwidths, 1e6, "--bandwidths"),
         rtts_s=_floats(args.rtts, 1e-3, "--rtts"),
         reference_rtt_s=args.reference_rtt * 1e-3,
+        budget_s=args.budget_ms * 1e-3,
         include_local=not args.no_local,
         hold_all=args.hold_all,
         threads=args.threads,

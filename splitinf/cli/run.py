@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _answer(runtime: Any, requests: Iterator[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> int:
+    from splitinf.contract.stats import quantile
+
     paths: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     latencies: list[float] = []
@@ -210,7 +212,7 @@ def _answer(runtime: Any, requests: Iterator[tuple[str, dict[str, Any]]], args: 
         "mode": runtime.mode.value,
         "mode_changes": sum(1 for e in runtime.events if e.kind == "mode"),
         "p50_ms": round(statistics.median(latencies) * 1000, 3) if latencies else None,
-        "p95_ms": round(_percentile(latencies, 0.95) * 1000, 3) if latencies else None,
+        "p95_ms": round(quantile(latencies, 0.95) * 1000, 3) if latencies else None,
         "wall_s": round(wall, 3),
     }
     if args.json:
@@ -222,8 +224,3 @@ def _answer(runtime: Any, requests: Iterator[tuple[str, dict[str, Any]]], args: 
             f"mode now {summary['mode']} after {summary['mode_changes']} change(s)"
         )
     return 0
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]

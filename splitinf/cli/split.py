@@ -4,7 +4,7 @@ Writes ``OUTDIR/head.onnx``, ``OUTDIR/tail.onnx`` and ``OUTDIR/manifest.json`` a
 ``--cut`` takes a cut id from ``splitinf cuts`` or comma-separated tensor names.
 ``--verify`` compares head -> tail with the full model in onnxruntime on random inputs
 (and on ``--samples``: an .npz keyed by input name, or a directory of INPUT.npy / .npz files, with
-samples along each array's first axis; see :mod:`splitinf.offline.samples`).
+samples along each array's first axis; see :mod:`splitinf.contract.samples`).
 ``--repo REPO --name NAME`` also writes the tail as ``REPO/NAME/1/model.onnx`` with the manifest beside it.
 """
 

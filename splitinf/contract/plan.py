@@ -1,8 +1,10 @@
-"""The plan: the options a device holds and which one to use at a given network condition.
+"""The plan: the options a device holds and the one rule that picks which to use.
 
 This module is the contract between the planner (``splitinf plan`` writes a plan
 directory) and the device runtime (which loads it). It holds the data model,
-the cost formula and the JSON form; it does no inference.
+the cost formula (:func:`expected_latency`), the decision rule (:func:`choose_option`,
+which the device's policy and the plan and bench reports all call) and the JSON form;
+it does no inference.
 
 A plan directory::
 
@@ -20,9 +22,12 @@ A plan directory::
      "inputs":  [{"name": "x", "dtype": "float32", "shape": [1, 1, 8, 8]}],
      "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, 10]}],
      "options": [<option>, ...],
-     "table": {"bandwidths_bps": [...], "rtts_s": [...],
-               "choices": [[<option id>, ... one per rtt], ... one row per bandwidth]},
+     "budget_s": 0.25,
      "profiles": {"device": {...}, "server": {...}}}
+
+``budget_s`` is the latency budget the plan's report marks choices with (default
+:data:`DEFAULT_BUDGET_S`, the device's default). Plans written before it existed carried a
+"table" (a least-latency choice per grid point, which the device never used); loading ignores it.
 
 An option is one way to answer a request::
 
@@ -42,7 +47,6 @@ Full offload (send the input) is a ``split`` option whose cut is the graph input
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import math
@@ -56,11 +60,12 @@ from typing import Any, Literal
 from splitinf.errors import IntegrityError, OutputError, PlanError
 
 __all__ = [
+    "DEFAULT_BUDGET_S",
     "PLAN_FORMAT",
-    "DecisionTable",
     "Option",
     "Plan",
     "TensorSpec",
+    "choose_option",
     "expected_latency",
     "load_plan",
     "sha256_file",
@@ -68,6 +73,7 @@ __all__ = [
 ]
 
 PLAN_FORMAT = 1
+DEFAULT_BUDGET_S = 0.25  # seconds per request: the device's default budget and the plan's
 
 OptionKind = Literal["split", "local", "fallback"]
 
@@ -191,40 +197,19 @@ def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float) -> floa
     return option.head_seconds + option.serialize_seconds + transfer + rtt_s + option.tail_seconds
 
 
-@dataclass(frozen=True)
-class DecisionTable:
-    """The planner's precomputed choice per (bandwidth, rtt) grid point; lookup rounds down."""
+def choose_option(
+    options: Sequence[Option], bandwidth_bps: float, rtt_s: float, budget_s: float
+) -> tuple[Option, float] | None:
+    """The decision rule: the most accurate option expected within ``budget_s`` (ties go to the faster).
 
-    bandwidths_bps: tuple[float, ...]
-    rtts_s: tuple[float, ...]
-    choices: tuple[tuple[str, ...], ...]  # choices[i][j] for bandwidths_bps[i], rtts_s[j]
-
-    def __post_init__(self) -> None:
-        if list(self.bandwidths_bps) != sorted(self.bandwidths_bps) or list(self.rtts_s) != sorted(self.rtts_s):
-            raise PlanError("the decision table's bandwidths and rtts must be sorted ascending")
-        if len(self.choices) != len(self.bandwidths_bps) or any(len(row) != len(self.rtts_s) for row in self.choices):
-            raise PlanError("the decision table's choices must have one row per bandwidth, one column per rtt")
-
-    def lookup(self, bandwidth_bps: float, rtt_s: float) -> str:
-        """The choice at the nearest grid point that is no better than the estimate (pessimistic)."""
-        i = max(bisect.bisect_right(self.bandwidths_bps, bandwidth_bps) - 1, 0)
-        j = min(bisect.bisect_left(self.rtts_s, rtt_s), len(self.rtts_s) - 1)
-        return self.choices[i][j]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "bandwidths_bps": list(self.bandwidths_bps),
-            "rtts_s": list(self.rtts_s),
-            "choices": [list(row) for row in self.choices],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DecisionTable:
-        return cls(
-            bandwidths_bps=tuple(float(b) for b in data["bandwidths_bps"]),
-            rtts_s=tuple(float(r) for r in data["rtts_s"]),
-            choices=tuple(tuple(str(c) for c in row) for row in data["choices"]),
-        )
+    Returns the option and its :func:`expected_latency`, or None when none is expected to fit
+    (the device then answers from its fallback). An option without a measured accuracy counts as 0.
+    """
+    scored = [(o, expected_latency(o, bandwidth_bps, rtt_s)) for o in options]
+    fitting = [(o, s) for o, s in scored if s <= budget_s]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda c: (c[0].accuracy or 0.0, -c[1]))
 
 
 @dataclass(frozen=True)
@@ -234,7 +219,7 @@ class Plan:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     options: tuple[Option, ...]
-    table: DecisionTable | None = None
+    budget_s: float = DEFAULT_BUDGET_S
     profiles: Mapping[str, Any] = field(default_factory=dict)
     root: Path | None = None  # the plan directory, when loaded from one
 
@@ -242,10 +227,8 @@ class Plan:
         ids = [o.id for o in self.options]
         if len(ids) != len(set(ids)):
             raise PlanError(f"the plan has duplicate option ids: {sorted(i for i in ids if ids.count(i) > 1)}")
-        if self.table is not None:
-            unknown = {c for row in self.table.choices for c in row} - set(ids)
-            if unknown:
-                raise PlanError(f"the decision table names options the plan lacks: {sorted(unknown)}")
+        if not self.budget_s > 0:
+            raise PlanError(f"the plan's budget_s must be > 0, got {self.budget_s!r}; re-run `splitinf plan`")
 
     def option(self, option_id: str) -> Option:
         for o in self.options:
@@ -265,6 +248,16 @@ class Plan:
     def local(self) -> Option | None:
         return next((o for o in self.options if o.kind == "local"), None)
 
+    def planned(self, bandwidth_bps: float, rtt_s: float, budget_s: float | None = None) -> tuple[Option, float] | None:
+        """What a healthy device answers with at these estimates: :func:`choose_option` over every
+        option, else the fallback; None only for a plan without a fallback. ``budget_s`` defaults
+        to the plan's."""
+        budget = self.budget_s if budget_s is None else budget_s
+        chosen = choose_option(self.options, bandwidth_bps, rtt_s, budget)
+        if chosen is None and self.fallback is not None:
+            return self.fallback, expected_latency(self.fallback, bandwidth_bps, rtt_s)
+        return chosen
+
     def path(self, relative: str) -> Path:
         if self.root is None:
             raise PlanError("this plan was not loaded from a directory, so it has no files")
@@ -277,9 +270,8 @@ class Plan:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "options": [o.to_json() for o in self.options],
+            "budget_s": self.budget_s,
         }
-        if self.table is not None:
-            data["table"] = self.table.to_json()
         if self.profiles:
             data["profiles"] = dict(self.profiles)
         return data
@@ -298,11 +290,11 @@ class Plan:
                 inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
                 outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
                 options=tuple(Option.from_json(o) for o in data["options"]),
-                table=DecisionTable.from_json(data["table"]) if data.get("table") else None,
+                budget_s=float(data.get("budget_s", DEFAULT_BUDGET_S)),
                 profiles=dict(data.get("profiles") or {}),
                 root=root,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"plan.json is malformed ({exc!r}); re-run `splitinf plan`") from exc
 
 

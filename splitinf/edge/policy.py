@@ -20,9 +20,9 @@ Modes (the breaker state in brackets)::
   requests: it trips when at least ``min_calls`` calls in the window have a
   failure rate or a slow-call rate (slower than the split-mode budget) at or
   above the thresholds, or after ``trip_after_failures`` consecutive failures.
-- The option for a request is the most accurate one expected to meet the budget
-  (ties go to the faster), with ``plan.expected_latency`` at the current
-  estimates; the fallback when none is expected to. In LOCAL and PROBING only
+- The option for a request is the plan's rule, :func:`splitinf.contract.plan.choose_option`
+  (the most accurate option expected to meet the budget, ties to the faster) at the
+  current estimates; the fallback when none is expected to. In LOCAL and PROBING only
   on-device options are eligible. An option whose server answered with the
   wrong model is quarantined for a while, not retried.
 """
@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from splitinf.contract.plan import Option, Plan, expected_latency
+from splitinf.contract.plan import DEFAULT_BUDGET_S, Option, Plan, choose_option
 from splitinf.edge.estimate import Estimates
 from splitinf.errors import ConfigError, PlanError
 
@@ -47,7 +47,6 @@ __all__ = [
     "Mode",
     "Policy",
     "PolicyConfig",
-    "choose_option",
 ]
 
 
@@ -65,7 +64,7 @@ class BreakerState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    budget_s: float = 0.25  # split-mode budget: a call slower than this counts as slow
+    budget_s: float = DEFAULT_BUDGET_S  # split-mode budget: a call slower than this counts as slow
     window_s: float = 30.0
     min_calls: int = 3
     failure_rate: float = 0.5
@@ -129,24 +128,11 @@ class Event:
 class Decision:
     option: Option
     mode: Mode
-    expected_s: float
     events: tuple[Event, ...] = ()
 
     @property
     def remote(self) -> bool:
         return self.option.is_remote
-
-
-def choose_option(
-    options: Sequence[Option], estimates: Estimates, budget_s: float
-) -> tuple[Option, float, bool] | None:
-    """Most accurate option expected within budget (ties: faster); returns (option, expected_s, fits)."""
-    scored = [(o, expected_latency(o, estimates.bandwidth_bps, estimates.rtt_s)) for o in options]
-    fitting = [(o, s) for o, s in scored if s <= budget_s]
-    if fitting:
-        option, seconds = max(fitting, key=lambda c: (c[0].accuracy or 0.0, -c[1]))
-        return option, seconds, True
-    return None
 
 
 class Policy:
@@ -247,7 +233,8 @@ class Policy:
                 and stable_for >= max(cfg.stabilisation_s, cfg.min_dwell_s)
                 and now >= self._flap_allowed_at()
             ):
-                if choose_option(self.usable_split_options(now), estimates, cfg.budget_s) is not None:
+                usable = self.usable_split_options(now)
+                if choose_option(usable, estimates.bandwidth_bps, estimates.rtt_s, cfg.budget_s) is not None:
                     events.append(self._transition(Mode.SPLIT, "stable", now))
                 else:
                     events.append(self._trip("predicted_over_budget", now, grow=False))
@@ -259,19 +246,18 @@ class Policy:
         budget = self.config.budget_s if budget_s is None else budget_s
         events = self.tick(estimates)
         now = self.clock()
-        local_choice = choose_option(self.on_device, estimates, budget)
+
+        def pick(options: Sequence[Option]) -> Option | None:
+            chosen = choose_option(options, estimates.bandwidth_bps, estimates.rtt_s, budget)
+            return None if chosen is None else chosen[0]
+
         if self._mode is Mode.SPLIT:
-            split_choice = choose_option(self.usable_split_options(now), estimates, budget)
-            if split_choice is not None:
-                candidates = [split_choice] + ([local_choice] if local_choice else [])
-                option, seconds, _ = max(candidates, key=lambda c: (c[0].accuracy or 0.0, -c[1]))
-                return Decision(option, self._mode, seconds, tuple(events))
-            reason = "predicted_over_budget" if self.usable_split_options(now) else "no_usable_split_option"
+            usable = self.usable_split_options(now)
+            if pick(usable) is not None:
+                return Decision(pick(usable + self.on_device) or self.fallback, self._mode, tuple(events))
+            reason = "predicted_over_budget" if usable else "no_usable_split_option"
             events.append(self._trip(reason, now, grow=False))
-        if local_choice is not None:
-            return Decision(local_choice[0], self._mode, local_choice[1], tuple(events))
-        fallback_s = expected_latency(self.fallback, estimates.bandwidth_bps, estimates.rtt_s)
-        return Decision(self.fallback, self._mode, fallback_s, tuple(events))
+        return Decision(pick(self.on_device) or self.fallback, self._mode, tuple(events))
 
     # -- outcomes ----------------------------------------------------------------------------------
 

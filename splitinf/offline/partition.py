@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,11 +29,12 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from splitinf.contract.files import atomic_directory
 from splitinf.contract.plan import sha256_file
+from splitinf.contract.samples import read_samples
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
 from splitinf.offline.inputs import random_inputs
-from splitinf.offline.samples import read_samples
 from splitinf.ort import SessionSettings, open_session
 
 __all__ = [
@@ -294,41 +294,6 @@ def save_model(model: onnx.ModelProto, path: Path) -> str:
     return sha256_file(path)
 
 
-@contextlib.contextmanager
-def _atomic_dir(target: Path, ours: Sequence[str] = ("manifest.json",)) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target``.
-
-    An existing ``target`` is replaced only when it is empty or holds one of the files ``ours``
-    (an earlier output of ours); anything else is left alone."""
-    parent = target.parent
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{target} exists and is not a directory; choose another output directory")
-    if target.is_dir() and any(target.iterdir()) and not any((target / f).is_file() for f in ours):
-        raise OutputError(
-            f"{target} exists and holds files that splitinf did not write; choose a new or empty directory"
-        )
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write into {parent}: {exc.strerror or exc}; choose a writable directory") from exc
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.replace(target, old / "previous")
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}; choose a writable directory") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _manifest(
     source_name: str, source_sha256: str, partition: Partition, head_sha: str, tail_sha: str
 ) -> dict[str, Any]:
@@ -356,7 +321,7 @@ def export_partition(
 ) -> dict[str, Any]:
     """Write ``OUTDIR/head.onnx``, ``tail.onnx`` and ``manifest.json`` for a cut (id or tensor names).
 
-    With ``verify`` or ``samples`` (input sets, or a path :func:`splitinf.offline.samples.read_samples`
+    With ``verify`` or ``samples`` (input sets, or a path :func:`splitinf.contract.samples.read_samples`
     reads), checks head -> tail against the full model first (VerificationError) and records the
     errors under ``manifest["verify"]``. Returns the manifest.
     """
@@ -369,7 +334,7 @@ def export_partition(
     partition = _split(view, cut)
     report = _verify(view, partition, samples, 4, 0) if verify or samples else None
     target = Path(outdir)
-    with _atomic_dir(target) as tmp:
+    with atomic_directory(target, ours=("manifest.json",)) as tmp:
         part_sha256 = {}
         for part_name, part in (("head", partition.head), ("tail", partition.tail)):
             part_sha256[part_name] = save_model(part, tmp / f"{part_name}.onnx")
@@ -398,7 +363,7 @@ def write_to_repository(
     if not name or "/" in name or name in (".", ".."):
         raise OutputError(f"model name {name!r} is not a plain directory name; choose one like 'resnet_tail'")
     target = Path(repo_dir) / name / str(version)
-    with _atomic_dir(target, ours=("model.onnx", "manifest.json")) as tmp:
+    with atomic_directory(target, ours=("model.onnx", "manifest.json")) as tmp:
         model_sha256 = save_model(model, tmp / "model.onnx")
         if manifest is not None:
             manifest = json.loads(json.dumps(manifest))

@@ -1,65 +1,68 @@
-"""The planner's pure core: which options to hold, and which to use at each network condition.
+"""The planner: which split options a device holds, written as a plan directory.
 
 Every option is priced by :func:`splitinf.contract.plan.expected_latency` (head on the device +
 serialisation + bytes / bandwidth + round trip + tail on the server; a local model costs its run
-time). Two ways to choose a cut are here:
+time). Cuts are evaluated exhaustively: every enumerated cut the profiles timed, with every codec,
+as whole head and tail sessions (onnxruntime fuses nodes, so per-node costs would mislead).
 
-- exhaustive evaluation of the enumerated cuts (:func:`best_option`), which the plan uses, since
-  the heads and tails are timed as whole sessions (onnxruntime fuses nodes, so per-node times
-  mislead);
-- a minimum s-t cut over per-node costs (the DAG approach of DADS, :func:`min_cut_split`), for
-  when only per-node costs are known. Both are checked against brute force in the tests.
+The options held are the ones fastest somewhere on a grid of bandwidths and round-trip times,
+capped at a small number (:func:`select_candidates`). Full offload ("send the input") is always
+weighed and its best codec variants always held, so the plan matches or beats it at every grid
+point. Which held option answers a request is not decided here: the device applies
+:func:`splitinf.contract.plan.choose_option` to its live estimates, and the report marks what that
+rule picks within the plan's budget.
 
-The decision table covers a grid of bandwidths and round-trip times; candidate cuts are the
-options best somewhere on the grid, capped at a small number. Full offload ("send the input") is
-always weighed, and its best codec variants are always held, so the plan matches or beats it at
-every grid point by construction.
-
-Everything above the last section is pure. :func:`plan_model` at the end is the one I/O wrapper
-(what ``splitinf plan`` runs): it reads the model, profiles and samples, runs onnxruntime for
-calibration and fidelity, and writes the plan directory.
+The pure core comes first. :func:`plan_model` at the end is the I/O wrapper that ``splitinf plan``
+runs, in named steps: read the sources and samples, evaluate every (cut, codec) option, select the
+ones to hold, write the plan directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
-import shutil
-import tempfile
-from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from splitinf.contract.plan import DecisionTable, Option, Plan, TensorSpec, expected_latency
+from splitinf.contract.files import atomic_directory
+from splitinf.contract.plan import (
+    DEFAULT_BUDGET_S,
+    Option,
+    Plan,
+    TensorSpec,
+    expected_latency,
+    load_plan,
+    sha256_file,
+    write_json_atomic,
+)
+from splitinf.contract.samples import read_samples
 from splitinf.errors import PlanError
+from splitinf.offline.inputs import random_inputs, session_input_specs
+from splitinf.offline.sessions import make_session
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+    from splitinf.offline.codecs import Encoded
+
 __all__ = [
     "DEFAULT_BANDWIDTHS_BPS",
     "DEFAULT_MAX_ACCURACY_DROP",
     "DEFAULT_RTTS_S",
-    "SplitGraph",
-    "TensorEdge",
     "best_option",
     "check_profile",
-    "decision_table",
     "io_specs",
     "log_grid",
-    "max_flow_min_cut",
-    "min_cut_split",
     "option_names",
     "plan_model",
-    "read_samples",
     "profile_cut_codec",
     "profiled_cut_ids",
     "select_candidates",
-    "split_cost",
 ]
 
 
@@ -89,19 +92,10 @@ def option_names(model_name: str, cut_id: str, codec: str) -> tuple[str, str, st
 
 
 def best_option(options: Sequence[Option], bandwidth_bps: float, rtt_s: float) -> Option:
-    """The option with the least expected latency; ties go to the earlier option."""
+    """The option with the least expected latency (ties go to the earlier): what candidate selection ranks by."""
     if not options:
         raise PlanError("there are no options to choose from")
     return min(options, key=lambda o: expected_latency(o, bandwidth_bps, rtt_s))
-
-
-def decision_table(
-    options: Sequence[Option], bandwidths_bps: Sequence[float], rtts_s: Sequence[float]
-) -> DecisionTable:
-    bandwidths = tuple(sorted(float(b) for b in bandwidths_bps))
-    rtts = tuple(sorted(float(r) for r in rtts_s))
-    choices = tuple(tuple(best_option(options, bw, rtt).id for rtt in rtts) for bw in bandwidths)
-    return DecisionTable(bandwidths, rtts, choices)
 
 
 def select_candidates(
@@ -152,148 +146,6 @@ def select_candidates(
     return sorted(chosen + extra, key=lambda o: order[o.id])
 
 
-# --- minimum s-t cut over per-node costs (DADS) ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorEdge:
-    """A tensor: its producer node (None for a graph input, which lives on the device) and consumers."""
-
-    name: str
-    producer: str | None
-    consumers: tuple[str, ...]
-    bytes: int
-
-
-@dataclass(frozen=True)
-class SplitGraph:
-    """Per-node costs of a DAG: seconds on the device and on the server, and the tensors between nodes."""
-
-    nodes: tuple[str, ...]
-    device_seconds: Mapping[str, float]
-    server_seconds: Mapping[str, float]
-    tensors: tuple[TensorEdge, ...]
-
-
-def split_cost(graph: SplitGraph, device_nodes: Collection[str], bandwidth_bps: float, rtt_s: float) -> float:
-    """Expected seconds when ``device_nodes`` run on the device and the rest on the server.
-
-    Each tensor made on the device (or a graph input) and read on the server crosses once. A
-    partition where the server feeds the device is infeasible (infinite).
-    """
-    device = set(device_nodes)
-    server = [n for n in graph.nodes if n not in device]
-    seconds = sum(graph.device_seconds[n] for n in device) + sum(graph.server_seconds[n] for n in server)
-    for tensor in graph.tensors:
-        on_device = tensor.producer is None or tensor.producer in device
-        if not on_device and any(c in device for c in tensor.consumers):
-            return math.inf
-        if on_device and any(c not in device for c in tensor.consumers):
-            seconds += tensor.bytes * 8.0 / bandwidth_bps
-    return seconds + (rtt_s if server else 0.0)
-
-
-def max_flow_min_cut(
-    n_vertices: int, edges: Sequence[tuple[int, int, float]], source: int, sink: int
-) -> tuple[float, set[int]]:
-    """Dinic's max flow; returns the flow value and the source side of a minimum cut."""
-    graph: list[list[int]] = [[] for _ in range(n_vertices)]
-    to: list[int] = []
-    cap: list[float] = []
-    for u, v, c in edges:
-        graph[u].append(len(to))
-        to.append(v)
-        cap.append(c)
-        graph[v].append(len(to))
-        to.append(u)
-        cap.append(0.0)
-    eps = 1e-15
-    flow = 0.0
-
-    def levels() -> list[int] | None:
-        level = [-1] * n_vertices
-        level[source] = 0
-        queue = deque([source])
-        while queue:
-            u = queue.popleft()
-            for e in graph[u]:
-                if cap[e] > eps and level[to[e]] < 0:
-                    level[to[e]] = level[u] + 1
-                    queue.append(to[e])
-        return level if level[sink] >= 0 else None
-
-    while (level := levels()) is not None:
-        pointer = [0] * n_vertices
-
-        def push(u: int, limit: float, level: list[int] = level, pointer: list[int] = pointer) -> float:
-            if u == sink:
-                return limit
-            while pointer[u] < len(graph[u]):
-                e = graph[u][pointer[u]]
-                v = to[e]
-                if cap[e] > eps and level[v] == level[u] + 1:
-                    pushed = push(v, min(limit, cap[e]))
-                    if pushed > eps:
-                        cap[e] -= pushed
-                        cap[e ^ 1] += pushed
-                        return pushed
-                pointer[u] += 1
-            return 0.0
-
-        while (pushed := push(source, math.inf)) > eps:
-            flow += pushed
-    reachable = {source}
-    queue = deque([source])
-    while queue:
-        u = queue.popleft()
-        for e in graph[u]:
-            if cap[e] > eps and to[e] not in reachable:
-                reachable.add(to[e])
-                queue.append(to[e])
-    return flow, reachable
-
-
-def min_cut_split(graph: SplitGraph, bandwidth_bps: float, rtt_s: float) -> tuple[frozenset[str], float]:
-    """The device-side node set with the least :func:`split_cost`, by one minimum s-t cut.
-
-    Source = device, sink = server. Node v: source->v costs its server time (cut when v is on the
-    server), v->sink its device time. A tensor gets an auxiliary vertex a: producer->a costs its
-    transfer and a->consumer is infinite, so a tensor crosses once however many server nodes read
-    it; consumer->producer is infinite, so no server node feeds a device node. The round trip is a
-    fixed cost of any split, so the all-on-device assignment is compared separately.
-    """
-    if bandwidth_bps <= 0:
-        return frozenset(graph.nodes), split_cost(graph, graph.nodes, bandwidth_bps or 1.0, rtt_s)
-    index = {n: i + 2 for i, n in enumerate(graph.nodes)}
-    source, sink = 0, 1
-    finite = sum(graph.device_seconds.values()) + sum(graph.server_seconds.values())
-    finite += sum(t.bytes * 8.0 / bandwidth_bps for t in graph.tensors)
-    infinite = 2.0 * finite + 1.0
-    edges: list[tuple[int, int, float]] = []
-    for n in graph.nodes:
-        edges.append((source, index[n], graph.server_seconds[n]))
-        edges.append((index[n], sink, graph.device_seconds[n]))
-    next_vertex = len(graph.nodes) + 2
-    for tensor in graph.tensors:
-        if not tensor.consumers:
-            continue
-        aux = next_vertex
-        next_vertex += 1
-        producer = source if tensor.producer is None else index[tensor.producer]
-        edges.append((producer, aux, tensor.bytes * 8.0 / bandwidth_bps))
-        for consumer in tensor.consumers:
-            edges.append((aux, index[consumer], infinite))
-            if tensor.producer is not None:
-                edges.append((index[consumer], producer, infinite))
-    _, source_side = max_flow_min_cut(next_vertex, edges, source, sink)
-    device = frozenset(n for n in graph.nodes if index[n] in source_side)
-    split = split_cost(graph, device, bandwidth_bps, rtt_s)
-    local = split_cost(graph, graph.nodes, bandwidth_bps, rtt_s)
-    if local <= split:
-        return frozenset(graph.nodes), local
-    return device, split
-
-
 # --- profiles ----------------------------------------------------------------------------------
 
 
@@ -330,58 +182,14 @@ def profiled_cut_ids(profile: Mapping[str, Any]) -> list[str]:
     return [str(entry.get("id")) for entry in profile.get("cuts", ())]
 
 
-# --- the I/O wrapper: build a plan directory ------------------------------------------------------
+# --- samples and model tensors --------------------------------------------------------------------
 
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 
 
-def read_samples(
-    path: str | os.PathLike[str], inputs: Sequence[TensorSpec]
-) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
-    """Samples and labels from an .npz (never unpickled); a PlanError names what is wrong."""
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise PlanError(f"cannot read samples from {path}: {exc}; give an .npz of arrays named by input") from exc
-    labels = arrays.pop("labels", None)
-    missing = [t.name for t in inputs if t.name not in arrays]
-    if missing:
-        raise PlanError(f"{path} lacks arrays for the model input(s) {missing}; it has {sorted(arrays)}")
-    counts = {}
-    for spec in inputs:
-        array = arrays[spec.name]
-        if array.ndim not in (len(spec.shape), len(spec.shape) + 1):
-            raise PlanError(
-                f"{path}: {spec.name!r} has shape {list(array.shape)}, but the input is {list(spec.shape)}; "
-                "stack samples on a first axis"
-            )
-        counts[spec.name] = array.shape[0]
-    if len(set(counts.values())) > 1:
-        raise PlanError(f"{path}: the inputs hold different numbers of samples: {counts}")
-    n = next(iter(counts.values()), 0)
-    if n == 0:
-        raise PlanError(f"the calibration set {path} is empty; give at least one sample per input")
-    samples = []
-    for i in range(n):
-        sample = {}
-        for spec in inputs:
-            array = arrays[spec.name]
-            value = array[i : i + 1] if array.ndim == len(spec.shape) else array[i]
-            sample[spec.name] = np.ascontiguousarray(value.astype(np.dtype(spec.dtype), copy=False))
-        samples.append(sample)
-    if labels is not None and labels.reshape(-1).size != n:
-        raise PlanError(f"{path}: 'labels' has {labels.size} entries for {n} samples; give one label per sample")
-    return samples, labels
-
-
 def _random_samples(model: onnx.ModelProto, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    from splitinf.offline.profiling import make_session, random_inputs
-
-    session = make_session(model, 1)
-    return [random_inputs(session, seed + i) for i in range(n)]
+    specs = session_input_specs(make_session(model, 1))
+    return [random_inputs(specs, seed + i) for i in range(n)]
 
 
 def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -439,31 +247,6 @@ def _accuracy(
     return None if agreement is None else float(agreement)
 
 
-def _prepare_output(target: Path) -> Path:
-    """A fresh directory beside ``target`` to build in; refuses to replace anything but a plan."""
-    from splitinf.errors import OutputError
-
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "plan.json").exists())):
-        raise OutputError(f"{target} exists and is not a plan directory; choose another -o or remove it")
-    parent = target.resolve().parent
-    if not parent.is_dir():
-        raise OutputError(f"the parent of {target} does not exist; create it first")
-    try:
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
-
-
-def _publish(build: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(build, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _profile_summary(profile: Mapping[str, Any], source: str) -> dict[str, Any]:
     return {
         "source": source,
@@ -471,6 +254,359 @@ def _profile_summary(profile: Mapping[str, Any], source: str) -> dict[str, Any]:
         "onnxruntime": profile.get("onnxruntime"),
         "settings": profile.get("settings"),
         "model_seconds": profile.get("model_seconds"),
+    }
+
+
+# --- plan_model's steps ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """What a plan is made from: the model, its two profiles and the optional fallback."""
+
+    name: str
+    model: onnx.ModelProto
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    device: Mapping[str, Any]
+    server: Mapping[str, Any]
+    device_source: str
+    server_source: str
+    fallback: onnx.ModelProto | None
+    fallback_path: str | None
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """Inputs to calibrate codecs on and to measure accuracy on, with the full model's outputs for each."""
+
+    calibration: list[dict[str, np.ndarray]]
+    held: list[dict[str, np.ndarray]]
+    labels: np.ndarray | None  # of the held-out samples (of the calibration ones when none are held out)
+    source: str  # "calibration" (the user's) or "random"
+    reference: Mapping[str, list[dict[str, np.ndarray]]]  # the full model's outputs: "calibration", "held_out"
+
+    @property
+    def held_key(self) -> str:
+        """Which set accuracy is measured on: held-out samples when there are any."""
+        return "held_out" if self.held else "calibration"
+
+    @property
+    def evaluation(self) -> list[dict[str, np.ndarray]]:
+        return self.held or self.calibration
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """Every option priced and measured, before choosing which to hold."""
+
+    codecs: tuple[str, ...]
+    cut_ids: list[str]
+    input_cut: str
+    splits: list[Option]
+    encoded: Mapping[str, Encoded]
+    local: Option | None
+    fallback: Option | None
+    min_accuracy: float | None
+
+
+def _read_sources(
+    model: str | os.PathLike[str],
+    device_profile: str | os.PathLike[str],
+    server_profile: str | os.PathLike[str],
+    fallback: str | os.PathLike[str] | None,
+) -> _Sources:
+    """Load the model, its profiles (refusing ones of another model) and the fallback (refusing other tensors)."""
+    from splitinf.offline.graph import load_model
+    from splitinf.offline.profiling import load_profile
+
+    model_path = Path(model)
+    full = load_model(model_path)
+    model_sha = sha256_file(model_path)
+    device, server = load_profile(device_profile), load_profile(server_profile)
+    check_profile(device, role="device", model_sha256=model_sha, source=str(device_profile))
+    check_profile(server, role="server", model_sha256=model_sha, source=str(server_profile))
+    inputs, outputs = io_specs(full)
+    fallback_model = None
+    if fallback is not None:
+        fallback_model = load_model(fallback)
+        _check_fallback((inputs, outputs), io_specs(fallback_model), str(fallback))
+    return _Sources(
+        name=model_path.stem,
+        model=full,
+        sha256=model_sha,
+        inputs=inputs,
+        outputs=outputs,
+        device=device,
+        server=server,
+        device_source=str(device_profile),
+        server_source=str(server_profile),
+        fallback=fallback_model,
+        fallback_path=None if fallback is None else str(fallback),
+    )
+
+
+def _read_plan_samples(
+    sources: _Sources, calibration: str | os.PathLike[str] | None, held_out: str | os.PathLike[str] | None
+) -> _Samples:
+    """The user's samples (the last quarter held out unless ``held_out`` is given), or random inputs."""
+    from splitinf.offline.codecs import run_model
+
+    labels = None
+    if calibration is None:
+        calibration_set, held = _random_samples(sources.model, 6), _random_samples(sources.model, 6, seed=100)
+        source = "random"
+    elif held_out is not None:
+        calibration_set, _ = read_samples(calibration, sources.inputs)
+        held, labels = read_samples(held_out, sources.inputs)
+        source = "calibration"
+    else:
+        samples, all_labels = read_samples(calibration, sources.inputs)
+        n_held = len(samples) // 4
+        calibration_set, held = samples[: len(samples) - n_held], samples[len(samples) - n_held :]
+        if all_labels is not None:
+            labels = all_labels.reshape(-1)[len(samples) - n_held :] if n_held else all_labels.reshape(-1)
+        source = "calibration"
+    reference = {"calibration": run_model(sources.model, calibration_set), "held_out": run_model(sources.model, held)}
+    return _Samples(calibration_set, held, labels, source, reference)
+
+
+def _codec_names(codecs: str | Sequence[str] | None, calibrated: bool) -> tuple[str, ...]:
+    from splitinf.offline.codecs import QUANTIZED, parse_codecs
+
+    names = parse_codecs(codecs or ("fp32,fp16,int8" if calibrated else "fp32,fp16"))
+    if not calibrated and any(c in QUANTIZED for c in names):
+        raise PlanError("the int8/uint8 codecs need sample inputs to calibrate their scales; give --calibration")
+    return names
+
+
+def _profiled_cuts(sources: _Sources) -> tuple[dict[str, Any], str, list[str]]:
+    """(the model's cuts by id, the input cut, the profiled cuts worth a split), refusing unknown cuts."""
+    from splitinf.offline.graph import enumerate_cuts
+
+    cuts = {cut.id: cut for cut in enumerate_cuts(sources.model)}
+    input_cut = next(iter(cuts))
+    cut_ids = profiled_cut_ids(sources.device)
+    unknown = [c for c in cut_ids if c not in cuts]
+    if unknown:
+        raise PlanError(f"the device profile names cuts this model lacks: {unknown}; re-profile this model")
+    if input_cut not in cut_ids:
+        raise PlanError(
+            f"the device profile lacks the input cut {input_cut} (full offload), which every plan weighs; "
+            "re-run `splitinf profile` without --cuts or with it included"
+        )
+    # A cut made of graph outputs leaves the tail nothing to compute: it is the local option plus a round
+    # trip, never a split worth holding (and with include_local=False it would smuggle the local option in).
+    graph_outputs = {o.name for o in sources.model.graph.output}
+    return cuts, input_cut, [c for c in cut_ids if not set(cuts[c].names) <= graph_outputs]
+
+
+class _Evaluator:
+    """Measures options on the samples: accuracy (labels, or top-1 agreement with the full model) and fidelity."""
+
+    def __init__(self, sources: _Sources, samples: _Samples, threads: int | None) -> None:
+        self.sources = sources
+        self.samples = samples
+        self.threads = threads
+
+    def accuracy(self, outputs: Sequence[Mapping[str, np.ndarray]]) -> float | None:
+        return _accuracy(outputs, self.samples.reference[self.samples.held_key], self.samples.labels)
+
+    def split_option(self, partition: Any, cut_id: str, codec: str) -> tuple[Option, Encoded]:
+        """One (cut, codec) option: its graphs encoded, calibrated when 8-bit, timed by the profiles."""
+        from splitinf.offline import codecs as wire_codecs
+
+        sources, samples = self.sources, self.samples
+        dev = profile_cut_codec(sources.device, cut_id, codec, role="device", source=sources.device_source)
+        srv = profile_cut_codec(sources.server, cut_id, codec, role="server", source=sources.server_source)
+        quant = (
+            wire_codecs.calibrate(partition, samples.calibration, codec, self.threads)
+            if codec in wire_codecs.QUANTIZED
+            else None
+        )
+        encoded = wire_codecs.encode(partition, codec, quant)
+        fidelity = wire_codecs.fidelity(
+            sources.model, encoded, samples.calibration, samples.held, self.threads, reference=samples.reference
+        )
+        fidelity["samples"] = samples.source
+        if samples.labels is None:
+            accuracy = fidelity[samples.held_key]["top1_agreement"]
+        else:
+            accuracy = self.accuracy(wire_codecs.run_encoded(encoded, samples.evaluation, self.threads)[0])
+        option_id, head_path, tail_model = option_names(sources.name, cut_id, codec)
+        option = Option(
+            id=option_id,
+            kind="split",
+            cut_id=cut_id,
+            codec=codec,
+            head=head_path,
+            tail_model=tail_model,
+            wire=encoded.wire,
+            bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
+            head_seconds=float(dev["head"]["median"]),
+            tail_seconds=float(srv["tail"]["median"]),
+            # serialisation at both ends: the device builds the request, the server parses it
+            serialize_seconds=float(dev.get("serialize", {}).get("median", 0.0))
+            + float(srv.get("deserialize", {}).get("median", 0.0)),
+            accuracy=accuracy,
+            fidelity=fidelity,
+        )
+        return option, encoded
+
+    def local_accuracy(self) -> float | None:
+        from splitinf.offline.codecs import run_model
+
+        if self.samples.labels is None:
+            return 1.0  # the full model agrees with itself
+        return self.accuracy(run_model(self.sources.model, self.samples.evaluation))
+
+    def fallback_option(self) -> Option | None:
+        """The fallback priced by the device profile when it timed this file, else timed here (and said so)."""
+        from splitinf.offline.codecs import run_model
+        from splitinf.offline.profiling import time_callable
+
+        sources = self.sources
+        if sources.fallback is None or sources.fallback_path is None:
+            return None
+        timed = sources.device.get("fallback") or {}
+        if timed.get("sha256") == sha256_file(sources.fallback_path):
+            seconds, seconds_source = float(timed["seconds"]["median"]), "device profile"
+        else:
+            session = make_session(sources.fallback, sources.device.get("onnxruntime", {}).get("threads") or None)
+            feed = self.samples.calibration[0]
+            seconds = time_callable(lambda: session.run(None, feed), repeats=20, warmup=3).median
+            seconds_source = "measured on the planning machine (profile the fallback on the device for real figures)"
+        return Option(
+            id="fallback",
+            kind="fallback",
+            model="device/fallback.onnx",
+            seconds=seconds,
+            accuracy=self.accuracy(run_model(sources.fallback, self.samples.evaluation)),
+            fidelity={"seconds_source": seconds_source},
+        )
+
+
+def _evaluate(
+    sources: _Sources,
+    samples: _Samples,
+    codecs: tuple[str, ...],
+    *,
+    max_accuracy_drop: float,
+    include_local: bool,
+    threads: int | None,
+) -> _Evaluated:
+    """Every (profiled cut, codec) option, the local model and the fallback, priced and measured."""
+    from splitinf.offline.partition import split_model
+
+    cuts, input_cut, cut_ids = _profiled_cuts(sources)
+    evaluator = _Evaluator(sources, samples, threads)
+    local_accuracy = evaluator.local_accuracy()
+    splits: list[Option] = []
+    encoded: dict[str, Encoded] = {}
+    for cut_id in cut_ids:
+        partition = split_model(sources.model, cuts[cut_id])
+        for codec in codecs:
+            option, encoded[option.id] = evaluator.split_option(partition, cut_id, codec)
+            splits.append(option)
+    local = None
+    if include_local:
+        seconds = float(sources.device["model_seconds"]["median"])
+        local = Option(id="local", kind="local", model="device/local.onnx", seconds=seconds, accuracy=local_accuracy)
+    return _Evaluated(
+        codecs=codecs,
+        cut_ids=cut_ids,
+        input_cut=input_cut,
+        splits=splits,
+        encoded=encoded,
+        local=local,
+        fallback=evaluator.fallback_option(),
+        min_accuracy=None if local_accuracy is None else local_accuracy - max_accuracy_drop,
+    )
+
+
+def _select(
+    evaluated: _Evaluated, bandwidths: Sequence[float], rtts: Sequence[float], max_candidates: int
+) -> list[Option]:
+    return select_candidates(
+        evaluated.splits,
+        full_offload={o.id for o in evaluated.splits if o.cut_id == evaluated.input_cut},
+        local=evaluated.local,
+        bandwidths_bps=bandwidths,
+        rtts_s=rtts,
+        max_candidates=max_candidates,
+        min_accuracy=evaluated.min_accuracy,
+    )
+
+
+def _write_split(build: Path, sources: _Sources, option: Option, encoded: Encoded) -> Option:
+    """The head into ``device/heads``, the tail (with its manifest) into the ``server`` repository."""
+    from splitinf.offline.partition import save_model, write_to_repository
+
+    assert option.head is not None and option.tail_model is not None
+    head_sha = save_model(encoded.head, build / option.head)
+    manifest = {
+        "format": 1,
+        "source": {"name": sources.name, "sha256": sources.sha256},
+        "cut": {
+            "id": option.cut_id,
+            "tensors": [t.to_json() for t in encoded.cut.tensors],
+            "bytes": int(encoded.cut.bytes_per_sample),
+        },
+        "codec": option.codec,
+        "wire": [t.to_json() for t in encoded.wire],
+        "opset": [{"domain": o.domain, "version": o.version} for o in encoded.tail.opset_import],
+        "ir_version": encoded.tail.ir_version,
+        "parts": {"head": {"file": option.head, "sha256": head_sha}},
+    }
+    tail_path = write_to_repository(encoded.tail, build / "server", option.tail_model, "1", manifest)
+    return dataclasses.replace(option, head_sha256=head_sha, tail_version="1", tail_sha256=sha256_file(tail_path))
+
+
+def _write_models(build: Path, sources: _Sources, evaluated: _Evaluated, held: Sequence[Option]) -> tuple[Option, ...]:
+    """Every held option's files; returns the options with the sha256 of what was written."""
+    from splitinf.offline.partition import save_model
+
+    written = [_write_split(build, sources, option, evaluated.encoded[option.id]) for option in held]
+    if evaluated.local is not None:
+        written.append(
+            dataclasses.replace(evaluated.local, sha256=save_model(sources.model, build / "device" / "local.onnx"))
+        )
+    if evaluated.fallback is not None and sources.fallback is not None:
+        written.append(
+            dataclasses.replace(evaluated.fallback, sha256=save_model(sources.fallback, build / "device/fallback.onnx"))
+        )
+    return tuple(written)
+
+
+def _evaluated_record(
+    samples: _Samples, evaluated: _Evaluated, held: Sequence[Option], grid: tuple[Sequence[float], Sequence[float]]
+) -> dict[str, Any]:
+    """plan.json's account of what was weighed: codecs, cuts, samples, and every option not held."""
+    held_ids = {o.id for o in held}
+    return {
+        "codecs": list(evaluated.codecs),
+        "cuts": evaluated.cut_ids,
+        "options": len(evaluated.splits),
+        "grid": {"bandwidths_bps": list(grid[0]), "rtts_s": list(grid[1])},
+        "samples": samples.source,
+        "calibration_samples": len(samples.calibration),
+        "held_out_samples": len(samples.held),
+        "accuracy": "labels" if samples.labels is not None else "top-1 agreement with the full model",
+        "min_accuracy": evaluated.min_accuracy,
+        "not_held": [
+            {
+                "id": o.id,
+                "bytes": o.bytes,
+                "head_seconds": o.head_seconds,
+                "tail_seconds": o.tail_seconds,
+                "serialize_seconds": o.serialize_seconds,
+                "accuracy": o.accuracy,
+                "fidelity": dict(o.fidelity),
+            }
+            for o in evaluated.splits
+            if o.id not in held_ids
+        ],
     }
 
 
@@ -489,6 +625,7 @@ def plan_model(
     bandwidths_bps: Sequence[float] | None = None,
     rtts_s: Sequence[float] | None = None,
     reference_rtt_s: float = 0.02,
+    budget_s: float = DEFAULT_BUDGET_S,
     include_local: bool = True,
     hold_all: bool = False,
     threads: int | None = 1,
@@ -497,243 +634,46 @@ def plan_model(
 
     Reads the profiles (refusing ones of another model or missing cuts), applies each codec to
     each profiled cut (calibrating 8-bit scales, measuring fidelity and accuracy on the samples),
-    prices every option, holds the few that are best somewhere on the grid (every one with
-    ``hold_all``; the table is the same) and writes the layout of :mod:`splitinf.contract.plan` with
-    ``report.md`` and ``latency.svg``. Samples: an .npz with one array per model input, stacked on
-    axis 0, optionally ``labels``. Returns the plan as loaded back from ``output``.
+    prices every option, holds the few that are fastest somewhere on the grid (every one with
+    ``hold_all``) and writes the layout of :mod:`splitinf.contract.plan` with ``report.md`` and
+    ``latency.svg`` (choices marked within ``budget_s``). Samples: an .npz with one array per model
+    input, stacked on axis 0, optionally ``labels``. Returns the plan as loaded back from ``output``.
     """
-    import dataclasses
-
-    from splitinf.contract.plan import load_plan, sha256_file, write_json_atomic
-    from splitinf.offline import codecs as wire_codecs
-    from splitinf.offline.graph import enumerate_cuts, load_model
-    from splitinf.offline.partition import save_model, split_model, write_to_repository
-    from splitinf.offline.profiling import load_profile, make_session, time_callable
-    from splitinf.offline.report import latency_svg, report_markdown
+    from splitinf.offline.plan_report import latency_svg, report_markdown
 
     if max_candidates < 0:
         raise PlanError(f"--max-candidates must be >= 0, got {max_candidates}")
     bandwidths = tuple(sorted(bandwidths_bps)) if bandwidths_bps else DEFAULT_BANDWIDTHS_BPS
     rtts = tuple(sorted(rtts_s)) if rtts_s else DEFAULT_RTTS_S
+    sources = _read_sources(model, device_profile, server_profile, fallback)
+    codec_names = _codec_names(codecs, calibrated=calibration is not None)
+    samples = _read_plan_samples(sources, calibration, held_out)
+    evaluated = _evaluate(
+        sources,
+        samples,
+        codec_names,
+        max_accuracy_drop=max_accuracy_drop,
+        include_local=include_local,
+        threads=threads,
+    )
+    held = evaluated.splits if hold_all else _select(evaluated, bandwidths, rtts, max_candidates)
     target = Path(output)
-    model_path = Path(model)
-    full = load_model(model_path)
-    model_sha = sha256_file(model_path)
-    name = model_path.stem
-    device = load_profile(device_profile)
-    server = load_profile(server_profile)
-    check_profile(device, role="device", model_sha256=model_sha, source=str(device_profile))
-    check_profile(server, role="server", model_sha256=model_sha, source=str(server_profile))
-    inputs, outputs = io_specs(full)
-
-    fallback_model = None
-    if fallback is not None:
-        fallback_model = load_model(fallback)
-        _check_fallback((inputs, outputs), io_specs(fallback_model), str(fallback))
-
-    labels = None  # the labels of the samples accuracy is measured on, when given
-    if calibration is not None:
-        samples, all_labels = read_samples(calibration, inputs)
-        if held_out is not None:
-            calibration_set = samples
-            held, labels = read_samples(held_out, inputs)
-        else:
-            n_held = len(samples) // 4
-            calibration_set, held = samples[: len(samples) - n_held], samples[len(samples) - n_held :]
-            if all_labels is not None:
-                labels = all_labels.reshape(-1)[len(samples) - n_held :] if n_held else all_labels.reshape(-1)
-        sample_source = "calibration"
-    else:
-        calibration_set, held = _random_samples(full, 6), _random_samples(full, 6, seed=100)
-        sample_source = "random"
-    codec_names = wire_codecs.parse_codecs(codecs or ("fp32,fp16,int8" if calibration is not None else "fp32,fp16"))
-    if calibration is None and any(c in wire_codecs.QUANTIZED for c in codec_names):
-        raise PlanError("the int8/uint8 codecs need sample inputs to calibrate their scales; give --calibration")
-    evaluation = held or calibration_set  # accuracy estimates come from held-out samples when there are any
-    reference = {
-        "calibration": wire_codecs.run_model(full, calibration_set),
-        "held_out": wire_codecs.run_model(full, held),
-    }
-    eval_reference = reference["held_out"] if held else reference["calibration"]
-
-    cuts = {cut.id: cut for cut in enumerate_cuts(full)}
-    input_cut = next(iter(cuts))
-    cut_ids = profiled_cut_ids(device)
-    unknown = [c for c in cut_ids if c not in cuts]
-    if unknown:
-        raise PlanError(f"the device profile names cuts this model lacks: {unknown}; re-profile this model")
-    if input_cut not in cut_ids:
-        raise PlanError(
-            f"the device profile lacks the input cut {input_cut} (full offload), which every plan weighs; "
-            "re-run `splitinf profile` without --cuts or with it included"
-        )
-    # A cut made of graph outputs leaves the tail nothing to compute: it is the local option plus a round
-    # trip, never a split worth holding (and with include_local=False it would smuggle the local option in).
-    graph_outputs = {o.name for o in full.graph.output}
-    cut_ids = [c for c in cut_ids if not set(cuts[c].names) <= graph_outputs]
-
-    local_accuracy = (
-        1.0 if labels is None else _accuracy(wire_codecs.run_model(full, evaluation), eval_reference, labels)
-    )
-    min_accuracy = None if local_accuracy is None else local_accuracy - max_accuracy_drop
-    splits: list[Option] = []
-    encoded_by_id: dict[str, wire_codecs.Encoded] = {}
-    for cut_id in cut_ids:
-        partition = split_model(full, cuts[cut_id])
-        for codec in codec_names:
-            dev = profile_cut_codec(device, cut_id, codec, role="device", source=str(device_profile))
-            srv = profile_cut_codec(server, cut_id, codec, role="server", source=str(server_profile))
-            quant = (
-                wire_codecs.calibrate(partition, calibration_set, codec, threads)
-                if codec in wire_codecs.QUANTIZED
-                else None
-            )
-            encoded = wire_codecs.encode(partition, codec, quant)
-            fidelity = wire_codecs.fidelity(full, encoded, calibration_set, held, threads, reference=reference)
-            fidelity["samples"] = sample_source
-            if labels is None:  # agreement with the full model, on held-out samples when there are any
-                accuracy = fidelity["held_out" if held else "calibration"]["top1_agreement"]
-            else:
-                accuracy = _accuracy(wire_codecs.run_encoded(encoded, evaluation, threads)[0], eval_reference, labels)
-            option_id, head_path, tail_model = option_names(name, cut_id, codec)
-            splits.append(
-                Option(
-                    id=option_id,
-                    kind="split",
-                    cut_id=cut_id,
-                    codec=codec,
-                    head=head_path,
-                    tail_model=tail_model,
-                    wire=encoded.wire,
-                    bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
-                    head_seconds=float(dev["head"]["median"]),
-                    tail_seconds=float(srv["tail"]["median"]),
-                    # serialisation at both ends: the device builds the request, the server parses it
-                    serialize_seconds=float(dev.get("serialize", {}).get("median", 0.0))
-                    + float(srv.get("deserialize", {}).get("median", 0.0)),
-                    accuracy=accuracy,
-                    fidelity=fidelity,
-                )
-            )
-            encoded_by_id[option_id] = encoded
-
-    local = None
-    if include_local:
-        local = Option(
-            id="local",
-            kind="local",
-            model="device/local.onnx",
-            seconds=float(device["model_seconds"]["median"]),
-            accuracy=local_accuracy,
-        )
-    fallback_option = None
-    if fallback_model is not None and fallback is not None:
-        fallback_profile = device.get("fallback") or {}
-        fallback_sha = sha256_file(fallback)
-        if fallback_profile.get("sha256") == fallback_sha:
-            fallback_seconds = float(fallback_profile["seconds"]["median"])
-            seconds_source = "device profile"
-        else:
-            session = make_session(fallback_model, device.get("onnxruntime", {}).get("threads") or None)
-            feed = calibration_set[0]
-            fallback_seconds = time_callable(lambda: session.run(None, feed), repeats=20, warmup=3).median
-            seconds_source = "measured on the planning machine (profile the fallback on the device for real figures)"
-        fallback_option = Option(
-            id="fallback",
-            kind="fallback",
-            model="device/fallback.onnx",
-            seconds=fallback_seconds,
-            accuracy=_accuracy(wire_codecs.run_model(fallback_model, evaluation), eval_reference, labels),
-            fidelity={"seconds_source": seconds_source},
-        )
-
-    full_offload = {o.id for o in splits if o.cut_id == input_cut}
-    held_splits = select_candidates(
-        splits,
-        full_offload=full_offload,
-        local=local,
-        bandwidths_bps=bandwidths,
-        rtts_s=rtts,
-        max_candidates=max_candidates,
-        min_accuracy=min_accuracy,
-    )
-    table_options = held_splits + ([local] if local is not None else [])
-    table = decision_table(table_options, bandwidths, rtts)
-    if hold_all:
-        held_splits = splits
-
-    build = _prepare_output(target)
-    try:
-        written: list[Option] = []
-        for option in held_splits:
-            encoded = encoded_by_id[option.id]
-            assert option.head is not None and option.tail_model is not None
-            head_sha = save_model(encoded.head, build / option.head)
-            manifest = {
-                "format": 1,
-                "source": {"name": name, "sha256": model_sha},
-                "cut": {
-                    "id": option.cut_id,
-                    "tensors": [t.to_json() for t in encoded.cut.tensors],
-                    "bytes": int(encoded.cut.bytes_per_sample),
-                },
-                "codec": option.codec,
-                "wire": [t.to_json() for t in encoded.wire],
-                "opset": [{"domain": o.domain, "version": o.version} for o in encoded.tail.opset_import],
-                "ir_version": encoded.tail.ir_version,
-                "parts": {"head": {"file": option.head, "sha256": head_sha}},
-            }
-            tail_path = write_to_repository(encoded.tail, build / "server", option.tail_model, "1", manifest)
-            written.append(
-                dataclasses.replace(option, head_sha256=head_sha, tail_version="1", tail_sha256=sha256_file(tail_path))
-            )
-        if local is not None:
-            written.append(dataclasses.replace(local, sha256=save_model(full, build / "device" / "local.onnx")))
-        if fallback_option is not None and fallback_model is not None:
-            written.append(
-                dataclasses.replace(fallback_option, sha256=save_model(fallback_model, build / "device/fallback.onnx"))
-            )
+    with atomic_directory(target, ours=("plan.json",)) as build:
         plan = Plan(
-            model_name=name,
-            model_sha256=model_sha,
-            inputs=inputs,
-            outputs=outputs,
-            options=tuple(written),
-            table=table,
+            model_name=sources.name,
+            model_sha256=sources.sha256,
+            inputs=sources.inputs,
+            outputs=sources.outputs,
+            options=_write_models(build, sources, evaluated, held),
+            budget_s=budget_s,
             profiles={
-                "device": _profile_summary(device, str(device_profile)),
-                "server": _profile_summary(server, str(server_profile)),
-                "evaluated": {
-                    "codecs": list(codec_names),
-                    "cuts": cut_ids,
-                    "options": len(splits),
-                    "samples": sample_source,
-                    "calibration_samples": len(calibration_set),
-                    "held_out_samples": len(held),
-                    "accuracy": "labels" if labels is not None else "top-1 agreement with the full model",
-                    "min_accuracy": min_accuracy,
-                    "not_held": [
-                        {
-                            "id": o.id,
-                            "bytes": o.bytes,
-                            "head_seconds": o.head_seconds,
-                            "tail_seconds": o.tail_seconds,
-                            "serialize_seconds": o.serialize_seconds,
-                            "accuracy": o.accuracy,
-                            "fidelity": dict(o.fidelity),
-                        }
-                        for o in splits
-                        if o.id not in {h.id for h in held_splits}
-                    ],
-                },
+                "device": _profile_summary(sources.device, sources.device_source),
+                "server": _profile_summary(sources.server, sources.server_source),
+                "evaluated": _evaluated_record(samples, evaluated, held, (bandwidths, rtts)),
             },
         )
         write_json_atomic(build / "plan.json", plan.to_json())
         (build / "report.md").write_text(report_markdown(plan, reference_rtt_s))
         (build / "latency.svg").write_text(latency_svg(plan, reference_rtt_s))
         load_plan(build, check_files=("device", "server"))
-        _publish(build, target)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     return load_plan(target, check_files=("device", "server"))

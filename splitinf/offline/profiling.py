@@ -48,6 +48,7 @@ import onnx
 import onnxruntime as ort
 
 from splitinf.contract.plan import sha256_file, write_json_atomic
+from splitinf.contract.stats import quantile
 from splitinf.errors import PlanError
 from splitinf.offline import inputs
 from splitinf.offline.codecs import calibrate, encode, parse_codecs
@@ -61,10 +62,8 @@ __all__ = [
     "Timing",
     "load_profile",
     "machine_info",
-    "make_session",
     "profile_file",
     "profile_model",
-    "random_inputs",
     "time_callable",
 ]
 
@@ -85,7 +84,7 @@ class Timing:
     def of(cls, seconds: Sequence[float]) -> Timing:
         return cls(
             median=float(statistics.median(seconds)),
-            p90=float(np.percentile(seconds, 90)),
+            p90=quantile(seconds, 0.9),
             min=float(min(seconds)),
             repeats=len(seconds),
         )
@@ -105,14 +104,6 @@ def time_callable(
         fn()
         seconds.append(clock() - start)
     return Timing.of(seconds)
-
-
-def random_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deprecated: use ``splitinf.offline.inputs.random_inputs(session_input_specs(session), seed)``.
-
-    Kept only until ``tools/bench/harness.py`` and ``offline/planner.py`` call that directly; delete then.
-    """
-    return inputs.random_inputs(inputs.session_input_specs(session), seed)
 
 
 def _cpu_model() -> str:

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from splitinf.contract.stats import quantile
 from splitinf.errors import UsageError
 
 __all__ = ["DemoSettings", "PhaseReport", "run_demo"]
@@ -66,8 +67,8 @@ class PhaseReport:
     def accuracy(self) -> float:
         return self.correct / self.requests if self.requests else float("nan")
 
-    def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
+    def quantile_ms(self, fraction: float) -> float:
+        return quantile(self.latencies_s, fraction) * 1000 if self.latencies_s else float("nan")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,8 +76,8 @@ class PhaseReport:
             "seconds": self.seconds,
             "requests": self.requests,
             "accuracy": self.accuracy,
-            "p50_ms": self.percentile_ms(50),
-            "p99_ms": self.percentile_ms(99),
+            "p50_ms": self.quantile_ms(0.5),
+            "p99_ms": self.quantile_ms(0.99),
             "max_ms": max(self.latencies_s, default=0.0) * 1000,
             "answers": dict(self.by_kind),
             "fallback_reasons": dict(self.fallback_reasons),
@@ -113,6 +114,7 @@ def _make_plan(workdir: Path, settings: DemoSettings, out: TextIO) -> tuple[Path
         fallback=digits_fallback_path(),
         calibration=calibration,
         output=plan_dir,
+        budget_s=settings.budget_s,
         # The demo pretends the main model does not fit on the device, so it splits or falls back.
         include_local=False,
     )
@@ -247,7 +249,7 @@ def _print_summary(reports: Sequence[PhaseReport], out: TextIO) -> None:
         changes = ", ".join(f"{old}->{new}@{t:.1f}s" for t, old, new, _ in r.mode_changes) or "-"
         _say(
             out,
-            f"{r.name:9s} {r.requests:8d} {r.accuracy:9.1%} {r.percentile_ms(50):8.2f} {r.percentile_ms(99):8.2f} "
+            f"{r.name:9s} {r.requests:8d} {r.accuracy:9.1%} {r.quantile_ms(0.5):8.2f} {r.quantile_ms(0.99):8.2f} "
             f"{r.by_kind.get('split', 0):6d} {r.by_kind.get('fallback', 0):9d}  {changes}",
         )
     _say(out, "")

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from splitinf.cli import main
-from splitinf.contract.plan import expected_latency, load_plan, sha256_file, write_json_atomic
+from splitinf.contract.plan import Option, expected_latency, load_plan, sha256_file, write_json_atomic
 from splitinf.offline.profiling import profile_model
 from splitinf.tools.testing import graphs as models
 
@@ -157,22 +157,39 @@ def test_held_heads_and_tails_reproduce_the_full_model(plan_dir: Path, setup: Se
     assert sha256_file(plan.path(local.model)) == local.sha256
 
 
-def test_the_table_always_matches_or_beats_sending_the_input(plan_dir: Path) -> None:
+def test_the_plan_matches_or_beats_sending_the_input_at_every_grid_point(plan_dir: Path) -> None:
     plan = load_plan(plan_dir)
-    assert plan.table is not None
-    offload = [o for o in plan.split_options if o.cut_id == "x"]
     evaluated = plan.profiles["evaluated"]
     assert evaluated["options"] == len(evaluated["cuts"]) * 3
-    for i, bw in enumerate(plan.table.bandwidths_bps):
-        for j, rtt in enumerate(plan.table.rtts_s):
-            chosen = plan.option(plan.table.choices[i][j])
-            assert chosen.kind in ("split", "local")
-            assert expected_latency(chosen, bw, rtt) <= min(expected_latency(o, bw, rtt) for o in offload)
-            every = plan.split_options + ((plan.local,) if plan.local else ())
-            assert expected_latency(chosen, bw, rtt) == min(expected_latency(o, bw, rtt) for o in every)
+    offload = [o for o in plan.split_options if o.cut_id == "x"]
+    not_held = [Option.from_json({**e, "kind": "split", "cut_id": "x", "head": "-", "tail_model": "-"})
+                for e in evaluated["not_held"] if e["id"].startswith("split:x:")]  # fmt: skip
+    held = plan.split_options + ((plan.local,) if plan.local else ())
+    for bw in evaluated["grid"]["bandwidths_bps"]:
+        for rtt in evaluated["grid"]["rtts_s"]:
+            fastest_held = min(expected_latency(o, bw, rtt) for o in held)
+            assert fastest_held <= min(expected_latency(o, bw, rtt) for o in offload + not_held)
+
+
+def test_the_planned_option_is_the_device_rule_within_the_plan_budget(plan_dir: Path) -> None:
+    plan = load_plan(plan_dir)
+    assert plan.budget_s == 0.25  # the device's default, recorded in plan.json
+    grid = plan.profiles["evaluated"]["grid"]
+    for bw in grid["bandwidths_bps"]:
+        for rtt in grid["rtts_s"]:
+            planned = plan.planned(bw, rtt)
+            assert planned is not None
+            option, seconds = planned
+            fitting = [o for o in plan.options if expected_latency(o, bw, rtt) <= plan.budget_s]
+            if option.kind == "fallback" and seconds > plan.budget_s:
+                assert not fitting
+            else:
+                assert seconds <= plan.budget_s
+                assert all((o.accuracy or 0) <= (option.accuracy or 0) for o in fitting)
     # a slow device on a fast link splits; on a slow link with a long RTT it computes locally
-    assert plan.option(plan.table.choices[-1][0]).kind == "split"
-    assert plan.table.choices[0][-1] == "local"
+    fast, slow = max(grid["bandwidths_bps"]), min(grid["bandwidths_bps"])
+    assert plan.planned(fast, min(grid["rtts_s"]))[0].kind == "split"  # type: ignore[index]
+    assert plan.planned(slow, max(grid["rtts_s"]))[0].kind == "local"  # type: ignore[index]
 
 
 def test_accuracy_comes_from_labels_when_given(plan_dir: Path, setup: Setup) -> None:
@@ -190,7 +207,8 @@ def test_the_report_has_a_table_and_a_chart_with_the_choice_marked(plan_dir: Pat
     report = (plan_dir / "report.md").read_text()
     for option in plan.options:
         assert f"`{option.id}`" in report
-    assert "**best**" in report and "## Decision table" in report and "## Codecs" in report
+    assert "**planned**" in report and "## Planned option by network condition" in report and "## Codecs" in report
+    assert "Decision table" not in report
     for entry in plan.profiles["evaluated"]["not_held"]:
         assert f"`{entry['id']}`" in report
     svg = ET.parse(plan_dir / "latency.svg").getroot()
@@ -198,7 +216,9 @@ def test_the_report_has_a_table_and_a_chart_with_the_choice_marked(plan_dir: Pat
     lines = {p.get("data-option") for p in svg.iter(f"{ns}polyline")}
     assert lines == {o.id for o in plan.options}
     marked = {c.get("data-option") for c in svg.iter(f"{ns}circle")}
-    assert marked and marked <= {o.id for o in plan.options if o.kind != "fallback"}
+    thick = {p.get("data-option") for p in svg.iter(f"{ns}polyline") if p.get("class") == "planned"}
+    assert marked and thick and thick <= marked <= {o.id for o in plan.options}
+    assert {plan.planned(bw, 0.02)[0].id for bw in (1e6, 10e6, 100e6)} <= marked  # type: ignore[index]
 
 
 def test_without_samples_the_plan_uses_random_inputs_and_refuses_int8(setup: Setup, tmp_path: Path) -> None:
@@ -257,7 +277,7 @@ def test_an_empty_calibration_set_is_refused(setup: Setup, tmp_path: Path, capsy
     np.savez(empty, x=np.zeros((0, 3, 16, 16), np.float32))
     assert main(_plan_args(setup, tmp_path / "p", "--calibration", str(empty))) == 2
     err = _one_line_error(capsys)
-    assert "calibration set" in err and "is empty" in err
+    assert "empty.npz" in err and "are empty" in err
 
 
 def test_an_existing_directory_that_is_not_a_plan_is_not_replaced(setup: Setup, tmp_path: Path) -> None:
@@ -280,17 +300,19 @@ def test_bad_input_from_the_command_line_is_one_line_without_traceback(setup: Se
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_hold_all_holds_every_evaluated_option_with_the_same_table(
+def test_hold_all_holds_every_evaluated_option_and_the_budget_is_recorded(
     setup: Setup, plan_dir: Path, tmp_path: Path
 ) -> None:
     argv = _plan_args(
         setup, tmp_path / "all", "--fallback", str(setup.fallback), "--calibration", str(setup.samples), "--hold-all"
     )
-    assert main(argv) == 0
+    assert main([*argv, "--budget-ms", "40"]) == 0
     capped, every = load_plan(plan_dir), load_plan(tmp_path / "all", check_files=("device", "server"))
     assert len(every.split_options) == every.profiles["evaluated"]["options"] > len(capped.split_options)
     assert {o.id for o in capped.split_options} <= {o.id for o in every.split_options}
-    assert every.table == capped.table
+    assert every.budget_s == pytest.approx(0.04)
+    assert "budget 40 ms" in (tmp_path / "all" / "report.md").read_text()
+    assert main([*argv, "--budget-ms", "0"]) == 2
 
 
 def test_a_cut_of_graph_outputs_is_never_a_split_option(setup: Setup, tmp_path: Path) -> None:
@@ -318,8 +340,8 @@ def test_a_cut_of_graph_outputs_is_never_a_split_option(setup: Setup, tmp_path: 
 
 def test_samples_are_batch_slices_or_one_per_entry_and_mismatches_are_named(tmp_path: Path) -> None:
     from splitinf.contract.plan import TensorSpec
-    from splitinf.errors import PlanError
-    from splitinf.offline.planner import read_samples
+    from splitinf.contract.samples import read_samples
+    from splitinf.errors import InputError
 
     spec = (TensorSpec("x", "float32", ("N", 4)),)
     np.savez(tmp_path / "batch.npz", x=np.arange(12, dtype=np.float64).reshape(3, 4), labels=np.array([0, 1, 2]))
@@ -329,10 +351,10 @@ def test_samples_are_batch_slices_or_one_per_entry_and_mismatches_are_named(tmp_
     np.savez(tmp_path / "stacked.npz", x=np.zeros((2, 1, 4), np.float32))
     assert [s["x"].shape for s in read_samples(tmp_path / "stacked.npz", spec)[0]] == [(1, 4)] * 2
     np.savez(tmp_path / "wrong.npz", y=np.zeros((2, 4), np.float32))
-    with pytest.raises(PlanError, match=r"lacks arrays for the model input\(s\) \['x'\]"):
+    with pytest.raises(InputError, match=r"missing \['x'\]"):
         read_samples(tmp_path / "wrong.npz", spec)
     np.savez(tmp_path / "labels.npz", x=np.zeros((2, 4), np.float32), labels=np.array([1, 2, 3]))
-    with pytest.raises(PlanError, match="one label per sample"):
+    with pytest.raises(InputError, match="label"):
         read_samples(tmp_path / "labels.npz", spec)
 
 

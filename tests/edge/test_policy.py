@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from splitinf.contract.plan import Option, Plan, TensorSpec
 from splitinf.edge.estimate import Estimates
-from splitinf.edge.policy import BreakerState, Mode, Policy, PolicyConfig, choose_option
+from splitinf.edge.policy import BreakerState, Mode, Policy, PolicyConfig
 from splitinf.errors import ConfigError, PlanError
+from splitinf.tools.testing.plans import split_option
 
 X = TensorSpec("x", "float32", (1, 4))
 
@@ -23,21 +24,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def split_option(name: str, nbytes: int, accuracy: float, head_s: float = 0.001, tail_s: float = 0.001) -> Option:
-    return Option(
-        id=f"split:{name}:fp32",
-        kind="split",
-        accuracy=accuracy,
-        cut_id=name,
-        codec="fp32",
-        head=f"device/heads/{name}.onnx",
-        tail_model=f"m.{name}",
-        bytes=nbytes,
-        head_seconds=head_s,
-        tail_seconds=tail_s,
-    )
 
 
 FALLBACK = Option(id="fallback", kind="fallback", accuracy=0.80, model="device/fallback.onnx", seconds=0.002)
@@ -92,16 +78,6 @@ def reach_split_again(policy: Policy, clock: FakeClock, est: Estimates | None = 
         if policy.mode is Mode.SPLIT:
             return
     raise AssertionError(f"did not return to SPLIT, mode {policy.mode}")
-
-
-def test_choice_prefers_accuracy_then_speed_within_budget() -> None:
-    # 100 Mbit/s: both splits fit, same accuracy -> the faster (fewer bytes)
-    assert choose_option([BIG, SMALL, FALLBACK], estimates(), 0.1)[0] is SMALL  # type: ignore[index]
-    more_accurate = split_option("early", 1_000_000, 0.99)
-    assert choose_option([more_accurate, SMALL], estimates(), 0.1)[0] is more_accurate  # type: ignore[index]
-    # 1 Mbit/s: the 8 Mbit option no longer fits, the small one does
-    assert choose_option([more_accurate, SMALL], estimates(1e6), 0.1)[0] is SMALL  # type: ignore[index]
-    assert choose_option([more_accurate, SMALL], estimates(1e3), 0.1) is None
 
 
 def test_split_decision_and_local_model_when_it_is_better() -> None:

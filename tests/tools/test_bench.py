@@ -18,6 +18,7 @@ import onnx
 import pytest
 
 from splitinf.cli import main
+from splitinf.contract.plan import load_plan
 from splitinf.errors import UsageError
 from splitinf.offline.graph import enumerate_cuts, load_model
 from splitinf.tools.bench import (
@@ -160,6 +161,7 @@ def test_echo_answers_the_asked_number_of_bytes() -> None:
         (["--bandwidths", "1,x"], "--bandwidths takes comma-separated numbers"),
         (["--rtts", "0"], "--rtts needs positive numbers"),
         (["--device-cpus", "0"], "--device-cpus must be > 0"),
+        (["--budget-ms", "-5"], "--budget-ms must be > 0"),
         (["--requests", "1"], "--requests must be >= 3"),
         (["--model", "/nonexistent/model.onnx"], "neither resnet50, digits nor an existing ONNX file"),
         (["--link", "netns", "--quick"], "--link netns is not supported"),
@@ -202,6 +204,9 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert not limit["applied"] and "NO CPU limit" in markdown
 
     plan_ids = {o["id"] for o in results["plan"]["options"]}
+    plan = load_plan(results["plan"]["dir"])
+    assert plan.budget_s == results["settings"]["budget_s"] == 0.25
+    assert "the device's rule picks" in markdown and "within a 250 ms budget" in markdown
     local = results["local"]["stats"]
     assert local["network_median_s"] == 0 and local["request_bytes"] == 0  # local never touches the link
     assert len(results["grid"]) == len(results["settings"]["bandwidths_mbit"]) * len(results["settings"]["rtts_ms"])
@@ -217,6 +222,9 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                 assert not entry["errors"]
         summary = cell["summary"]
         assert summary["planned"]["option"] == cell["planned_option"] in plan_ids
+        # planned is the device's rule within the bench's budget, the same function the policy calls
+        rule = plan.planned(cell["bandwidth_mbit"] * 1e6, rtt_s, results["settings"]["budget_s"])
+        assert rule is not None and (rule[0].id, rule[1]) == (cell["planned_option"], cell["planned_predicted_s"])
         assert summary["planned"]["stats"] is not None
         best = summary["best"]["stats"]["median_s"]
         assert best <= min([*medians.values(), local["median_s"]])

@@ -4,14 +4,12 @@
 - :mod:`splitinf.tools.bench.cgroup`: a cgroup CPU quota for the device process (v1 and v2).
 - :mod:`splitinf.tools.bench.device`: the device worker process, steered over stdin/stdout.
 - :mod:`splitinf.tools.bench.echo`: a bare gRPC echo (generic handler), the yardstick for overhead.
-- :mod:`splitinf.tools.bench.report`: the pure core: statistics, Markdown table, SVG chart.
+- :mod:`splitinf.tools.bench.bench_report`: the pure core: statistics, Markdown table, SVG chart.
 """
 
 from __future__ import annotations
 
-from splitinf.tools.bench.cgroup import CpuCgroup, create_cpu_cgroup, detect_cgroup_version
-from splitinf.tools.bench.harness import BenchConfig, choose_cuts, command_line, quick_config, run_bench
-from splitinf.tools.bench.report import (
+from splitinf.tools.bench.bench_report import (
     bench_markdown,
     bench_svg,
     emulation_summary,
@@ -19,6 +17,8 @@ from splitinf.tools.bench.report import (
     summarise,
     summarise_cell,
 )
+from splitinf.tools.bench.cgroup import CpuCgroup, create_cpu_cgroup, detect_cgroup_version
+from splitinf.tools.bench.harness import BenchConfig, choose_cuts, command_line, quick_config, run_bench
 
 __all__ = [
     "BenchConfig",

@@ -43,7 +43,7 @@ class _Device:
         self._clients: dict[str, Any] = {}
 
     def session(self, path: str) -> Any:
-        from splitinf.offline.profiling import make_session
+        from splitinf.offline.sessions import make_session
 
         if path not in self._sessions:
             self._sessions[path] = make_session(path, self.threads)

@@ -39,16 +39,15 @@ from typing import IO, Any
 
 import numpy as np
 
+from splitinf.contract.plan import DEFAULT_BUDGET_S
 from splitinf.errors import SplitinfError, UsageError
+from splitinf.tools.bench.bench_report import bench_markdown, bench_svg, model_accuracy, summarise, summarise_cell
 from splitinf.tools.bench.cgroup import CpuCgroup, create_cpu_cgroup
-from splitinf.tools.bench.report import bench_markdown, bench_svg, model_accuracy, summarise, summarise_cell
 
 __all__ = ["BenchConfig", "choose_cuts", "command_line", "quick_config", "run_bench"]
 
 # The product's defaults (splitinf.edge.policy.PolicyConfig) are used for the full run; the quick run
 # shortens the waits so a test finishes in seconds. Either way the settings go into the output.
-DEFAULT_BUDGET_S = 0.25  # splitinf.edge.config.DeviceConfig.budget_s
-
 QUICK_POLICY = {
     "open_s": 0.5,
     "min_dwell_s": 0.5,
@@ -65,6 +64,7 @@ class BenchConfig:
     fallback: str | None = None  # for PATH: the small fallback model
     bandwidths_mbit: tuple[float, ...] = (1.0, 10.0, 100.0)
     rtts_ms: tuple[float, ...] = (2.0, 20.0, 80.0)
+    budget_s: float = DEFAULT_BUDGET_S  # the plan's budget: "planned" is the device's rule within it
     # 0.15 of one core here at 1 onnxruntime thread runs ResNet-50 in ~240 ms with a tight p90, about a
     # Pi 4's figure; 4 threads in a 0.5-CPU quota give the same median but spin, get throttled in bursts,
     # and make the profiles useless (see benchmarks/README.md). None: no limit (stated in the outputs).
@@ -148,7 +148,8 @@ def _prepare_model(config: BenchConfig, work: Path) -> _Prepared:
     import onnx
 
     from splitinf.offline.graph import load_model
-    from splitinf.offline.profiling import make_session, random_inputs
+    from splitinf.offline.inputs import random_inputs, session_input_specs
+    from splitinf.offline.sessions import make_session
 
     rng = np.random.default_rng(0)
     if config.model == "resnet50":
@@ -183,7 +184,8 @@ def _prepare_model(config: BenchConfig, work: Path) -> _Prepared:
     if fallback_path is not None:
         load_model(fallback_path)
     session = make_session(model, 1)
-    samples = [random_inputs(session, seed) for seed in range(config.calibration_samples + 1)]
+    specs = session_input_specs(session)
+    samples = [random_inputs(specs, seed) for seed in range(config.calibration_samples + 1)]
     stacked: dict[str, Any] = {n: np.concatenate([s[n] for s in samples[1:]]) for n in samples[0]}
     first: dict[str, Any] = dict(samples[0])
     np.savez(work / "calibration.npz", **stacked)
@@ -312,12 +314,11 @@ def _run_checked(argv: Sequence[str], what: str) -> None:
 
 
 def _failover_plan(plan_dir: Path, target: Path) -> Path:
-    """The plan without the local option (and its table), for the failover run: the runtime's policy
+    """The plan without the local option, for the failover run: the runtime's policy
     prefers the most accurate option that fits the budget, so with the full model on board it would
     never split, and there would be nothing to fail over from."""
     data = json.loads((plan_dir / "plan.json").read_text())
     data["options"] = [o for o in data["options"] if o["kind"] != "local"]
-    data.pop("table", None)
     target.mkdir(parents=True, exist_ok=True)
     for part in ("device", "server"):
         link = target / part
@@ -450,7 +451,6 @@ def _make_plan(
 ) -> Any:
     """Device profile inside the limited process, server profile unlimited, then ``splitinf plan``."""
     from splitinf.contract.plan import load_plan
-    from splitinf.offline.planner import DEFAULT_BANDWIDTHS_BPS, DEFAULT_RTTS_S
 
     progress("device profile (inside the CPU-limited process)")
     device_profile, server_profile, plan_dir = work / "device_profile.json", work / "server_profile.json", work / "plan"
@@ -476,24 +476,16 @@ def _make_plan(
         "the server profile",
     )  # fmt: skip
     progress("planning (splitinf plan --hold-all with both profiles)")
-    # The plan's grid holds the benchmark's points exactly (so the table is looked up, not rounded)
-    # and the planner's default grid around them.
-    grid_bps = sorted({*(b * 1e6 for b in config.bandwidths_mbit), *DEFAULT_BANDWIDTHS_BPS})
-    grid_rtts = sorted({*(r * 1e-3 for r in config.rtts_ms), *DEFAULT_RTTS_S})
     plan_argv = _python(
         "splitinf", "plan", str(prepared.path), "--device", str(device_profile), "--server", str(server_profile),
         "--calibration", str(prepared.calibration), "--codecs", ",".join(config.codecs),
-        "--bandwidths", ",".join(f"{b / 1e6:g}" for b in grid_bps),
-        "--rtts", ",".join(f"{r * 1e3:g}" for r in grid_rtts),
+        "--budget-ms", f"{config.budget_s * 1e3:g}",
         "--reference-rtt", f"{config.rtts_ms[0]:g}", "--hold-all", "-o", str(plan_dir),
     )  # fmt: skip
     if prepared.fallback is not None:
         plan_argv += ["--fallback", str(prepared.fallback)]
     _run_checked(plan_argv, "splitinf plan")
-    plan = load_plan(plan_dir, check_files=("device", "server"))
-    if plan.table is None:
-        raise SplitinfError("the plan has no decision table")
-    return plan
+    return load_plan(plan_dir, check_files=("device", "server"))
 
 
 @dataclass
@@ -581,8 +573,8 @@ class _Measurements:
                     "errors": measured["errors"] if measured else [],
                     "skipped": None if measured else "predicted far slower than the best option here",
                 }
-            planned_id = self.plan.table.lookup(bps, rtt_s)
-            planned_predicted = local.seconds if planned_id == "local" and local else predicted.get(planned_id)
+            planned = self.plan.planned(bps, rtt_s)
+            planned_id, planned_predicted = (planned[0].id, planned[1]) if planned else (None, None)
             summary = summarise_cell(options, local_stats, planned_id=planned_id, full_offload_ids=self.full_offload)
             grid.append(
                 {
@@ -636,9 +628,9 @@ class _Measurements:
         bw, rtt = max(config.bandwidths_mbit), min(config.rtts_ms)
         cell = next(c for c in grid if c["bandwidth_mbit"] == bw and c["rtt_ms"] == rtt)
         fastest = min((c["stats"]["median_s"] for c in cell["options"].values() if c.get("stats")), default=0.05)
-        # The device's default budget, or 4x the fastest split measured here when that is more: a
-        # budget near the split latency would trip on the estimator's cold start, not on the cut.
-        budget = max(DEFAULT_BUDGET_S, 4 * fastest, 4 * min(predicted_at(o, bw, rtt) for o in self.splits))
+        # The bench's budget, or 4x the fastest split measured here when that is more: a budget
+        # near the split latency would trip on the estimator's cold start, not on the cut.
+        budget = max(config.budget_s, 4 * fastest, 4 * min(predicted_at(o, bw, rtt) for o in self.splits))
         self.progress(f"failover and recovery at {bw:g} Mbit/s, RTT {rtt:g} ms (budget {budget * 1e3:.0f} ms)")
         self._shape(bw, rtt)
         reply = self.device.call(
@@ -668,7 +660,7 @@ class _Measurements:
 
     def throughput(self) -> dict[str, Any]:
         """Concurrent clients straight to the server with the full-offload fp32 request (the whole model)."""
-        from splitinf.offline.profiling import make_session
+        from splitinf.offline.sessions import make_session
 
         self.progress("tail-server throughput")
         offload = [o for o in self.splits if o.cut_id == self.input_cut]
@@ -778,8 +770,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         }
         notes.append(
             "Candidates measured: every profiled (cut, codec) option within the planner's accuracy floor (the "
-            "plan is made with --hold-all, so each has its head and tail; its decision table is the one it would "
-            "make anyway, over the benchmark grid plus the planner's default grid) and the local model."
+            "plan is made with --hold-all, so each has its head and tail) and the local model. The planned option is "
+            "the device's rule over all of them (splitinf.contract.plan.choose_option) within the plan's budget."
         )
 
         progress("starting the tail server and the emulated link")

@@ -22,7 +22,25 @@ from splitinf.offline.planner import io_specs, option_names
 from splitinf.ort import open_session
 from splitinf.tools.testing.graphs import mlp
 
-__all__ = ["MLP_CUTS", "MLP_FALLBACK", "MLP_FULL", "run_mlp", "write_mlp_plan_dir", "write_plan_dir"]
+__all__ = ["MLP_CUTS", "MLP_FALLBACK", "MLP_FULL", "run_mlp", "split_option", "write_mlp_plan_dir", "write_plan_dir"]
+
+
+def split_option(
+    name: str, nbytes: int, accuracy: float | None, head_s: float = 0.001, tail_s: float = 0.001
+) -> Option:
+    """A split option with the costs a test chooses and no files: for the decision rule and the policy."""
+    return Option(
+        id=f"split:{name}:fp32",
+        kind="split",
+        accuracy=accuracy,
+        cut_id=name,
+        codec="fp32",
+        head=f"device/heads/{name}.onnx",
+        tail_model=f"m.{name}",
+        bytes=nbytes,
+        head_seconds=head_s,
+        tail_seconds=tail_s,
+    )
 
 
 def write_plan_dir(

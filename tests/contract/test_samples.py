@@ -1,4 +1,4 @@
-"""Sample files (splitinf.offline.samples): one reader for verification, calibration and held-out sets."""
+"""Sample files (splitinf.contract.samples): one reader for verification, calibration and held-out sets."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from splitinf.contract.plan import TensorSpec
+from splitinf.contract.samples import read_samples
 from splitinf.errors import InputError
-from splitinf.offline.samples import read_samples
 
 X = TensorSpec("x", "float32", ("N", 4))
 IDS = TensorSpec("ids", "int64", ("N", 2))

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
+from splitinf.contract.stats import quantile
+
 __all__ = [
     "STRATEGIES",
     "bench_markdown",
@@ -27,16 +29,6 @@ STRATEGIES = ("local", "remote", "planned", "best")
 _COLOURS = {"local": "#7f7f7f", "remote": "#d62728", "planned": "#1f77b4", "best": "#2ca02c"}
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def summarise(samples: Sequence[Mapping[str, float]]) -> dict[str, Any] | None:
     """Median and p90 of the total latency, and the medians of its parts; None without samples."""
     if not samples:
@@ -49,7 +41,7 @@ def summarise(samples: Sequence[Mapping[str, float]]) -> dict[str, Any] | None:
     return {
         "n": len(samples),
         "median_s": float(statistics.median(totals)),
-        "p90_s": float(_percentile(totals, 90)),
+        "p90_s": quantile(totals, 0.9),
         "min_s": min(totals),
         "max_s": max(totals),
         "head_median_s": median_of("head_s"),
@@ -68,14 +60,15 @@ def summarise_cell(
     options: Mapping[str, Mapping[str, Any]],
     local: Mapping[str, Any] | None,
     *,
-    planned_id: str,
+    planned_id: str | None,
     full_offload_ids: Sequence[str],
 ) -> dict[str, Any]:
     """The four strategies at one grid point from the measured options.
 
     ``options`` maps each split option id to ``{"stats": summarise(...) or None, ...}``; local is
     the local model's stats (or None). remote = the fastest measured full-offload option; best =
-    the fastest of everything measured (local included); planned = the plan's choice here.
+    the fastest of everything measured (local included); planned = the device's choice here
+    (``Plan.planned``; None for a plan without a fallback when nothing fits).
     """
 
     def entry(option_id: str | None, stats: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -90,7 +83,7 @@ def summarise_cell(
     return {
         "local": entry("local" if local is not None else None, local),
         "remote": entry(remote, measured.get(remote) if remote else None),
-        "planned": entry(planned_id, measured.get(planned_id)),
+        "planned": entry(planned_id, measured.get(planned_id) if planned_id else None),
         "best": entry(best, measured.get(best) if best else None),
     }
 
@@ -204,12 +197,32 @@ def bench_markdown(results: Mapping[str, Any]) -> str:
         "## Emulation",
         "",
         *_emulation_lines(results["emulation"]),
+    ]
+    for section in (
+        _strategy_lines,
+        _option_lines,
+        _local_lines,
+        _accuracy_lines,
+        _overhead_lines,
+        _failover_lines,
+        _throughput_lines,
+        _notes_lines,
+    ):
+        lines += section(results)
+    return "\n".join(lines) + "\n"
+
+
+def _strategy_lines(results: Mapping[str, Any]) -> list[str]:
+    budget = results.get("settings", {}).get("budget_s")
+    within = f"within a {_ms(budget)} ms budget " if budget else ""
+    lines = [
         "",
         "## End-to-end latency per request (ms, median / p90)",
         "",
         "local: the full model on the device. remote: full offload (send the input) with the fastest "
-        "codec measured. planned: the option the plan's decision table picks at this point (profiles "
-        "measured in this run). best: the fastest of every option measured. Ratios are of medians.",
+        "codec measured. planned: the option the device's rule picks at this point (the most accurate "
+        f"option expected {within}from the profiles measured in this run, ties to the faster). best: the "
+        "fastest of every option measured. Ratios are of medians.",
         "",
         "| Mbit/s | RTT ms | local | remote | planned | best | planned option | predicted ms | "
         "planned/best | local/planned | remote/planned |",
@@ -224,107 +237,133 @@ def bench_markdown(results: Mapping[str, Any]) -> str:
             f"(`{s['best']['option']}`) | `{planned['option']}` | {_ms(cell['planned_predicted_s'])} | "
             f"{_ratio(planned, s['best'])} | {_ratio(s['local'], planned)} | {_ratio(s['remote'], planned)} |"
         )
+    return lines
+
+
+def _option_cell(entry: Mapping[str, Any] | None) -> str:
+    if entry is None:
+        return ""
+    if entry.get("stats"):
+        return f"{_ms(entry['stats']['median_s'])} ({_ms(entry['predicted_s'])})"
+    return f"skipped ({_ms(entry['predicted_s'])})"
+
+
+def _option_lines(results: Mapping[str, Any]) -> list[str]:
     option_ids = list(dict.fromkeys(i for cell in results["grid"] for i in cell["options"]))
-    if option_ids:
-        lines += [
-            "",
-            "## Every option (median ms measured; cost-model prediction in brackets)",
-            "",
-            "| Mbit/s | RTT ms | " + " | ".join(f"`{i}`" for i in option_ids) + " |",
-            "|---|---|" + "---|" * len(option_ids),
-        ]
-        for cell in results["grid"]:
-            row = []
-            for i in option_ids:
-                entry = cell["options"].get(i)
-                if entry is None:
-                    row.append("")
-                elif entry.get("stats"):
-                    row.append(f"{_ms(entry['stats']['median_s'])} ({_ms(entry['predicted_s'])})")
-                else:
-                    row.append(f"skipped ({_ms(entry['predicted_s'])})")
-            lines.append(f"| {cell['bandwidth_mbit']:g} | {cell['rtt_ms']:g} | " + " | ".join(row) + " |")
-        skip = results.get("settings", {}).get("skip_rule")
-        if skip:
-            lines += ["", f"Skipped: {skip}"]
+    if not option_ids:
+        return []
+    lines = [
+        "",
+        "## Every option (median ms measured; cost-model prediction in brackets)",
+        "",
+        "| Mbit/s | RTT ms | " + " | ".join(f"`{i}`" for i in option_ids) + " |",
+        "|---|---|" + "---|" * len(option_ids),
+    ]
+    for cell in results["grid"]:
+        row = [_option_cell(cell["options"].get(i)) for i in option_ids]
+        lines.append(f"| {cell['bandwidth_mbit']:g} | {cell['rtt_ms']:g} | " + " | ".join(row) + " |")
+    skip = results.get("settings", {}).get("skip_rule")
+    return lines + (["", f"Skipped: {skip}"] if skip else [])
+
+
+def _local_lines(results: Mapping[str, Any]) -> list[str]:
     local = results.get("local")
-    if local and local.get("stats"):
-        st = local["stats"]
-        lines += [
-            "",
-            f"Local model on the device: median {_ms(st['median_s'])} ms, p90 {_ms(st['p90_s'])} ms over "
-            f"{st['n']} runs (no network: 0 bytes sent). Device profile predicted "
-            f"{_ms(local.get('predicted_s'))} ms.",
-        ]
+    if not local or not local.get("stats"):
+        return []
+    st = local["stats"]
+    return [
+        "",
+        f"Local model on the device: median {_ms(st['median_s'])} ms, p90 {_ms(st['p90_s'])} ms over "
+        f"{st['n']} runs (no network: 0 bytes sent). Device profile predicted "
+        f"{_ms(local.get('predicted_s'))} ms.",
+    ]
+
+
+def _accuracy_lines(results: Mapping[str, Any]) -> list[str]:
     accuracy = results.get("accuracy")
-    if accuracy and accuracy.get("predicted"):
-        lines += [
-            "",
-            "## Cost model against measurement",
-            "",
-            f"- Predicted vs measured median latency, over {accuracy['predicted']} measured (option, point) pairs "
-            f"and local: median |error| {accuracy['median_abs_relative_error'] * 100:.1f}%, worst "
-            f"{accuracy['max_abs_relative_error'] * 100:.1f}%, {accuracy['within_15_percent']} within 15%.",
-            f"- The planned option measured within 5% of the best measured option at "
-            f"{accuracy['planned_within_5_percent']} of {accuracy['grid_points']} grid points.",
-        ]
+    if not accuracy or not accuracy.get("predicted"):
+        return []
+    return [
+        "",
+        "## Cost model against measurement",
+        "",
+        f"- Predicted vs measured median latency, over {accuracy['predicted']} measured (option, point) pairs "
+        f"and local: median |error| {accuracy['median_abs_relative_error'] * 100:.1f}%, worst "
+        f"{accuracy['max_abs_relative_error'] * 100:.1f}%, {accuracy['within_15_percent']} within 15%.",
+        f"- The planned option measured within 5% of the best measured option at "
+        f"{accuracy['planned_within_5_percent']} of {accuracy['grid_points']} grid points.",
+    ]
+
+
+def _overhead_lines(results: Mapping[str, Any]) -> list[str]:
     overhead = results.get("overhead") or []
-    if overhead:
-        lines += [
-            "",
-            "## Framework overhead against a bare gRPC echo of the same bytes (ms, medians)",
-            "",
-            "Both from the device process straight to the server machine (no emulated link). V2 = "
-            "`InferenceClient.infer` minus the server's reported compute time (so it holds encoding, "
-            "gRPC, the server's decode/encode and the client's decode); echo = a generic-handler gRPC "
-            "method answering the same number of bytes.",
-            "",
-            "| case | request bytes | response bytes | V2 | echo | overhead | V2/echo |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for case in overhead:
-            lines.append(
-                f"| `{case['id']}` | {case['request_bytes']} | {case['response_bytes']} | {_ms(case['v2_median_s'])} | "
-                f"{_ms(case['echo_median_s'])} | {_ms(case['overhead_s'])} | {case['ratio']:.2f} |"
-            )
+    if not overhead:
+        return []
+    lines = [
+        "",
+        "## Framework overhead against a bare gRPC echo of the same bytes (ms, medians)",
+        "",
+        "Both from the device process straight to the server machine (no emulated link). V2 = "
+        "`InferenceClient.infer` minus the server's reported compute time (so it holds encoding, "
+        "gRPC, the server's decode/encode and the client's decode); echo = a generic-handler gRPC "
+        "method answering the same number of bytes.",
+        "",
+        "| case | request bytes | response bytes | V2 | echo | overhead | V2/echo |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in overhead:
+        lines.append(
+            f"| `{case['id']}` | {case['request_bytes']} | {case['response_bytes']} | {_ms(case['v2_median_s'])} | "
+            f"{_ms(case['echo_median_s'])} | {_ms(case['overhead_s'])} | {case['ratio']:.2f} |"
+        )
+    return lines
+
+
+def _failover_lines(results: Mapping[str, Any]) -> list[str]:
     failover = results.get("failover")
-    if failover:
-        lines += ["", "## Failover and recovery", ""]
-        if failover.get("error"):
-            lines.append(f"Not measured: {failover['error']}")
-        else:
-            lines += [
-                f"At {failover['bandwidth_mbit']:g} Mbit/s, RTT {failover['rtt_ms']:g} ms, budget "
-                f"{_ms(failover['budget_s'])} ms, one request every {_ms(failover['interval_s'])} ms at most; "
-                f"the link is cut by {failover['cut']}.",
-                "",
-                f"- Failover (cut -> first answer not from the split path): **{_ms(failover['failover_s'])} ms** "
-                f"(answered by `{failover['first_local_option']}`, reason {failover['first_local_reason']}).",
-                f"- Recovery (heal -> first split answer): **{_ms(failover['recovery_s'])} ms**.",
-                f"- During the outage: {failover['outage_answers']} answers, worst latency "
-                f"{_ms(failover['outage_worst_s'])} ms; none lost (each request answered once).",
-                f"- Policy: {failover['policy']}.",
-            ]
+    if not failover:
+        return []
+    lines = ["", "## Failover and recovery", ""]
+    if failover.get("error"):
+        return lines + [f"Not measured: {failover['error']}"]
+    return lines + [
+        f"At {failover['bandwidth_mbit']:g} Mbit/s, RTT {failover['rtt_ms']:g} ms, budget "
+        f"{_ms(failover['budget_s'])} ms, one request every {_ms(failover['interval_s'])} ms at most; "
+        f"the link is cut by {failover['cut']}.",
+        "",
+        f"- Failover (cut -> first answer not from the split path): **{_ms(failover['failover_s'])} ms** "
+        f"(answered by `{failover['first_local_option']}`, reason {failover['first_local_reason']}).",
+        f"- Recovery (heal -> first split answer): **{_ms(failover['recovery_s'])} ms**.",
+        f"- During the outage: {failover['outage_answers']} answers, worst latency "
+        f"{_ms(failover['outage_worst_s'])} ms; none lost (each request answered once).",
+        f"- Policy: {failover['policy']}.",
+    ]
+
+
+def _throughput_lines(results: Mapping[str, Any]) -> list[str]:
     throughput = results.get("throughput")
-    if throughput:
-        lines += [
-            "",
-            f"## Tail-server throughput (`{throughput['option']}`, {throughput['request_bytes']} bytes per request)",
-            "",
-            "Concurrent clients on the server side (no emulated link), each its own channel, back to back.",
-            "",
-            "| clients | requests | seconds | requests/s | median ms |",
-            "|---|---|---|---|---|",
-        ]
-        for level in throughput["levels"]:
-            lines.append(
-                f"| {level['concurrency']} | {level['requests']} | {level['seconds']:.1f} | "
-                f"{level['rps']:.1f} | {_ms(level['median_s'])} |"
-            )
+    if not throughput:
+        return []
+    lines = [
+        "",
+        f"## Tail-server throughput (`{throughput['option']}`, {throughput['request_bytes']} bytes per request)",
+        "",
+        "Concurrent clients on the server side (no emulated link), each its own channel, back to back.",
+        "",
+        "| clients | requests | seconds | requests/s | median ms |",
+        "|---|---|---|---|---|",
+    ]
+    for level in throughput["levels"]:
+        lines.append(
+            f"| {level['concurrency']} | {level['requests']} | {level['seconds']:.1f} | "
+            f"{level['rps']:.1f} | {_ms(level['median_s'])} |"
+        )
+    return lines
+
+
+def _notes_lines(results: Mapping[str, Any]) -> list[str]:
     notes = results.get("notes") or []
-    if notes:
-        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
-    return "\n".join(lines) + "\n"
+    return ["", "## Notes", "", *[f"- {n}" for n in notes]] if notes else []
 
 
 def bench_svg(results: Mapping[str, Any], panel_w: int = 300, panel_h: int = 260) -> str:
