@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from splitinf.contract.plan import TensorSpec
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import PlanError
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ __all__ = [
     "fidelity",
     "parse_codecs",
     "run_encoded",
-    "spec_bytes",
 ]
 
 CODECS = ("fp32", "fp16", "int8", "uint8")
@@ -85,7 +84,7 @@ class Encoded:
 
     @property
     def bytes_per_sample(self) -> int:
-        return sum(spec_bytes(t) for t in self.wire)
+        return sum(t.sample_bytes for t in self.wire)
 
 
 def parse_codecs(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -95,14 +94,6 @@ def parse_codecs(text: str | Sequence[str]) -> tuple[str, ...]:
     if unknown or not names:
         raise PlanError(f"unknown codec(s) {unknown or names!r}; choose from {', '.join(CODECS)}")
     return tuple(dict.fromkeys(names))
-
-
-def spec_bytes(spec: TensorSpec) -> int:
-    """Bytes of one sample of a tensor: symbolic (batch) dims count as 1."""
-    count = 1
-    for dim in spec.shape:
-        count *= dim if isinstance(dim, int) and dim > 0 else 1
-    return count * np.dtype(spec.dtype).itemsize
 
 
 def _fresh_name(base: str, taken: set[str]) -> str:

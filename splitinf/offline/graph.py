@@ -50,7 +50,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-from splitinf.contract.plan import TensorSpec
+from splitinf.contract.tensors import TensorSpec, tensor_bytes
 from splitinf.errors import CutError, ModelLoadError
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "enumerate_cuts",
     "find_cut",
     "load_model",
-    "tensor_bytes",
 ]
 
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
@@ -159,18 +158,6 @@ def cut_id(names: Iterable[str]) -> str:
     if ordered and len(joined) <= 64 and all(_SAFE_ID.match(n) for n in ordered):
         return joined
     return "cut-" + hashlib.sha1("\n".join(ordered).encode()).hexdigest()[:12]
-
-
-def tensor_bytes(dtype: str, shape: Sequence[int | str | None]) -> int:
-    """Bytes of one sample: symbolic and unknown dimensions count as 1."""
-    try:
-        itemsize = np.dtype(dtype).itemsize
-    except TypeError:
-        itemsize = 0
-    count = 1
-    for dim in shape:
-        count *= dim if isinstance(dim, int) and dim >= 0 else 1
-    return itemsize * count
 
 
 def _dtype_name(elem_type: int) -> str:

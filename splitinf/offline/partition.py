@@ -17,9 +17,7 @@ file next to it (``head.onnx.data``/``tail.onnx.data``); the manifest's sha256 c
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,13 +28,13 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from splitinf.contract.plan import sha256_file
+from splitinf.contract.files import sha256_file, staged_directory
+from splitinf.contract.manifest import MANIFEST_FILE, build_manifest, with_part, write_manifest
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
 from splitinf.ort import SessionSettings, open_session
 
 __all__ = [
-    "MANIFEST_FORMAT",
     "Partition",
     "VerifyReport",
     "export_partition",
@@ -47,7 +45,6 @@ __all__ = [
     "write_to_repository",
 ]
 
-MANIFEST_FORMAT = 1
 # head -> tail runs the same kernels as the full model (graph optimisations are off while
 # verifying), so fp32 outputs agree to rounding; anything above this is a wrong partition.
 REL_TOLERANCE = 1e-5
@@ -339,59 +336,6 @@ def save_model(model: onnx.ModelProto, path: Path) -> str:
     return sha256_file(path)
 
 
-@contextlib.contextmanager
-def _atomic_dir(target: Path, ours: Sequence[str] = ("manifest.json",)) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target``.
-
-    An existing ``target`` is replaced only when it is empty or holds one of the files ``ours``
-    (an earlier output of ours); anything else is left alone."""
-    parent = target.parent
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{target} exists and is not a directory; choose another output directory")
-    if target.is_dir() and any(target.iterdir()) and not any((target / f).is_file() for f in ours):
-        raise OutputError(
-            f"{target} exists and holds files that splitinf did not write; choose a new or empty directory"
-        )
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write into {parent}: {exc.strerror or exc}; choose a writable directory") from exc
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.replace(target, old / "previous")
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}; choose a writable directory") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _manifest(
-    source_name: str, source_sha256: str, partition: Partition, head_sha: str, tail_sha: str
-) -> dict[str, Any]:
-    cut = partition.cut
-    return {
-        "format": MANIFEST_FORMAT,
-        "source": {"name": source_name, "sha256": source_sha256},
-        "cut": {"id": cut.id, "tensors": [t.to_json() for t in cut.tensors], "bytes": cut.bytes_per_sample},
-        "codec": "fp32",
-        "opset": [{"domain": o.domain, "version": o.version} for o in partition.head.opset_import],
-        "ir_version": partition.head.ir_version,
-        "parts": {
-            "head": {"file": "head.onnx", "sha256": head_sha},
-            "tail": {"file": "tail.onnx", "sha256": tail_sha},
-        },
-    }
-
-
 def export_partition(
     model_path: str | os.PathLike[str],
     cut_id: str | Sequence[str],
@@ -411,7 +355,7 @@ def export_partition(
     partition = _split(view, cut)
     report = _verify(view, partition, samples, 4, 0) if verify or samples else None
     target = Path(outdir)
-    with _atomic_dir(target) as tmp:
+    with staged_directory(target) as tmp:
         part_sha256 = {}
         for part_name, part in (("head", partition.head), ("tail", partition.tail)):
             part_sha256[part_name] = save_model(part, tmp / f"{part_name}.onnx")
@@ -420,10 +364,20 @@ def export_partition(
                 onnx.checker.check_model(str(tmp / f"{part_name}.onnx"))
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                 raise VerificationError(f"the {part_name} at cut {cut.id!r} fails onnx.checker: {exc}") from exc
-        manifest = _manifest(path.name, sha256_file(path), partition, part_sha256["head"], part_sha256["tail"])
+        manifest = build_manifest(
+            source_name=path.name,
+            source_sha256=sha256_file(path),
+            cut_id=cut.id,
+            cut_tensors=cut.tensors,
+            cut_bytes=cut.bytes_per_sample,
+            codec="fp32",
+            opset=[(o.domain, o.version) for o in partition.head.opset_import],
+            ir_version=partition.head.ir_version,
+            parts={"head": ("head.onnx", part_sha256["head"]), "tail": ("tail.onnx", part_sha256["tail"])},
+        )
         if report is not None:
             manifest["verify"] = report.to_json()
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     return manifest
 
 
@@ -440,10 +394,8 @@ def write_to_repository(
     if not name or "/" in name or name in (".", ".."):
         raise OutputError(f"model name {name!r} is not a plain directory name; choose one like 'resnet_tail'")
     target = Path(repo_dir) / name / str(version)
-    with _atomic_dir(target, ours=("model.onnx", "manifest.json")) as tmp:
+    with staged_directory(target, ours=("model.onnx", MANIFEST_FILE)) as tmp:
         model_sha256 = save_model(model, tmp / "model.onnx")
         if manifest is not None:
-            manifest = json.loads(json.dumps(manifest))
-            manifest.setdefault("parts", {})["tail"] = {"file": "model.onnx", "sha256": model_sha256}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            write_manifest(tmp, with_part(manifest, "tail", "model.onnx", model_sha256))
     return target / "model.onnx"

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from splitinf.contract.plan import DecisionTable, Option, Plan, TensorSpec, expected_latency
+from splitinf.contract.plan import DecisionTable, Option, Plan, expected_latency
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import PlanError
 
 if TYPE_CHECKING:
@@ -504,7 +505,8 @@ def plan_model(
     """
     import dataclasses
 
-    from splitinf.contract.plan import load_plan, sha256_file, write_json_atomic
+    from splitinf.contract.files import sha256_file, write_json_atomic
+    from splitinf.contract.plan import load_plan
     from splitinf.offline import codecs as wire_codecs
     from splitinf.offline.graph import enumerate_cuts, load_model
     from splitinf.offline.partition import save_model, split_model, write_to_repository
@@ -605,7 +607,7 @@ def plan_model(
                     head=head_path,
                     tail_model=tail_model,
                     wire=encoded.wire,
-                    bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
+                    wire_bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
                     head_seconds=float(dev["head"]["median"]),
                     tail_seconds=float(srv["tail"]["median"]),
                     # serialisation at both ends: the device builds the request, the server parses it
@@ -715,7 +717,7 @@ def plan_model(
                     "not_held": [
                         {
                             "id": o.id,
-                            "bytes": o.bytes,
+                            "bytes": o.wire_bytes,
                             "head_seconds": o.head_seconds,
                             "tail_seconds": o.tail_seconds,
                             "serialize_seconds": o.serialize_seconds,

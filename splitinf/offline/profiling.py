@@ -310,7 +310,7 @@ def profile_file(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Profile the model file (and the fallback file) and write the profile JSON; the file wrapper."""
-    from splitinf.contract.plan import sha256_file, write_json_atomic
+    from splitinf.contract.files import sha256_file, write_json_atomic
     from splitinf.offline.graph import load_model
 
     if (threads is not None and threads < 0) or repeats < 1 or warmup < 0:

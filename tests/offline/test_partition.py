@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from splitinf.contract.plan import sha256_file
+from splitinf.contract.files import sha256_file
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline import partition
 from splitinf.offline.graph import enumerate_cuts, find_cut
