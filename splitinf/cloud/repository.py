@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from splitinf.contract.manifest import check_part
-from splitinf.contract.tensors import TensorSpec, check_tensor
+from splitinf.contract.tensors import TensorSpec, check_tensors
 from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import SessionSettings, check_providers, open_session, session_options
 from splitinf.protocol import grpc_service_pb2 as pb
@@ -204,12 +204,10 @@ class LoadedModel:
     max_batch_size: int = 0  # > 0: dynamic batching across requests
     batch_delay_s: float = 0.0
     _output_names: tuple[str, ...] = field(default=(), repr=False)
-    _input_names: frozenset[str] = field(default=frozenset(), repr=False)
     _has_batch_dimension: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self._output_names = tuple(spec.name for spec in self.outputs)
-        self._input_names = frozenset(spec.name for spec in self.inputs)
         self._has_batch_dimension = all(
             spec.shape and not isinstance(spec.shape[0], int) for spec in self.inputs + self.outputs
         )
@@ -220,29 +218,12 @@ class LoadedModel:
 
     def validate(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> int:
         """Check names, dtypes and shapes; returns the batch size (first dim) when batching, else 1."""
-        if inputs.keys() != self._input_names:
-            self._explain_input_names(inputs)
-        for spec in self.inputs:
-            check_tensor(spec, inputs[spec.name], InvalidRequestError)
+        check_tensors(self.inputs, inputs, InvalidRequestError, what="input", context=f"model {self.name!r}: ")
         if requested:
             self._check_requested(requested)
         if self.max_batch_size <= 0:
             return 1
         return self._batch_of(inputs)
-
-    def _explain_input_names(self, inputs: Mapping[str, np.ndarray]) -> None:
-        expected = {spec.name for spec in self.inputs}
-        missing = sorted(expected - set(inputs))
-        unexpected = sorted(set(inputs) - expected)
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"missing input(s) {missing}")
-            if unexpected:
-                parts.append(f"unknown input(s) {unexpected}")
-            raise InvalidRequestError(
-                f"model {self.name!r}: {'; '.join(parts)}; the model's inputs are {sorted(expected)}"
-            )
 
     def _check_requested(self, requested: Sequence[str]) -> None:
         unknown_outputs = sorted(set(requested) - set(self._output_names))
@@ -280,10 +261,7 @@ class LoadedModel:
         ``np.zeros``: warming only onnxruntime left every later call on a 0.8 MB tensor
         about twice as slow (benchmarks/bench_server.py).
         """
-        sample = {
-            spec.name: np.zeros([d if isinstance(d, int) and d >= 0 else 1 for d in spec.shape], dtype=spec.dtype)
-            for spec in self.inputs
-        }
+        sample = {spec.name: spec.zeros() for spec in self.inputs}
         request = encode_request(pb.ModelInferRequest(model_name=self.name), sample)
         self.run(decode_request_inputs(pb.ModelInferRequest.FromString(request.SerializeToString())))
 

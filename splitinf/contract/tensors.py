@@ -17,7 +17,7 @@ import numpy as np
 
 from splitinf.errors import InputError, SplitinfError
 
-__all__ = ["Dim", "TensorSpec", "check_tensor", "shown_shape", "tensor_bytes", "tensor_mismatch"]
+__all__ = ["Dim", "TensorSpec", "check_tensor", "check_tensors", "shown_shape", "tensor_bytes", "tensor_mismatch"]
 
 Dim = int | str | None
 
@@ -89,9 +89,35 @@ def tensor_mismatch(spec: TensorSpec, array: np.ndarray) -> str | None:
 
 
 def check_tensor(
-    spec: TensorSpec, array: np.ndarray, error: type[SplitinfError] = InputError, *, what: str = "tensor"
+    spec: TensorSpec,
+    array: np.ndarray,
+    error: type[SplitinfError] = InputError,
+    *,
+    what: str = "tensor",
+    context: str = "",
 ) -> None:
     """Raise ``error`` naming the tensor, what came and what was expected, unless ``array`` fits ``spec``."""
     problem = tensor_mismatch(spec, array)
     if problem is not None:
-        raise error(f"{what} {spec.name!r}: {problem}")
+        raise error(f"{context}{what} {spec.name!r}: {problem}")
+
+
+def check_tensors(
+    specs: Sequence[TensorSpec],
+    arrays: Mapping[str, np.ndarray],
+    error: type[SplitinfError] = InputError,
+    *,
+    what: str = "tensor",
+    context: str = "",
+) -> None:
+    """Exactly the specs' tensors, each fitting its spec; otherwise ``error`` saying what is missing,
+    unexpected or does not fit (``context`` leads the message, e.g. the model's name)."""
+    if arrays.keys() != {spec.name for spec in specs}:
+        wanted = [spec.name for spec in specs]
+        missing = [name for name in wanted if name not in arrays]
+        unexpected = sorted(set(arrays) - set(wanted))
+        problems = [f"missing {what}(s) {missing}"] if missing else []
+        problems += [f"unexpected {what}(s) {unexpected}"] if unexpected else []
+        raise error(f"{context}{'; '.join(problems)}; expected exactly {wanted}")
+    for spec in specs:
+        check_tensor(spec, arrays[spec.name], error, what=what, context=context)

@@ -43,7 +43,7 @@ import numpy as np
 import tenacity
 
 from splitinf.contract.plan import Option, Plan, load_plan
-from splitinf.contract.tensors import TensorSpec, shown_shape, tensor_mismatch
+from splitinf.contract.tensors import TensorSpec, check_tensors, shown_shape
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.estimate import NetworkEstimator
 from splitinf.edge.metrics import DeviceMetrics
@@ -93,24 +93,15 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
     """Inputs as numpy arrays matching the specs exactly, or ``InputError`` naming the problem."""
     if not isinstance(inputs, Mapping):
         raise InputError(f"inputs must be a mapping of tensor name to array, got {type(inputs).__name__}")
-    wanted = [s.name for s in specs]
-    missing = [n for n in wanted if n not in inputs]
-    extra = sorted(set(inputs) - set(wanted))
-    if missing or extra:
-        raise InputError(f"inputs must be exactly {wanted}; missing {missing}, unexpected {extra}")
-    checked: dict[str, np.ndarray] = {}
-    for spec in specs:
-        value = inputs[spec.name]
+    for name, value in inputs.items():
         if not isinstance(value, np.ndarray):
-            raise InputError(f"input {spec.name!r} must be a numpy array, got {type(value).__name__}")
-        problem = tensor_mismatch(spec, value)
-        if problem is not None:
-            raise InputError(
-                f"input {spec.name!r}: {problem}; give the model {spec.dtype} "
-                f"{shown_shape(spec.shape)} (convert with .astype(np.{spec.dtype}), reshape)"
-            )
-        checked[spec.name] = np.ascontiguousarray(value)
-    return checked
+            raise InputError(f"input {name!r} must be a numpy array, got {type(value).__name__}")
+    try:
+        check_tensors(specs, inputs, InputError, what="input")
+    except InputError as exc:
+        wanted = ", ".join(f"{s.name!r} {s.dtype} {shown_shape(s.shape)}" for s in specs)
+        raise InputError(f"{exc}; the plan takes {wanted} (convert with .astype(), .reshape())") from None
+    return {spec.name: np.ascontiguousarray(inputs[spec.name]) for spec in specs}
 
 
 def _check_answer(option: Option, plan: Plan, outputs: Mapping[str, np.ndarray], model_sha256: str | None) -> None:
@@ -121,15 +112,10 @@ def _check_answer(option: Option, plan: Plan, outputs: Mapping[str, np.ndarray],
             "deploy the tails of this plan (server/ in the plan directory) to the server",
             responded=True,
         )
-    wanted = {s.name: s for s in plan.outputs}
-    if set(outputs) != set(wanted):
-        raise RemoteMismatchError(
-            f"the server answered with tensors {sorted(outputs)}, the plan expects {sorted(wanted)}", responded=True
-        )
-    for name, spec in wanted.items():
-        problem = tensor_mismatch(spec, outputs[name])
-        if problem is not None:
-            raise RemoteMismatchError(f"the server's output {name!r} does not fit the plan: {problem}", responded=True)
+    try:
+        check_tensors(plan.outputs, outputs, what="output")
+    except InputError as exc:
+        raise RemoteMismatchError(f"the server's answer does not fit the plan: {exc}", responded=True) from exc
 
 
 def _reason(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from splitinf.contract.tensors import TensorSpec, check_tensor, tensor_bytes, tensor_mismatch
+from splitinf.contract.tensors import TensorSpec, check_tensor, check_tensors, tensor_bytes, tensor_mismatch
 from splitinf.errors import InputError, InvalidRequestError
 
 SPEC = TensorSpec("x", "float32", ("N", 16))
@@ -32,6 +32,20 @@ def test_check_tensor_raises_the_callers_error_naming_the_tensor() -> None:
         check_tensor(SPEC, np.zeros((2, 16)), InvalidRequestError)
     with pytest.raises(InputError, match=r"^input 'x': shape \[2, 15\]"):
         check_tensor(SPEC, np.zeros((2, 15), np.float32), what="input")
+
+
+def test_check_tensors_wants_exactly_the_specs_names() -> None:
+    other = TensorSpec("m", "bool", ())
+    good = {"x": np.zeros((1, 16), np.float32), "m": np.array(True)}
+    check_tensors((SPEC, other), good)
+    with pytest.raises(
+        InvalidRequestError, match=r"^model 'a': missing input\(s\) \['m'\]; unexpected input\(s\) \['z'\]; "
+    ):
+        check_tensors(
+            (SPEC, other), {"x": good["x"], "z": good["m"]}, InvalidRequestError, what="input", context="model 'a': "
+        )
+    with pytest.raises(InputError, match=r"^tensor 'm': shape \[1\] does not match the expected \[\]$"):
+        check_tensors((SPEC, other), {"x": good["x"], "m": np.array([True])})
 
 
 def test_bytes_count_symbolic_dimensions_as_one_and_a_zero_sized_one_as_nothing() -> None:
