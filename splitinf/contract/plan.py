@@ -71,7 +71,7 @@ OptionKind = Literal["split", "local", "fallback"]
 
 @dataclass(frozen=True)
 class Option:
-    """One way to answer a request: split at a cut with a codec, or run a whole model locally."""
+    """One way to answer a request: split at a cut with a codec, or run a whole model on the device."""
 
     id: str
     kind: OptionKind

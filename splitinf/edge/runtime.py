@@ -1,4 +1,4 @@
-"""The device runtime: head -> policy -> tail server, or the local fallback.
+"""The device runtime: head -> policy -> tail server, or a model on the device (fallback or local).
 
 ``Runtime`` loads a plan directory (every head, the fallback and the local model
 as warm onnxruntime sessions), asks the policy engine which option answers each
