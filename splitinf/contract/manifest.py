@@ -10,7 +10,8 @@ a model repository (``MODEL/1/model.onnx``) and by ``splitinf plan`` for each ta
      "wire": [<tensor spec>, ...],                         (plans only: the tensors on the wire)
      "opset": [{"domain": "", "version": 17}], "ir_version": 8,
      "parts": {"head": {"file": "head.onnx", "sha256": "..."},
-               "tail": {"file": "tail.onnx", "sha256": "..."}},
+               "tail": {"file": "tail.onnx", "sha256": "...",
+                        "data": {"file": "tail.onnx.data", "sha256": "..."}}},   (weights saved apart)
      "verify": {...}}                                      (optional: the check against the source)
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "MANIFEST_FORMAT",
     "build_manifest",
     "check_part",
+    "part_entry",
     "read_manifest",
     "with_part",
     "write_manifest",
@@ -51,10 +53,10 @@ def build_manifest(
     codec: str,
     opset: Iterable[tuple[str, int]],
     ir_version: int,
-    parts: Mapping[str, tuple[str, str]],
+    parts: Mapping[str, Mapping[str, Any]],
     wire: Sequence[TensorSpec] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a cut's parts; ``parts`` maps "head"/"tail" to (file name, sha256)."""
+    """The manifest of a cut's parts; ``parts`` maps "head"/"tail" to their ``part_entry``."""
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "source": {"name": source_name, "sha256": source_sha256},
@@ -65,14 +67,24 @@ def build_manifest(
         manifest["wire"] = [t.to_json() for t in wire]
     manifest["opset"] = [{"domain": domain, "version": version} for domain, version in opset]
     manifest["ir_version"] = ir_version
-    manifest["parts"] = {part: {"file": file, "sha256": sha256} for part, (file, sha256) in parts.items()}
+    manifest["parts"] = {part: dict(entry) for part, entry in parts.items()}
     return manifest
 
 
-def with_part(manifest: Mapping[str, Any], part: str, file: str, sha256: str) -> dict[str, Any]:
-    """A copy of ``manifest`` whose ``part`` is ``file`` with ``sha256`` (the caller's dict is not changed)."""
+def part_entry(path: Path, sha256: str | None = None) -> dict[str, Any]:
+    """A part's manifest entry: its file name and sha256 (``sha256``: when the caller has it already),
+    and those of its external data file (``NAME.data``, weights saved apart) when it has one."""
+    entry: dict[str, Any] = {"file": path.name, "sha256": sha256 or sha256_file(path)}
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        entry["data"] = {"file": data.name, "sha256": sha256_file(data)}
+    return entry
+
+
+def with_part(manifest: Mapping[str, Any], part: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``manifest`` whose ``part`` is ``entry`` (the caller's dict is not changed)."""
     updated = copy.deepcopy(dict(manifest))
-    updated.setdefault("parts", {})[part] = {"file": file, "sha256": sha256}
+    updated.setdefault("parts", {})[part] = dict(entry)
     return updated
 
 
@@ -98,17 +110,26 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def check_part(directory: str | os.PathLike[str], part: str, file: Path, sha256: str | None = None) -> None:
-    """When ``directory`` holds a manifest, ``file`` must have the sha256 it records
-    for ``part`` (``sha256``: the file's, when the caller has it already); ``IntegrityError`` otherwise."""
+    """When ``directory`` holds a manifest, ``file`` (and its external data file, when the manifest names
+    one) must have the sha256 the manifest records for ``part`` (``sha256``: the file's, when the caller
+    has it already); ``IntegrityError`` otherwise."""
     manifest = read_manifest(directory)
     if manifest is None:
         return
-    if part not in manifest["parts"]:
-        raise IntegrityError(f"{Path(directory) / MANIFEST_FILE} names no {part}; remove it or re-export the parts")
-    expected = manifest["parts"][part]["sha256"]
-    digest = sha256 if sha256 is not None else sha256_file(file)
-    if digest != expected:
-        raise IntegrityError(
-            f"refusing to load {file}: its sha256 is {digest} but {Path(directory) / MANIFEST_FILE} expects "
-            f"{expected}; re-export the parts with `splitinf split` or remove the stale manifest"
-        )
+    manifest_path = Path(directory) / MANIFEST_FILE
+    entry = manifest["parts"].get(part)
+    if entry is None:
+        raise IntegrityError(f"{manifest_path} names no {part}; remove it or re-export the parts")
+    checks = [(file, sha256, entry["sha256"])]
+    data = entry.get("data")
+    if data is not None:
+        checks.append((file.parent / str(data.get("file")), None, data.get("sha256")))
+    for path, known, expected in checks:
+        if not path.is_file():
+            raise IntegrityError(f"{manifest_path} names {path.name} for the {part}, which is missing")
+        digest = known if known is not None else sha256_file(path)
+        if digest != expected:
+            raise IntegrityError(
+                f"refusing to load {path}: its sha256 is {digest} but {manifest_path} expects "
+                f"{expected}; re-export the parts with `splitinf split` or remove the stale manifest"
+            )

@@ -10,8 +10,8 @@ kept; both parts also get the metadata ``splitinf.cut`` (the cut id).
 ``export_partition`` and ``write_to_repository`` are the thin file wrappers: they write
 into a temporary directory beside the destination and rename it into place, so a failure
 leaves nothing behind. A part over 2 GiB is saved with its weights in an external data
-file next to it (``head.onnx.data``/``tail.onnx.data``); the manifest's sha256 covers the
-``.onnx`` file.
+file next to it (``head.onnx.data``/``tail.onnx.data``); the manifest records the sha256 of
+both files.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import onnx
 import onnx.numpy_helper
 
 from splitinf.contract.files import sha256_file, staged_directory
-from splitinf.contract.manifest import MANIFEST_FILE, build_manifest, with_part, write_manifest
+from splitinf.contract.manifest import MANIFEST_FILE, build_manifest, part_entry, with_part, write_manifest
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
 from splitinf.ort import SessionSettings, open_session
@@ -373,7 +373,7 @@ def export_partition(
             codec="fp32",
             opset=[(o.domain, o.version) for o in partition.head.opset_import],
             ir_version=partition.head.ir_version,
-            parts={"head": ("head.onnx", part_sha256["head"]), "tail": ("tail.onnx", part_sha256["tail"])},
+            parts={name: part_entry(tmp / f"{name}.onnx", sha) for name, sha in part_sha256.items()},
         )
         if report is not None:
             manifest["verify"] = report.to_json()
@@ -397,5 +397,5 @@ def write_to_repository(
     with staged_directory(target, ours=("model.onnx", MANIFEST_FILE)) as tmp:
         model_sha256 = save_model(model, tmp / "model.onnx")
         if manifest is not None:
-            write_manifest(tmp, with_part(manifest, "tail", "model.onnx", model_sha256))
+            write_manifest(tmp, with_part(manifest, "tail", part_entry(tmp / "model.onnx", model_sha256)))
     return target / "model.onnx"

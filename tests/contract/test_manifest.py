@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from splitinf.contract.files import sha256_file
-from splitinf.contract.manifest import build_manifest, check_part, read_manifest, with_part, write_manifest
+from splitinf.contract.manifest import (
+    build_manifest,
+    check_part,
+    part_entry,
+    read_manifest,
+    with_part,
+    write_manifest,
+)
 from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import IntegrityError
 
@@ -23,7 +30,7 @@ def _manifest(tail_sha: str) -> dict[str, object]:
         codec="fp16",
         opset=[("", 17)],
         ir_version=8,
-        parts={"tail": ("model.onnx", tail_sha)},
+        parts={"tail": {"file": "model.onnx", "sha256": tail_sha}},
         wire=[TensorSpec("h.fp16", "float16", ("N", 8))],
     )
 
@@ -43,7 +50,7 @@ def test_build_write_read_round_trip(tmp_path: Path) -> None:
 
 def test_with_part_copies(tmp_path: Path) -> None:
     manifest = _manifest("00" * 32)
-    updated = with_part(manifest, "head", "head.onnx", "11" * 32)
+    updated = with_part(manifest, "head", {"file": "head.onnx", "sha256": "11" * 32})
     assert updated["parts"] == {
         "tail": {"file": "model.onnx", "sha256": "00" * 32},
         "head": {"file": "head.onnx", "sha256": "11" * 32},
@@ -72,3 +79,20 @@ def test_an_unreadable_manifest_is_an_integrity_error(tmp_path: Path, text: str)
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(IntegrityError, match="not a readable manifest"):
         read_manifest(tmp_path)
+
+
+def test_external_weights_are_part_of_the_part(tmp_path: Path) -> None:
+    model, data = tmp_path / "model.onnx", tmp_path / "model.onnx.data"
+    model.write_bytes(b"graph")
+    assert part_entry(model) == {"file": "model.onnx", "sha256": sha256_file(model)}
+    data.write_bytes(b"weights")
+    entry = part_entry(model)
+    assert entry["data"] == {"file": "model.onnx.data", "sha256": sha256_file(data)}
+    write_manifest(tmp_path, with_part(_manifest("00" * 32), "tail", entry))
+    check_part(tmp_path, "tail", model)
+    data.write_bytes(b"other weights")
+    with pytest.raises(IntegrityError, match=r"refusing to load .*model.onnx.data: its sha256"):
+        check_part(tmp_path, "tail", model)
+    data.unlink()
+    with pytest.raises(IntegrityError, match="names model.onnx.data for the tail, which is missing"):
+        check_part(tmp_path, "tail", model)
