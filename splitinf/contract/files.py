@@ -62,7 +62,11 @@ def publish_directory(tmp_dir: str | os.PathLike[str], final_dir: str | os.PathL
     aside: Path | None = None
     if target.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)) / "previous"
-        os.replace(target, aside)
+        try:
+            os.replace(target, aside)
+        except OSError:
+            aside.parent.rmdir()
+            raise
     try:
         os.replace(source, target)
     except OSError:

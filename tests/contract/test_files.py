@@ -80,3 +80,20 @@ def test_staged_directory_refuses_to_replace_what_it_did_not_write(tmp_path: Pat
     with pytest.raises(OutputError, match="files that splitinf did not write"), staged_directory(target):
         pass
     assert _tree(target) == {"cat.jpg": "meow"}
+
+
+def test_when_the_old_directory_cannot_be_moved_aside_nothing_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    final, new = tmp_path / "out", tmp_path / "new"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new.mkdir()
+
+    def refusing_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files.os, "replace", refusing_replace)
+    with pytest.raises(PermissionError):
+        publish_directory(new, final)
+    assert _tree(final) == {"old.txt": "old"} and sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
