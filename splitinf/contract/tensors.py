@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -22,7 +22,7 @@ __all__ = ["Dim", "TensorSpec", "check_tensor", "check_tensors", "shown_shape", 
 Dim = int | str | None
 
 
-def _is_fixed(dim: Dim) -> bool:
+def _is_fixed(dim: Dim) -> TypeGuard[int]:
     return isinstance(dim, int) and dim >= 0
 
 
@@ -39,12 +39,12 @@ def tensor_bytes(dtype: str, shape: Sequence[Dim]) -> int:
     known = _dtype_or_none(dtype)
     if known is None:
         return 0
-    return known.itemsize * math.prod(dim if _is_fixed(dim) else 1 for dim in shape)  # type: ignore[misc]
+    return known.itemsize * math.prod(dim if _is_fixed(dim) else 1 for dim in shape)
 
 
 def shown_shape(shape: Sequence[Dim]) -> list[int | str]:
     """The shape as messages show it: symbolic dimensions as ``"?"``."""
-    return [dim if _is_fixed(dim) else "?" for dim in shape]  # type: ignore[misc]
+    return [dim if _is_fixed(dim) else "?" for dim in shape]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_numpy_dtype", _dtype_or_none(self.dtype))
-        fixed = tuple((axis, int(dim)) for axis, dim in enumerate(self.shape) if _is_fixed(dim))  # type: ignore[arg-type]
+        fixed = tuple((axis, int(dim)) for axis, dim in enumerate(self.shape) if _is_fixed(dim))
         object.__setattr__(self, "_fixed", fixed)
 
     @property
@@ -68,7 +68,7 @@ class TensorSpec:
 
     def zeros(self) -> np.ndarray:
         """An array of zeros fitting the spec (symbolic dimensions as 1)."""
-        return np.zeros([dim if _is_fixed(dim) else 1 for dim in self.shape], dtype=self.dtype)  # type: ignore[misc]
+        return np.zeros([dim if _is_fixed(dim) else 1 for dim in self.shape], dtype=self.dtype)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
