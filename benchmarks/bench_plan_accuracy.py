@@ -41,7 +41,8 @@ from onnx import helper
 from splitinf.cli import main as cli_main
 from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
-from splitinf.contract.plan import expected_latency, load_plan, sha256_file, write_json_atomic
+from splitinf.contract.files import sha256_file, write_json_atomic
+from splitinf.contract.plan import expected_latency, load_plan
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.runtime import Runtime
 from splitinf.offline.graph import enumerate_cuts

@@ -23,7 +23,9 @@ import onnx
 
 from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
-from splitinf.contract.plan import Option, Plan, TensorSpec, sha256_file, write_json_atomic
+from splitinf.contract.files import sha256_file, write_json_atomic
+from splitinf.contract.plan import Option, Plan
+from splitinf.contract.tensors import TensorSpec
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.policy import PolicyConfig
 from splitinf.edge.runtime import Runtime
@@ -60,7 +62,7 @@ def build_plan(root: Path) -> Path:
             tail_model="wide.mid",
             tail_sha256=tail_sha,
             wire=cut.tensors,
-            bytes=cut.bytes_per_sample,
+            wire_bytes=cut.bytes_per_sample,
         ),
         Option(
             id="fallback",

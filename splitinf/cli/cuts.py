@@ -44,7 +44,7 @@ def _share(part: int, total: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.contract.plan import sha256_file
+    from splitinf.contract.files import sha256_file
     from splitinf.offline.graph import enumerate_cuts, load_model
 
     model = load_model(args.model)

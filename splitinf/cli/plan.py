@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from splitinf.contract.plan import DEFAULT_BUDGET_S
-from splitinf.offline.planner import DEFAULT_MAX_ACCURACY_DROP
+from splitinf.contract.plan import DEFAULT_BUDGET_S, DEFAULT_MAX_ACCURACY_DROP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

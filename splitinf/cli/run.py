@@ -199,7 +199,7 @@ def _answer(runtime: Any, requests: Iterator[tuple[str, dict[str, Any]]], args: 
                 ("head", lat.head_s),
                 ("net", lat.network_s),
                 ("server", lat.server_s),
-                ("on-device", lat.local_s),
+                ("on-device", lat.on_device_s),
             )
             detail = " ".join(f"{name} {_ms(seconds)}" for name, seconds in stages if seconds)
             why = f"  [fell back: {result.fallback_reason}]" if result.fallback_reason else ""

@@ -16,7 +16,6 @@ read with a small tolerant text-format parser: unknown fields are skipped, nothi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -27,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from splitinf.contract.plan import TensorSpec
-from splitinf.errors import ConfigError, IntegrityError, InvalidRequestError, ModelExecutionError, ModelLoadError
+from splitinf.contract.manifest import check_part
+from splitinf.contract.tensors import TensorSpec, check_tensors
+from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import SessionSettings, check_providers, open_session, session_options
 from splitinf.protocol import grpc_service_pb2 as pb
-from splitinf.protocol.tensors import check_array, decode_request_inputs, encode_request
+from splitinf.protocol.tensors import decode_request_inputs, encode_request
 
 __all__ = [
     "LoadedModel",
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
-MANIFEST_FILE = "manifest.json"
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -191,22 +190,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_manifest(model_file: Path, digest: str) -> None:
-    manifest_path = model_file.parent / MANIFEST_FILE
-    if not manifest_path.is_file():
-        return
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        expected = manifest["parts"]["tail"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"{manifest_path}: not a readable manifest with parts.tail.sha256 ({exc})") from exc
-    if expected != digest:
-        raise IntegrityError(
-            f"refusing to load {model_file}: its sha256 is {digest} but {manifest_path} expects {expected}; "
-            "re-export the tail with `splitinf split` or remove the stale manifest"
-        )
-
-
 @dataclass
 class LoadedModel:
     """One version of one model, ready to run."""
@@ -221,25 +204,10 @@ class LoadedModel:
     max_batch_size: int = 0  # > 0: dynamic batching across requests
     batch_delay_s: float = 0.0
     _output_names: tuple[str, ...] = field(default=(), repr=False)
-    _input_names: frozenset[str] = field(default=frozenset(), repr=False)
-    # Per input: name, dtype, rank and the (axis, size) pairs that must match: built once, checked per call.
-    _input_checks: tuple[tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...]], ...] = field(
-        default=(), repr=False
-    )
     _has_batch_dimension: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self._output_names = tuple(spec.name for spec in self.outputs)
-        self._input_names = frozenset(spec.name for spec in self.inputs)
-        self._input_checks = tuple(
-            (
-                spec.name,
-                np.dtype(spec.dtype),
-                len(spec.shape),
-                tuple((axis, d) for axis, d in enumerate(spec.shape) if isinstance(d, int) and d >= 0),
-            )
-            for spec in self.inputs
-        )
         self._has_batch_dimension = all(
             spec.shape and not isinstance(spec.shape[0], int) for spec in self.inputs + self.outputs
         )
@@ -250,33 +218,12 @@ class LoadedModel:
 
     def validate(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> int:
         """Check names, dtypes and shapes; returns the batch size (first dim) when batching, else 1."""
-        if inputs.keys() != self._input_names:
-            self._explain_input_names(inputs)
-        for name, dtype, rank, fixed in self._input_checks:
-            array = inputs[name]
-            shape = array.shape
-            if array.dtype != dtype or len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
-                spec = next(spec for spec in self.inputs if spec.name == name)
-                check_array(name, array, spec.dtype, spec.shape)  # raises, naming what was expected
+        check_tensors(self.inputs, inputs, InvalidRequestError, what="input", context=f"model {self.name!r}: ")
         if requested:
             self._check_requested(requested)
         if self.max_batch_size <= 0:
             return 1
         return self._batch_of(inputs)
-
-    def _explain_input_names(self, inputs: Mapping[str, np.ndarray]) -> None:
-        expected = {spec.name for spec in self.inputs}
-        missing = sorted(expected - set(inputs))
-        unexpected = sorted(set(inputs) - expected)
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"missing input(s) {missing}")
-            if unexpected:
-                parts.append(f"unknown input(s) {unexpected}")
-            raise InvalidRequestError(
-                f"model {self.name!r}: {'; '.join(parts)}; the model's inputs are {sorted(expected)}"
-            )
 
     def _check_requested(self, requested: Sequence[str]) -> None:
         unknown_outputs = sorted(set(requested) - set(self._output_names))
@@ -314,10 +261,7 @@ class LoadedModel:
         ``np.zeros``: warming only onnxruntime left every later call on a 0.8 MB tensor
         about twice as slow (benchmarks/bench_server.py).
         """
-        sample = {
-            spec.name: np.zeros([d if isinstance(d, int) and d >= 0 else 1 for d in spec.shape], dtype=spec.dtype)
-            for spec in self.inputs
-        }
+        sample = {spec.name: spec.zeros() for spec in self.inputs}
         request = encode_request(pb.ModelInferRequest(model_name=self.name), sample)
         self.run(decode_request_inputs(pb.ModelInferRequest.FromString(request.SerializeToString())))
 
@@ -384,7 +328,7 @@ def load_repository(
         for version, path in versions.items():
             data = path.read_bytes()
             digest = sha256_bytes(data)
-            _check_manifest(path, digest)
+            check_part(path.parent, "tail", path, digest)
             started = time.perf_counter()
             session = open_session(data, settings)
             model = LoadedModel(

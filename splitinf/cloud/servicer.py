@@ -15,7 +15,7 @@ import grpc
 from splitinf import __version__
 from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.errors import answers_errors
-from splitinf.contract.plan import TensorSpec
+from splitinf.contract.tensors import TensorSpec
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc

@@ -1,76 +1,110 @@
-"""Output directories written whole or not at all: build beside the target, then swap it in.
+"""Files that readers never see half-written: atomic file writes, directory publishing, sha256.
 
-:func:`atomic_directory` is what writers use (the planner's plan directory, the partitioner's
-exports and repository versions); :func:`publish_directory` is its last step, the swap.
+``staged_directory`` is how a directory of outputs (a partition, a model version, a plan) is
+written: build it in a temporary directory beside the target, then ``publish_directory``
+swaps it in. A reader sees the old directory or the new one; when the swap fails the old one
+is put back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from splitinf.errors import OutputError
 
-__all__ = ["atomic_directory", "publish_directory"]
+__all__ = ["publish_directory", "sha256_file", "staged_directory", "write_json_atomic", "write_text_atomic"]
 
 
-def publish_directory(build: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    """Move the finished directory ``build`` to ``target``, replacing what is there.
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    The old ``target`` is moved aside first and deleted only once ``build`` is in place; if
-    moving ``build`` in fails, the old ``target`` is put back (rollback), so a failure leaves
-    the old output, never none. Both must be on one file system (build beside the target).
-    """
-    build, target = Path(build), Path(target)
-    aside = None
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never a part."""
+    target = Path(path)
+    tmp: str | None = None
     try:
-        if target.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, aside / "previous")
-        try:
-            os.replace(build, target)
-        except OSError:
-            if aside is not None:
-                os.replace(aside / "previous", target)
-            raise
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, target)
     except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}; choose a writable directory") from exc
-    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}; choose a writable location") from exc
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON (indented, one trailing newline) atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def publish_directory(tmp_dir: str | os.PathLike[str], final_dir: str | os.PathLike[str]) -> None:
+    """Replace ``final_dir`` by ``tmp_dir`` (same file system); on failure ``final_dir`` is as it was.
+
+    An existing ``final_dir`` is first renamed aside, then ``tmp_dir`` renamed into place, then
+    the old one removed. If the second rename fails, the old directory is renamed back.
+    """
+    source, target = Path(tmp_dir), Path(final_dir)
+    aside: Path | None = None
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)) / "previous"
+        try:
+            os.replace(target, aside)
+        except OSError:
+            aside.parent.rmdir()
+            raise
+    try:
+        os.replace(source, target)
+    except OSError:
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(aside, target)
+            aside.parent.rmdir()
+        raise
+    if aside is not None:
+        shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike[str], ours: Sequence[str]) -> Iterator[Path]:
-    """Yield a fresh directory beside ``target`` to build in; on success it replaces ``target``.
+def staged_directory(target: str | os.PathLike[str], ours: Sequence[str] = ("manifest.json",)) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``target``; when the block succeeds it replaces ``target``.
 
     An existing ``target`` is replaced only when it is empty or holds one of the files ``ours``
-    (an earlier output of the same writer); anything else is refused with an OutputError. On
-    any failure the build directory is removed and ``target`` is left as it was; an OSError
-    becomes an OutputError naming the target.
+    (an earlier output of ours); anything else is refused with ``OutputError``. On any failure
+    the temporary directory is removed and ``target`` is left as it was.
     """
-    target = Path(target)
-    parent = target.parent
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{target} exists and is not a directory; choose another output directory")
-    if target.is_dir() and any(target.iterdir()) and not any((target / f).is_file() for f in ours):
+    final = Path(target)
+    parent = final.parent
+    if final.exists() and not final.is_dir():
+        raise OutputError(f"{final} exists and is not a directory; choose another output directory")
+    if final.is_dir() and any(final.iterdir()) and not any((final / f).is_file() for f in ours):
         raise OutputError(
-            f"{target} exists and holds files that splitinf did not write; choose a new or empty directory"
+            f"{final} exists and holds files that splitinf did not write; choose a new or empty directory"
         )
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
     except OSError as exc:
         raise OutputError(f"cannot write into {parent}: {exc.strerror or exc}; choose a writable directory") from exc
     try:
-        try:
-            yield build
-        except OSError as exc:
-            raise OutputError(f"cannot write {target}: {exc.strerror or exc}; choose a writable directory") from exc
-        publish_directory(build, target)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+        yield tmp
+        publish_directory(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}; choose a writable directory") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -35,7 +35,7 @@ An option is one way to answer a request::
      "head": "device/heads/split-c12-fp16.onnx", "head_sha256": "...",
      "tail_model": "digits.c12.fp16", "tail_version": "1", "tail_sha256": "...",
      "wire": [{"name": ..., "dtype": ..., "shape": [...]}],
-     "bytes": 1234, "head_seconds": 0.0012, "tail_seconds": 0.0004,
+     "wire_bytes": 1234, "head_seconds": 0.0012, "tail_seconds": 0.0004,
      "serialize_seconds": 0.00002, "accuracy": 0.97, "fidelity": {...}}
     {"id": "local", "kind": "local", "model": "device/local.onnx", "sha256": "...",
      "seconds": 0.02, "accuracy": 0.98}
@@ -47,54 +47,40 @@ Full offload (send the input) is a ``split`` option whose cut is the graph input
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from splitinf.errors import IntegrityError, OutputError, PlanError
+from splitinf.contract.files import sha256_file
+from splitinf.contract.tensors import TensorSpec
+from splitinf.errors import IntegrityError, PlanError
 
 __all__ = [
     "DEFAULT_BUDGET_S",
+    "DEFAULT_MAX_ACCURACY_DROP",
     "PLAN_FORMAT",
     "Option",
     "Plan",
-    "TensorSpec",
     "choose_option",
     "expected_latency",
     "load_plan",
-    "sha256_file",
-    "write_json_atomic",
 ]
 
 PLAN_FORMAT = 1
 DEFAULT_BUDGET_S = 0.25  # seconds per request: the device's default budget and the plan's
+# How much accuracy (top-1, or agreement with the full model) an option may lose and still be held.
+DEFAULT_MAX_ACCURACY_DROP = 0.01
 
 OptionKind = Literal["split", "local", "fallback"]
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str  # numpy dtype name: "float32", "float16", "int8", "uint8", "int64", "bool"
-    shape: tuple[int | str | None, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(data["shape"]))
-
-
-@dataclass(frozen=True)
 class Option:
-    """One way to answer a request: split at a cut with a codec, or run a whole model locally."""
+    """One way to answer a request: split at a cut with a codec, or run a whole model on the device."""
 
     id: str
     kind: OptionKind
@@ -108,7 +94,7 @@ class Option:
     tail_version: str = "1"
     tail_sha256: str | None = None
     wire: tuple[TensorSpec, ...] = ()
-    bytes: int = 0
+    wire_bytes: int = 0  # bytes of one request's wire tensors (what crosses the network)
     head_seconds: float = 0.0
     tail_seconds: float = 0.0
     serialize_seconds: float = 0.0
@@ -134,7 +120,7 @@ class Option:
                 tail_version=self.tail_version,
                 tail_sha256=self.tail_sha256,
                 wire=[t.to_json() for t in self.wire],
-                bytes=self.bytes,
+                wire_bytes=self.wire_bytes,
                 head_seconds=self.head_seconds,
                 tail_seconds=self.tail_seconds,
                 serialize_seconds=self.serialize_seconds,
@@ -168,7 +154,8 @@ class Option:
                     tail_version=str(data.get("tail_version") or "1"),
                     tail_sha256=data.get("tail_sha256"),
                     wire=tuple(TensorSpec.from_json(t) for t in data.get("wire", ())),
-                    bytes=int(data["bytes"]),
+                    # older plans call it "bytes"
+                    wire_bytes=int(data["wire_bytes"] if "wire_bytes" in data else data["bytes"]),
                     head_seconds=float(data.get("head_seconds", 0.0)),
                     tail_seconds=float(data.get("tail_seconds", 0.0)),
                     serialize_seconds=float(data.get("serialize_seconds", 0.0)),
@@ -193,7 +180,7 @@ def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float) -> floa
         return option.seconds
     if bandwidth_bps <= 0:
         return math.inf
-    transfer = option.bytes * 8.0 / bandwidth_bps
+    transfer = option.wire_bytes * 8.0 / bandwidth_bps
     return option.head_seconds + option.serialize_seconds + transfer + rtt_s + option.tail_seconds
 
 
@@ -298,14 +285,6 @@ class Plan:
             raise PlanError(f"plan.json is malformed ({exc!r}); re-run `splitinf plan`") from exc
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_plan(plan_dir: str | os.PathLike[str], *, check_files: Sequence[str] = ("device",)) -> Plan:
     """Read ``plan_dir/plan.json``; check the sha256 of the files on the named sides ("device", "server")."""
     root = Path(plan_dir)
@@ -335,16 +314,3 @@ def load_plan(plan_dir: str | os.PathLike[str], *, check_files: Sequence[str] = 
                     "the file was changed or comes from another plan"
                 )
     return plan
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a part."""
-    target = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}; choose a writable location") from exc

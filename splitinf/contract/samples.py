@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splitinf.contract.plan import TensorSpec
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import InputError
 
 __all__ = ["LABELS", "read_samples"]

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 
-from splitinf.contract.plan import TensorSpec
 from splitinf.edge.tls import ClientTLS, bearer_metadata
 from splitinf.errors import (
     InferenceError,
@@ -117,31 +116,6 @@ def _parameter(response: pb.ModelInferResponse, key: str) -> Any:
     return getattr(parameter, choice) if choice else None
 
 
-def _check_outputs(
-    outputs: Mapping[str, np.ndarray], requested: Sequence[str], expected: Sequence[TensorSpec] | None
-) -> None:
-    missing = [name for name in requested if name not in outputs]
-    if missing:
-        raise RemoteMismatchError(
-            f"the server's answer lacks output(s) {missing}; it sent {sorted(outputs)}", responded=True
-        )
-    for spec in expected or ():
-        value = outputs[spec.name]
-        if (
-            value.dtype != np.dtype(spec.dtype)
-            or len(value.shape) != len(spec.shape)
-            or any(
-                isinstance(want, int) and want >= 0 and want != got
-                for want, got in zip(spec.shape, value.shape, strict=False)
-            )
-        ):
-            raise RemoteMismatchError(
-                f"output {spec.name!r} came as {value.dtype.name} {list(value.shape)}, "
-                f"expected {spec.dtype} {list(spec.shape)}: is the server's tail from another partition?",
-                responded=True,
-            )
-
-
 class InferenceClient:
     """A V2 client over one channel. Thread-safe; ``close()`` when done (or use ``with``)."""
 
@@ -190,13 +164,6 @@ class InferenceClient:
             )
         return bool(response.ready)
 
-    def server_metadata(self, timeout_s: float) -> pb.ServerMetadataResponse:
-        with transport_errors(f"ServerMetadata on {self.target}"):
-            response: pb.ServerMetadataResponse = self._stub.ServerMetadata(
-                pb.ServerMetadataRequest(), timeout=timeout_s, metadata=self._metadata
-            )
-        return response
-
     def model_metadata(self, name: str, timeout_s: float, version: str = "") -> pb.ModelMetadataResponse:
         with transport_errors(f"ModelMetadata {name!r} on {self.target}"):
             response: pb.ModelMetadataResponse = self._stub.ModelMetadata(
@@ -211,20 +178,14 @@ class InferenceClient:
         *,
         timeout_s: float,
         version: str = "",
-        outputs: Sequence[str] | None = None,
-        expected: Sequence[TensorSpec] | None = None,
-        expected_sha256: str | None = None,
         request_id: str = "",
     ) -> InferResult:
-        """One inference with a deadline of ``timeout_s``.
+        """One inference with a deadline of ``timeout_s``; an undecodable answer is a ``RemoteMismatchError``.
 
-        ``outputs`` asks for those outputs only (default: all; the names of ``expected`` when
-        given). ``expected`` (dtype, shape with symbolic dims) and ``expected_sha256`` (the
-        tail's model.onnx) make a different answer a ``RemoteMismatchError``.
+        Whether the answer is the right one (its tensors, the tail's sha256) is the caller's to judge.
         """
-        requested = list(outputs) if outputs is not None else [spec.name for spec in expected or ()]
         request = encode_request(
-            pb.ModelInferRequest(model_name=model_name, model_version=version, id=request_id), inputs, requested
+            pb.ModelInferRequest(model_name=model_name, model_version=version, id=request_id), inputs
         )
         request_bytes = request.ByteSize()
         started = time.perf_counter()
@@ -235,19 +196,11 @@ class InferenceClient:
             arrays = decode_response_outputs(response)
         except InferenceError as exc:
             raise RemoteMismatchError(f"undecodable answer from {self.target}: {exc}", responded=True) from exc
-        _check_outputs(arrays, requested, expected)
-        sha256 = _parameter(response, MODEL_SHA256_PARAMETER)
-        if expected_sha256 is not None and sha256 != expected_sha256:
-            raise RemoteMismatchError(
-                f"model {model_name!r} on {self.target} answered with model sha256 {sha256}, "
-                f"expected {expected_sha256}: the server holds a different tail",
-                responded=True,
-            )
         compute_ns = _parameter(response, COMPUTE_NS_PARAMETER)
         return InferResult(
             outputs=arrays,
             server_compute_s=(compute_ns or 0) / 1e9,
-            model_sha256=sha256,
+            model_sha256=_parameter(response, MODEL_SHA256_PARAMETER),
             request_bytes=request_bytes,
             response_bytes=response.ByteSize(),
             round_trip_s=round_trip_s,

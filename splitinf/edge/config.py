@@ -135,17 +135,16 @@ def _number(table: Mapping[str, Any], key: str, where: str, path: Path) -> float
     return float(value)
 
 
-def load_device_config(path: str | Path) -> DeviceConfig:
-    """Read a device TOML file; relative paths in it are relative to the file."""
-    path = Path(path)
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"{path} does not exist; see edge/device.toml for an example") from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    _check_keys(data, _TOP | _SECTIONS, "the top level", path)
-    base = path.parent
+
+
+def _top_level(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if "server" in data:
         kwargs["server"] = str(data["server"])
@@ -159,6 +158,13 @@ def load_device_config(path: str | Path) -> DeviceConfig:
     for key in ("intra_op_threads", "stream_workers"):
         if key in data:
             kwargs[key] = int(_number(data, key, "", path))
+    return kwargs
+
+
+def _security(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """``tls`` and ``token`` from the [tls] and [auth] tables; their files are relative to the config file."""
+    base = path.parent
+    kwargs: dict[str, Any] = {}
     tls = data.get("tls")
     if tls is not None:
         _check_keys(tls, {"ca", "cert", "key", "server_name"}, "[tls]", path)
@@ -173,28 +179,47 @@ def load_device_config(path: str | Path) -> DeviceConfig:
         _check_keys(auth, {"token_file"}, "[auth]", path)
         if "token_file" in auth:
             kwargs["token"] = read_token(base / auth["token_file"])
-    network = data.get("network", {})
+    return kwargs
+
+
+# [network] key -> (DeviceConfig field, factor to its unit)
+_NETWORK_SCALE = {
+    "prior_rtt_ms": ("prior_rtt_s", 1e-3),
+    "prior_bandwidth_mbps": ("prior_bandwidth_bps", 1e6),
+    "probe_timeout_ms": ("probe_timeout_s", 1e-3),
+    "light_probe_interval_s": ("light_probe_interval_s", 1.0),
+    "retry_backoff_ms": ("retry_backoff_s", 1e-3),
+    "retry_backoff_max_ms": ("retry_backoff_max_s", 1e-3),
+}
+
+
+def _network(network: Mapping[str, Any], path: Path) -> dict[str, Any]:
     _check_keys(network, _NETWORK, "[network]", path)
-    scale = {
-        "prior_rtt_ms": ("prior_rtt_s", 1e-3),
-        "prior_bandwidth_mbps": ("prior_bandwidth_bps", 1e6),
-        "probe_timeout_ms": ("probe_timeout_s", 1e-3),
-        "light_probe_interval_s": ("light_probe_interval_s", 1.0),
-        "retry_backoff_ms": ("retry_backoff_s", 1e-3),
-        "retry_backoff_max_ms": ("retry_backoff_max_s", 1e-3),
+    kwargs: dict[str, Any] = {
+        name: _number(network, key, "network.", path) * factor
+        for key, (name, factor) in _NETWORK_SCALE.items()
+        if key in network
     }
-    for key, (name, factor) in scale.items():
-        if key in network:
-            kwargs[name] = _number(network, key, "network.", path) * factor
     if "retry_attempts" in network:
         kwargs["retry_attempts"] = int(_number(network, "retry_attempts", "network.", path))
-    policy = data.get("policy", {})
+    return kwargs
+
+
+def _policy(policy: Mapping[str, Any], budget_s: float, path: Path) -> PolicyConfig:
     fields = {f.name: f for f in dataclasses.fields(PolicyConfig)}
     _check_keys(policy, set(fields) - {"budget_s"}, "[policy]", path)
     policy_kwargs: dict[str, Any] = {}
     for key in policy:
         value = _number(policy, key, "policy.", path)
         policy_kwargs[key] = int(value) if fields[key].type in ("int", int) else value
-    budget = kwargs.get("budget_s", DeviceConfig.budget_s)
-    kwargs["policy"] = PolicyConfig(budget_s=budget, **policy_kwargs)
+    return PolicyConfig(budget_s=budget_s, **policy_kwargs)
+
+
+def load_device_config(path: str | Path) -> DeviceConfig:
+    """Read a device TOML file; relative paths in it are relative to the file."""
+    path = Path(path)
+    data = _read_toml(path)
+    _check_keys(data, _TOP | _SECTIONS, "the top level", path)
+    kwargs = _top_level(data, path) | _security(data, path) | _network(data.get("network", {}), path)
+    kwargs["policy"] = _policy(data.get("policy", {}), kwargs.get("budget_s", DeviceConfig.budget_s), path)
     return DeviceConfig(**kwargs)

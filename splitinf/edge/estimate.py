@@ -211,9 +211,6 @@ class Estimates:
     bandwidth_age_s: float | None
     rtt_samples: int
 
-    def is_stale(self, max_age_s: float) -> bool:
-        return any(age is None or age > max_age_s for age in (self.rtt_age_s, self.bandwidth_age_s))
-
 
 class NetworkEstimator:
     """RTT and bandwidth from remote calls and probes; the runtime's single source of estimates."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from splitinf.edge.policy import Mode
+
 __all__ = ["DEVICE_LATENCY_BUCKETS_S", "DeviceMetrics"]
 
 DEVICE_LATENCY_BUCKETS_S = (
@@ -78,6 +80,6 @@ class DeviceMetrics:
             temperature.set_function(lambda: _cpu_temperature_celsius(thermal_root) or float("nan"))
 
     def set_mode(self, mode: str, breaker: str) -> None:
-        for name in ("split", "local", "probing"):
-            self.mode.labels(mode=name).set(1 if name == mode else 0)
+        for name in Mode:
+            self.mode.labels(mode=name.value).set(1 if name.value == mode else 0)
         self.breaker_state.set(self.BREAKER_VALUES.get(breaker, 0))

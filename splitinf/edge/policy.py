@@ -6,11 +6,11 @@ runtime asks ``decide()`` before each request, reports what happened with
 
 Modes (the breaker state in brackets)::
 
-    SPLIT [closed] --failure / breaker trip / predicted over budget--> LOCAL [open]
-    LOCAL [open]   --open period over, min dwell, flap limit allows--> PROBING [half-open]
-    PROBING        --a probe fails or is slow------------------------> LOCAL (open period grows)
-    PROBING        --enough healthy probes over the stabilisation
-                     period, min dwell, a split option fits---------> SPLIT
+    SPLIT [closed]    --failure / breaker trip / predicted over budget--> FALLBACK [open]
+    FALLBACK [open]   --open period over, min dwell, flap limit allows--> PROBING [half-open]
+    PROBING           --a probe fails or is slow------------------------> FALLBACK (open period grows)
+    PROBING           --enough healthy probes over the stabilisation
+                        period, min dwell, a split option fits---------> SPLIT
 
 - Falling back is immediate; returning is slow on purpose: an open period that
   doubles on repeated trips (capped), then a stabilisation period of healthy
@@ -22,7 +22,7 @@ Modes (the breaker state in brackets)::
   above the thresholds, or after ``trip_after_failures`` consecutive failures.
 - The option for a request is the plan's rule, :func:`splitinf.contract.plan.choose_option`
   (the most accurate option expected to meet the budget, ties to the faster) at the
-  current estimates; the fallback when none is expected to. In LOCAL and PROBING only
+  current estimates; the fallback when none is expected to. In FALLBACK and PROBING only
   on-device options are eligible. An option whose server answered with the
   wrong model is quarantined for a while, not retried.
 """
@@ -52,7 +52,7 @@ __all__ = [
 
 class Mode(str, enum.Enum):
     SPLIT = "split"
-    LOCAL = "local"
+    FALLBACK = "fallback"  # answering on the device (the fallback, or the local option when it fits)
     PROBING = "probing"
 
 
@@ -169,7 +169,7 @@ class Policy:
     def breaker(self) -> BreakerState:
         if self._mode is Mode.PROBING:
             return BreakerState.HALF_OPEN
-        if self._mode is Mode.LOCAL and self.clock() < self._open_until:
+        if self._mode is Mode.FALLBACK and self.clock() < self._open_until:
             return BreakerState.OPEN
         return BreakerState.CLOSED
 
@@ -193,7 +193,9 @@ class Policy:
             self._probe_successes = 0
             self._probe_in_flight = False
             self._last_probe_at = -math.inf
-        return Event(now, "mode", old.value, new.value, reason, self.breaker, self._open_s if new is Mode.LOCAL else 0)
+        return Event(
+            now, "mode", old.value, new.value, reason, self.breaker, self._open_s if new is Mode.FALLBACK else 0
+        )
 
     def _trip(self, reason: str, now: float, *, grow: bool = True) -> Event:
         if grow:
@@ -207,7 +209,7 @@ class Policy:
         else:
             self._open_s = self.config.open_s
         self._open_until = now + self._open_s
-        return self._transition(Mode.LOCAL, reason, now)
+        return self._transition(Mode.FALLBACK, reason, now)
 
     def _flap_allowed_at(self) -> float:
         entries = self._split_entries
@@ -218,11 +220,11 @@ class Policy:
     # -- time-driven transitions -------------------------------------------------------------------
 
     def tick(self, estimates: Estimates | None = None) -> list[Event]:
-        """Transitions that come with time: LOCAL -> PROBING, PROBING -> SPLIT."""
+        """Transitions that come with time: FALLBACK -> PROBING, PROBING -> SPLIT."""
         now = self.clock()
         cfg = self.config
         events: list[Event] = []
-        if self._mode is Mode.LOCAL:
+        if self._mode is Mode.FALLBACK:
             ready_at = max(self._open_until, self._mode_since + cfg.min_dwell_s, self._flap_allowed_at())
             if now >= ready_at and self.usable_split_options(now):
                 events.append(self._transition(Mode.PROBING, "open_period_over", now))
@@ -311,7 +313,7 @@ class Policy:
     def probe_option(self) -> Option | None:
         """The split option a half-open probe should exercise: the one with the fewest bytes."""
         usable = self.usable_split_options()
-        return min(usable, key=lambda o: o.bytes) if usable else None
+        return min(usable, key=lambda o: o.wire_bytes) if usable else None
 
     def probe_started(self) -> None:
         self._probe_in_flight = True

@@ -1,4 +1,4 @@
-"""The device runtime: head -> policy -> tail server, or the local fallback.
+"""The device runtime: head -> policy -> tail server, or a model on the device (fallback or local).
 
 ``Runtime`` loads a plan directory (every head, the fallback and the local model
 as warm onnxruntime sessions), asks the policy engine which option answers each
@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import tenacity
 
-from splitinf.contract.plan import Option, Plan, TensorSpec, load_plan
+from splitinf.contract.plan import Option, Plan, load_plan
+from splitinf.contract.tensors import TensorSpec, check_tensors, shown_shape
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.estimate import NetworkEstimator
 from splitinf.edge.metrics import DeviceMetrics
@@ -70,7 +71,7 @@ class LatencyBreakdown:
     head_s: float = 0.0
     network_s: float = 0.0
     server_s: float = 0.0
-    local_s: float = 0.0  # the on-device model that answered (local or fallback)
+    on_device_s: float = 0.0  # the model on the device that answered (the local or the fallback option)
     total_s: float = 0.0
 
 
@@ -87,41 +88,20 @@ class RuntimeResult:
     bytes_sent: int = 0
     events: tuple[Event, ...] = ()
 
-    @property
-    def fell_back(self) -> bool:
-        return self.fallback_reason is not None
-
-
-def _dims_match(spec: Sequence[int | str | None], shape: Sequence[int]) -> bool:
-    return len(spec) == len(shape) and all(
-        not isinstance(want, int) or want < 0 or want == got for want, got in zip(spec, shape, strict=True)
-    )
-
 
 def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Inputs as numpy arrays matching the specs exactly, or ``InputError`` naming the problem."""
     if not isinstance(inputs, Mapping):
         raise InputError(f"inputs must be a mapping of tensor name to array, got {type(inputs).__name__}")
-    wanted = [s.name for s in specs]
-    missing = [n for n in wanted if n not in inputs]
-    extra = sorted(set(inputs) - set(wanted))
-    if missing or extra:
-        raise InputError(f"inputs must be exactly {wanted}; missing {missing}, unexpected {extra}")
-    checked: dict[str, np.ndarray] = {}
-    for spec in specs:
-        value = inputs[spec.name]
+    for name, value in inputs.items():
         if not isinstance(value, np.ndarray):
-            raise InputError(f"input {spec.name!r} must be a numpy array, got {type(value).__name__}")
-        if value.dtype != np.dtype(spec.dtype):
-            raise InputError(
-                f"input {spec.name!r} has dtype {value.dtype}, the model needs {spec.dtype}; "
-                f"convert it with .astype(np.{spec.dtype})"
-            )
-        if not _dims_match(spec.shape, value.shape):
-            shown = ["?" if not isinstance(d, int) or d < 0 else d for d in spec.shape]
-            raise InputError(f"input {spec.name!r} has shape {list(value.shape)}, the model needs {shown}")
-        checked[spec.name] = np.ascontiguousarray(value)
-    return checked
+            raise InputError(f"input {name!r} must be a numpy array, got {type(value).__name__}")
+    try:
+        check_tensors(specs, inputs, InputError, what="input")
+    except InputError as exc:
+        wanted = ", ".join(f"{s.name!r} {s.dtype} {shown_shape(s.shape)}" for s in specs)
+        raise InputError(f"{exc}; the plan takes {wanted} (convert with .astype(), .reshape())") from None
+    return {spec.name: np.ascontiguousarray(inputs[spec.name]) for spec in specs}
 
 
 def _check_answer(option: Option, plan: Plan, outputs: Mapping[str, np.ndarray], model_sha256: str | None) -> None:
@@ -132,19 +112,10 @@ def _check_answer(option: Option, plan: Plan, outputs: Mapping[str, np.ndarray],
             "deploy the tails of this plan (server/ in the plan directory) to the server",
             responded=True,
         )
-    wanted = {s.name: s for s in plan.outputs}
-    if set(outputs) != set(wanted):
-        raise RemoteMismatchError(
-            f"the server answered with tensors {sorted(outputs)}, the plan expects {sorted(wanted)}", responded=True
-        )
-    for name, spec in wanted.items():
-        got = outputs[name]
-        if got.dtype != np.dtype(spec.dtype) or not _dims_match(spec.shape, got.shape):
-            raise RemoteMismatchError(
-                f"the server's {name!r} is {got.dtype}{list(got.shape)}, "
-                f"the plan expects {spec.dtype}{list(spec.shape)}",
-                responded=True,
-            )
+    try:
+        check_tensors(plan.outputs, outputs, what="output")
+    except InputError as exc:
+        raise RemoteMismatchError(f"the server's answer does not fit the plan: {exc}", responded=True) from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -159,10 +130,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TransportError):
         return "transport"
     return "error"
-
-
-def _concrete(shape: Sequence[int | str | None]) -> tuple[int, ...]:
-    return tuple(d if isinstance(d, int) and d >= 0 else 1 for d in shape)
 
 
 class _BudgetSpent(Exception):
@@ -262,7 +229,7 @@ class Runtime:
         """One run per session, so the first user request does not pay for allocations."""
         for option in self.plan.options:
             session = self._sessions[option.id]
-            feeds = {s.name: np.zeros(_concrete(s.shape), dtype=np.dtype(s.dtype)) for s in self.plan.inputs}
+            feeds = {s.name: s.zeros() for s in self.plan.inputs}
             if set(feeds) != {i.name for i in session.get_inputs()}:
                 raise PlanError(
                     f"option {option.id!r}: its model takes {[i.name for i in session.get_inputs()]}, "
@@ -317,7 +284,7 @@ class Runtime:
         for event in published:
             self._recent_events.append(event)
             fields = event.as_log_fields()
-            level = logging.WARNING if event.new == Mode.LOCAL.value else logging.INFO
+            level = logging.WARNING if event.new == Mode.FALLBACK.value else logging.INFO
             log.log(level, json.dumps(fields, sort_keys=True))
             if event.kind == "mode":
                 self.metrics.mode_transitions.labels(from_mode=event.old, to_mode=event.new).inc()
@@ -406,8 +373,10 @@ class Runtime:
         if not option.is_remote or self._client is None:
             if option.is_remote:  # no server configured at all
                 option = self.policy.fallback
-            outputs, local_s = self._run_on_device(option, checked)
-            return self._finish(outputs, option, decision.mode, start, LatencyBreakdown(local_s=local_s), events=events)
+            outputs, on_device_s = self._run_on_device(option, checked)
+            return self._finish(
+                outputs, option, decision.mode, start, LatencyBreakdown(on_device_s=on_device_s), events=events
+            )
 
         head_start = time.perf_counter()
         wire_all = self._run_session(option.id, checked)
@@ -442,13 +411,13 @@ class Runtime:
             log.info(json.dumps({"event": "fallback", "option": option.id, "reason": reason, "error": str(exc)}))
             self.metrics.fallbacks.labels(reason=reason).inc()
             fallback = self.policy.fallback
-            outputs, local_s = self._run_on_device(fallback, checked)
+            outputs, on_device_s = self._run_on_device(fallback, checked)
             return self._finish(
                 outputs,
                 fallback,
                 decision.mode,
                 start,
-                LatencyBreakdown(head_s=head_s, local_s=local_s),
+                LatencyBreakdown(head_s=head_s, on_device_s=on_device_s),
                 reason=reason,
                 attempted=option.id,
                 attempts=attempts,
@@ -499,7 +468,7 @@ class Runtime:
             head_s=breakdown.head_s,
             network_s=breakdown.network_s,
             server_s=breakdown.server_s,
-            local_s=breakdown.local_s,
+            on_device_s=breakdown.on_device_s,
             total_s=total,
         )
         self.metrics.request_seconds.labels(path=option.id, kind=option.kind).observe(total)
@@ -612,7 +581,7 @@ class Runtime:
             if option is None:
                 ok = self._light_probe()
             else:
-                wire = {t.name: np.zeros(_concrete(t.shape), dtype=np.dtype(t.dtype)) for t in option.wire}
+                wire = {t.name: t.zeros() for t in option.wire}
                 assert option.tail_model is not None
                 start = time.perf_counter()
                 with self._link.use() as link:

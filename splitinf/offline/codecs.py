@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from splitinf.contract.plan import TensorSpec
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import PlanError
-from splitinf.offline.graph import Cut, tensor_bytes
+from splitinf.offline.graph import Cut
 from splitinf.offline.sessions import make_session
 
 __all__ = [
@@ -83,7 +83,7 @@ class Encoded:
 
     @property
     def bytes_per_sample(self) -> int:
-        return sum(tensor_bytes(t.dtype, t.shape) for t in self.wire)
+        return sum(t.sample_bytes for t in self.wire)
 
 
 def parse_codecs(text: str | Sequence[str]) -> tuple[str, ...]:

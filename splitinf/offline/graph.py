@@ -51,7 +51,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-from splitinf.contract.plan import TensorSpec
+from splitinf.contract.tensors import TensorSpec, tensor_bytes
 from splitinf.errors import CutError, InputError, ModelLoadError
 
 __all__ = [
@@ -60,7 +60,6 @@ __all__ = [
     "enumerate_cuts",
     "find_cut",
     "load_model",
-    "tensor_bytes",
 ]
 
 # Nodes without dynamic inputs that must still run exactly once (duplicating them would
@@ -159,20 +158,6 @@ def cut_id(names: Iterable[str]) -> str:
     if ordered and len(joined) <= 64 and all(_SAFE_ID.match(n) for n in ordered):
         return joined
     return "cut-" + hashlib.sha1("\n".join(ordered).encode()).hexdigest()[:12]
-
-
-def tensor_bytes(dtype: str, shape: Sequence[int | str | None]) -> int:
-    """Bytes of a tensor at ``shape``: symbolic and unknown dimensions (the batch) count as 1, so
-    this is one sample's size; a zero-sized dimension makes it 0. The one byte count of cuts and
-    wire tensors. A dtype numpy does not know counts 0 bytes an element."""
-    try:
-        itemsize = np.dtype(dtype).itemsize
-    except TypeError:
-        itemsize = 0
-    count = 1
-    for dim in shape:
-        count *= dim if isinstance(dim, int) and dim >= 0 else 1
-    return itemsize * count
 
 
 def _dtype_name(elem_type: int) -> str:

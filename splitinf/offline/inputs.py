@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from onnx import TensorProto, helper
 
-from splitinf.contract.plan import TensorSpec
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import InputError
 
 __all__ = ["IntegerRule", "random_inputs", "session_input_specs"]

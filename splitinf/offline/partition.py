@@ -10,14 +10,13 @@ kept; both parts also get the metadata ``splitinf.cut`` (the cut id).
 ``export_partition`` and ``write_to_repository`` are the thin file wrappers: they write
 into a temporary directory beside the destination and rename it into place, so a failure
 leaves nothing behind. A part over 2 GiB is saved with its weights in an external data
-file next to it (``head.onnx.data``/``tail.onnx.data``); the manifest's sha256 covers the
-``.onnx`` file.
+file next to it (``head.onnx.data``/``tail.onnx.data``); the manifest records the sha256 of
+both files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,8 +28,8 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from splitinf.contract.files import atomic_directory
-from splitinf.contract.plan import sha256_file
+from splitinf.contract.files import sha256_file, staged_directory
+from splitinf.contract.manifest import MANIFEST_FILE, build_manifest, part_entry, with_part, write_manifest
 from splitinf.contract.samples import read_samples
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
@@ -38,7 +37,6 @@ from splitinf.offline.inputs import random_inputs
 from splitinf.ort import SessionSettings, open_session
 
 __all__ = [
-    "MANIFEST_FORMAT",
     "Partition",
     "VerifyReport",
     "export_partition",
@@ -48,7 +46,6 @@ __all__ = [
     "write_to_repository",
 ]
 
-MANIFEST_FORMAT = 1
 # head -> tail runs the same kernels as the full model (graph optimisations are off while
 # verifying), so fp32 outputs agree to rounding; anything above this is a wrong partition.
 REL_TOLERANCE = 1e-5
@@ -294,24 +291,6 @@ def save_model(model: onnx.ModelProto, path: Path) -> str:
     return sha256_file(path)
 
 
-def _manifest(
-    source_name: str, source_sha256: str, partition: Partition, head_sha: str, tail_sha: str
-) -> dict[str, Any]:
-    cut = partition.cut
-    return {
-        "format": MANIFEST_FORMAT,
-        "source": {"name": source_name, "sha256": source_sha256},
-        "cut": {"id": cut.id, "tensors": [t.to_json() for t in cut.tensors], "bytes": cut.bytes_per_sample},
-        "codec": "fp32",
-        "opset": [{"domain": o.domain, "version": o.version} for o in partition.head.opset_import],
-        "ir_version": partition.head.ir_version,
-        "parts": {
-            "head": {"file": "head.onnx", "sha256": head_sha},
-            "tail": {"file": "tail.onnx", "sha256": tail_sha},
-        },
-    }
-
-
 def export_partition(
     model_path: str | os.PathLike[str],
     cut_id: str | Sequence[str],
@@ -334,7 +313,7 @@ def export_partition(
     partition = _split(view, cut)
     report = _verify(view, partition, samples, 4, 0) if verify or samples else None
     target = Path(outdir)
-    with atomic_directory(target, ours=("manifest.json",)) as tmp:
+    with staged_directory(target) as tmp:
         part_sha256 = {}
         for part_name, part in (("head", partition.head), ("tail", partition.tail)):
             part_sha256[part_name] = save_model(part, tmp / f"{part_name}.onnx")
@@ -343,10 +322,20 @@ def export_partition(
                 onnx.checker.check_model(str(tmp / f"{part_name}.onnx"))
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                 raise VerificationError(f"the {part_name} at cut {cut.id!r} fails onnx.checker: {exc}") from exc
-        manifest = _manifest(path.name, sha256_file(path), partition, part_sha256["head"], part_sha256["tail"])
+        manifest = build_manifest(
+            source_name=path.name,
+            source_sha256=sha256_file(path),
+            cut_id=cut.id,
+            cut_tensors=cut.tensors,
+            cut_bytes=cut.bytes_per_sample,
+            codec="fp32",
+            opset=[(o.domain, o.version) for o in partition.head.opset_import],
+            ir_version=partition.head.ir_version,
+            parts={name: part_entry(tmp / f"{name}.onnx", sha) for name, sha in part_sha256.items()},
+        )
         if report is not None:
             manifest["verify"] = report.to_json()
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     return manifest
 
 
@@ -363,10 +352,8 @@ def write_to_repository(
     if not name or "/" in name or name in (".", ".."):
         raise OutputError(f"model name {name!r} is not a plain directory name; choose one like 'resnet_tail'")
     target = Path(repo_dir) / name / str(version)
-    with atomic_directory(target, ours=("model.onnx", "manifest.json")) as tmp:
+    with staged_directory(target, ours=("model.onnx", MANIFEST_FILE)) as tmp:
         model_sha256 = save_model(model, tmp / "model.onnx")
         if manifest is not None:
-            manifest = json.loads(json.dumps(manifest))
-            manifest.setdefault("parts", {})["tail"] = {"file": "model.onnx", "sha256": model_sha256}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            write_manifest(tmp, with_part(manifest, "tail", part_entry(tmp / "model.onnx", model_sha256)))
     return target / "model.onnx"

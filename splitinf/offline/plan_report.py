@@ -90,7 +90,7 @@ def _option_row(option: Option) -> list[str]:
         f"`{option.id}`",
         option.kind,
         option.codec or "",
-        str(option.bytes) if split else "",
+        str(option.wire_bytes) if split else "",
         _ms(option.head_seconds if split else option.seconds),
         _ms(option.tail_seconds) if split else "",
         "" if option.accuracy is None else f"{option.accuracy:.3f}",
@@ -129,7 +129,7 @@ def _fidelity_text(report: Mapping[str, Any] | None) -> str:
 
 def _codec_section(plan: Plan) -> list[str]:
     """Every evaluated cut and codec (held or not): bytes per sample and fidelity against fp32."""
-    rows: list[tuple[str, int, Mapping[str, Any]]] = [(o.id, o.bytes, o.fidelity) for o in plan.split_options]
+    rows: list[tuple[str, int, Mapping[str, Any]]] = [(o.id, o.wire_bytes, o.fidelity) for o in plan.split_options]
     evaluated = plan.profiles.get("evaluated", {}) if plan.profiles else {}
     rows += [(str(o["id"]), int(o["bytes"]), o.get("fidelity") or {}) for o in evaluated.get("not_held", ())]
     if not rows:

@@ -28,18 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from splitinf.contract.files import atomic_directory
+from splitinf.contract.files import sha256_file, staged_directory, write_json_atomic
+from splitinf.contract.manifest import build_manifest
 from splitinf.contract.plan import (
     DEFAULT_BUDGET_S,
+    DEFAULT_MAX_ACCURACY_DROP,
     Option,
     Plan,
-    TensorSpec,
     expected_latency,
     load_plan,
-    sha256_file,
-    write_json_atomic,
 )
 from splitinf.contract.samples import read_samples
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import PlanError
 from splitinf.offline.inputs import random_inputs, session_input_specs
 from splitinf.offline.sessions import make_session
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BANDWIDTHS_BPS",
-    "DEFAULT_MAX_ACCURACY_DROP",
     "DEFAULT_RTTS_S",
     "best_option",
     "check_profile",
@@ -183,8 +182,6 @@ def profiled_cut_ids(profile: Mapping[str, Any]) -> list[str]:
 
 
 # --- samples and model tensors --------------------------------------------------------------------
-
-DEFAULT_MAX_ACCURACY_DROP = 0.01
 
 
 def _random_samples(model: onnx.ModelProto, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -443,7 +440,7 @@ class _Evaluator:
             head=head_path,
             tail_model=tail_model,
             wire=encoded.wire,
-            bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
+            wire_bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
             head_seconds=float(dev["head"]["median"]),
             tail_seconds=float(srv["tail"]["median"]),
             # serialisation at both ends: the device builds the request, the server parses it
@@ -545,20 +542,19 @@ def _write_split(build: Path, sources: _Sources, option: Option, encoded: Encode
 
     assert option.head is not None and option.tail_model is not None
     head_sha = save_model(encoded.head, build / option.head)
-    manifest = {
-        "format": 1,
-        "source": {"name": sources.name, "sha256": sources.sha256},
-        "cut": {
-            "id": option.cut_id,
-            "tensors": [t.to_json() for t in encoded.cut.tensors],
-            "bytes": int(encoded.cut.bytes_per_sample),
-        },
-        "codec": option.codec,
-        "wire": [t.to_json() for t in encoded.wire],
-        "opset": [{"domain": o.domain, "version": o.version} for o in encoded.tail.opset_import],
-        "ir_version": encoded.tail.ir_version,
-        "parts": {"head": {"file": option.head, "sha256": head_sha}},
-    }
+    assert option.cut_id is not None and option.codec is not None
+    manifest = build_manifest(
+        source_name=sources.name,
+        source_sha256=sources.sha256,
+        cut_id=option.cut_id,
+        cut_tensors=encoded.cut.tensors,
+        cut_bytes=int(encoded.cut.bytes_per_sample),
+        codec=option.codec,
+        wire=encoded.wire,
+        opset=[(o.domain, o.version) for o in encoded.tail.opset_import],
+        ir_version=encoded.tail.ir_version,
+        parts={"head": {"file": option.head, "sha256": head_sha}},
+    )
     tail_path = write_to_repository(encoded.tail, build / "server", option.tail_model, "1", manifest)
     return dataclasses.replace(option, head_sha256=head_sha, tail_version="1", tail_sha256=sha256_file(tail_path))
 
@@ -597,7 +593,7 @@ def _evaluated_record(
         "not_held": [
             {
                 "id": o.id,
-                "bytes": o.bytes,
+                "bytes": o.wire_bytes,
                 "head_seconds": o.head_seconds,
                 "tail_seconds": o.tail_seconds,
                 "serialize_seconds": o.serialize_seconds,
@@ -658,7 +654,7 @@ def plan_model(
     )
     held = evaluated.splits if hold_all else _select(evaluated, bandwidths, rtts, max_candidates)
     target = Path(output)
-    with atomic_directory(target, ours=("plan.json",)) as build:
+    with staged_directory(target, ours=("plan.json",)) as build:
         plan = Plan(
             model_name=sources.name,
             model_sha256=sources.sha256,

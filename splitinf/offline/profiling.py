@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from splitinf.contract.plan import sha256_file, write_json_atomic
+from splitinf.contract.files import sha256_file, write_json_atomic
 from splitinf.contract.stats import quantile
 from splitinf.errors import PlanError
 from splitinf.offline import inputs

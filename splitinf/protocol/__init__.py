@@ -9,7 +9,6 @@ from __future__ import annotations
 from splitinf.protocol.tensors import (
     DATATYPE_TO_NUMPY,
     array_from_raw,
-    check_array,
     datatype_of,
     decode_request_inputs,
     decode_response_outputs,
@@ -24,7 +23,6 @@ __all__ = [
     "DATATYPE_TO_NUMPY",
     "MODEL_SHA256_PARAMETER",
     "array_from_raw",
-    "check_array",
     "datatype_of",
     "decode_request_inputs",
     "decode_response_outputs",

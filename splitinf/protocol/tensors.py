@@ -31,7 +31,6 @@ __all__ = [
     "EncodedInferResponse",
     "ParsedInferRequest",
     "array_from_raw",
-    "check_array",
     "datatype_of",
     "decode_request_inputs",
     "decode_response_outputs",
@@ -377,21 +376,3 @@ def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, np.nda
         else:
             arrays[tensor.name] = _array_from_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
     return arrays
-
-
-def check_array(tensor: str, array: np.ndarray, dtype: np.dtype[Any] | str, shape: Sequence[int | str | None]) -> None:
-    """Check an array against an expected dtype and shape (str/None/-1 dims match any size).
-
-    Raises ``InvalidRequestError`` naming the tensor, what was expected and what came.
-    """
-    expected_dtype = np.dtype(dtype)
-    if array.dtype != expected_dtype:
-        raise InvalidRequestError(
-            f"tensor {tensor!r}: datatype {datatype_of(array.dtype)} does not match the model's "
-            f"{datatype_of(expected_dtype)}"
-        )
-    shown = ["?" if not isinstance(d, int) or d < 0 else d for d in shape]
-    if len(array.shape) != len(shape) or any(
-        isinstance(want, int) and want >= 0 and want != got for want, got in zip(shape, array.shape, strict=False)
-    ):
-        raise InvalidRequestError(f"tensor {tensor!r}: shape {list(array.shape)} does not match the model's {shown}")

@@ -144,7 +144,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), out: TextIO = sys.stdout) 
         _say(out, f"[1/4] planning the shipped digits model (files in {workdir}, removed at the end)")
         plan_dir, n_cal = _make_plan(workdir, settings, out)
         plan = load_plan(plan_dir)
-        held = ", ".join(f"{o.id} ({o.bytes} B, accuracy {o.accuracy:.1%})" for o in plan.split_options)
+        held = ", ".join(f"{o.id} ({o.wire_bytes} B, accuracy {o.accuracy:.1%})" for o in plan.split_options)
         fallback = plan.fallback
         _say(out, f"  plan holds: {held}")
         if fallback is not None and fallback.accuracy is not None:

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from splitinf.cli import main
-from splitinf.contract.plan import sha256_file
+from splitinf.contract.files import sha256_file
 from splitinf.tools.testing import graphs as models
 
 

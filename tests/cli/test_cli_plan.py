@@ -17,7 +17,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from splitinf.cli import main
-from splitinf.contract.plan import Option, expected_latency, load_plan, sha256_file, write_json_atomic
+from splitinf.contract.files import sha256_file, write_json_atomic
+from splitinf.contract.plan import Option, expected_latency, load_plan
 from splitinf.offline.profiling import profile_model
 from splitinf.tools.testing import graphs as models
 
@@ -132,7 +133,7 @@ def test_the_plan_loads_with_device_and_server_files_checked(plan_dir: Path, set
         assert manifest["parts"]["head"]["sha256"] == option.head_sha256
         assert manifest["codec"] == option.codec and manifest["source"]["sha256"] == plan.model_sha256
         assert manifest["cut"]["id"] == option.cut_id
-        assert option.bytes > 0 and option.head_seconds > 0 and option.tail_seconds > 0
+        assert option.wire_bytes > 0 and option.head_seconds > 0 and option.tail_seconds > 0
         assert option.fidelity["calibration"]["samples"] == 12 and option.fidelity["held_out"]["samples"] == 4
 
 
@@ -148,7 +149,7 @@ def test_held_heads_and_tails_reproduce_the_full_model(plan_dir: Path, setup: Se
         tail = ort.InferenceSession(str(tail_path), providers=["CPUExecutionProvider"])
         wire = dict(zip([o.name for o in head.get_outputs()], head.run(None, {"x": x}), strict=True))
         assert [(w.name, w.dtype) for w in option.wire] == [(k, v.dtype.name) for k, v in wire.items()]
-        assert sum(v.nbytes for v in wire.values()) == option.bytes
+        assert sum(v.nbytes for v in wire.values()) == option.wire_bytes
         got = tail.run(None, wire)[0]
         tolerance = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.1}[option.codec or "fp32"]
         assert np.abs(got - expected).max() <= tolerance * max(np.abs(expected).max(), 1.0)
@@ -339,8 +340,8 @@ def test_a_cut_of_graph_outputs_is_never_a_split_option(setup: Setup, tmp_path: 
 
 
 def test_samples_are_batch_slices_or_one_per_entry_and_mismatches_are_named(tmp_path: Path) -> None:
-    from splitinf.contract.plan import TensorSpec
     from splitinf.contract.samples import read_samples
+    from splitinf.contract.tensors import TensorSpec
     from splitinf.errors import InputError
 
     spec = (TensorSpec("x", "float32", ("N", 4)),)

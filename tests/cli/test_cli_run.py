@@ -75,7 +75,7 @@ def test_run_falls_back_when_the_server_is_gone(
     assert records[0]["kind"] == "fallback" and records[0]["fallback_reason"] == "unavailable"
     assert records[0]["top"] == int(run_model(FALLBACK, rows(2)[:1]).argmax())
     assert records[-1]["summary"]["fallbacks"] == {"unavailable": 1}
-    assert records[-1]["summary"]["mode"] == "local"
+    assert records[-1]["summary"]["mode"] == "fallback"
 
 
 def test_bad_inputs_and_flags_are_usage_errors(

@@ -134,10 +134,10 @@ def test_unknown_model_and_version_are_not_found(stub: pb_grpc.GRPCInferenceServ
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        ({"x": np.ones((1, 16), np.float64)}, "'x': datatype FP64 does not match the model's FP32"),
-        ({"x": np.ones((1, 15), np.float32)}, r"'x': shape [1, 15] does not match the model's ['?', 16]"),
+        ({"x": np.ones((1, 16), np.float64)}, "'x': dtype float64 does not match the expected float32"),
+        ({"x": np.ones((1, 15), np.float32)}, r"'x': shape [1, 15] does not match the expected ['?', 16]"),
         ({"x": np.ones((16,), np.float32)}, r"'x': shape [16] does not match"),
-        ({"z": np.ones((1, 16), np.float32)}, "missing input(s) ['x']; unknown input(s) ['z']"),
+        ({"z": np.ones((1, 16), np.float32)}, "missing input(s) ['x']; unexpected input(s) ['z']"),
         ({}, "missing input(s) ['x']"),
     ],
 )

@@ -13,7 +13,6 @@ import onnxruntime as ort
 import pytest
 
 from splitinf.cloud.repository import sha256_bytes
-from splitinf.contract.plan import TensorSpec
 from splitinf.edge.client import ChannelOptions, InferenceClient
 from splitinf.errors import RemoteMismatchError, RemoteRejectedError, RemoteTimeoutError, RemoteUnavailableError
 from splitinf.protocol import grpc_service_pb2 as pb
@@ -47,20 +46,6 @@ def test_infer_returns_outputs_and_measurements(client: InferenceClient) -> None
     assert result.request_bytes > X.nbytes and result.response_bytes > 2 * 4 * 4
     assert result.model_version == "1"
     assert client.model_metadata("mlp", 5).inputs[0].name == "x"
-    assert client.server_metadata(5).name == "splitinf"
-
-
-def test_expected_specs_and_sha_are_checked(client: InferenceClient) -> None:
-    good = (TensorSpec("y", "float32", ("N", 4)),)
-    sha = sha256_bytes(mlp().SerializeToString())
-    assert client.infer("mlp", {"x": X}, timeout_s=5, expected=good, expected_sha256=sha).outputs["y"].shape == (2, 4)
-    with pytest.raises(RemoteMismatchError, match=r"output 'y' came as float32 \[2, 4\], expected float32 \['N', 8\]"):
-        client.infer("mlp", {"x": X}, timeout_s=5, expected=(TensorSpec("y", "float32", ("N", 8)),))
-    with pytest.raises(RemoteMismatchError, match="expected float16") as info:
-        client.infer("mlp", {"x": X}, timeout_s=5, expected=(TensorSpec("y", "float16", ("N", 4)),))
-    assert info.value.responded
-    with pytest.raises(RemoteMismatchError, match="holds a different tail"):
-        client.infer("mlp", {"x": X}, timeout_s=5, expected_sha256="0" * 64)
 
 
 def test_server_errors_are_rejected_with_their_status(client: InferenceClient) -> None:
@@ -112,13 +97,11 @@ def wrong_server() -> Iterator[str]:
     server.stop(0).wait()
 
 
-def test_answers_that_are_not_what_was_asked_are_mismatches(wrong_server: str) -> None:
+def test_undecodable_answers_are_mismatches(wrong_server: str) -> None:
     with InferenceClient(wrong_server) as client:
-        with pytest.raises(RemoteMismatchError, match=r"lacks output\(s\) \['y'\]"):
-            client.infer("empty", {"x": X}, timeout_s=5, outputs=["y"])
         with pytest.raises(RemoteMismatchError, match="undecodable answer.*5 bytes, expected 32"):
             client.infer("garbled", {"x": X}, timeout_s=5)
-        result = client.infer("empty", {"x": X}, timeout_s=5)  # nothing asked, nothing checked
+        result = client.infer("empty", {"x": X}, timeout_s=5)  # judging the answer is the runtime's
         assert result.outputs == {} and result.model_sha256 is None and result.server_compute_s == 0.0
 
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitinf.contract.plan import Option, Plan, TensorSpec
+from splitinf.contract.plan import Option, Plan
+from splitinf.contract.tensors import TensorSpec
 from splitinf.edge.estimate import Estimates
 from splitinf.edge.policy import BreakerState, Mode, Policy, PolicyConfig
 from splitinf.errors import ConfigError, PlanError
@@ -64,7 +65,7 @@ def make_policy(config: PolicyConfig = CFG, *options: Option) -> tuple[Policy, F
 
 
 def reach_split_again(policy: Policy, clock: FakeClock, est: Estimates | None = None) -> None:
-    """From LOCAL: wait out the open period, probe healthily, stabilise."""
+    """From FALLBACK: wait out the open period, probe healthily, stabilise."""
     est = est or estimates()
     clock.advance(max(policy._open_until - clock.now, CFG.min_dwell_s))
     policy.tick(est)
@@ -94,9 +95,9 @@ def test_predicted_over_budget_falls_back_at_once_without_growing_open_period() 
     policy, _ = make_policy(CFG, BIG, SMALL, LOCAL, FALLBACK)
     decision = policy.decide(estimates(bandwidth_bps=1e3), budget_s=0.1)
     assert decision.option is FALLBACK  # local takes 0.5 s: over budget too
-    assert policy.mode is Mode.LOCAL and policy.breaker is BreakerState.OPEN
+    assert policy.mode is Mode.FALLBACK and policy.breaker is BreakerState.OPEN
     (event,) = decision.events
-    assert (event.old, event.new, event.reason, event.open_s) == ("split", "local", "predicted_over_budget", 5)
+    assert (event.old, event.new, event.reason, event.open_s) == ("split", "fallback", "predicted_over_budget", 5)
     # a generous budget: the local full model is the most accurate that fits
     assert policy.decide(estimates(bandwidth_bps=1e3), budget_s=1.0).option is LOCAL
 
@@ -105,7 +106,12 @@ def test_consecutive_failures_trip_and_no_remote_calls_while_open() -> None:
     policy, clock = make_policy()
     assert policy.record(SMALL.id, ok=False, reason="unavailable") == []
     (event,) = policy.record(SMALL.id, ok=False, reason="unavailable")
-    assert (event.kind, event.new, event.reason, event.breaker) == ("mode", "local", "unavailable", BreakerState.OPEN)
+    assert (event.kind, event.new, event.reason, event.breaker) == (
+        "mode",
+        "fallback",
+        "unavailable",
+        BreakerState.OPEN,
+    )
     for _ in range(4):
         clock.advance(1)
         decision = policy.decide(estimates())
@@ -143,7 +149,7 @@ def test_slow_calls_trip_the_breaker() -> None:
         clock.advance(1)
         events += policy.record(SMALL.id, ok=True, latency_s=latency)
     assert [e.reason for e in events] == ["slow_calls"]
-    assert policy.mode is Mode.LOCAL
+    assert policy.mode is Mode.FALLBACK
 
 
 def test_min_calls_guards_against_tripping_on_one_slow_call() -> None:
@@ -156,12 +162,12 @@ def test_full_cycle_with_probing_stabilisation_and_return() -> None:
     policy, clock = make_policy()
     policy.record(SMALL.id, ok=False)
     policy.record(SMALL.id, ok=False)
-    assert policy.mode is Mode.LOCAL
+    assert policy.mode is Mode.FALLBACK
     clock.advance(4.9)
-    assert policy.tick(estimates()) == [] and policy.mode is Mode.LOCAL
+    assert policy.tick(estimates()) == [] and policy.mode is Mode.FALLBACK
     clock.advance(0.1)
     (event,) = policy.tick(estimates())
-    assert (event.old, event.new, event.breaker) == ("local", "probing", BreakerState.HALF_OPEN)
+    assert (event.old, event.new, event.breaker) == ("fallback", "probing", BreakerState.HALF_OPEN)
     # half-open: one probe at a time, at most once per interval; requests still answered locally
     assert policy.probe_due()
     assert policy.probe_option() is SMALL
@@ -191,7 +197,7 @@ def test_probe_failure_reopens_with_a_growing_capped_open_period() -> None:
         assert policy.tick(estimates())[0].new == "probing"
         policy.probe_started()
         (event,) = policy.record_probe(ok=False, reason="unavailable")
-        assert (event.old, event.new, event.reason) == ("probing", "local", "unavailable")
+        assert (event.old, event.new, event.reason) == ("probing", "fallback", "unavailable")
         opens.append(event.open_s)
     assert opens == [5, 10, 20, 40, 40]
 
@@ -204,19 +210,19 @@ def test_slow_probe_counts_as_failed() -> None:
     policy.tick(estimates())
     policy.probe_started()
     (event,) = policy.record_probe(ok=True, latency_s=0.5)
-    assert event.reason == "probe_slow" and policy.mode is Mode.LOCAL
+    assert event.reason == "probe_slow" and policy.mode is Mode.FALLBACK
 
 
-def test_stable_probes_but_bad_estimates_go_back_to_local() -> None:
+def test_stable_probes_but_bad_estimates_go_back_to_fallback() -> None:
     policy, clock = make_policy()
     policy.record(SMALL.id, ok=False)
     policy.record(SMALL.id, ok=False)
     with pytest.raises(AssertionError):
         reach_split_again(policy, clock, estimates(bandwidth_bps=10))
-    assert policy.mode is Mode.LOCAL
+    assert policy.mode is Mode.FALLBACK
 
 
-def test_flap_limit_holds_local_until_the_window_allows() -> None:
+def test_flap_limit_holds_fallback_until_the_window_allows() -> None:
     policy, clock = make_policy()
     # the start in SPLIT is not a return; two returns are allowed per 300 s
     for _ in range(2):
@@ -228,7 +234,7 @@ def test_flap_limit_holds_local_until_the_window_allows() -> None:
     first_return = policy._split_entries[0]
     clock.advance(100)
     policy.tick(estimates())
-    assert policy.mode is Mode.LOCAL  # open period long over, but the flap limit holds it
+    assert policy.mode is Mode.FALLBACK  # open period long over, but the flap limit holds it
     clock.now = first_return + 300
     assert policy.tick(estimates())[0].new == "probing"
 
@@ -296,7 +302,7 @@ def test_random_outcomes_never_oscillate_faster_than_dwell_allows(actions: list[
     split_returns: list[float] = []
     for event in mode_events:
         stayed = event.at - entered[event.old]
-        if event.old in ("local", "probing") and event.new != "local":
+        if event.old in ("fallback", "probing") and event.new != "fallback":
             assert stayed >= CFG.min_dwell_s
         if event.new == "split":
             assert stayed >= CFG.stabilisation_s

@@ -18,7 +18,8 @@ import pytest
 
 from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
-from splitinf.contract.plan import Plan, sha256_file, write_json_atomic
+from splitinf.contract.files import sha256_file, write_json_atomic
+from splitinf.contract.plan import Plan
 from splitinf.edge.client import InferenceClient
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.policy import Mode, PolicyConfig
@@ -139,7 +140,7 @@ def test_most_accurate_option_in_budget_is_chosen(plan_dir: Path, server: tuple[
         assert result.option_id == "split:x:fp32"
         # a budget too small for any split option (even at the prior estimates) answers on the device
         result = runtime.infer(sample(), budget_s=0.0005)
-        assert result.kind == "fallback" and runtime.mode is Mode.LOCAL
+        assert result.kind == "fallback" and runtime.mode is Mode.FALLBACK
         np.testing.assert_allclose(result.outputs["y"], run_model(FALLBACK, sample()["x"]), rtol=1e-5, atol=1e-6)
 
 
@@ -148,10 +149,10 @@ def test_bad_inputs_are_refused_before_anything_is_sent(plan_dir: Path, server: 
     with Runtime(plan_dir, device_config(None), client=client, background_probes=False) as runtime:
         good = sample()["x"]
         cases = [
-            ({"x": good.astype(np.float64)}, "dtype float64.*astype"),
-            ({"x": good.reshape(16, 1)}, r"shape \[16, 1\].*\[1, 16\]"),
-            ({}, r"missing \['x'\]"),
-            ({"x": good, "z": good}, r"unexpected \['z'\]"),
+            ({"x": good.astype(np.float64)}, "input 'x': dtype float64 does not match the expected float32"),
+            ({"x": good.reshape(16, 1)}, r"input 'x': shape \[16, 1\] does not match the expected \[1, 16\]"),
+            ({}, r"missing input\(s\) \['x'\]; expected exactly \['x'\]"),
+            ({"x": good, "z": good}, r"unexpected input\(s\) \['z'\]"),
             ({"x": good.tolist()}, "numpy array"),
         ]
         for inputs, message in cases:
@@ -177,14 +178,14 @@ def test_server_stopped_then_restarted(plan_dir: Path) -> None:
         assert result.attempted_option == "split:x:fp32" and result.attempts == 3
         np.testing.assert_allclose(result.outputs["y"], run_model(FALLBACK, sample(1)["x"]), rtol=1e-5, atol=1e-6)
         assert runtime.mode is not Mode.SPLIT
-        assert [e.new for e in result.events] == ["local"]
+        assert [e.new for e in result.events] == ["fallback"]
         # while the server is down, requests are answered locally without remote calls
         assert runtime.infer(sample(2)).attempts == 0
         srv, _ = create_server(ServerConfig(repo=plan_dir / "server", port=port, metrics_port=None))
         # background probes bring it back through PROBING after stabilisation
         wait_for(lambda: runtime.mode is Mode.SPLIT, timeout_s=15)
         modes = [(e.old, e.new) for e in runtime.events if e.kind == "mode"]
-        assert ("local", "probing") in modes and modes[-1] == ("probing", "split")
+        assert ("fallback", "probing") in modes and modes[-1] == ("probing", "split")
         result = runtime.infer(sample(3))
         assert result.kind == "split"
         np.testing.assert_allclose(result.outputs["y"], run_model(FULL, sample(3)["x"]), rtol=1e-5, atol=1e-6)
@@ -205,8 +206,8 @@ def test_stalled_link_is_answered_by_fallback_within_budget(plan_dir: Path, serv
             assert result.kind == "fallback" and result.fallback_reason == "timeout"
             # budget + fallback time (+ slack for a loaded machine); without the deadline this
             # would wait for keepalive (seconds) or forever
-            assert result.latency.total_s <= budget + result.latency.local_s + 1.0
-            assert runtime.mode is Mode.LOCAL
+            assert result.latency.total_s <= budget + result.latency.on_device_s + 1.0
+            assert runtime.mode is Mode.FALLBACK
 
 
 def test_slowed_link_falls_back_then_recovers(plan_dir: Path, server: tuple[Any, int]) -> None:
@@ -217,10 +218,10 @@ def test_slowed_link_falls_back_then_recovers(plan_dir: Path, server: tuple[Any,
             proxy.set(FaultSettings(upstream=DirectionFaults(latency_ms=300)))
             result = runtime.infer(sample(1))
             assert (result.kind, result.fallback_reason) == ("fallback", "timeout")
-            assert runtime.mode is Mode.LOCAL
+            assert runtime.mode is Mode.FALLBACK
             # half-open probes are slow as well: it stays off the link
             wait_for(lambda: any(e.reason == "probe_slow" for e in runtime.events), step=runtime.probe_once)
-            assert runtime.mode is Mode.LOCAL
+            assert runtime.mode is Mode.FALLBACK
             proxy.clear()
             wait_for(lambda: runtime.mode is Mode.SPLIT, step=runtime.probe_once, timeout_s=15)
             assert runtime.infer(sample(2)).kind == "split"
@@ -298,9 +299,9 @@ def test_metrics_endpoint_reports_paths_fallbacks_and_modes(plan_dir: Path) -> N
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     assert 'splitinf_device_request_seconds_count{kind="split",path="split:x:fp32"} 1.0' in body
     assert 'splitinf_device_fallbacks_total{reason="unavailable"} 1.0' in body
-    assert 'splitinf_device_mode_transitions_total{from_mode="split",to_mode="local"} 1.0' in body
+    assert 'splitinf_device_mode_transitions_total{from_mode="split",to_mode="fallback"} 1.0' in body
     assert "splitinf_device_breaker_state 2.0" in body
-    assert 'splitinf_device_mode{mode="local"} 1.0' in body
+    assert 'splitinf_device_mode{mode="fallback"} 1.0' in body
     assert "splitinf_device_sent_bytes_total" in body and "splitinf_device_rtt_estimate_seconds" in body
     assert "process_resident_memory_bytes" in body
 

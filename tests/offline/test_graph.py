@@ -9,8 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from splitinf.contract.tensors import tensor_bytes
 from splitinf.errors import CutError, ModelLoadError
-from splitinf.offline.graph import GraphView, enumerate_cuts, find_cut, load_model, tensor_bytes
+from splitinf.offline.graph import GraphView, enumerate_cuts, find_cut, load_model
 from splitinf.tools.testing import graphs as models
 
 

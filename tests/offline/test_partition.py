@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from splitinf.contract.plan import sha256_file
+from splitinf.contract.files import sha256_file
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline import partition
 from splitinf.offline.graph import enumerate_cuts, find_cut
@@ -373,6 +373,10 @@ def test_parts_over_the_protobuf_limit_are_saved_with_external_data(
     manifest = export_partition(source, "relu_1", out, verify=True)
     assert (out / "head.onnx.data").is_file() and (out / "tail.onnx.data").is_file()
     assert manifest["parts"]["head"]["sha256"] == sha256_file(out / "head.onnx")
+    assert manifest["parts"]["tail"]["data"] == {
+        "file": "tail.onnx.data",
+        "sha256": sha256_file(out / "tail.onnx.data"),
+    }
     model = models.chain_cnn()
     feeds = _feeds(model)
     head = ort.InferenceSession(str(out / "head.onnx"), providers=["CPUExecutionProvider"])

@@ -25,7 +25,7 @@ def split(cut: str, codec: str, head: float, tail: float, nbytes: int, accuracy:
         codec=codec,
         head=head_path,
         tail_model=tail_model,
-        bytes=nbytes,
+        wire_bytes=nbytes,
         head_seconds=head,
         tail_seconds=tail,
         accuracy=accuracy,

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from splitinf.cli import main
-from splitinf.contract.plan import sha256_file
+from splitinf.contract.files import sha256_file
 from splitinf.errors import PlanError
 from splitinf.offline.graph import enumerate_cuts
 from splitinf.offline.profiling import (

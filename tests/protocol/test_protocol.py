@@ -17,7 +17,6 @@ from splitinf.errors import InputError, InvalidRequestError
 from splitinf.protocol import (
     DATATYPE_TO_NUMPY,
     array_from_raw,
-    check_array,
     datatype_of,
     decode_request_inputs,
     decode_response_outputs,
@@ -210,13 +209,3 @@ def test_negative_dimension_and_count_mismatch_are_refused() -> None:
     del request.raw_input_contents[1]
     with pytest.raises(InvalidRequestError, match="1 entries, expected one per input \\(2\\)"):
         decode_request_inputs(request)
-
-
-def test_check_array_messages() -> None:
-    check_array("x", np.zeros((5, 16), np.float32), "float32", ("N", 16))
-    with pytest.raises(InvalidRequestError, match=r"'x': datatype FP64 does not match the model's FP32"):
-        check_array("x", np.zeros((5, 16)), "float32", ("N", 16))
-    with pytest.raises(InvalidRequestError, match=r"'x': shape \[5, 15\] does not match the model's \['\?', 16\]"):
-        check_array("x", np.zeros((5, 15), np.float32), "float32", ("N", 16))
-    with pytest.raises(InvalidRequestError, match="shape"):
-        check_array("x", np.zeros((16,), np.float32), "float32", ("N", 16))

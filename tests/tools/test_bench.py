@@ -241,7 +241,7 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert failover["first_local_option"] == "fallback"
     assert failover["failover_s"] > 0 and failover["recovery_s"] > 0
     assert failover["outage_answers"] > 0 and failover["outage_split_answers"] == 0
-    assert any(e["to"] == "local" for e in failover["events"]) and failover["events"][-1]["to"] == "split"
+    assert any(e["to"] == "fallback" for e in failover["events"]) and failover["events"][-1]["to"] == "split"
 
     points = [e for e in svg.iter("{http://www.w3.org/2000/svg}circle") if e.get("class") == "point"]
     assert len(points) == 4 * len(results["grid"])  # local, remote, planned, best at every point

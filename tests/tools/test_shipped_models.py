@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from splitinf.contract.plan import sha256_file
+from splitinf.contract.files import sha256_file
 from splitinf.errors import InputError, UsageError
 from splitinf.tools.models import (
     DIGITS_INPUT,

@@ -78,7 +78,7 @@ class _Device:
         }
 
     def profile(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        from splitinf.contract.plan import sha256_file, write_json_atomic
+        from splitinf.contract.files import sha256_file, write_json_atomic
         from splitinf.offline.graph import load_model
         from splitinf.offline.profiling import profile_model
 

@@ -592,7 +592,7 @@ class _Measurements:
     def overhead(self, echo_address: str) -> list[dict[str, Any]]:
         """The largest and the smallest request against a bare echo of the same bytes."""
         self.progress("framework overhead against a bare gRPC echo")
-        by_bytes = sorted(self.splits, key=lambda o: o.bytes)
+        by_bytes = sorted(self.splits, key=lambda o: o.wire_bytes)
         cases = list(dict.fromkeys([by_bytes[-1].id, by_bytes[0].id]))
         reply = self.device.call(
             "overhead",
@@ -678,7 +678,7 @@ class _Measurements:
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark; write bench.json, bench.md and bench.svg into ``config.out``."""
-    from splitinf.contract.plan import sha256_file, write_json_atomic
+    from splitinf.contract.files import sha256_file, write_json_atomic
     from splitinf.errors import OutputError
     from splitinf.offline.graph import enumerate_cuts, find_cut, load_model
     from splitinf.tools.faults import FaultProxy
@@ -753,7 +753,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                     "id": o.id,
                     "kind": o.kind,
                     "codec": o.codec,
-                    "bytes": o.bytes,
+                    "bytes": o.wire_bytes,
                     "head_s": o.head_seconds,
                     "tail_s": o.tail_seconds,
                     "seconds": o.seconds,

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from splitinf.contract.plan import Option, Plan, write_json_atomic
+from splitinf.contract.files import write_json_atomic
+from splitinf.contract.plan import Option, Plan
 from splitinf.offline.graph import find_cut
 from splitinf.offline.partition import save_model, split_model
 from splitinf.offline.planner import io_specs, option_names
@@ -37,7 +38,7 @@ def split_option(
         codec="fp32",
         head=f"device/heads/{name}.onnx",
         tail_model=f"m.{name}",
-        bytes=nbytes,
+        wire_bytes=nbytes,
         head_seconds=head_s,
         tail_seconds=tail_s,
     )
@@ -85,7 +86,7 @@ def write_plan_dir(
                 tail_model=tail_name,
                 tail_sha256=tail_sha,
                 wire=cut.tensors,
-                bytes=cut.bytes_per_sample,
+                wire_bytes=cut.bytes_per_sample,
                 head_seconds=head_seconds,
                 tail_seconds=tail_seconds,
             )

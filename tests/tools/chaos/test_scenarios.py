@@ -27,7 +27,8 @@ from chaos_harness import (
     wait_until,
 )
 
-from splitinf.contract.plan import load_plan, write_json_atomic
+from splitinf.contract.files import write_json_atomic
+from splitinf.contract.plan import load_plan
 from splitinf.edge.client import ChannelOptions
 from splitinf.edge.policy import BreakerState, Mode
 from splitinf.edge.runtime import Runtime
@@ -66,7 +67,7 @@ def test_2_server_killed_falls_back_from_the_first_failure_and_makes_no_calls_wh
         after = proxy.stats()
         recorder.check()
         assert all(a.result.kind == "fallback" and a.result.attempts == 0 for a in while_open)
-        assert all(a.result.mode == Mode.LOCAL.value for a in while_open)
+        assert all(a.result.mode == Mode.FALLBACK.value for a in while_open)
         assert after.connections_accepted == before.connections_accepted, "a call went out while the breaker was open"
         assert after.bytes_forwarded == before.bytes_forwarded
         recorder.close()
@@ -113,9 +114,9 @@ def test_4_latency_beyond_the_budget_trips_to_local(device: Device, proxy: Fault
         recorder.check()
         assert slow[0].result.kind == "fallback" and slow[0].result.fallback_reason == "timeout"
         assert recorder.runtime.mode is not Mode.SPLIT
-        assert any(e.new == Mode.LOCAL.value for e in recorder.mode_events())
+        assert any(e.new == Mode.FALLBACK.value for e in recorder.mode_events())
         # once local, requests are answered without waiting on the slow link
-        assert all(a.result.attempts == 0 for a in slow[1:] if a.result.mode == Mode.LOCAL.value)
+        assert all(a.result.attempts == 0 for a in slow[1:] if a.result.mode == Mode.FALLBACK.value)
         assert sum(a.result.attempts for a in slow) <= 3, "the slow link kept being tried"
         recorder.close()
 

@@ -1,0 +1,32 @@
+"""plan.json's option: what crosses the wire is ``wire_bytes``; plans that call it ``bytes`` still load."""
+
+from __future__ import annotations
+
+from splitinf.contract.plan import Option, expected_latency
+from splitinf.contract.tensors import TensorSpec
+
+SPLIT = Option(
+    id="split:h:fp16",
+    kind="split",
+    cut_id="h",
+    codec="fp16",
+    head="device/heads/h.onnx",
+    tail_model="m.h.fp16",
+    wire=(TensorSpec("h", "float16", ("N", 8)),),
+    wire_bytes=16,
+    head_seconds=0.001,
+    tail_seconds=0.002,
+)
+
+
+def test_wire_bytes_round_trip_and_the_older_key_is_read() -> None:
+    data = SPLIT.to_json()
+    assert data["wire_bytes"] == 16 and "bytes" not in data
+    assert Option.from_json(data) == SPLIT
+    older = {k: v for k, v in data.items() if k != "wire_bytes"} | {"bytes": 16}
+    assert Option.from_json(older) == SPLIT
+
+
+def test_expected_latency_sends_the_wire_bytes() -> None:
+    # 16 bytes at 128 bit/s: one second on the wire, plus the round trip and both halves
+    assert expected_latency(SPLIT, bandwidth_bps=128, rtt_s=0.01) == 0.001 + 1.0 + 0.01 + 0.002
