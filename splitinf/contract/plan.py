@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from splitinf.contract.files import published_modes
 from splitinf.errors import IntegrityError, OutputError, PlanError
 
 __all__ = [
@@ -350,6 +351,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     target = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, published_modes()[0])  # mkstemp's 0600 would hide it from other users
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False)
             f.write("\n")

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from splitinf.contract.files import share_tree
 from splitinf.contract.plan import sha256_file
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
@@ -359,6 +360,7 @@ def _atomic_dir(target: Path, ours: Sequence[str] = ("manifest.json",)) -> Itera
         raise OutputError(f"cannot write into {parent}: {exc.strerror or exc}; choose a writable directory") from exc
     try:
         yield tmp
+        share_tree(tmp)  # mkdtemp made it 0700: a plan or split must be readable by the service's user
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from splitinf.contract.files import share_tree
 from splitinf.contract.plan import DecisionTable, Option, Plan, TensorSpec, expected_latency
 from splitinf.errors import PlanError
 
@@ -455,6 +456,7 @@ def _prepare_output(target: Path) -> Path:
 
 
 def _publish(build: Path, target: Path) -> None:
+    share_tree(build)  # mkdtemp made it 0700: the plan must be readable by the device service's user
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
