@@ -26,8 +26,7 @@ from typing import Any, NoReturn
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_health.v1 import health, health_pb2
 
 from splitinf import __version__
 from splitinf.cloud.auth import TokenAuthInterceptor
@@ -46,10 +45,10 @@ from splitinf.errors import (
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
+from splitinf.protocol.services import SERVICE_NAME, add_health_and_reflection, tensor_metadata
 from splitinf.protocol.tensors import (
     EncodedInferResponse,
     ParsedInferRequest,
-    datatype_of,
     decode_request_inputs,
     encode_infer_response,
     parse_infer_request,
@@ -70,7 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
 UNKNOWN_MODEL_LABEL = "_unknown"
 
 
@@ -398,17 +396,6 @@ class DataPlane:
         return outputs, compute_ns, started - arrived
 
 
-def _tensor_metadata(specs: Sequence[Any]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-    return [
-        pb.ModelMetadataResponse.TensorMetadata(
-            name=spec.name,
-            datatype=datatype_of(spec.dtype),
-            shape=[d if isinstance(d, int) else -1 for d in spec.shape],
-        )
-        for spec in specs
-    ]
-
-
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """V2 gRPC adapter over a ``DataPlane``: protobuf <-> numpy and error -> status, nothing else."""
 
@@ -477,8 +464,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 name=model.name,
                 versions=sorted(self.dataplane.models[model.name], key=int),
                 platform="onnxruntime_onnx",
-                inputs=_tensor_metadata(model.inputs),
-                outputs=_tensor_metadata(model.outputs),
+                inputs=tensor_metadata(model.inputs),
+                outputs=tensor_metadata(model.outputs),
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -640,15 +627,6 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
     return options
 
 
-def _reflection_pool() -> Any:
-    """Our private descriptor pool plus the health and reflection services, for server reflection."""
-    pool = pb.DESCRIPTOR.pool
-    for module in (health_pb2, reflection_pb2):
-        with contextlib.suppress(TypeError):  # already added
-            pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
-    return pool
-
-
 class TailServer:
     """A running tail server: gRPC + health + reflection + metrics. Use ``drain()`` or ``stop()``."""
 
@@ -760,13 +738,7 @@ def create_server(config: ServerConfig) -> tuple[TailServer, int]:
         maximum_concurrent_rpcs=workers,
     )
     add_inference_servicer(servicer, grpc_server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server, pool=_reflection_pool()
-    )
+    health_servicer = add_health_and_reflection(grpc_server)
     address = f"{config.host}:{config.port}"
     reason = "port 0 returned"
     if ":" in config.host and not config.host.startswith("["):

@@ -259,21 +259,14 @@ def test_a_plan_the_service_cannot_read_is_a_clear_error(tmp_path: Path) -> None
 
     assert run_as_the_service().returncode == 0
     private = plan / "device" / "fallback.onnx"
-    private.chmod(0o000)
-    try:
-        done = run_as_the_service()
-    finally:
-        private.chmod(0o644)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert str(private) in done.stderr and "chmod -R a+rX" in done.stderr
-
-    plan.chmod(0o000)
-    try:
-        done = run_as_the_service()
-    finally:
-        plan.chmod(0o755)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert "permission denied" in done.stderr and "chmod -R a+rX" in done.stderr
+    for unreadable, named in ((private, str(private)), (plan, "permission denied")):
+        unreadable.chmod(0o000)
+        try:
+            done = run_as_the_service()
+        finally:
+            unreadable.chmod(0o755 if unreadable.is_dir() else 0o644)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert named in done.stderr and "chmod -R a+rX" in done.stderr
 
 
 class Service:

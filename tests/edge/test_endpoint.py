@@ -13,32 +13,16 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_runtime import FAST_POLICY as POLICY  # tests/edge is on sys.path (rootdir-less test dirs)
 from tritonclient.utils import InferenceServerException
 
 from splitinf.cloud.config import ServerConfig
 from splitinf.cloud.server import create_server
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.endpoint import LATENCY_STAGES, serve_endpoint
-from splitinf.edge.policy import PolicyConfig
 from splitinf.edge.runtime import Runtime
 from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 from splitinf.tools.testing.plans import MLP_FALLBACK, MLP_FULL, run_mlp, write_mlp_plan_dir
-
-POLICY = PolicyConfig(
-    budget_s=1.0,
-    window_s=5,
-    min_calls=3,
-    trip_after_failures=1,
-    open_s=0.1,
-    open_max_s=0.4,
-    half_open_probes=2,
-    probe_interval_s=0.05,
-    stabilisation_s=0.2,
-    min_dwell_s=0.1,
-    flap_window_s=60,
-    flap_limit=20,
-    quarantine_s=60,
-)
 
 
 def rows(seed: int) -> np.ndarray:
