@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -275,13 +276,16 @@ class Service:
             [sys.executable, "-m", "splitinf", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self.errors: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True)
         self._reader.start()
+        self._error_reader = threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True)
+        self._error_reader.start()
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
+    @staticmethod
+    def _read(stream: Any, into: queue.SimpleQueue[str]) -> None:
+        for line in stream:
+            into.put(line)
 
     def next_line(self, timeout_s: float = 60) -> str:
         return self.lines.get(timeout=timeout_s)
@@ -291,11 +295,14 @@ class Service:
         self.process.send_signal(signal.SIGTERM)
         status = self.process.wait(timeout=60)
         self._reader.join(timeout=10)
+        self._error_reader.join(timeout=10)
         rest = []
         while not self.lines.empty():
             rest.append(self.lines.get())
-        assert self.process.stderr is not None
-        return status, rest, self.process.stderr.read()
+        errors = []
+        while not self.errors.empty():
+            errors.append(self.errors.get())
+        return status, rest, "".join(errors)
 
 
 def drop(inbox: Path, name: str, array: np.ndarray) -> None:
@@ -351,7 +358,12 @@ def test_listen_serves_applications_until_sigterm(plan_and_server: tuple[Path, A
     import tritonclient.grpc as triton
 
     plan, _, target = plan_and_server
-    service = Service("--plan", str(plan), "--server", target, "--listen", "127.0.0.1:0", "--model-name", "digits")
+    argv = ["--plan", str(plan), "--server", target, "--listen", "127.0.0.1:0", "--model-name", "digits"]
+    service = Service(*argv, "--metrics-port", "0")
+    metrics_line = service.errors.get(timeout=60)
+    while not metrics_line.startswith("metrics: "):  # after any warning about the link at start
+        metrics_line = service.errors.get(timeout=60)
+    assert metrics_line.startswith("metrics: http://127.0.0.1:"), metrics_line
     line = service.next_line()
     assert line.startswith("endpoint: model 'digits' on 127.0.0.1:"), line
     address = line.split(" on ")[1].split()[0]
@@ -362,6 +374,9 @@ def test_listen_serves_applications_until_sigterm(plan_and_server: tuple[Path, A
     np.testing.assert_allclose(answer.as_numpy("y"), run_model(FULL, rows(1, 6)), rtol=1e-5, atol=1e-6)
     assert answer.get_response().parameters["splitinf_kind"].string_param == "split"
     client.close()
+    with urllib.request.urlopen(metrics_line.split()[1], timeout=10) as response:  # the device's metrics
+        metrics = response.read().decode()
+    assert 'splitinf_device_request_seconds_count{kind="split",path="split:x:fp32"} 1.0' in metrics
     status, _, err = service.stop()
     assert status == 0, err
 
