@@ -30,13 +30,15 @@ def rows(seed: int) -> np.ndarray:
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> Iterator[tuple[Any, FaultProxy, int, Runtime]]:
+def device(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, FaultProxy, int, Runtime]]:
+    """A tail server, the fault proxy in front of it, a runtime through the proxy, and its endpoint;
+    ``request.param`` (indirect parametrization) is the device's budget in seconds, 0.3 by default."""
     plan = write_mlp_plan_dir(tmp_path / "plan", cuts=("relu_1",), local=False)
     server, server_port = create_server(ServerConfig(repo=plan / "server", port=0, metrics_port=None))
     proxy = FaultProxy(f"127.0.0.1:{server_port}").start()
     config = DeviceConfig(
         server=proxy.address,
-        budget_s=0.3,
+        budget_s=getattr(request, "param", 0.3),
         policy=POLICY,
         probe_timeout_s=0.3,
         light_probe_interval_s=0.05,
@@ -54,10 +56,12 @@ def device(tmp_path: Path) -> Iterator[tuple[Any, FaultProxy, int, Runtime]]:
         server.stop(grace=0)
 
 
-def ask(client: triton.InferenceServerClient, x: np.ndarray, model: str = "mlp") -> triton.InferResult:
+def ask(
+    client: triton.InferenceServerClient, x: np.ndarray, model: str = "mlp", timeout_s: float = 10
+) -> triton.InferResult:
     tensor = triton.InferInput("x", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
-    return client.infer(model, [tensor], outputs=[triton.InferRequestedOutput("y")], client_timeout=10)
+    return client.infer(model, [tensor], outputs=[triton.InferRequestedOutput("y")], client_timeout=timeout_s)
 
 
 def parameters(result: triton.InferResult) -> dict[str, Any]:
@@ -142,3 +146,19 @@ def test_health_and_a_renamed_model(tmp_path: Path) -> None:
             with pytest.raises(InferenceServerException, match="serves 'digits'"):
                 client.get_model_metadata("mlp")
             client.close()
+
+
+@pytest.mark.parametrize("device", [30.0], indirect=True)
+def test_a_callers_deadline_shorter_than_the_budget_is_the_requests_budget(
+    device: tuple[Any, FaultProxy, int, Runtime],
+) -> None:
+    _, proxy, port, _ = device
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    assert parameters(ask(client, rows(0)))["splitinf_kind"] == "split"
+    proxy.set(FaultSettings(upstream=DirectionFaults(blackhole=True), downstream=DirectionFaults(blackhole=True)))
+    # the device would wait 30 s for the severed link; the caller's 2 s deadline makes it fall back in time
+    answer = ask(client, rows(1), timeout_s=2.0)
+    said = parameters(answer)
+    assert said["splitinf_kind"] == "fallback" and said["splitinf_fallback_reason"] == "timeout"
+    assert said["splitinf_total_ns"] < 2e9
+    client.close()
