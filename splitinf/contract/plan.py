@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from splitinf.contract.files import published_modes
+from splitinf.contract.permissions import published_modes
 from splitinf.errors import IntegrityError, OutputError, PlanError
 
 __all__ = [

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from splitinf.contract.files import share_tree
+from splitinf.contract.permissions import share_tree
 from splitinf.contract.plan import sha256_file
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from splitinf.contract.files import share_tree
+from splitinf.contract.permissions import share_tree
 from splitinf.contract.plan import DecisionTable, Option, Plan, TensorSpec, expected_latency
 from splitinf.errors import PlanError
 

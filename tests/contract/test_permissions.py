@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from splitinf.contract.files import published_modes, share_tree
+from splitinf.contract.permissions import published_modes, share_tree
 from splitinf.contract.plan import write_json_atomic
 from splitinf.offline.partition import export_partition, write_to_repository
 from splitinf.tools.testing.graphs import mlp
