@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,28 +51,38 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
 
     def argv(line: str) -> list[str]:
         words = line.split()
+        if words[0] == "python":  # an application: a script of this checkout
+            return [sys.executable, str(ROOT / words[1]), *words[2:]]
         assert words[0] == "splitinf"
         return [splitinf, *words[1:]]
 
-    server = None
-    address = None
+    def start(line: str, announcement: str) -> tuple[subprocess.Popen[str], str]:
+        """A long-running command, and the HOST:PORT it says it listens on."""
+        process = subprocess.Popen(argv(line), cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        for out in process.stdout:
+            found = re.search(announcement + r".*? on (\S+:\d+)", out)
+            if found:
+                return process, found.group(1)
+        raise AssertionError(f"{line} never said where it listens")
+
+    services: list[subprocess.Popen[str]] = []
+    address = endpoint = None
     try:
         for line in walkthrough_commands():
             if line.startswith("splitinf serve"):
                 local = line.replace("--host 0.0.0.0", "--host 127.0.0.1").replace("--port 8001", "--port 0")
-                server = subprocess.Popen(
-                    [*argv(local), "--metrics-port", "0"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
-                )
-                assert server.stdout is not None
-                for out in server.stdout:
-                    found = re.search(r"serving on (\S+:\d+)", out)
-                    if found:
-                        address = found.group(1)
-                        break
-                assert address, "splitinf serve never said where it serves"
+                server, address = start(f"{local} --metrics-port 0", "serving")
+                services.append(server)
                 continue
             if address is not None:
                 line = line.replace("workstation.local:8001", address)
+            if " --listen " in line:  # the device endpoint: serves until stopped
+                device, endpoint = start(line.replace("--listen 127.0.0.1:8001", "--listen 127.0.0.1:0"), "endpoint")
+                services.append(device)
+                continue
+            if endpoint is not None:
+                line = line.replace("127.0.0.1:8001", endpoint)
             done = subprocess.run(argv(line), cwd=tmp_path, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
             assert "Traceback" not in done.stderr
@@ -80,12 +91,19 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
                 assert len(answered) == 5
                 # A healthy link and a main model that fits here: split or local, never the less accurate fallback.
                 assert all(row.split()[1].startswith(("split:", "local")) for row in answered), done.stdout
+            if line.startswith("python"):  # the application got the full model's answer through the endpoint
+                assert re.search(r"digit0\.npy: class \d+ \(answered by (split:|local)", done.stdout), done.stdout
     finally:
-        if server is not None:
-            server.terminate()
-            assert server.wait(timeout=30) == 0
+        for service in services:
+            service.terminate()
+            assert service.wait(timeout=30) == 0
     plan = tmp_path / "plan"
     assert (plan / "plan.json").is_file() and (plan / "report.md").is_file() and (plan / "latency.svg").is_file()
+    assert endpoint is not None, "the walkthrough no longer ends with an application calling the device endpoint"
+    assert sorted(p.name for p in (tmp_path / "answers").iterdir()) == [f"digit{i}.npz" for i in range(5)]
+    # readable by the device service's user (other users), not tempfile's 0700/0600
+    assert stat.S_IMODE((plan / "device").stat().st_mode) & 0o005 == 0o005
+    assert stat.S_IMODE((plan / "plan.json").stat().st_mode) & 0o004 == 0o004
 
 
 def quoted_commands() -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from splitinf.contract.permissions import published_modes, share_tree
 from splitinf.errors import OutputError
 
 __all__ = ["publish_directory", "sha256_file", "staged_directory", "write_json_atomic", "write_text_atomic"]
@@ -37,6 +38,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, published_modes()[0])  # mkstemp's 0600 would hide it from other users
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, target)
@@ -59,6 +61,7 @@ def publish_directory(tmp_dir: str | os.PathLike[str], final_dir: str | os.PathL
     the old one removed. If the second rename fails, the old directory is renamed back.
     """
     source, target = Path(tmp_dir), Path(final_dir)
+    share_tree(source)  # mkdtemp made it 0700: a plan or split must be readable by the service's user
     aside: Path | None = None
     if target.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)) / "previous"

@@ -59,19 +59,27 @@ from splitinf.errors import (
 )
 from splitinf.ort import SessionSettings, open_session
 
-__all__ = ["LatencyBreakdown", "Runtime", "RuntimeResult", "check_inputs"]
+__all__ = ["EVENTS_LOGGER", "LatencyBreakdown", "Runtime", "RuntimeResult", "check_inputs"]
 
 log = logging.getLogger(__name__)
+# Mode changes, quarantines and fallbacks, one JSON object per record: a log pipeline parses them as they are.
+EVENTS_LOGGER = "splitinf.edge.events"
+events_log = logging.getLogger(EVENTS_LOGGER)
 
 
 @dataclass(frozen=True)
 class LatencyBreakdown:
-    """Seconds spent per stage; ``network_s`` is the round trip minus the server's compute time."""
+    """Seconds spent per stage; ``network_s`` is the round trip minus the server's compute time.
+
+    The stages add up to ``total_s``: ``wait_s`` is the rest, time in no model and on no answered
+    round trip (connecting, a failed or timed-out call, retry backoff, encoding and checking tensors).
+    """
 
     head_s: float = 0.0
     network_s: float = 0.0
     server_s: float = 0.0
     on_device_s: float = 0.0  # the model on the device that answered (the local or the fallback option)
+    wait_s: float = 0.0
     total_s: float = 0.0
 
 
@@ -211,6 +219,7 @@ class Runtime:
         if self._client is None:
             log.warning("no server configured: every request is answered on the device")
         self._last_light_probe = -float("inf")
+        self.server_reached = False  # any call or probe answered by the server since start
         self._link = _LinkTracker()
         self._stop = threading.Event()
         self._metrics_server: Any = None
@@ -285,7 +294,7 @@ class Runtime:
             self._recent_events.append(event)
             fields = event.as_log_fields()
             level = logging.WARNING if event.new == Mode.FALLBACK.value else logging.INFO
-            log.log(level, json.dumps(fields, sort_keys=True))
+            events_log.log(level, json.dumps(fields, sort_keys=True))
             if event.kind == "mode":
                 self.metrics.mode_transitions.labels(from_mode=event.old, to_mode=event.new).inc()
             elif event.kind == "quarantine":
@@ -394,6 +403,8 @@ class Runtime:
                 isinstance(exc, RemoteRejectedError) and exc.code == "NOT_FOUND"
             )
             attempts = counter[0]
+            if isinstance(exc, TransportError) and exc.responded:
+                self.server_reached = True
             with self._lock:
                 if isinstance(exc, RemoteTimeoutError):
                     self.estimator.on_timeout()
@@ -408,7 +419,7 @@ class Runtime:
                         mismatch=mismatch,
                     )
                 )
-            log.info(json.dumps({"event": "fallback", "option": option.id, "reason": reason, "error": str(exc)}))
+            events_log.info(json.dumps({"event": "fallback", "option": option.id, "reason": reason, "error": str(exc)}))
             self.metrics.fallbacks.labels(reason=reason).inc()
             fallback = self.policy.fallback
             outputs, on_device_s = self._run_on_device(fallback, checked)
@@ -424,6 +435,7 @@ class Runtime:
                 events=events,
             )
         attempts = counter[0]
+        self.server_reached = True
         network_s = max(result.round_trip_s - result.server_compute_s, 0.0)
         self.metrics.sent_bytes.inc(result.request_bytes)
         self.metrics.received_bytes.inc(result.response_bytes)
@@ -464,11 +476,13 @@ class Runtime:
         events: Sequence[Event] = (),
     ) -> RuntimeResult:
         total = time.perf_counter() - start
+        staged = breakdown.head_s + breakdown.network_s + breakdown.server_s + breakdown.on_device_s
         latency = LatencyBreakdown(
             head_s=breakdown.head_s,
             network_s=breakdown.network_s,
             server_s=breakdown.server_s,
             on_device_s=breakdown.on_device_s,
+            wait_s=max(total - staged, 0.0),
             total_s=total,
         )
         self.metrics.request_seconds.labels(path=option.id, kind=option.kind).observe(total)
@@ -548,7 +562,9 @@ class Runtime:
         that is down costs at most two probe timeouts here; the policy then starts from the prior.
         """
         try:
-            if not self._client.server_ready(timeout_s=self.config.probe_timeout_s):
+            ready = self._client.server_ready(timeout_s=self.config.probe_timeout_s)
+            self.server_reached = True
+            if not ready:
                 return
         except TransportError as exc:
             log.warning("tail server not reachable at start (%s); starting from the prior estimates", exc)
@@ -565,6 +581,7 @@ class Runtime:
             self.metrics.probes.labels(kind="ready", result="failed").inc()
             return False
         elapsed = time.perf_counter() - start
+        self.server_reached = True
         if ready:
             with self._lock:
                 self._observe(round_trip_s=elapsed, server_s=0.0, nbytes=0, retried=False, shared=link.shared)
@@ -589,6 +606,7 @@ class Runtime:
                         option.tail_model, wire, timeout_s=self.config.probe_timeout_s, version=option.tail_version
                     )
                 latency = time.perf_counter() - start
+                self.server_reached = True
                 _check_answer(option, self.plan, result.outputs, result.model_sha256)
                 ok = True
                 with self._lock:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from splitinf.contract.plan import DEFAULT_BUDGET_S, Option, Plan, TensorSpec, choose_option, load_plan
+from splitinf.contract.plan import DEFAULT_BUDGET_S, Option, Plan, choose_option, load_plan
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import PlanError
 from splitinf.tools.testing.plans import split_option
 

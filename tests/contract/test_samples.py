@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitinf.contract.plan import TensorSpec
 from splitinf.contract.samples import read_samples
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import InputError
 
 X = TensorSpec("x", "float32", ("N", 4))

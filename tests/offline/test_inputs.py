@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from splitinf.contract.plan import TensorSpec
+from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import InputError
 from splitinf.offline.inputs import random_inputs, session_input_specs
 from splitinf.ort import open_session
