@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from splitinf import __version__
-from splitinf.cloud.auth import TokenAuthInterceptor
+from splitinf.cloud.auth import token_interceptors
 from splitinf.cloud.config import ServerConfig
 from splitinf.cloud.metrics import ServerMetrics
 from splitinf.cloud.repository import LoadedModel, load_repository
@@ -752,7 +752,7 @@ def create_server(config: ServerConfig) -> tuple[TailServer, int]:
     # Admission in DataPlane refuses beyond max_inflight; the extra threads answer health,
     # metadata and refusals quickly. maximum_concurrent_rpcs keeps gRPC's own queue bounded.
     workers = config.max_inflight + 8
-    interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+    interceptors = token_interceptors(config.token, tls=config.tls is not None)
     grpc_server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitinf-grpc"),
         interceptors=interceptors,
