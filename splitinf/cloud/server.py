@@ -786,9 +786,12 @@ def create_server(config: ServerConfig) -> tuple[TailServer, int]:
     grpc_server.start()
     try:
         server.start_metrics_http()
-    except OSError:
+    except OSError as exc:
         server.stop()
-        raise
+        raise ConfigError(
+            f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc.strerror or exc}; "
+            "choose another --metrics-port (metrics_port in the config), or -1 for no metrics endpoint"
+        ) from exc
     dataplane.set_ready(True)
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -342,7 +342,13 @@ def read_samples(
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array names no input
+            raise PlanError(
+                f"{path} holds one array, not an .npz; give an .npz with one array per model input, "
+                f"named by input ({', '.join(t.name for t in inputs)}), e.g. numpy.savez(FILE, x=samples)"
+            )
+        with loaded as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
         raise PlanError(f"cannot read samples from {path}: {exc}; give an .npz of arrays named by input") from exc
