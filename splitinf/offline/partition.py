@@ -31,6 +31,7 @@ import onnx
 import onnx.numpy_helper
 
 from splitinf.contract.plan import sha256_file
+from splitinf.contract.samples import read_npz as read_npz_file
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
 from splitinf.ort import SessionSettings, open_session
@@ -293,8 +294,7 @@ def load_samples(path: str | os.PathLike[str]) -> list[dict[str, np.ndarray]]:
 
     def read_npz(file: Path) -> dict[str, np.ndarray]:
         try:
-            with np.load(file, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+            return read_npz_file(file)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read samples from {file}: {exc}; give an .npz of arrays named by input") from exc
 

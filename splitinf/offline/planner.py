@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from splitinf.contract.plan import DecisionTable, Option, Plan, TensorSpec, expected_latency
+from splitinf.contract.samples import read_npz
 from splitinf.errors import PlanError
 
 if TYPE_CHECKING:
@@ -342,14 +343,7 @@ def read_samples(
     import numpy as np
 
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array names no input
-            raise PlanError(
-                f"{path} holds one array, not an .npz; give an .npz with one array per model input, "
-                f"named by input ({', '.join(t.name for t in inputs)}), e.g. numpy.savez(FILE, x=samples)"
-            )
-        with loaded as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = read_npz(path)
     except (OSError, ValueError) as exc:
         raise PlanError(f"cannot read samples from {path}: {exc}; give an .npz of arrays named by input") from exc
     labels = arrays.pop("labels", None)

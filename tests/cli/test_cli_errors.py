@@ -63,6 +63,17 @@ def test_plan_with_an_npy_calibration_exits_2_naming_the_npz_format(tmp_path: Pa
     assert ".npz" in result.stderr and "x.npy" in result.stderr, result.stderr
 
 
+def test_split_with_an_npy_samples_file_exits_2_naming_the_npz_format(tmp_path: Path) -> None:
+    model_path = tmp_path / "mlp.onnx"
+    onnx.save_model(mlp(batch=1), model_path)
+    np.save(tmp_path / "x.npy", np.zeros((1, 16), np.float32))
+    result = splitinf("split", str(model_path), "--cut", "relu_0", "-o", str(tmp_path / "out"),
+                      "--samples", str(tmp_path / "x.npy"))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ".npz" in result.stderr and "x.npy" in result.stderr, result.stderr
+
+
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """``splitinf cuts big.onnx | head``: the reader is gone before the table is written."""
     model_path = tmp_path / "mlp.onnx"
