@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # For each message that can hold a tensor: field number -> the message in that field (onnx.proto).
 _TENSOR_FIELDS: dict[str, dict[int, str]] = {
     "model": {7: "graph", 25: "function"},  # ModelProto.graph, .functions
-    "function": {7: "node"},  # FunctionProto.node
+    "function": {7: "node", 11: "attribute"},  # FunctionProto.node, .attribute_proto
     "graph": {1: "node", 5: "tensor", 15: "sparse"},  # GraphProto.node, .initializer, .sparse_initializer
     "node": {5: "attribute"},  # NodeProto.attribute
     "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},

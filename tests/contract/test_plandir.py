@@ -8,14 +8,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
-from onnx.external_data_helper import convert_model_to_external_data
+from onnx.external_data_helper import _get_all_tensors as _all_tensors
+from onnx.external_data_helper import convert_model_to_external_data, set_external_data
 
 from splitinf.contract.plan import load_plan, sha256_file
+from splitinf.contract.plandir import external_data_locations
 from splitinf.edge.runtime import Runtime
 from splitinf.errors import IntegrityError, PlanError
-from splitinf.tools.testing.graphs import mlp
+from splitinf.tools.testing.graphs import if_model, mlp, residual_cnn
 from splitinf.tools.testing.plans import MLP_FALLBACK, write_mlp_plan_dir
 
 SHA_KEYS = ("sha256", "head_sha256", "tail_sha256")
@@ -129,3 +132,33 @@ def test_external_data_outside_the_head_folder_is_a_plan_error(plan_dir: Path, t
         load_plan(plan_dir)
     with pytest.raises(PlanError, match="external data"):
         Runtime(plan_dir, background_probes=False)
+
+
+def _with_subgraph_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
+    """if_model with an initializer and a Constant inside its then-branch: tensors in a subgraph."""
+    then_branch = next(a.g for n in model.graph.node for a in n.attribute if a.name == "then_branch")
+    then_branch.initializer.append(onnx.numpy_helper.from_array(np.ones(4, np.float32), "inner_w"))
+    then_branch.node.append(
+        onnx.helper.make_node(
+            "Constant", [], ["inner_c"], value=onnx.numpy_helper.from_array(np.ones(2, np.float32), "c")
+        )
+    )
+    return model
+
+
+@pytest.mark.parametrize("model", [_with_subgraph_tensors(if_model()), residual_cnn()], ids=["if", "residual"])
+def test_the_wire_scan_finds_every_external_data_location_onnx_does(tmp_path: Path, model: onnx.ModelProto) -> None:
+    tensors = list(_all_tensors(model))
+    for index, tensor in enumerate(tensors):
+        set_external_data(tensor, location=f"part{index}.bin")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert external_data_locations(path) == {f"part{index}.bin" for index in range(len(tensors))}
+
+
+def test_the_wire_scan_refuses_a_file_that_is_not_protobuf(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\xff" * 32)
+    with pytest.raises(ValueError):
+        external_data_locations(path)
