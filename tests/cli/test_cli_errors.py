@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -72,6 +73,21 @@ def test_split_with_an_npy_samples_file_exits_2_naming_the_npz_format(tmp_path: 
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert ".npz" in result.stderr and "x.npy" in result.stderr, result.stderr
+
+
+def test_any_other_environment_error_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import splitinf.cli.cuts
+    from splitinf.cli import main
+
+    def unreadable(args: object) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied", "/models/big.onnx")
+
+    monkeypatch.setattr(splitinf.cli.cuts, "run", unreadable)
+    assert main(["cuts", "big.onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "splitinf cuts: error: [Errno 13] Permission denied: '/models/big.onnx'"
 
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
