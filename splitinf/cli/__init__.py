@@ -5,8 +5,9 @@ Each subcommand lives in its own module under ``splitinf.cli`` with a
 (a function taking the parsed ``argparse.Namespace`` and returning an exit status).
 Heavy imports (onnxruntime, grpc) happen inside handlers so ``--help`` stays fast.
 
-Exit statuses: 0 success, 1 a failure while doing the work, 2 a usage error
-(bad arguments, bad input files, unwritable output), 130 interrupted.
+Exit statuses: 0 success, 1 a failure while doing the work, 2 a usage or environment
+error (bad arguments, bad input files, unwritable output, a port in use), 130 interrupted,
+141 (128 + SIGPIPE, as ``yes | head`` reports) when the reader of the output went away.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,12 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         status: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit flush
+    except BrokenPipeError:
+        # Python docs, "Note on SIGPIPE": point stdout at devnull so the exit flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UsageError, OutputError) as exc:
         print(f"splitinf {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except SplitinfError as exc:
         print(f"splitinf {args.command}: failed: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the environment (files, sockets), not splitinf: no traceback
+        print(f"splitinf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"splitinf {args.command}: interrupted", file=sys.stderr)
         return 130

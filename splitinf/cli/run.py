@@ -69,17 +69,28 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the one at set-up, so a
+    runtime that outlives the command (tests, embedding) never writes to a closed stream."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _configure_event_log() -> None:
     """Mode changes and fallbacks as bare JSON lines on stderr, whatever -v says about the rest."""
     from splitinf.edge.runtime import EVENTS_LOGGER
 
     events = logging.getLogger(EVENTS_LOGGER)
-    for old in [h for h in events.handlers if getattr(h, "splitinf_events", False)]:
-        events.removeHandler(old)  # an earlier run's, bound to the sys.stderr of its time
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.splitinf_events = True  # type: ignore[attr-defined]
-    events.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in events.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        events.addHandler(handler)
     events.setLevel(logging.INFO)
     events.propagate = False
 

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from splitinf.cloud.auth import TokenAuthInterceptor
+from splitinf.cloud.auth import token_interceptors
 from splitinf.cloud.config import ServerConfig
 from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.metrics import ServerMetrics
@@ -125,9 +125,12 @@ class TailServer:
         self.grpc_server.start()
         try:
             self._start_metrics_http()
-        except OSError:
+        except OSError as exc:
             self.stop()
-            raise
+            raise ConfigError(
+                f"cannot serve metrics on {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}; "
+                "choose another --metrics-port (metrics_port in the config), or -1 for no metrics endpoint"
+            ) from exc
         self.dataplane.set_ready(True)
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -206,7 +209,7 @@ def _grpc_server(config: ServerConfig, dataplane: DataPlane) -> tuple[grpc.Serve
     # Admission in DataPlane refuses beyond max_inflight; the extra threads answer health,
     # metadata and refusals quickly. maximum_concurrent_rpcs keeps gRPC's own queue bounded.
     workers = config.max_inflight + 8
-    interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+    interceptors = token_interceptors(config.token, tls=config.tls is not None)
     grpc_server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitinf-grpc"),
         interceptors=interceptors,

@@ -1,11 +1,15 @@
 """The server's side of TLS, mutual TLS and the bearer token.
 
-``TokenAuthInterceptor`` refuses every call but health checks without ``authorization: Bearer <token>``.
+``TokenAuthInterceptor`` refuses every call but health checks without ``authorization: Bearer <token>``:
+methods that do not exist too (UNAUTHENTICATED, not UNIMPLEMENTED, so which exist is not revealed),
+and calls with several ``authorization`` headers (ambiguous: no header wins over another).
+``token_interceptors`` builds it for a server and warns once when the token would travel in plaintext.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +21,9 @@ from splitinf.contract.secrets import read_secret
 from splitinf.errors import ConfigError
 from splitinf.protocol import AUTHORIZATION_HEADER
 
-__all__ = ["ServerTLS", "TokenAuthInterceptor"]
+__all__ = ["ServerTLS", "TokenAuthInterceptor", "token_interceptors"]
+
+log = logging.getLogger(__name__)
 
 # Orchestrators' health probes (Kubernetes grpc probes) cannot send a token; health status
 # reveals nothing, so it stays open while everything else needs the token.
@@ -64,21 +70,36 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if method.startswith(_OPEN_METHOD_PREFIXES):
             return continuation(handler_call_details)
-        presented = ""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == AUTHORIZATION_HEADER and isinstance(value, str):
-                presented = value
-        if hmac.compare_digest(presented.encode(), self._expected):
+        presented = [
+            value
+            for key, value in handler_call_details.invocation_metadata or ()
+            if key == AUTHORIZATION_HEADER and isinstance(value, str)
+        ]
+        if len(presented) == 1 and hmac.compare_digest(presented[0].encode(), self._expected):
             return continuation(handler_call_details)
+        if len(presented) > 1:
+            reason = "several authorization headers (ambiguous)"
+        else:
+            reason = "missing bearer token" if not presented else "wrong bearer token"
+        deny = _denied(f"{reason}: send one 'authorization: Bearer <token>' metadata")
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        reason = "missing bearer token" if not presented else "wrong bearer token"
-        deny = _denied(f"{reason}: send 'authorization: Bearer <token>' metadata")
-        if handler.request_streaming and handler.response_streaming:
+        if handler is None or (handler.request_streaming and handler.response_streaming):
+            # an unknown method answers as a known one would; stream-stream reads no request
             return grpc.stream_stream_rpc_method_handler(deny)
         if handler.request_streaming:
             return grpc.stream_unary_rpc_method_handler(deny)
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny)
+
+
+def token_interceptors(token: str | None, *, tls: bool) -> list[grpc.ServerInterceptor]:
+    """The interceptors a server with this token needs; a token without TLS is logged once."""
+    if not token:
+        return []
+    if not tls:
+        log.warning(
+            "a bearer token is set but TLS is not: the token crosses the network in plaintext; "
+            "configure a TLS certificate and key (or keep the server on loopback behind a TLS proxy)"
+        )
+    return [TokenAuthInterceptor(token)]

@@ -55,9 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from splitinf.contract.files import sha256_file
 from splitinf.contract.tensors import TensorSpec
-from splitinf.errors import IntegrityError, PlanError
+from splitinf.errors import PlanError
 
 __all__ = [
     "DEFAULT_BUDGET_S",
@@ -286,7 +285,7 @@ class Plan:
 
 
 def load_plan(plan_dir: str | os.PathLike[str], *, check_files: Sequence[str] = ("device",)) -> Plan:
-    """Read ``plan_dir/plan.json``; check the sha256 of the files on the named sides ("device", "server")."""
+    """Read ``plan_dir/plan.json``; check the files on the named sides ("device", "server"): see ``plandir``."""
     root = Path(plan_dir)
     plan_file = root / "plan.json"
     if not plan_file.is_file():
@@ -296,21 +295,7 @@ def load_plan(plan_dir: str | os.PathLike[str], *, check_files: Sequence[str] = 
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanError(f"{plan_file} is not readable JSON ({exc}); re-run `splitinf plan`") from exc
     plan = Plan.from_json(data, root=root)
-    for option in plan.options:
-        files: list[tuple[str | None, str | None]] = []
-        if "device" in check_files:
-            files.append((option.head, option.head_sha256) if option.kind == "split" else (option.model, option.sha256))
-        if "server" in check_files and option.kind == "split":
-            files.append((f"server/{option.tail_model}/{option.tail_version}/model.onnx", option.tail_sha256))
-        for relative, expected in files:
-            if relative is None:
-                continue
-            path = root / relative
-            if not path.is_file():
-                raise PlanError(f"the plan's option {option.id!r} needs {path}, which is missing")
-            if expected is not None and sha256_file(path) != expected:
-                raise IntegrityError(
-                    f"{path} has sha256 {sha256_file(path)}, but the plan expects {expected}; "
-                    "the file was changed or comes from another plan"
-                )
+    from splitinf.contract.plandir import check_plan_files  # plandir builds on this module
+
+    check_plan_files(plan, check_files, unsigned=data.get("unsigned") is True)
     return plan

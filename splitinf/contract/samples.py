@@ -25,19 +25,29 @@ import numpy as np
 from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import InputError
 
-__all__ = ["LABELS", "read_samples"]
+__all__ = ["LABELS", "read_npz", "read_samples"]
 
 LABELS = "labels"
 
 Sample = dict[str, np.ndarray]
 
 
-def _read_npz(file: Path) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, never unpickled; an InputError names the file and the fix.
+
+    A single ``.npy`` array names no model input, so it is refused with that reason rather than
+    guessed at.
+    """
     try:
-        with np.load(file, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read samples from {file}: {exc}; give an .npz of arrays named by input") from exc
+        raise InputError(f"cannot read samples from {path}: {exc}; give an .npz of arrays named by input") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(
+            f"{path} holds one array (.npy), not an .npz; save the inputs with numpy.savez(file, INPUT=array, ...)"
+        )
+    with loaded as data:
+        return {name: data[name] for name in data.files}
 
 
 def _read_npy(files: Sequence[Path]) -> dict[str, np.ndarray]:
@@ -53,10 +63,10 @@ def _read_npy(files: Sequence[Path]) -> dict[str, np.ndarray]:
 def _read_files(source: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     """(what to call it in errors, its arrays) for each file (or the directory's .npy files)."""
     if source.is_file():
-        return [(str(source), _read_npz(source))]
+        return [(str(source), read_npz(source))]
     if not source.is_dir():
         raise InputError(f"samples {source} do not exist; give an .npz file or a directory of .npy/.npz files")
-    files = [(str(f), _read_npz(f)) for f in sorted(source.glob("*.npz"))]
+    files = [(str(f), read_npz(f)) for f in sorted(source.glob("*.npz"))]
     npy = sorted(source.glob("*.npy"))
     if npy:
         files.append((f"the .npy files in {source}", _read_npy(npy)))

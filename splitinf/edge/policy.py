@@ -8,7 +8,7 @@ Modes (the breaker state in brackets)::
 
     SPLIT [closed]    --failure / breaker trip / predicted over budget--> FALLBACK [open]
     FALLBACK [open]   --open period over, min dwell, flap limit allows--> PROBING [half-open]
-    PROBING           --a probe fails or is slow------------------------> FALLBACK (open period grows)
+    PROBING           --a probe fails, or the slow-probe rate is high---> FALLBACK (open period grows)
     PROBING           --enough healthy probes over the stabilisation
                         period, min dwell, a split option fits---------> SPLIT
 
@@ -20,6 +20,12 @@ Modes (the breaker state in brackets)::
   requests: it trips when at least ``min_calls`` calls in the window have a
   failure rate or a slow-call rate (slower than the split-mode budget) at or
   above the thresholds, or after ``trip_after_failures`` consecutive failures.
+- Half-open, a failed probe trips at once, but one slow probe does not: a
+  restarted server's first answer (reconnect, warm-up) is slow while its
+  neighbours are not. Slow probes trip when their rate over this half-open
+  period reaches ``slow_call_rate`` once there are ``min_calls`` of them, as
+  resilience4j's ``slowCallRateThreshold`` and ``minimumNumberOfCalls`` do;
+  returning needs ``half_open_probes`` fast probes and that rate below the threshold.
 - The option for a request is the plan's rule, :func:`splitinf.contract.plan.choose_option`
   (the most accurate option expected to meet the budget, ties to the faster) at the
   current estimates; the fallback when none is expected to. In FALLBACK and PROBING only
@@ -73,7 +79,7 @@ class PolicyConfig:
     open_s: float = 5.0
     open_multiplier: float = 2.0
     open_max_s: float = 120.0
-    half_open_probes: int = 3  # healthy probes needed before returning to SPLIT
+    half_open_probes: int = 3  # fast (within budget) probes needed before returning to SPLIT
     probe_interval_s: float = 1.0
     stabilisation_s: float = 10.0
     min_dwell_s: float = 5.0
@@ -154,6 +160,7 @@ class Policy:
         self._consecutive_failures = 0
         self._calls: deque[tuple[float, bool, bool]] = deque()  # (at, failed, slow)
         self._probe_successes = 0
+        self._probe_slow: list[bool] = []  # this half-open period's probes: slow or not
         self._probe_in_flight = False
         self._last_probe_at = -math.inf
         self._split_entries: deque[float] = deque()
@@ -191,6 +198,7 @@ class Policy:
             self._consecutive_failures = 0
         if new is Mode.PROBING:
             self._probe_successes = 0
+            self._probe_slow = []
             self._probe_in_flight = False
             self._last_probe_at = -math.inf
         return Event(
@@ -232,6 +240,7 @@ class Policy:
             stable_for = now - self._mode_since
             if (
                 self._probe_successes >= cfg.half_open_probes
+                and self._probe_slow_rate() < cfg.slow_call_rate
                 and stable_for >= max(cfg.stabilisation_s, cfg.min_dwell_s)
                 and now >= self._flap_allowed_at()
             ):
@@ -324,7 +333,14 @@ class Policy:
         self._probe_in_flight = False
         if self._mode is not Mode.PROBING:
             return []
-        if ok and (latency_s is None or latency_s <= self.config.budget_s):
-            self._probe_successes += 1
-            return []
-        return [self._trip(reason if not ok else "probe_slow", now)]
+        if not ok:
+            return [self._trip(reason, now)]
+        slow = latency_s is not None and latency_s > self.config.budget_s
+        self._probe_slow.append(slow)
+        self._probe_successes += not slow
+        if len(self._probe_slow) >= self.config.min_calls and self._probe_slow_rate() >= self.config.slow_call_rate:
+            return [self._trip("probe_slow", now)]
+        return []
+
+    def _probe_slow_rate(self) -> float:
+        return sum(self._probe_slow) / len(self._probe_slow) if self._probe_slow else 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from splitinf.contract.plan import Option, Plan
 from splitinf.contract.tensors import TensorSpec
 from splitinf.edge.estimate import Estimates
-from splitinf.edge.policy import BreakerState, Mode, Policy, PolicyConfig
+from splitinf.edge.policy import BreakerState, Event, Mode, Policy, PolicyConfig
 from splitinf.errors import ConfigError, PlanError
 from splitinf.tools.testing.plans import split_option
 
@@ -202,15 +204,64 @@ def test_probe_failure_reopens_with_a_growing_capped_open_period() -> None:
     assert opens == [5, 10, 20, 40, 40]
 
 
-def test_slow_probe_counts_as_failed() -> None:
-    policy, clock = make_policy()
+def _trip_and_wait_for_probing(policy: Policy, clock: FakeClock) -> float:
+    """Two failures trip the breaker (open 5 s); returns the open period once PROBING."""
     policy.record(SMALL.id, ok=False)
-    policy.record(SMALL.id, ok=False)
-    clock.advance(5)
-    policy.tick(estimates())
+    (event,) = policy.record(SMALL.id, ok=False)
+    clock.advance(max(policy._open_until - clock.now, CFG.min_dwell_s))
+    assert policy.tick(estimates())[0].new == "probing"
+    return event.open_s
+
+
+def _probe(policy: Policy, clock: FakeClock, *, ok: bool = True, latency_s: float = 0.01) -> list[Event]:
+    clock.advance(CFG.probe_interval_s)
+    assert policy.probe_due()
     policy.probe_started()
-    (event,) = policy.record_probe(ok=True, latency_s=0.5)
-    assert event.reason == "probe_slow" and policy.mode is Mode.FALLBACK
+    return policy.record_probe(ok=ok, latency_s=latency_s) + policy.tick(estimates())
+
+
+def test_one_slow_probe_during_stabilisation_neither_trips_nor_grows_the_open_period() -> None:
+    # a restarted server's first answer (reconnect, warm-up) is slow; its neighbours are not
+    policy, clock = make_policy()
+    assert _trip_and_wait_for_probing(policy, clock) == 5
+    assert _probe(policy, clock, latency_s=0.5) == []  # budget 0.1
+    assert policy.mode is Mode.PROBING
+    events = []
+    for _ in range(12):
+        if policy.mode is Mode.PROBING:
+            events += _probe(policy, clock)
+    assert [(e.old, e.new, e.reason) for e in events] == [("probing", "split", "stable")]
+    # the next trip is the second, not the third: the slow probe did not count as a failed recovery
+    policy.record(SMALL.id, ok=False)
+    (event,) = policy.record(SMALL.id, ok=False)
+    assert event.open_s == 10
+
+
+def test_a_sustained_slow_probe_rate_trips_with_a_growing_open_period() -> None:
+    policy, clock = make_policy()
+    _trip_and_wait_for_probing(policy, clock)
+    for _ in range(CFG.min_calls - 1):  # too few probes for a rate
+        assert _probe(policy, clock, latency_s=0.5) == []
+    (event,) = _probe(policy, clock, latency_s=0.5)
+    assert (event.old, event.new, event.reason, event.open_s) == ("probing", "fallback", "probe_slow", 10)
+
+
+def test_a_slow_probe_rate_counts_over_the_half_open_period() -> None:
+    policy, clock = make_policy(dataclasses.replace(CFG, half_open_probes=3))  # min_calls 3
+    _trip_and_wait_for_probing(policy, clock)
+    assert _probe(policy, clock, latency_s=0.5) == []
+    assert _probe(policy, clock) == []
+    assert _probe(policy, clock) == []  # 1 slow of 3: under slow_call_rate 0.5
+    (event,) = _probe(policy, clock, latency_s=0.5)  # 2 of 4
+    assert (event.new, event.reason) == ("fallback", "probe_slow")
+
+
+def test_a_failed_probe_still_trips_at_once_even_after_a_slow_one() -> None:
+    policy, clock = make_policy()
+    _trip_and_wait_for_probing(policy, clock)
+    assert _probe(policy, clock, latency_s=0.5) == []
+    (event,) = _probe(policy, clock, ok=False)
+    assert (event.new, event.reason, event.open_s) == ("fallback", "probe_failed", 10)
 
 
 def test_stable_probes_but_bad_estimates_go_back_to_fallback() -> None:
@@ -274,7 +325,7 @@ def test_bad_config_and_plan_are_clear_errors() -> None:
 ACTIONS = st.lists(
     st.tuples(
         st.floats(min_value=0.0, max_value=4.0),
-        st.sampled_from(["decide", "ok", "fail", "slow", "probe_ok", "probe_fail", "bad_net"]),
+        st.sampled_from(["decide", "ok", "fail", "slow", "probe_ok", "probe_fail", "probe_slow", "bad_net"]),
     ),
     max_size=300,
 )
@@ -296,7 +347,7 @@ def test_random_outcomes_never_oscillate_faster_than_dwell_allows(actions: list[
             events += policy.record(SMALL.id, ok=action != "fail", latency_s=0.5 if action == "slow" else 0.01)
         elif policy.probe_due():
             policy.probe_started()
-            events += policy.record_probe(ok=action == "probe_ok", latency_s=0.01)
+            events += policy.record_probe(ok=action != "probe_fail", latency_s=0.5 if action == "probe_slow" else 0.01)
         mode_events += [e for e in events if e.kind == "mode"]
     entered = {"split": clock.now - 10**6}
     split_returns: list[float] = []

@@ -321,11 +321,17 @@ def _failover_plan(plan_dir: Path, target: Path) -> Path:
     data["options"] = [o for o in data["options"] if o["kind"] != "local"]
     target.mkdir(parents=True, exist_ok=True)
     for part in ("device", "server"):
-        link = target / part
-        if not link.exists():
-            link.symlink_to((plan_dir / part).resolve(), target_is_directory=True)
+        if not (target / part).exists():  # hard links: the device refuses symlinks leaving its plan directory
+            shutil.copytree(plan_dir / part, target / part, copy_function=_link_or_copy)
     (target / "plan.json").write_text(json.dumps(data, indent=2))
     return target
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem
+        shutil.copy2(source, destination)
 
 
 def _failover_summary(reply: dict[str, Any]) -> dict[str, Any]:
