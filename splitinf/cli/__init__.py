@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "profile",
     "plan",
     "serve",
+    "triton",
     "run",
     "demo",
     "bench",

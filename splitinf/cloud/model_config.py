@@ -10,7 +10,7 @@ of range; every error is one line that says where (``path:line:column``).
 - :func:`serving_config`: the settings splitinf's server acts on (dynamic batching)
 - :func:`complete_model_config`: fill in what the config leaves out from the ONNX model's
   inputs and outputs, the way Triton's onnxruntime backend autocompletes (the ModelConfig RPC)
-- :func:`tail_model_config` / :func:`config_pbtxt`: the ``config.pbtxt`` Triton needs for a tail
+- :func:`config_pbtxt`: a ``ModelConfig`` as Triton's config.pbtxt (``splitinf triton-config`` writes one per tail)
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ __all__ = [
     "parse_model_config",
     "read_model_config",
     "serving_config",
-    "tail_model_config",
 ]
 
 CONFIG_FILE = "config.pbtxt"
@@ -223,26 +222,6 @@ def _add_missing(declared: Any, specs: Sequence[TensorSpec], batched: bool) -> N
             tensor.data_type = _data_type(spec)
         if not tensor.dims:
             tensor.dims.extend(_dims(spec, batched))
-
-
-def tail_model_config(
-    name: str,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    *,
-    max_batch_size: int = 0,
-    max_queue_delay_us: int = 0,
-    instance_count: int = 1,
-) -> mc.ModelConfig:
-    """The ModelConfig Triton needs to serve a tail: ``platform: "onnxruntime_onnx"``, tensors and batching."""
-    config = mc.ModelConfig(name=name, platform=PLATFORM)
-    config.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
-    config = complete_model_config(config, name, inputs, outputs, max_batch_size=max_batch_size)
-    config.ClearField("backend")  # platform alone is what Triton's own examples write
-    config.ClearField("default_model_filename")
-    if max_batch_size > 0:
-        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    return config
 
 
 def config_pbtxt(config: mc.ModelConfig) -> str:

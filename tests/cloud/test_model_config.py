@@ -6,16 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
 
 from splitinf.cloud.model_config import (
     ServingConfig,
     complete_model_config,
-    config_pbtxt,
     parse_model_config,
     read_model_config,
     serving_config,
-    tail_model_config,
 )
 from splitinf.cloud.repository import load_repository
 from splitinf.contract.plan import TensorSpec
@@ -167,17 +164,3 @@ def test_batching_needs_a_batch_dimension() -> None:
     fixed = (TensorSpec("a", "float32", (1, 8)),)
     with pytest.raises(ConfigError, match="needs a variable first"):
         complete_model_config(None, "tail", fixed, SPECS_OUT, max_batch_size=4)
-
-
-def test_tail_config_pbtxt_is_what_triton_needs_and_reads_back() -> None:
-    text = config_pbtxt(tail_model_config("t", SPECS_IN, SPECS_OUT, max_batch_size=16, max_queue_delay_us=500))
-    assert 'platform: "onnxruntime_onnx"' in text and "max_batch_size: 16" in text
-    config = parse_model_config(text)
-    assert config.dynamic_batching.max_queue_delay_microseconds == 500
-    assert [(t.name, list(t.dims)) for t in config.input] == [("a", [8]), ("b", [4])]
-    assert config.output[0].data_type == mc.TYPE_FP32 and not config.backend
-    # tritonclient's own ModelConfig (Triton's full proto) reads the text too.
-    from tritonclient.grpc import model_config_pb2 as triton
-
-    theirs = text_format.Parse(text, triton.ModelConfig())
-    assert theirs.SerializeToString() == config.SerializeToString()
