@@ -88,9 +88,9 @@ def test_declared_protobuf_bound_is_the_gencode_version() -> None:
     (version,) = gencode
     protobuf = _dependencies()["protobuf"]
     assert _lower_bound(protobuf) == version, f"pyproject says {protobuf}, the generated code is protobuf {version}"
-    upper = [Version(spec.version) for spec in protobuf.specifier if spec.operator == "<"]
-    # Protobuf promises a runtime takes gencode of its own major and the one before; 7.x also loads 5.x (tested).
-    assert upper and upper[0].major <= version.major + 3, f"{protobuf}: no upper bound or one beyond tested majors"
+    # Protobuf promises a runtime loads gencode of its major and the one before; 7.x also loads 5.x (the main
+    # CI venv runs 7.x, the tritonclient venv 6.x). A future major may not: it is opted into after testing.
+    assert any(spec.operator == "<" for spec in protobuf.specifier), f"{protobuf}: no upper bound"
     assert metadata.version("protobuf") in protobuf.specifier, "the installed protobuf is outside the declared range"
 
 
