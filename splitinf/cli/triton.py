@@ -34,12 +34,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.cloud.model_config import CONFIG_FILE, complete_model_config, config_pbtxt, read_model_config
+    from splitinf.cloud.model_config import CONFIG_FILE, config_pbtxt
     from splitinf.cloud.repository import load_repository
     from splitinf.errors import ConfigError
 
     if args.max_batch is not None and args.max_batch < 0:
         raise ConfigError(f"--max-batch {args.max_batch}: use 0 (no batching) or more")
+    # Loading completes each model's config.pbtxt from the model and refuses one that contradicts it.
     models = load_repository(args.repo, max_batch_size=args.max_batch, batch_delay_ms=args.batch_delay_ms, warmup=False)
     for name, versions in models.items():
         newest = versions[max(versions, key=int)]
@@ -50,18 +51,9 @@ def run(args: argparse.Namespace) -> int:
                     "outputs; Triton's config.pbtxt describes them all, so give them separate model names"
                 )
         path = args.repo / name / CONFIG_FILE
-        existing = read_model_config(args.repo / name)
-        completed = complete_model_config(
-            existing,
-            name,
-            newest.inputs,
-            newest.outputs,
-            max_batch_size=newest.max_batch_size,
-            max_queue_delay_s=newest.batch_delay_s,
-        )
-        if existing is not None and not args.overwrite:
+        if path.is_file() and not args.overwrite:
             print(f"kept {path} (it matches the model; --overwrite writes it completed)")
             continue
-        path.write_text(config_pbtxt(completed))
+        path.write_text(config_pbtxt(newest.config))
         print(f"wrote {path}")
     return 0

@@ -184,7 +184,9 @@ def complete_model_config(
     completed = mc.ModelConfig()
     if config is not None:
         completed.CopyFrom(config)
-    completed.name = completed.name or name
+    if completed.name and completed.name != name:
+        raise ConfigError(f"model {name!r}: config.pbtxt names it {completed.name!r}; the folder's name is the model's")
+    completed.name = name
     completed.platform, completed.backend = PLATFORM, BACKEND
     completed.default_model_filename = completed.default_model_filename or DEFAULT_MODEL_FILENAME
     if max_batch_size is not None:

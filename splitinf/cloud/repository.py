@@ -26,18 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from splitinf.cloud.model_config import CONFIG_FILE, ServingConfig, serving_config
+from splitinf.cloud.model_config import CONFIG_FILE, complete_model_config, serving_config
 from splitinf.cloud.model_config import read_model_config as read_config_pbtxt
 from splitinf.contract.plan import TensorSpec
 from splitinf.errors import ConfigError, IntegrityError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import SessionSettings, check_providers, open_session, session_options
 from splitinf.protocol import grpc_service_pb2 as pb
+from splitinf.protocol import model_config_pb2 as mc
 from splitinf.protocol.tensors import check_array, decode_request_inputs, encode_request
 
 __all__ = [
     "LoadedModel",
     "load_repository",
-    "read_model_config",
     "scan_repository",
 ]
 
@@ -60,14 +60,6 @@ _ORT_TYPES = {
     "tensor(uint64)": "uint64",
     "tensor(bool)": "bool",
 }
-
-# --- config.pbtxt ---------------------------------------------------------------------------
-
-
-def read_model_config(model_dir: Path) -> ServingConfig:
-    """What the server takes from ``MODEL/config.pbtxt`` (defaults when there is none)."""
-    return serving_config(read_config_pbtxt(model_dir))
-
 
 # --- models -----------------------------------------------------------------------------------
 
@@ -105,6 +97,8 @@ class LoadedModel:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0  # > 0: dynamic batching across requests
     batch_delay_s: float = 0.0
+    # config.pbtxt completed from the model as Triton does (what the ModelConfig call answers).
+    config: mc.ModelConfig = field(default_factory=mc.ModelConfig)
     _output_names: tuple[str, ...] = field(default=(), repr=False)
     _input_names: frozenset[str] = field(default=frozenset(), repr=False)
     # Per input: name, dtype, rank and the (axis, size) pairs that must match: built once, checked per call.
@@ -258,7 +252,8 @@ def load_repository(
     session_options(settings)  # a bad optimization level is a ConfigError before any model loads
     models: dict[str, dict[str, LoadedModel]] = {}
     for name, versions in scan_repository(repo).items():
-        config = read_model_config(repo / name)
+        declared = read_config_pbtxt(repo / name)
+        config = serving_config(declared)
         batch = config.max_batch_size if config.dynamic_batching else 0
         delay_s = config.max_queue_delay_s
         if max_batch_size is not None:
@@ -289,6 +284,11 @@ def load_repository(
                         f"{repo / name / CONFIG_FILE}: dynamic batching needs a variable first (batch) "
                         f"dimension on every input and output of {path}"
                     )
+            # Checks config.pbtxt's tensors against the model (ConfigError on a mismatch), as Triton does at load.
+            model.config = complete_model_config(
+                declared, name, model.inputs, model.outputs,
+                max_batch_size=model.max_batch_size, max_queue_delay_s=model.batch_delay_s,
+            )  # fmt: skip
             if warmup:
                 model.warm_up()
             log.info(

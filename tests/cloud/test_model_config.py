@@ -116,8 +116,17 @@ def test_the_repository_batches_as_config_pbtxt_says(write_v2_repository: Callab
     _write(tmp_path / "mlp", "max_batch_size: 4\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n")
     model = load_repository(tmp_path, warmup=False)["mlp"]["1"]
     assert (model.max_batch_size, model.batch_delay_s) == (4, 0.002)
+    assert model.config.platform == "onnxruntime_onnx" and model.config.input[0].name == "x"  # the ModelConfig answer
+    assert list(model.config.input[0].dims) == [16]
+    assert model.config.dynamic_batching.max_queue_delay_microseconds == 2000
     _write(tmp_path / "mlp", "max_bach_size: 4\n")
     with pytest.raises(ConfigError, match="max_bach_size"):
+        load_repository(tmp_path, warmup=False)
+    _write(tmp_path / "mlp", 'input [{ name: "x" dims: [8] }]\n')  # Triton refuses this at load too
+    with pytest.raises(ConfigError, match=r"dims \[8\], the model has \[-1, 16\]"):
+        load_repository(tmp_path, warmup=False)
+    _write(tmp_path / "mlp", 'name: "other"\n')
+    with pytest.raises(ConfigError, match="config.pbtxt names it 'other'; the folder's name is the model's"):
         load_repository(tmp_path, warmup=False)
 
 
