@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES = (
     "profile",
     "plan",
     "serve",
+    "triton",
     "run",
     "demo",
     "bench",

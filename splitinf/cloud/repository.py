@@ -10,14 +10,13 @@
           manifest.json       optional (from `splitinf split`); parts.tail.sha256 must match model.onnx
 
 The same folder can be served by NVIDIA Triton (``cloud/TRITON.md``). ``config.pbtxt`` is
-read with a small tolerant text-format parser: unknown fields are skipped, nothing is evaluated.
+parsed by ``cloud/model_config.py`` with protobuf's text_format, strictly, as Triton does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,26 +25,25 @@ from typing import Any
 
 import numpy as np
 
+from splitinf.cloud.model_config import CONFIG_FILE, complete_model_config, serving_config
+from splitinf.cloud.model_config import read_model_config as read_config_pbtxt
 from splitinf.contract.manifest import check_part
 from splitinf.contract.tensors import TensorSpec, check_tensors
 from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import SessionSettings, check_providers, open_session, session_options
 from splitinf.protocol import grpc_service_pb2 as pb
+from splitinf.protocol import model_config_pb2 as mc
 from splitinf.protocol.tensors import decode_request_inputs, encode_request
 
 __all__ = [
     "LoadedModel",
-    "ModelConfig",
     "load_repository",
-    "parse_pbtxt",
-    "read_model_config",
     "scan_repository",
 ]
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-CONFIG_FILE = "config.pbtxt"
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -61,127 +59,6 @@ _ORT_TYPES = {
     "tensor(uint64)": "uint64",
     "tensor(bool)": "bool",
 }
-
-# --- config.pbtxt -----------------------------------------------------------------------------
-
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<comment>\#[^\n]*)
-      | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-      | (?P<punct>[{}\[\]:,;<>])
-      | (?P<word>[A-Za-z0-9_.+\-]+)
-    )""",
-    re.X,
-)
-
-
-def _tokens(text: str) -> list[str]:
-    tokens = []
-    position = 0
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if match is None or match.end() == position:
-            if text[position:].strip() == "":
-                break
-            raise ConfigError(f"config.pbtxt: unexpected character {text[position]!r} at offset {position}")
-        position = match.end()
-        if match.group("comment") is None:
-            tokens.append(match.group("string") or match.group("punct") or match.group("word"))
-    return tokens
-
-
-def _scalar(token: str) -> Any:
-    if token[:1] in "\"'":
-        return token[1:-1]
-    for convert in (int, float):
-        try:
-            return convert(token)
-        except ValueError:
-            pass
-    return token  # enum names, true/false
-
-
-def parse_pbtxt(text: str) -> dict[str, Any]:
-    """Protobuf text format -> nested dicts; a repeated field becomes a list. No evaluation."""
-    tokens = _tokens(text)
-    position = 0
-
-    def value() -> Any:
-        nonlocal position
-        token = tokens[position]
-        if token in ("{", "<"):
-            position += 1
-            return message("}" if token == "{" else ">")
-        if token == "[":
-            position += 1
-            items = []
-            while tokens[position] != "]":
-                items.append(value())
-                if tokens[position] == ",":
-                    position += 1
-            position += 1
-            return items
-        position += 1
-        return _scalar(token)
-
-    def message(end: str | None) -> dict[str, Any]:
-        nonlocal position
-        fields: dict[str, Any] = {}
-        while position < len(tokens) and tokens[position] != end:
-            name = tokens[position]
-            position += 1
-            if tokens[position] == ":":
-                position += 1
-            item = value()
-            if name in fields:
-                existing = fields[name]
-                fields[name] = (existing if isinstance(existing, list) else [existing]) + (
-                    item if isinstance(item, list) else [item]
-                )
-            else:
-                fields[name] = item
-            if position < len(tokens) and tokens[position] in (",", ";"):
-                position += 1
-        if end is not None:
-            if position >= len(tokens):
-                raise ConfigError(f"config.pbtxt: missing closing {end!r}")
-            position += 1
-        return fields
-
-    try:
-        return message(None)
-    except IndexError:
-        raise ConfigError("config.pbtxt: the text ends in the middle of a field") from None
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What splitinf uses from config.pbtxt."""
-
-    max_batch_size: int = 0
-    dynamic_batching: bool = False
-    max_queue_delay_s: float = 0.0
-
-
-def read_model_config(model_dir: Path) -> ModelConfig:
-    path = model_dir / CONFIG_FILE
-    if not path.is_file():
-        return ModelConfig()
-    try:
-        fields = parse_pbtxt(path.read_text())
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    max_batch = fields.get("max_batch_size", 0)
-    batching = fields.get("dynamic_batching")
-    if not isinstance(max_batch, int) or max_batch < 0:
-        raise ConfigError(f"{path}: max_batch_size must be a non-negative integer, got {max_batch!r}")
-    delay_us = batching.get("max_queue_delay_microseconds", 0) if isinstance(batching, dict) else 0
-    return ModelConfig(
-        max_batch_size=max_batch,
-        dynamic_batching=batching is not None,
-        max_queue_delay_s=float(delay_us) / 1e6,
-    )
-
 
 # --- models -----------------------------------------------------------------------------------
 
@@ -203,6 +80,8 @@ class LoadedModel:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0  # > 0: dynamic batching across requests
     batch_delay_s: float = 0.0
+    # config.pbtxt completed from the model as Triton does (what the ModelConfig call answers).
+    config: mc.ModelConfig = field(default_factory=mc.ModelConfig)
     _output_names: tuple[str, ...] = field(default=(), repr=False)
     _has_batch_dimension: bool = field(default=False, repr=False)
 
@@ -317,7 +196,8 @@ def load_repository(
     session_options(settings)  # a bad optimization level is a ConfigError before any model loads
     models: dict[str, dict[str, LoadedModel]] = {}
     for name, versions in scan_repository(repo).items():
-        config = read_model_config(repo / name)
+        declared = read_config_pbtxt(repo / name)
+        config = serving_config(declared)
         batch = config.max_batch_size if config.dynamic_batching else 0
         delay_s = config.max_queue_delay_s
         if max_batch_size is not None:
@@ -348,6 +228,11 @@ def load_repository(
                         f"{repo / name / CONFIG_FILE}: dynamic batching needs a variable first (batch) "
                         f"dimension on every input and output of {path}"
                     )
+            # Checks config.pbtxt's tensors against the model (ConfigError on a mismatch), as Triton does at load.
+            model.config = complete_model_config(
+                declared, name, model.inputs, model.outputs,
+                max_batch_size=model.max_batch_size, max_queue_delay_s=model.batch_delay_s,
+            )  # fmt: skip
             if warmup:
                 model.warm_up()
             log.info(

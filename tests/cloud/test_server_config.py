@@ -1,4 +1,4 @@
-"""Server configuration (TOML + overrides) and the tolerant config.pbtxt reader."""
+"""Server configuration (TOML + overrides); config.pbtxt is tests/cloud/test_model_config.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from splitinf.cloud.config import ServerConfig, load_server_config
-from splitinf.cloud.repository import parse_pbtxt, read_model_config
 from splitinf.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,50 +69,6 @@ def test_no_repository_and_empty_token_are_refused(tmp_path: Path) -> None:
         load_server_config(None, repo=tmp_path, token_file=tmp_path / "t")
     with pytest.raises(ConfigError, match="max_inflight 0 must be at least 1"):
         ServerConfig(repo=tmp_path, max_inflight=0)
-
-
-TRITON_CONFIG = """
-# A Triton config for an ONNX tail
-name: "digits.c12.fp16"
-platform: "onnxruntime_onnx"
-max_batch_size: 16
-input [
-  {
-    name: "h"
-    data_type: TYPE_FP16
-    dims: [ 32, 4, 4 ]
-  }
-]
-output [ { name: "logits", data_type: TYPE_FP32, dims: [ 10 ] } ]
-instance_group [ { count: 2, kind: KIND_CPU } ]
-dynamic_batching {
-  preferred_batch_size: [ 4, 8 ]
-  max_queue_delay_microseconds: 500
-}
-parameters { key: "note" value: { string_value: "it's \\"quoted\\"" } }
-"""
-
-
-def test_pbtxt_reader_handles_a_real_triton_config(tmp_path: Path) -> None:
-    fields = parse_pbtxt(TRITON_CONFIG)
-    assert fields["name"] == "digits.c12.fp16" and fields["max_batch_size"] == 16
-    assert fields["input"][0]["dims"] == [32, 4, 4] and fields["input"][0]["data_type"] == "TYPE_FP16"
-    assert fields["output"][0]["name"] == "logits"
-    assert fields["dynamic_batching"]["preferred_batch_size"] == [4, 8]
-    (tmp_path / "config.pbtxt").write_text(TRITON_CONFIG)
-    config = read_model_config(tmp_path)
-    assert (config.max_batch_size, config.dynamic_batching, config.max_queue_delay_s) == (16, True, 0.0005)
-
-
-def test_pbtxt_without_dynamic_batching_and_broken_text(tmp_path: Path) -> None:
-    (tmp_path / "config.pbtxt").write_text("max_batch_size: 8\n")
-    assert read_model_config(tmp_path).dynamic_batching is False
-    (tmp_path / "config.pbtxt").write_text("dynamic_batching { max_queue_delay_microseconds: 5\n")
-    with pytest.raises(ConfigError, match="config.pbtxt"):
-        read_model_config(tmp_path)
-    (tmp_path / "config.pbtxt").write_text("max_batch_size: -3\n")
-    with pytest.raises(ConfigError, match="max_batch_size must be a non-negative integer"):
-        read_model_config(tmp_path)
 
 
 def test_the_kubernetes_configmap_holds_a_valid_config(tmp_path: Path) -> None:
