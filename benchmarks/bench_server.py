@@ -335,7 +335,18 @@ def medians(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
 
-def main() -> int:
+Server = tuple[str, subprocess.Popen[str], int]
+# Hidden flags that start each bare server (the value after the first flag is the response size).
+BARE_SERVER_FLAGS = {
+    "bare": ["--bare-server"],
+    "bare-aio": ["--bare-server", "--aio"],
+    "bare-pb": ["--bare-pb-server"],
+    "bare-glibc": ["--bare-server", "--malloc-defaults"],
+}
+CLIENT_COUNTS = (1, 4, 16)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=100, help="calls per client per run")
     parser.add_argument("--repeats", type=int, default=5, help="runs per configuration; medians are reported")
@@ -347,13 +358,17 @@ def main() -> int:
     parser.add_argument("--aio", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-ort-server", type=Path, metavar="REPO", help=argparse.SUPPRESS)
     parser.add_argument("--no-ort-server", type=Path, metavar="REPO", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def serve_if_server_process(args: argparse.Namespace) -> bool:
+    """Run the server this process was started as (a hidden flag), if any; True once it has served."""
     if args.no_ort_server is not None:
         serve_splitinf_without_onnxruntime(args.no_ort_server)
-        return 0
+        return True
     if args.bare_ort_server is not None:
         serve_bare_onnxruntime(args.bare_ort_server)
-        return 0
+        return True
     if args.bare_server is not None or args.bare_pb_server is not None:
         serve_bare(
             args.bare_server or args.bare_pb_server,
@@ -361,123 +376,148 @@ def main() -> int:
             tuned=not args.malloc_defaults,
             aio=args.aio,
         )
-        return 0
-    only_overhead = args.overhead_only
-    requests = 8 if args.quick else args.requests
-    repeats = 1 if args.quick else args.repeats
-    here = Path(__file__).resolve()
+        return True
+    return False
+
+
+def print_header(script: Path, requests: int, repeats: int, only_overhead: bool) -> None:
     flags = " --overhead-only" if only_overhead else ""
-    print(f"command: python {here.relative_to(here.parents[1])} --requests {requests} --repeats {repeats}{flags}")
+    print(f"command: python {script.relative_to(script.parents[1])} --requests {requests} --repeats {repeats}{flags}")
     print(f"medians of {repeats} interleaved runs per row")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     print(f"tensor: {list(SHAPE)} float32 = {int(np.prod(SHAPE)) * 4:,} bytes per request\n")
 
+
+def write_repository(repo: Path) -> None:
+    for name, model in (("small", tail_small()), ("conv", tail_conv())):
+        (repo / name / "1").mkdir(parents=True)
+        onnx.save(model, repo / name / "1" / "model.onnx")
+
+
+def start_baseline_servers(script: Path, repo: Path, response_size: int, servers: list[Server]) -> None:
+    """Start no-ort, the bare servers and bare-ort, appending each to servers as it starts."""
+    process, no_ort_port = start([sys.executable, str(script), "--no-ort-server", str(repo)])
+    servers.append(("no-ort", process, no_ort_port))
+    for label, bare_flags in BARE_SERVER_FLAGS.items():
+        command = [sys.executable, str(script), bare_flags[0], str(response_size), *bare_flags[1:]]
+        process, bare_port = start(command)
+        servers.append((label, process, bare_port))
+    process, bare_ort_port = start([sys.executable, str(script), "--bare-ort-server", str(repo)])
+    servers.append(("bare-ort", process, bare_ort_port))
+
+
+def print_server_rows(clients: int, servers: list[Server], overhead_runs: dict[str, list[dict[str, float]]]) -> None:
+    for label, _, _ in servers:
+        row = medians(overhead_runs[label])
+        calls = sum(r["calls"] for r in overhead_runs[label])
+        cpu_per_call = sum(r["cpu_ms"] for r in overhead_runs[label]) / calls
+        sys_per_call = sum(r["sys_ms"] for r in overhead_runs[label]) / calls
+        faults_per_call = sum(r["faults"] for r in overhead_runs[label]) / calls
+        print(
+            f"{clients:>7} {label:>10} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} "
+            f"{row['p99_ms']:>8.2f} {row['compute_p50_ms']:>10.3f}ms {cpu_per_call:>7.3f}ms "
+            f"{sys_per_call:>5.3f}ms {faults_per_call:>11.1f}"
+        )
+
+
+def print_overhead_comparisons(overhead_runs: dict[str, list[dict[str, float]]]) -> None:
+    # Per run, whichever bare echo (grpcio's thread-pool or asyncio server) was faster.
+    overhead_runs["best bare"] = [
+        min(rows, key=lambda r: r["p50_ms"])
+        for rows in zip(overhead_runs["bare"], overhead_runs["bare-aio"], strict=True)
+    ]
+    comparisons = [("splitinf", bare) for bare in [*BARE_SERVER_FLAGS, "best bare", "bare-ort"]]
+    comparisons += [("no-ort", "best bare"), ("bare-ort", "best bare")]
+    for ours_label, label in comparisons:
+        ours = overhead_runs[ours_label]
+        pairs = [  # compute excluded on both sides (only bare-ort's base has any)
+            (o["p50_ms"] - o["compute_p50_ms"] - (b["p50_ms"] - b["compute_p50_ms"]))
+            / (b["p50_ms"] - b["compute_p50_ms"])
+            for o, b in zip(ours, overhead_runs[label], strict=True)
+        ]
+        print(
+            f"{'':>7} {ours_label} overhead per call vs {label} (p50, compute excluded): "
+            f"{100 * statistics.median(pairs):+.1f}% (median of {len(pairs)} pairs; "
+            f"range {100 * min(pairs):+.0f}% .. {100 * max(pairs):+.0f}%)"
+        )
+        cpu_ratio = sum(r["cpu_ms"] for r in ours) / max(1e-9, sum(r["cpu_ms"] for r in overhead_runs[label]))
+        print(
+            f"{'':>7}   {ours_label} server CPU per call vs {label} (compute included): {100 * (cpu_ratio - 1):+.1f}%"
+        )
+
+
+def compare_overhead(servers: list[Server], payload: bytes, requests: int, repeats: int) -> None:
+    print("1) splitinf (tail 'small') vs bare gRPC servers, same request bytes")
+    print(
+        f"{'clients':>7} {'server':>10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'compute p50':>12} "
+        f"{'CPU/call':>9} {'sys':>7} {'faults/call':>11}"
+    )
+    for clients in CLIENT_COUNTS:
+        overhead_runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in servers}
+        for _ in range(repeats):  # interleaved, so all see the same background load
+            for label, process, server_port in servers:
+                row = run_load(server_port, payload, clients, requests, process.pid)
+                overhead_runs[label].append(row)
+        print_server_rows(clients, servers, overhead_runs)
+        print_overhead_comparisons(overhead_runs)
+
+
+def run_overhead_section(script: Path, repo: Path, serve: list[str], requests: int, repeats: int) -> None:
+    small_payload = request_bytes("small")
+    splitinf_server, port = start(serve)
+    servers: list[Server] = [("splitinf", splitinf_server, port)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            response_size = len(channel.unary_unary(INFER_PATH)(small_payload, timeout=60))
+        start_baseline_servers(script, repo, response_size, servers)
+        compare_overhead(servers, small_payload, requests, repeats)
+    finally:
+        for _, process, _ in servers:
+            process.terminate()
+            process.wait()
+
+
+def run_batching_section(serve: list[str], requests: int, repeats: int) -> None:
+    conv_payload = request_bytes("conv")
+    print("\n2) dynamic batching on tail 'conv' (max batch 8, max delay 2 ms) vs off")
+    print(f"{'clients':>7} {'batching':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    runs: dict[tuple[int, str], list[dict[str, float]]] = {}
+    off_server, off_port = start(serve)
+    on_server, on_port = start(serve + ["--max-batch", "8", "--batch-delay-ms", "2"])
+    try:
+        for clients in CLIENT_COUNTS:
+            for _ in range(repeats):
+                for label, conv_port in (("off", off_port), ("on", on_port)):
+                    row = run_load(conv_port, conv_payload, clients, max(4, requests // 2))
+                    runs.setdefault((clients, label), []).append(row)
+            for label in ("off", "on"):
+                row = medians(runs[(clients, label)])
+                print(f"{clients:>7} {label:>9} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}")
+    finally:
+        for server in (off_server, on_server):
+            server.terminate()
+            server.wait()
+    results = {key: medians(rows) for key, rows in runs.items()}
+    for clients in CLIENT_COUNTS:
+        gain = results[(clients, "on")]["throughput"] / results[(clients, "off")]["throughput"]
+        print(f"throughput with batching / without, {clients:>2} clients: {gain:.2f}x")
+
+
+def main() -> int:
+    args = parse_args()
+    if serve_if_server_process(args):
+        return 0
+    requests = 8 if args.quick else args.requests
+    repeats = 1 if args.quick else args.repeats
+    script = Path(__file__).resolve()
+    print_header(script, requests, repeats, args.overhead_only)
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
-        for name, model in (("small", tail_small()), ("conv", tail_conv())):
-            (repo / name / "1").mkdir(parents=True)
-            onnx.save(model, repo / name / "1" / "model.onnx")
+        write_repository(repo)
         serve = [sys.executable, "-m", "splitinf", "serve", "--repo", str(repo), "--port", "0", "--metrics-port", "-1"]
-        small_payload, conv_payload = request_bytes("small"), request_bytes("conv")
-
-        splitinf_server, port = start(serve)
-        servers = [("splitinf", splitinf_server, port)]
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                response_size = len(channel.unary_unary(INFER_PATH)(small_payload, timeout=60))
-            bare_servers = {
-                "bare": ["--bare-server"],
-                "bare-aio": ["--bare-server", "--aio"],
-                "bare-pb": ["--bare-pb-server"],
-                "bare-glibc": ["--bare-server", "--malloc-defaults"],
-            }
-            process, no_ort_port = start([sys.executable, str(here), "--no-ort-server", str(repo)])
-            servers.append(("no-ort", process, no_ort_port))
-            for label, bare_flags in bare_servers.items():
-                command = [sys.executable, str(here), bare_flags[0], str(response_size), *bare_flags[1:]]
-                process, bare_port = start(command)
-                servers.append((label, process, bare_port))
-            process, bare_ort_port = start([sys.executable, str(here), "--bare-ort-server", str(repo)])
-            servers.append(("bare-ort", process, bare_ort_port))
-            print("1) splitinf (tail 'small') vs bare gRPC servers, same request bytes")
-            print(
-                f"{'clients':>7} {'server':>10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'compute p50':>12} "
-                f"{'CPU/call':>9} {'sys':>7} {'faults/call':>11}"
-            )
-            for clients in (1, 4, 16):
-                overhead_runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in servers}
-                for _ in range(repeats):  # interleaved, so all see the same background load
-                    for label, process, server_port in servers:
-                        row = run_load(server_port, small_payload, clients, requests, process.pid)
-                        overhead_runs[label].append(row)
-                for label, _, _ in servers:
-                    row = medians(overhead_runs[label])
-                    calls = sum(r["calls"] for r in overhead_runs[label])
-                    cpu_per_call = sum(r["cpu_ms"] for r in overhead_runs[label]) / calls
-                    sys_per_call = sum(r["sys_ms"] for r in overhead_runs[label]) / calls
-                    faults_per_call = sum(r["faults"] for r in overhead_runs[label]) / calls
-                    print(
-                        f"{clients:>7} {label:>10} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} "
-                        f"{row['p99_ms']:>8.2f} {row['compute_p50_ms']:>10.3f}ms {cpu_per_call:>7.3f}ms "
-                        f"{sys_per_call:>5.3f}ms {faults_per_call:>11.1f}"
-                    )
-                # Per run, whichever bare echo (grpcio's thread-pool or asyncio server) was faster.
-                overhead_runs["best bare"] = [
-                    min(rows, key=lambda r: r["p50_ms"])
-                    for rows in zip(overhead_runs["bare"], overhead_runs["bare-aio"], strict=True)
-                ]
-                comparisons = [("splitinf", bare) for bare in [*bare_servers, "best bare", "bare-ort"]]
-                comparisons += [("no-ort", "best bare"), ("bare-ort", "best bare")]
-                for ours_label, label in comparisons:
-                    ours = overhead_runs[ours_label]
-                    pairs = [  # compute excluded on both sides (only bare-ort's base has any)
-                        (o["p50_ms"] - o["compute_p50_ms"] - (b["p50_ms"] - b["compute_p50_ms"]))
-                        / (b["p50_ms"] - b["compute_p50_ms"])
-                        for o, b in zip(ours, overhead_runs[label], strict=True)
-                    ]
-                    print(
-                        f"{'':>7} {ours_label} overhead per call vs {label} (p50, compute excluded): "
-                        f"{100 * statistics.median(pairs):+.1f}% (median of {len(pairs)} pairs; "
-                        f"range {100 * min(pairs):+.0f}% .. {100 * max(pairs):+.0f}%)"
-                    )
-                    cpu_ratio = sum(r["cpu_ms"] for r in ours) / max(
-                        1e-9, sum(r["cpu_ms"] for r in overhead_runs[label])
-                    )
-                    print(
-                        f"{'':>7}   {ours_label} server CPU per call vs {label} (compute included): "
-                        f"{100 * (cpu_ratio - 1):+.1f}%"
-                    )
-        finally:
-            for _, process, _ in servers:
-                process.terminate()
-                process.wait()
-        if only_overhead:
-            return 0
-
-        print("\n2) dynamic batching on tail 'conv' (max batch 8, max delay 2 ms) vs off")
-        print(f"{'clients':>7} {'batching':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-        runs: dict[tuple[int, str], list[dict[str, float]]] = {}
-        off_server, off_port = start(serve)
-        on_server, on_port = start(serve + ["--max-batch", "8", "--batch-delay-ms", "2"])
-        try:
-            for clients in (1, 4, 16):
-                for _ in range(repeats):
-                    for label, conv_port in (("off", off_port), ("on", on_port)):
-                        row = run_load(conv_port, conv_payload, clients, max(4, requests // 2))
-                        runs.setdefault((clients, label), []).append(row)
-                for label in ("off", "on"):
-                    row = medians(runs[(clients, label)])
-                    print(
-                        f"{clients:>7} {label:>9} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
-                    )
-        finally:
-            for server in (off_server, on_server):
-                server.terminate()
-                server.wait()
-        results = {key: medians(rows) for key, rows in runs.items()}
-        for clients in (1, 4, 16):
-            gain = results[(clients, "on")]["throughput"] / results[(clients, "off")]["throughput"]
-            print(f"throughput with batching / without, {clients:>2} clients: {gain:.2f}x")
+        run_overhead_section(script, repo, serve, requests, repeats)
+        if not args.overhead_only:
+            run_batching_section(serve, requests, repeats)
     return 0
 
 
