@@ -88,16 +88,21 @@ class SoakStats:
             self.recent_s[index % 20000] = total_s
 
 
-def run_soak(duration_s: float, workdir: Path, *, verbose: bool = True) -> dict[str, Any]:
-    plan: ChaosPlan = build_chaos_plan(workdir)
-    tail = TailProcess(plan.server_repo)
-    proxy = FaultProxy(("127.0.0.1", tail.port)).start()
-    threads_before = device_threads()
-    # flap limit lifted so that every healthy spell has to bring split mode back (scenario 7 tests the limit)
-    runtime = Runtime(plan.path, device_config(proxy.address, budget_s=BUDGET_S, policy={"flap_limit": 10_000}))
-    stats = SoakStats(bound_s=BUDGET_S + plan.fallback_s + MARGIN_S)
-    lock = threading.Lock()
-    stop = threading.Event()
+@dataclass
+class CycleLog:
+    """What the outage loop observed: per-cycle samples and whether split mode came back after each outage."""
+
+    started: float
+    cycles: int = 0
+    rss_mib: list[float] = field(default_factory=list)
+    thread_counts: list[int] = field(default_factory=list)
+    recovered: list[tuple[str, bool]] = field(default_factory=list)
+
+
+def start_load(
+    runtime: Runtime, plan: ChaosPlan, stats: SoakStats, lock: threading.Lock, stop: threading.Event
+) -> list[threading.Thread]:
+    """Two threads sending requests 20 ms apart until stop is set, each answer checked as it arrives."""
 
     def load() -> None:
         while not stop.is_set():
@@ -115,62 +120,95 @@ def run_soak(duration_s: float, workdir: Path, *, verbose: bool = True) -> dict[
     workers = [threading.Thread(target=load, name=f"soak-load-{i}") for i in range(2)]
     for worker in workers:
         worker.start()
-    rss_mib: list[float] = []
-    thread_counts: list[int] = []
-    recovered: list[tuple[str, bool]] = []
-    cycles = 0
-    start = time.monotonic()
-    pacer = threading.Event()
-    try:
-        while time.monotonic() - start < duration_s:
-            for name, spell_s, settings in OUTAGES:
-                if settings is None:
-                    tail.kill()
-                else:
-                    proxy.set(settings)
-                pacer.wait(spell_s)
-                if settings is None:
-                    tail.start()
-                proxy.clear()
-                with lock:
-                    splits_before = sum(v for k, v in stats.by_path.items() if k.startswith("split:"))
-                pacer.wait(HEALTHY_S)
-                with lock:
-                    splits_after = sum(v for k, v in stats.by_path.items() if k.startswith("split:"))
-                recovered.append((name, splits_after > splits_before))
-                if verbose:
-                    elapsed = time.monotonic() - start
-                    print(f"  {elapsed:6.1f}s {name:15s} answered {stats.issued:6d} mode {runtime.mode.value}")
-                if time.monotonic() - start >= duration_s:
-                    break
-            cycles += 1
-            rss_mib.append(rss_bytes() / 2**20)
-            thread_counts.append(len(device_threads()))
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(30)
-        stuck = [w.name for w in workers if w.is_alive()]
-        runtime.close()
-        proxy.stop()
+    return workers
+
+
+def split_answers(stats: SoakStats, lock: threading.Lock) -> int:
+    with lock:
+        return sum(v for k, v in stats.by_path.items() if k.startswith("split:"))
+
+
+def run_outage(
+    settings: FaultSettings | None,
+    spell_s: float,
+    tail: TailProcess,
+    proxy: FaultProxy,
+    stats: SoakStats,
+    lock: threading.Lock,
+    pacer: threading.Event,
+) -> bool:
+    """One outage then a healthy spell; True if split answers came back during the healthy spell."""
+    if settings is None:
         tail.kill()
+    else:
+        proxy.set(settings)
+    pacer.wait(spell_s)
+    if settings is None:
+        tail.start()
+    proxy.clear()
+    splits_before = split_answers(stats, lock)
+    pacer.wait(HEALTHY_S)
+    return split_answers(stats, lock) > splits_before
+
+
+def run_outage_cycles(
+    duration_s: float,
+    runtime: Runtime,
+    tail: TailProcess,
+    proxy: FaultProxy,
+    stats: SoakStats,
+    lock: threading.Lock,
+    pacer: threading.Event,
+    log: CycleLog,
+    *,
+    verbose: bool,
+) -> None:
+    while time.monotonic() - log.started < duration_s:
+        for name, spell_s, settings in OUTAGES:
+            log.recovered.append((name, run_outage(settings, spell_s, tail, proxy, stats, lock, pacer)))
+            if verbose:
+                elapsed = time.monotonic() - log.started
+                print(f"  {elapsed:6.1f}s {name:15s} answered {stats.issued:6d} mode {runtime.mode.value}")
+            if time.monotonic() - log.started >= duration_s:
+                break
+        log.cycles += 1
+        log.rss_mib.append(rss_bytes() / 2**20)
+        log.thread_counts.append(len(device_threads()))
+
+
+def threads_left_behind(threads_before: set[threading.Thread], pacer: threading.Event) -> list[str]:
+    """Names of device threads started during the soak still alive after up to 10 s of waiting."""
     deadline = time.monotonic() + 10
     while device_threads() - threads_before and time.monotonic() < deadline:
         pacer.wait(0.05)
-    leaked = sorted(t.name for t in device_threads() - threads_before)
-    answered = stats.answered[: stats.issued]
-    transitions = Counter(
+    return sorted(t.name for t in device_threads() - threads_before)
+
+
+def mode_transitions(runtime: Runtime) -> Counter[str]:
+    return Counter(
         f"{s.labels['from_mode']}->{s.labels['to_mode']}"
         for m in runtime.metrics.registry.collect()
         for s in m.samples
         if s.name == "splitinf_device_mode_transitions_total"
         for _ in range(int(s.value))
     )
+
+
+def build_report(
+    duration_s: float,
+    stats: SoakStats,
+    log: CycleLog,
+    transitions: Counter[str],
+    leaked: list[str],
+    stuck: list[str],
+) -> dict[str, Any]:
+    answered = stats.answered[: stats.issued]
+    rss_mib = log.rss_mib
     third = max(1, len(rss_mib) // 3)
-    report: dict[str, Any] = {
+    return {
         "command": f"python benchmarks/soak_chaos.py --duration {duration_s:g}",
-        "duration_s": round(time.monotonic() - start, 1),
-        "cycles": cycles,
+        "duration_s": round(time.monotonic() - log.started, 1),
+        "cycles": log.cycles,
         "budget_s": BUDGET_S,
         "bound_s": round(stats.bound_s, 4),
         "requests": stats.issued,
@@ -187,12 +225,15 @@ def run_soak(duration_s: float, workdir: Path, *, verbose: bool = True) -> dict[
         "rss_growth_mib": round(statistics.median(rss_mib[-third:]) - statistics.median(rss_mib[:third]), 1)
         if len(rss_mib) >= 2
         else 0.0,
-        "outages": len(recovered),
-        "outages_not_recovered": [name for name, ok in recovered if not ok],
-        "threads_per_cycle": thread_counts,
+        "outages": len(log.recovered),
+        "outages_not_recovered": [name for name, ok in log.recovered if not ok],
+        "threads_per_cycle": log.thread_counts,
         "leaked_threads": leaked,
         "stuck_workers": stuck,
     }
+
+
+def find_problems(report: dict[str, Any], stats: SoakStats) -> list[str]:
     problems = []
     if not report["answered_exactly_once"]:
         problems.append("some request was not answered exactly once")
@@ -202,13 +243,43 @@ def run_soak(duration_s: float, workdir: Path, *, verbose: bool = True) -> dict[
         problems.append(f"{len(stats.wrong)} answers with outputs that are not their label's")
     if report["rss_growth_mib"] > 16:
         problems.append(f"RSS grew {report['rss_growth_mib']} MiB between the first and last third")
+    thread_counts = report["threads_per_cycle"]
     if len(set(thread_counts)) > 1 and max(thread_counts) - min(thread_counts) > 2:
         problems.append(f"thread count varied across cycles: {thread_counts}")
     if report["outages_not_recovered"]:
         problems.append(f"no split answer in the healthy spell after {report['outages_not_recovered']}")
+    leaked, stuck = report["leaked_threads"], report["stuck_workers"]
     if leaked or stuck:
         problems.append(f"leaked threads {leaked}, stuck workers {stuck}")
-    report["problems"] = problems
+    return problems
+
+
+def run_soak(duration_s: float, workdir: Path, *, verbose: bool = True) -> dict[str, Any]:
+    plan: ChaosPlan = build_chaos_plan(workdir)
+    tail = TailProcess(plan.server_repo)
+    proxy = FaultProxy(("127.0.0.1", tail.port)).start()
+    threads_before = device_threads()
+    # flap limit lifted so that every healthy spell has to bring split mode back (scenario 7 tests the limit)
+    runtime = Runtime(plan.path, device_config(proxy.address, budget_s=BUDGET_S, policy={"flap_limit": 10_000}))
+    stats = SoakStats(bound_s=BUDGET_S + plan.fallback_s + MARGIN_S)
+    lock = threading.Lock()
+    stop = threading.Event()
+    workers = start_load(runtime, plan, stats, lock, stop)
+    log = CycleLog(started=time.monotonic())
+    pacer = threading.Event()
+    try:
+        run_outage_cycles(duration_s, runtime, tail, proxy, stats, lock, pacer, log, verbose=verbose)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+        stuck = [w.name for w in workers if w.is_alive()]
+        runtime.close()
+        proxy.stop()
+        tail.kill()
+    leaked = threads_left_behind(threads_before, pacer)
+    report = build_report(duration_s, stats, log, mode_transitions(runtime), leaked, stuck)
+    report["problems"] = find_problems(report, stats)
     return report
 
 
