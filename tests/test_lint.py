@@ -14,8 +14,30 @@ def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_is_clean() -> None:
-    result = run_tool("ruff", "check", "splitinf", "tests")
+    result = run_tool("ruff", "check", "splitinf", "tests", "benchmarks", "scripts")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def branches(count: int) -> str:
+    """A function of cyclomatic complexity count + 1."""
+    body = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(count))
+    return f"def f(x: int) -> int:\n{body}    return -1\n"
+
+
+def test_ruff_limits_complexity_to_15() -> None:
+    def check(source: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--stdin-filename", "benchmarks/complex.py", "-"],
+            cwd=ROOT,
+            input=source,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert check(branches(14)).returncode == 0
+    too_complex = check(branches(15))
+    assert "C901" in too_complex.stdout and "(16 > 15)" in too_complex.stdout, too_complex.stdout
 
 
 def test_mypy_is_clean() -> None:
