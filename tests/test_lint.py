@@ -9,8 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run_tool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_ruff_is_clean() -> None:
@@ -26,14 +28,7 @@ def branches(count: int) -> str:
 
 def test_ruff_limits_complexity_to_15() -> None:
     def check(source: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ruff", "check", "--stdin-filename", "benchmarks/complex.py", "-"],
-            cwd=ROOT,
-            input=source,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_tool("ruff", "check", "--stdin-filename", "benchmarks/complex.py", "-", stdin=source)
 
     assert check(branches(14)).returncode == 0
     too_complex = check(branches(15))
