@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from splitinf.contract.stats import quantile
+from splitinf.ort import SessionSettings, open_session
 from splitinf.tools.models import (
     DIGITS_INPUT,
     DIGITS_OUTPUT,
@@ -32,9 +33,7 @@ from splitinf.tools.models.resnet import build_resnet50
 
 
 def make_session(model: bytes | str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return open_session(model, SessionSettings().with_threads(threads))
 
 
 def timed_runs(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], output: str) -> list[float]:

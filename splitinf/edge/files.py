@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from splitinf.contract.samples import read_npz
 from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import InputError, OutputError, UsageError
 
@@ -66,8 +67,7 @@ def _load(path: Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
                 raise InputError(f"{path}: the model has inputs {names}; give a .npz with one array per input name")
             return {names[0]: np.load(path, allow_pickle=False)}
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
+            arrays = read_npz(path)
         else:
             raise InputError(f"{path}: expected a .npy or .npz file")
     except (OSError, ValueError, EOFError) as exc:
