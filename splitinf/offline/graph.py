@@ -663,7 +663,7 @@ class GraphView:
             made_by = f" (from {node.op_type} node {node.name or node.output[0]!r})" if node is not None else ""
             reasons.append(
                 f"{count} cut(s) skipped: tensor {name!r}{made_by} has no known type or shape after "
-                f"static shape inference, and {fix}"
+                f"static shape inference; {fix}"
             )
         if len(ranked) > limit:
             reasons.append(f"... and {len(ranked) - limit} more untyped tensors keep cuts out")
