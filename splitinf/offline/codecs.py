@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from splitinf.contract.plan import TensorSpec
 from splitinf.errors import InputError, PlanError
-from splitinf.offline.graph import Cut, tensor_bytes
+from splitinf.offline.graph import Cut, spec_value_info, tensor_bytes
 from splitinf.offline.inputs import run_checked
 from splitinf.offline.sessions import make_session
 
@@ -54,7 +54,6 @@ __all__ = [
 CODECS = ("fp32", "fp16", "int8", "uint8")
 QUANTIZED = ("int8", "uint8")
 _WIRE_DTYPE = {"fp16": "float16", "int8": "int8", "uint8": "uint8"}
-_ONNX_TYPE = {"float16": TensorProto.FLOAT16, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
 _QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 CODEC_OPSET = {"fp32": 1, "fp16": 6, "int8": 10, "uint8": 10}  # the ONNX opset a codec's ops need
 # converted parts run the same maths in newer op versions: agreement to float rounding
@@ -269,11 +268,11 @@ def encode(partition: PartitionLike, codec: str, quant: Mapping[str, QuantParams
     for output in head.graph.output:
         if output.name in renamed:
             wire_name, wire_spec = renamed[output.name]
-            output.CopyFrom(_value_info(wire_spec))
+            output.CopyFrom(spec_value_info(wire_spec))
     tail_inputs = []
     for tail_input in tail.graph.input:
         if tail_input.name in renamed:
-            tail_inputs.append(_value_info(renamed[tail_input.name][1]))
+            tail_inputs.append(spec_value_info(renamed[tail_input.name][1]))
         else:
             tail_inputs.append(tail_input)
     del tail.graph.input[:]
@@ -282,15 +281,6 @@ def encode(partition: PartitionLike, codec: str, quant: Mapping[str, QuantParams
     del tail.graph.node[:]
     tail.graph.node.extend(tail_nodes + original_tail_nodes)
     return Encoded(codec, partition.cut, head, tail, tuple(wire), used)
-
-
-def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
-    shape = [d if isinstance(d, (int, str)) else None for d in spec.shape]
-    return helper.make_tensor_value_info(spec.name, _ONNX_TYPE.get(spec.dtype, _numpy_to_onnx(spec.dtype)), shape)
-
-
-def _numpy_to_onnx(dtype: str) -> int:
-    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
 
 def _check_samples(samples: Sequence[Sample], what: str) -> None:

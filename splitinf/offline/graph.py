@@ -68,6 +68,7 @@ __all__ = [
     "enumerate_cuts",
     "find_cut",
     "load_model",
+    "spec_value_info",
     "tensor_bytes",
 ]
 
@@ -181,6 +182,14 @@ def tensor_bytes(dtype: str, shape: Sequence[int | str | None]) -> int:
     for dim in shape:
         count *= dim if isinstance(dim, int) and dim >= 0 else 1
     return itemsize * count
+
+
+def spec_value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    """The ONNX value info of a tensor spec (numpy dtype name, dims: int, symbolic name or unknown)."""
+    shape = [d if isinstance(d, (int, str)) else None for d in spec.shape]
+    return onnx.helper.make_tensor_value_info(
+        spec.name, int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))), shape
+    )
 
 
 def _dtype_name(elem_type: int) -> str:

@@ -32,7 +32,7 @@ import onnx.numpy_helper
 
 from splitinf.contract.plan import sha256_file
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
-from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
+from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model, spec_value_info
 from splitinf.offline.inputs import model_inputs, run_checked
 from splitinf.offline.samples import read_samples
 from splitinf.ort import SessionSettings, open_session
@@ -143,9 +143,13 @@ def _split(view: GraphView, cut: Cut) -> Partition:
             )
     originals = {v.name: v for v in [*view.model.graph.input, *view.model.graph.output, *view.model.graph.value_info]}
 
+    specs = {t.name: t for t in cut.tensors}
+
     def info(name: str) -> onnx.ValueInfoProto:
         if name in view.types:
             return view.value_info(name)
+        if name in specs:  # typed by a run on sample inputs (GraphView with feeds)
+            return spec_value_info(specs[name])
         return originals[name]
 
     cut_infos = [info(n) for n in names]

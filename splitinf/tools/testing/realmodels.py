@@ -31,6 +31,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -110,7 +111,7 @@ class _Bert:
         self.inits.append(numpy_helper.from_array(value, name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], prefix: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], prefix: str | None = None, **attrs: Any) -> str:
         out = self.name(prefix or op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"{out}_node", **attrs))
         return out
