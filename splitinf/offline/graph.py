@@ -803,7 +803,8 @@ def enumerate_cuts(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | Non
 
 
 def find_cut(model: onnx.ModelProto, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:
-    """A cut by its id, or by its tensor names (a sequence, or one string separated by commas).
+    """A cut by its id, or by its tensor names (a sequence, or one string separated by commas; a
+    readable id, names joined by "+", is found even where the enumeration at other shapes lacks it).
 
     Raises CutError for an unknown id, unknown or constant tensors, or tensors that do not separate the graph.
     """
@@ -817,14 +818,17 @@ def _find_cut(view: GraphView, cut_id_or_tensor_names: str | Sequence[str]) -> C
         for cut in cuts:
             if cut.id == wanted:
                 return cut
-        names = [n.strip() for n in wanted.split(",") if n.strip()]
         known = set(view.producer) | set(view.input_names)
+        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        if len(names) == 1 and names[0] not in known and all(n in known for n in names[0].split("+")):
+            names = names[0].split("+")  # a readable id is its tensor names joined by "+"
         if not names or not all(n in known for n in names):
             listed = ", ".join(c.id for c in cuts[:6])
             more = f" (and {len(cuts) - 6} more)" if len(cuts) > 6 else ""
             raise CutError(
                 f"unknown cut id {wanted!r}; valid ids include {listed}{more}: run `splitinf cuts MODEL` "
-                "for the list, or give comma-separated tensor names"
+                "for the list (cuts differ with the input shapes: give the same --shape/--samples as to "
+                "`splitinf cuts`), or give comma-separated tensor names"
             )
     else:
         names = list(cut_id_or_tensor_names)

@@ -15,7 +15,7 @@ Float inputs are standard normal. Other dtypes (strings, complex) are an InputEr
 
 :func:`model_inputs` is the one place that decides which inputs a tool runs on: the user's samples
 (``--samples``) when given, else random inputs at the user's shapes (``--shape NAME=1x3x320x448``),
-else random inputs with every dynamic dimension 1, and a warning naming those dimensions. Its
+else random inputs with every dynamic dimension 1, and a warning naming those past the first (the batch). Its
 :class:`InputSet` records the shapes used (``to_json``), for profiles and plans.
 :func:`run_failure` turns an onnxruntime failure on such inputs into the one-line InputError.
 """
@@ -46,6 +46,7 @@ __all__ = [
     "parse_shapes",
     "random_inputs",
     "run_checked",
+    "shape_mismatches",
     "run_failure",
     "session_input_specs",
 ]
@@ -154,8 +155,9 @@ def _fixed_spec(spec: TensorSpec, shape: Sequence[int]) -> TensorSpec:
     return TensorSpec(spec.name, spec.dtype, tuple(shape))
 
 
-def _dynamic_dims(spec: TensorSpec) -> list[int | str | None]:
-    return [d for d in spec.shape if not isinstance(d, int) or d < 0]
+def _guessed_dims(spec: TensorSpec) -> list[int | str | None]:
+    """The dynamic dimensions random inputs must guess: all but the first, which is the batch (by rule)."""
+    return [d for d in spec.shape[1:] if not isinstance(d, int) or d < 0]
 
 
 def describe_shapes(feeds: Mapping[str, np.ndarray]) -> str:
@@ -196,8 +198,8 @@ def model_inputs(
 ) -> InputSet:
     """The inputs to run a model with ``specs`` on: the ``samples`` (a path for
     :func:`~splitinf.offline.samples.read_samples`, or input sets) when given; else ``count`` random
-    sets at ``shapes`` (every input with a dynamic dimension needs one, or it counts as 1 with a
-    warning); ``batch`` and ``integers`` as for :func:`random_inputs`. InputError names what is wrong."""
+    sets at ``shapes`` (an input with a dynamic dimension past the first needs one, or it counts as 1
+    with a warning); ``batch`` and ``integers`` as for :func:`random_inputs`. InputError names what is wrong."""
     shapes = dict(shapes or {})
     names = [spec.name for spec in specs]
     unknown = sorted(set(shapes) - set(names))
@@ -215,12 +217,12 @@ def model_inputs(
                 )
         return InputSet(tuple(dict(s) for s in sets), "samples")
     fixed = [_fixed_spec(spec, shapes[spec.name]) if spec.name in shapes else spec for spec in specs]
-    guessed = [spec for spec in fixed if _dynamic_dims(spec)]
+    guessed = [spec for spec in fixed if _guessed_dims(spec)]
     if guessed:
         listed = "; ".join(f"{spec.name} {list(spec.shape)}" for spec in guessed)
         log.warning(
-            "random inputs with every dynamic dimension 1 (batch %d) for %s: bytes, FLOPs and timings are at "
-            "that size; give --shape NAME=DIMS or --samples FILE.npz for the real one",
+            "random inputs with their dynamic dimensions 1 (batch %d) for %s: bytes, FLOPs and timings are "
+            "at that size; give --shape NAME=DIMS or --samples FILE.npz for the real one",
             batch,
             listed,
         )
@@ -249,3 +251,17 @@ def run_checked(
         return list(session.run(None if names is None else list(names), dict(feeds), quiet))
     except ORT_RUN_ERRORS as exc:
         raise run_failure(exc, feeds, what) from exc
+
+
+def shape_mismatches(recorded: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """A line per input whose shape in ``shapes`` differs from the one a profile or plan recorded
+    (``recorded`` is :meth:`InputSet.to_json`); empty when they agree or nothing was recorded.
+    Pure data, so a copy can live where the device checks requests (it imports no ``offline``)."""
+    lines = []
+    for name, entry in dict(recorded.get("inputs", {})).items():
+        if name in shapes and list(shapes[name]) != list(entry.get("shape", [])):
+            lines.append(
+                f"input {name!r} is {list(shapes[name])}, but the timings were measured at {entry.get('shape')}: "
+                "expected latencies may be off; profile and plan at these shapes (--shape/--samples)"
+            )
+    return lines

@@ -18,7 +18,7 @@ from splitinf.contract.plan import TensorSpec
 from splitinf.errors import CutError, InputError
 from splitinf.offline.codecs import applicable_codecs, encode, for_codec
 from splitinf.offline.graph import GraphView, find_cut
-from splitinf.offline.inputs import model_inputs, parse_shapes, run_checked
+from splitinf.offline.inputs import model_inputs, parse_shapes, run_checked, shape_mismatches
 from splitinf.offline.partition import split_model, verify_partition
 from splitinf.offline.profiling import profile_model
 from splitinf.offline.sessions import make_session
@@ -106,6 +106,14 @@ def test_samples_win_over_random_and_must_agree_with_shapes(tmp_path: Path) -> N
     assert model_inputs(SPECS, samples=path, shapes={"ids": (1, 5)}).source == "samples"
     with pytest.raises(InputError, match="disagrees with the samples"):
         model_inputs(SPECS, samples=path, shapes={"ids": (1, 6)})
+
+
+def test_shapes_other_than_the_recorded_ones_are_named() -> None:
+    recorded = model_inputs(SPECS, shapes={"x": (1, 3, 32, 48), "ids": (1, 7)}).to_json()
+    assert shape_mismatches(recorded, {"x": (1, 3, 32, 48), "ids": [1, 7]}) == []
+    (line,) = shape_mismatches(recorded, {"x": (1, 3, 64, 48), "ids": [1, 7]})
+    assert "'x' is [1, 3, 64, 48]" in line and "[1, 3, 32, 48]" in line
+    assert shape_mismatches({}, {"x": (1,)}) == []
 
 
 def test_an_onnxruntime_failure_is_one_line_naming_the_input_shapes() -> None:
