@@ -56,3 +56,10 @@ def bert_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     path = directory / "bert_like.onnx"
     onnx.save(realmodels.bert_like(), path)
     return path, _samples("bert_like", directory)
+
+
+@pytest.fixture(scope="session")
+def bert_fused(bert_like: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The BERT-style encoder as onnxruntime's extended optimizations fuse it (com.microsoft ops)."""
+    path, samples = bert_like
+    return realmodels.ort_fused(path, path.with_name("bert_fused.onnx")), samples

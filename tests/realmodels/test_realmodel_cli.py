@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from splitinf.cli import main
+from splitinf.offline.graph import GraphView, load_model
 from splitinf.offline.profiling import load_profile
 
 FAST_PROFILE = ["--repeats", "2", "--warmup", "0", "--passes", "1"]
@@ -146,3 +147,19 @@ def test_bert_split_verify_and_profile_on_samples_with_no_codec_on_token_ids(
     assert list(profile["cuts"][0]["codecs"]) == ["fp32"]
     assert set(profile["cuts"][1]["codecs"]) == {"fp32", "fp16", "int8"}
     assert profile["inputs"]["inputs"]["input_ids"] == {"dtype": "int64", "shape": [1, 128]}
+
+
+def test_fused_bert_offers_cuts_inside_the_encoder_once_a_run_types_them(
+    bert_fused: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, samples = bert_fused
+    static = GraphView(load_model(model))  # what static shape inference alone offers
+    static_cuts, reasons = static.cuts(), static.uncuttable()
+    assert "no known type or shape after static shape inference; give --samples" in reasons[0]
+    listed = cuts_json(capsys, str(model), "--samples", str(samples))
+    assert listed["uncuttable"] == [] and len(listed["cuts"]) > 2 * len(static_cuts)
+    recovered = [c for c in listed["cuts"] if any(None in t["shape"] for t in c["tensors"])]
+    assert recovered and recovered[0]["bytes"] > 0
+    cut = recovered[len(recovered) // 2]["id"]
+    assert main(["split", str(model), "--cut", cut, "-o", str(tmp_path / "p"), "--samples", str(samples)]) == 0
+    assert "verified on 4 input sets: max abs error 0" in capsys.readouterr().out

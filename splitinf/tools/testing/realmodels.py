@@ -20,6 +20,9 @@
   Reshape/Transpose), LayerNormalization, an Erf GELU and a Tanh pooler. Built rather than exported
   from transformers so the suite needs no torch (a 700 MB install) and the graph is the same on
   every machine.
+- :func:`ort_fused` saves a model as onnxruntime's extended graph optimizations leave it
+  (com.microsoft FusedMatMul, BiasGelu...): ONNX shape inference cannot type what follows those
+  ops, so a fused BERT offers few cuts unless a run on samples recovers the types.
 - :func:`samples` writes sample inputs for each (an ``.npz`` for ``--samples``).
 """
 
@@ -37,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["WHEEL_MODELS", "WheelModel", "bert_like", "samples", "wheel_model"]
+__all__ = ["WHEEL_MODELS", "WheelModel", "bert_like", "ort_fused", "samples", "wheel_model"]
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,17 @@ def bert_like(
     )
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def ort_fused(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Write ``source`` as onnxruntime's extended (CPU) graph optimizations rewrite it to ``target``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    return Path(target)
 
 
 # ----------------------------------------------------------------------------- samples
