@@ -54,21 +54,27 @@ def _share(part: int, total: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from splitinf.contract.plan import sha256_file
+    from splitinf.errors import InputError
     from splitinf.offline.graph import GraphView, load_model
     from splitinf.offline.inputs import model_inputs
 
     model = load_model(args.model)
     shapes = input_shapes(args)
     static = GraphView(model)
-    inputs = model_inputs(static.input_specs(), samples=args.samples, shapes=shapes)
-    view = GraphView(model, inputs.first)
+    try:
+        inputs = model_inputs(static.input_specs(), samples=args.samples, shapes=shapes)
+    except InputError:
+        if args.samples or shapes:
+            raise
+        inputs = None  # no random values for such inputs (strings): static shape inference alone
+    view = GraphView(model, inputs.first) if inputs is not None else static
     cuts = view.cuts()
     reasons = view.uncuttable()
     if args.json:
         listed = {
             "model": args.model,
             "sha256": sha256_file(args.model),
-            "inputs": inputs.to_json(),
+            "inputs": inputs.to_json() if inputs is not None else None,
             "cuts": [c.to_json() for c in cuts],
             "uncuttable": reasons,
         }
@@ -94,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     for reason in reasons:
         print(f"no cut: {reason}", file=sys.stderr)
-    at = ", ".join(f"{n}={'x'.join(map(str, s)) or '()'}" for n, s in inputs.shapes().items())
+    shown = inputs.shapes() if inputs is not None else {}
+    at = ", ".join(f"{n}={'x'.join(map(str, s)) or '()'}" for n, s in shown.items()) or "the model's static shapes"
     print(
-        f"{len(cuts)} cuts of {args.model} at {at} ({inputs.source}); "
+        f"{len(cuts)} cuts of {args.model} at {at} ({inputs.source if inputs else 'no inputs'}); "
         f"split one with `splitinf split {args.model} --cut ID -o OUTDIR --verify`"
     )
     return 0

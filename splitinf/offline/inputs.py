@@ -45,6 +45,7 @@ __all__ = [
     "model_inputs",
     "parse_shapes",
     "random_inputs",
+    "recorded_shapes",
     "run_checked",
     "shape_mismatches",
     "run_failure",
@@ -63,6 +64,7 @@ ORT_RUN_ERRORS: tuple[type[Exception], ...] = (
     RuntimeError,
 )
 InputSource = Literal["samples", "shapes", "random"]
+_WARNED: set[tuple[str, int]] = set()
 
 IntegerRule = Literal["zeros", "small"]
 
@@ -218,8 +220,9 @@ def model_inputs(
         return InputSet(tuple(dict(s) for s in sets), "samples")
     fixed = [_fixed_spec(spec, shapes[spec.name]) if spec.name in shapes else spec for spec in specs]
     guessed = [spec for spec in fixed if _guessed_dims(spec)]
-    if guessed:
-        listed = "; ".join(f"{spec.name} {list(spec.shape)}" for spec in guessed)
+    listed = "; ".join(f"{spec.name} {list(spec.shape)}" for spec in guessed)
+    if guessed and (listed, batch) not in _WARNED:
+        _WARNED.add((listed, batch))  # once per process: split and verify draw twice
         log.warning(
             "random inputs with their dynamic dimensions 1 (batch %d) for %s: bytes, FLOPs and timings are "
             "at that size; give --shape NAME=DIMS or --samples FILE.npz for the real one",
@@ -251,6 +254,12 @@ def run_checked(
         return list(session.run(None if names is None else list(names), dict(feeds), quiet))
     except ORT_RUN_ERRORS as exc:
         raise run_failure(exc, feeds, what) from exc
+
+
+def recorded_shapes(recorded: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The input shapes a profile or plan recorded (:meth:`InputSet.to_json`), as ``--shape`` gives them:
+    a plan made without ``--shape``/``--samples`` times and sizes at the profile's shapes."""
+    return {name: tuple(int(d) for d in entry["shape"]) for name, entry in dict(recorded.get("inputs", {})).items()}
 
 
 def shape_mismatches(recorded: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> list[str]:

@@ -18,7 +18,7 @@ from splitinf.contract.plan import TensorSpec
 from splitinf.errors import CutError, InputError
 from splitinf.offline.codecs import applicable_codecs, encode, for_codec
 from splitinf.offline.graph import GraphView, find_cut
-from splitinf.offline.inputs import model_inputs, parse_shapes, run_checked, shape_mismatches
+from splitinf.offline.inputs import model_inputs, parse_shapes, recorded_shapes, run_checked, shape_mismatches
 from splitinf.offline.partition import split_model, verify_partition
 from splitinf.offline.profiling import profile_model
 from splitinf.offline.sessions import make_session
@@ -91,11 +91,14 @@ def test_shapes_fix_the_dynamic_dims_and_must_fit_the_fixed_ones() -> None:
         model_inputs(SPECS, shapes={"y": (1,)})
 
 
-def test_random_inputs_warn_naming_the_dynamic_dims(caplog: pytest.LogCaptureFixture) -> None:
+def test_random_inputs_warn_naming_the_dynamic_dims_past_the_batch(caplog: pytest.LogCaptureFixture) -> None:
+    specs = [*SPECS, TensorSpec("batch_only", "float32", ("N", 4))]
     with caplog.at_level(logging.WARNING, "splitinf.offline.inputs"):
-        inputs = model_inputs(SPECS, shapes={"x": (1, 3, 8, 8)})
-    assert inputs.shapes()["ids"] == [1, 1]
-    assert "ids ['N', 'T']" in caplog.text and "x [" not in caplog.text and "--shape" in caplog.text
+        inputs = model_inputs(specs, shapes={"x": (1, 3, 8, 8)}, batch=3)
+        model_inputs(specs, shapes={"x": (1, 3, 8, 8)}, batch=3)
+    assert inputs.shapes()["ids"] == [3, 1] and inputs.shapes()["batch_only"] == [3, 4]
+    assert caplog.text.count("ids ['N', 'T']") == 1 and "--shape" in caplog.text  # once per process
+    assert "x [" not in caplog.text and "batch_only" not in caplog.text
 
 
 def test_samples_win_over_random_and_must_agree_with_shapes(tmp_path: Path) -> None:
@@ -114,6 +117,7 @@ def test_shapes_other_than_the_recorded_ones_are_named() -> None:
     (line,) = shape_mismatches(recorded, {"x": (1, 3, 64, 48), "ids": [1, 7]})
     assert "'x' is [1, 3, 64, 48]" in line and "[1, 3, 32, 48]" in line
     assert shape_mismatches({}, {"x": (1,)}) == []
+    assert recorded_shapes(recorded) == {"x": (1, 3, 32, 48), "ids": (1, 7)}
 
 
 def test_an_onnxruntime_failure_is_one_line_naming_the_input_shapes() -> None:
@@ -229,3 +233,20 @@ def test_profile_records_the_inputs_and_times_only_codecs_that_apply() -> None:
     assert profile["inputs"] == {"source": "shapes", "inputs": {"x": {"dtype": "float32", "shape": [1, 3, 8, 8]}}}
     assert all(set(c["codecs"]) == {"fp32", "int8"} for c in profile["cuts"])
     assert profile["cuts"][0]["bytes"] == 3 * 8 * 8 * 4 and profile["notes"] == []
+
+
+def test_cuts_of_a_model_without_random_values_fall_back_to_static_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["t"]), helper.make_node("Identity", ["t"], ["y"])],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["N", "T"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N", "T"])],
+    )
+    path = tmp_path / "strings.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["cuts", str(path)]) == 0
+    assert "3 cuts of" in capsys.readouterr().out
+    assert main(["cuts", str(path), "--shape", "text=1x4"]) == 2
+    assert "give sample inputs" in capsys.readouterr().err
