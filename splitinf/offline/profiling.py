@@ -22,11 +22,17 @@ Profile JSON (format 1)::
      "machine": {"platform": ..., "cpu_count": 4, "cpu_model": ...},
      "onnxruntime": {"version": "1.31.0", "providers": ["CPUExecutionProvider"], "threads": 4},
      "settings": {"repeats": 20, "warmup": 3, "passes": 2, "codecs": ["fp32", "fp16", "int8"]},
+     "inputs": {"source": "samples", "inputs": {"x": {"dtype": "float32", "shape": [1, 3, 320, 448]}}},
      "model_seconds": {"median": ..., "p90": ..., "min": ..., "repeats": 20},
      "cuts": [{"id": "c3", "bytes": 2048,
                "codecs": {"fp16": {"head": <timing>, "tail": <timing>, "serialize": <timing>,
                                    "deserialize": <timing>, "wire_bytes": 1024}}}, ...],
+     "notes": ["cut ids: no codec fp16/int8, its int64 tensors travel as they are (fp32)"],
      "fallback": {"name": "small", "sha256": "...", "seconds": <timing>}}
+
+``inputs`` are the shapes everything was timed at (the user's samples or ``--shape``, else random
+inputs with dynamic dimensions 1: ``source`` says which); a cut lists only the codecs that apply
+there, and ``notes`` says why one is missing.
 """
 
 from __future__ import annotations
