@@ -30,6 +30,17 @@ def one_line_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
     return lines[0]
 
 
+def split_the_middle_cut(
+    capsys: pytest.CaptureFixture[str], model: Path, samples: Path, tmp_path: Path, expect_sets: int
+) -> tuple[list[str], str]:
+    """List the cuts at the samples, split at the middle one verified on the samples; (ids, middle id)."""
+    ids = [c["id"] for c in cuts_json(capsys, str(model), "--samples", str(samples))["cuts"]]
+    middle = ids[len(ids) // 2]
+    assert main(["split", str(model), "--cut", middle, "-o", str(tmp_path / "p"), "--samples", str(samples)]) == 0
+    assert f"verified on {expect_sets} input sets: max abs error 0" in capsys.readouterr().out
+    return ids, middle
+
+
 # ----------------------------------------------------------------------------- silero-vad
 
 
@@ -99,10 +110,7 @@ def test_detector_split_verify_and_profile_at_the_users_inputs(
     ocr_detector: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model, samples = ocr_detector
-    ids = [c["id"] for c in cuts_json(capsys, str(model), "--samples", str(samples))["cuts"]]
-    middle = ids[len(ids) // 2]
-    assert main(["split", str(model), "--cut", middle, "-o", str(tmp_path / "p"), "--samples", str(samples)]) == 0
-    assert "verified on 2 input sets" in capsys.readouterr().out
+    ids, middle = split_the_middle_cut(capsys, model, samples, tmp_path, expect_sets=2)
     out = tmp_path / "profile.json"
     argv = ["profile", str(model), "-o", str(out), "--cuts", f"{ids[0]},{middle}", "--codecs", "fp32,int8"]
     assert main([*argv, *FAST_PROFILE, "--shape", "x=1x3x64x96"]) == 0
@@ -132,10 +140,7 @@ def test_bert_split_verify_and_profile_on_samples_with_no_codec_on_token_ids(
     bert_like: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model, samples = bert_like
-    ids = [c["id"] for c in cuts_json(capsys, str(model), "--samples", str(samples))["cuts"]]
-    middle = ids[len(ids) // 2]
-    assert main(["split", str(model), "--cut", middle, "-o", str(tmp_path / "p"), "--samples", str(samples)]) == 0
-    assert "verified on 4 input sets" in capsys.readouterr().out
+    ids, middle = split_the_middle_cut(capsys, model, samples, tmp_path, expect_sets=4)
     out = tmp_path / "profile.json"
     argv = ["profile", str(model), "-o", str(out), "--cuts", f"{ids[0]},{middle}", "--codecs", "fp32,fp16,int8"]
     assert main([*argv, *FAST_PROFILE, "--samples", str(samples)]) == 0
