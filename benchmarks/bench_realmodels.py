@@ -3,8 +3,8 @@
 Run:  python benchmarks/bench_realmodels.py [--cache DIR] [--threads 1] [--repeats 10]
 
 The models (:mod:`splitinf.tools.testing.realmodels`): silero-vad (512 samples at 16 kHz, the
-recurrent state, sr=16000), PP-OCRv4 detection (a 320x448 image) and a BERT-style encoder
-(hidden 256, 4 layers, sequence 128). For each it prints, from one run:
+recurrent state, sr=16000), PP-OCRv4 detection (a 320x448 image), PP-OCRv4 recognition (a 48x320
+text line) and a BERT-style encoder (hidden 256, 4 layers, sequence 128). For each it prints, from one run:
 
 - cuts: how many, the input cut's bytes and the total FLOPs at the real shapes, against the same
   figures at dynamic dimensions 1 (what `splitinf cuts` gave before `--shape`), and why any
@@ -41,6 +41,10 @@ def _model_files(cache: Path, work: Path) -> dict[str, tuple[Path, dict[str, np.
     return {
         "silero_vad": (realmodels.wheel_model("silero_vad", cache), realmodels.samples("silero_vad")),
         "ocr_detector": (realmodels.wheel_model("ocr_detector", cache), realmodels.samples("ocr_detector", count=2)),
+        "ocr_recognizer": (
+            realmodels.wheel_model("ocr_recognizer", cache),
+            realmodels.samples("ocr_recognizer", count=2),
+        ),
         "bert_like": (bert, realmodels.samples("bert_like", vocab=8000)),
     }
 

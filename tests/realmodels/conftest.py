@@ -50,6 +50,13 @@ def ocr_detector(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
+def ocr_recognizer(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """PP-OCRv4 recognition: x float32[N, 3, 48, W]; 2 samples of 48x160."""
+    directory = tmp_path_factory.mktemp("recognizer")
+    return _wheel_model("ocr_recognizer", model_cache), _samples("ocr_recognizer", directory, count=2, width=160)
+
+
+@pytest.fixture(scope="session")
 def bert_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The BERT-style encoder: input_ids, attention_mask int64[batch, sequence]; 4 samples of 128 tokens."""
     directory = tmp_path_factory.mktemp("bert")

@@ -120,6 +120,23 @@ def test_detector_split_verify_and_profile_at_the_users_inputs(
     assert profile["cuts"][0]["codecs"]["int8"]["wire_bytes"] == 3 * 64 * 96
 
 
+def test_recognizer_cuts_after_the_reshape_that_static_inference_loses(
+    ocr_recognizer: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, samples = ocr_recognizer
+    static = GraphView(load_model(model))
+    static_cuts = static.cuts()
+    assert "no known type or shape after static shape inference" in static.uncuttable()[0]
+    listed = cuts_json(capsys, str(model), "--samples", str(samples))
+    assert listed["uncuttable"] == [] and len(listed["cuts"]) > len(static_cuts) + 100
+    last_static = max(c.head_nodes for c in static_cuts if c.head_nodes < c.total_nodes)
+    late = [c for c in listed["cuts"] if last_static < c["head_nodes"] < c["total_nodes"]]
+    assert late and late[0]["head_flops"] < 0.99 * late[0]["total_flops"]  # the tail's MatMuls are counted
+    cut = late[len(late) // 2]["id"]
+    assert main(["split", str(model), "--cut", cut, "-o", str(tmp_path / "p"), "--samples", str(samples)]) == 0
+    assert "verified on 2 input sets: max abs error 0" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- BERT-style encoder
 
 

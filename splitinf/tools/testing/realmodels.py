@@ -12,6 +12,9 @@
                                                                  crash it (Pad reflect needs >= 2)
   ``ocr_detector``   rapidocr-onnxruntime 1.4.4, models/         PP-OCRv4 text detection: a CNN with
                      ch_PP-OCRv4_det_infer.onnx                  a dynamic image size (N,3,H,W)
+  ``ocr_recognizer`` rapidocr-onnxruntime 1.4.4, models/         PP-OCRv4 recognition (N,3,48,W): ONNX
+                     ch_PP-OCRv4_rec_infer.onnx                  shape inference loses the rank after
+                                                                 a Reshape at node ~600 of 860
   =================  ==========================================  =====================================
 
 - :func:`bert_like` builds a BERT-style encoder with ``onnx.helper`` (random weights): int64
@@ -56,6 +59,11 @@ WHEEL_MODELS = {
         "rapidocr-onnxruntime==1.4.4",
         "rapidocr_onnxruntime-1.4.4",
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+    ),
+    "ocr_recognizer": WheelModel(
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime-1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
     ),
 }
 
@@ -214,7 +222,8 @@ def ort_fused(source: str | os.PathLike[str], target: str | os.PathLike[str]) ->
 def samples(name: str, count: int = 4, seed: int = 0, **size: int) -> dict[str, np.ndarray]:
     """``count`` sample inputs for model ``name`` (silero_vad, ocr_detector, bert_like), stacked on a
     new first axis as :mod:`splitinf.offline.samples` reads them; ``size`` overrides
-    ``chunk`` (silero: 512 audio samples at 16 kHz), ``height``/``width`` (detector: 320x448),
+    ``chunk`` (silero: 512 audio samples at 16 kHz), ``height``/``width`` (detector: 320x448,
+    recognizer: 48x320),
     ``sequence`` (bert: 128) and ``vocab`` (bert: 512)."""
     rng = np.random.default_rng(seed)
     if name == "silero_vad":
@@ -222,8 +231,9 @@ def samples(name: str, count: int = 4, seed: int = 0, **size: int) -> dict[str, 
         audio = (0.1 * rng.standard_normal((count, 1, chunk))).astype(np.float32)
         state = np.zeros((count, 2, 1, 128), np.float32)
         return {"input": audio, "state": state, "sr": np.full((count,), 16000, np.int64)}
-    if name == "ocr_detector":
-        height, width = size.get("height", 320), size.get("width", 448)
+    if name in ("ocr_detector", "ocr_recognizer"):
+        height = size.get("height", 320 if name == "ocr_detector" else 48)
+        width = size.get("width", 448 if name == "ocr_detector" else 320)
         return {"x": rng.uniform(-1.0, 1.0, (count, 1, 3, height, width)).astype(np.float32)}
     if name == "bert_like":
         sequence, vocab = size.get("sequence", 128), size.get("vocab", 512)
@@ -231,4 +241,4 @@ def samples(name: str, count: int = 4, seed: int = 0, **size: int) -> dict[str, 
         mask = np.ones_like(ids)
         mask[:, :, sequence - sequence // 4 :] = 0  # padding at the end, as a tokenizer makes it
         return {"input_ids": ids, "attention_mask": mask}
-    raise KeyError(f"no samples for {name!r}; choose silero_vad, ocr_detector or bert_like")
+    raise KeyError(f"no samples for {name!r}; choose silero_vad, ocr_detector, ocr_recognizer or bert_like")
