@@ -250,3 +250,11 @@ def test_cuts_of_a_model_without_random_values_fall_back_to_static_shapes(
     assert "3 cuts of" in capsys.readouterr().out
     assert main(["cuts", str(path), "--shape", "text=1x4"]) == 2
     assert "give sample inputs" in capsys.readouterr().err
+
+
+def test_a_readable_cut_id_is_found_at_any_shapes() -> None:
+    model = graphs.two_in_two_out()
+    cut = GraphView(model).find("b+relu_1")  # "+"-joined names, as `cuts` at other shapes may list it
+    assert set(cut.names) == {"b", "relu_1"} and cut.id == "b+relu_1"
+    with pytest.raises(CutError, match="give the same --shape/--samples"):
+        GraphView(model).find("b+nothing")
