@@ -42,6 +42,7 @@ __all__ = [
     "IntegerRule",
     "InputSet",
     "describe_shapes",
+    "inputs_for_plan",
     "model_inputs",
     "parse_shapes",
     "random_inputs",
@@ -274,3 +275,23 @@ def shape_mismatches(recorded: Mapping[str, Any], shapes: Mapping[str, Sequence[
                 "expected latencies may be off; profile and plan at these shapes (--shape/--samples)"
             )
     return lines
+
+
+def inputs_for_plan(
+    specs: Sequence[TensorSpec],
+    profiles: Sequence[Mapping[str, Any]],
+    *,
+    samples: str | os.PathLike[str] | Sequence[Mapping[str, np.ndarray]] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    count: int = 6,
+    seed: int = 0,
+) -> tuple[InputSet, list[str]]:
+    """The inputs a plan is built on, and a warning line per input whose shape differs from the
+    one a profile was measured at: the samples, else random sets at ``shapes``, else at the shapes
+    the first profile recorded (so ``plan`` without ``--shape`` plans where the profiles timed)."""
+    recorded = [dict(p.get("inputs") or {}) for p in profiles]
+    if samples is None and not shapes:
+        shapes = next((recorded_shapes(r) for r in recorded if r.get("inputs")), None)
+    inputs = model_inputs(specs, samples=samples, shapes=shapes, count=count, seed=seed)
+    warnings = list(dict.fromkeys(line for r in recorded for line in shape_mismatches(r, inputs.shapes())))
+    return inputs, warnings

@@ -18,7 +18,14 @@ from splitinf.contract.plan import TensorSpec
 from splitinf.errors import CutError, InputError
 from splitinf.offline.codecs import applicable_codecs, encode, for_codec
 from splitinf.offline.graph import GraphView, find_cut
-from splitinf.offline.inputs import model_inputs, parse_shapes, recorded_shapes, run_checked, shape_mismatches
+from splitinf.offline.inputs import (
+    inputs_for_plan,
+    model_inputs,
+    parse_shapes,
+    recorded_shapes,
+    run_checked,
+    shape_mismatches,
+)
 from splitinf.offline.partition import split_model, verify_partition
 from splitinf.offline.profiling import profile_model
 from splitinf.offline.sessions import make_session
@@ -118,6 +125,14 @@ def test_shapes_other_than_the_recorded_ones_are_named() -> None:
     assert "'x' is [1, 3, 64, 48]" in line and "[1, 3, 32, 48]" in line
     assert shape_mismatches({}, {"x": (1,)}) == []
     assert recorded_shapes(recorded) == {"x": (1, 3, 32, 48), "ids": (1, 7)}
+
+
+def test_a_plan_runs_at_the_profiles_shapes_unless_told_and_warns_where_they_differ() -> None:
+    profile = {"inputs": model_inputs(SPECS, shapes={"x": (1, 3, 32, 48), "ids": (1, 7)}).to_json()}
+    inputs, warnings = inputs_for_plan(SPECS, [profile, profile])
+    assert inputs.shapes() == {"x": [1, 3, 32, 48], "ids": [1, 7]} and len(inputs.samples) == 6 and warnings == []
+    inputs, warnings = inputs_for_plan(SPECS, [profile, {}], shapes={"x": (1, 3, 64, 48), "ids": (1, 7)})
+    assert inputs.shapes()["x"] == [1, 3, 64, 48] and len(warnings) == 1 and "'x'" in warnings[0]
 
 
 def test_an_onnxruntime_failure_is_one_line_naming_the_input_shapes() -> None:
