@@ -102,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"no cut: {reason}", file=sys.stderr)
     shown = inputs.shapes() if inputs is not None else {}
     at = ", ".join(f"{n}={'x'.join(map(str, s)) or '()'}" for n, s in shown.items()) or "the model's static shapes"
+    given = f" --samples {args.samples}" if args.samples else "".join(f" --shape {s}" for s in args.shape)
     print(
         f"{len(cuts)} cuts of {args.model} at {at} ({inputs.source if inputs else 'no inputs'}); "
-        f"split one with `splitinf split {args.model} --cut ID -o OUTDIR --verify`"
+        f"split one with `splitinf split {args.model} --cut ID -o OUTDIR --verify{given}`"
     )
     return 0
