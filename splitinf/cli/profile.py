@@ -1,9 +1,12 @@
-"""``splitinf profile MODEL.onnx -o PROFILE.json``: time each cut's head and tail on this machine."""
+"""``splitinf profile MODEL.onnx -o PROFILE.json [--shape NAME=DIMS ...] [--samples NPZ]``: time each
+cut's head and tail on this machine, on the user's inputs (the profile records their shapes)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from splitinf.cli.options import add_input_options, input_shapes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--fallback", help="also time this small fallback model")
     parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no tty")
+    add_input_options(parser, "real inputs to time on (the first; up to 8 calibrate int8); .npz keyed by input name")
     parser.set_defaults(handler=run)
 
 
@@ -49,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
         passes=args.passes,
         fallback=args.fallback,
         progress=args.progress or sys.stderr.isatty(),
+        samples=args.samples,
+        shapes=input_shapes(args),
     )
+    for note in profile["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     full_ms = profile["model_seconds"]["median"] * 1e3
-    print(f"wrote {args.output}: {len(profile['cuts'])} cuts, full model {full_ms:.3f} ms")
+    at = ", ".join(f"{n}={'x'.join(map(str, i['shape'])) or '()'}" for n, i in profile["inputs"]["inputs"].items())
+    print(f"wrote {args.output}: {len(profile['cuts'])} cuts at {at}, full model {full_ms:.3f} ms")
     return 0

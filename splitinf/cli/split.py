@@ -1,10 +1,12 @@
-"""``splitinf split MODEL.onnx --cut ID -o OUTDIR [--verify] [--samples PATH] [--repo REPO --name NAME]``.
+"""``splitinf split MODEL.onnx --cut ID -o OUTDIR [--verify] [--samples PATH] [--shape NAME=DIMS ...]
+[--repo REPO --name NAME]``.
 
 Writes ``OUTDIR/head.onnx``, ``OUTDIR/tail.onnx`` and ``OUTDIR/manifest.json`` atomically.
 ``--cut`` takes a cut id from ``splitinf cuts`` or comma-separated tensor names.
-``--verify`` compares head -> tail with the full model in onnxruntime on random inputs
-(and on ``--samples``: an .npz keyed by input name, or a directory of INPUT.npy / .npz files, with
-samples along each array's first axis; see :mod:`splitinf.contract.samples`).
+``--verify`` compares head -> tail with the full model in onnxruntime on ``--samples`` when given
+(an .npz keyed by input name, or a directory of INPUT.npy / .npz files, with samples along each
+array's first axis; see :mod:`splitinf.contract.samples`), else on random inputs at ``--shape``.
+Inputs the model cannot run on are a one-line error (exit 2) naming their shapes.
 ``--repo REPO --name NAME`` also writes the tail as ``REPO/NAME/1/model.onnx`` with the manifest beside it.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from splitinf.cli.options import add_input_options, input_shapes
 from splitinf.errors import UsageError
 
 
@@ -26,7 +29,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cut", required=True, metavar="ID", help="a cut id from `splitinf cuts`, or tensor names a,b")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="directory to write (replaced whole)")
     parser.add_argument("--verify", action="store_true", help="check head -> tail against the full model (onnxruntime)")
-    parser.add_argument("--samples", metavar="DIR_OR_NPZ", help="sample inputs to verify on as well (implies --verify)")
+    add_input_options(parser, "real inputs to verify on, instead of random ones (implies --verify)")
     parser.add_argument("--repo", metavar="REPO", help="also write the tail into this model repository (Triton layout)")
     parser.add_argument("--name", metavar="NAME", help="the tail's model name in --repo")
     parser.add_argument("--version", default="1", metavar="V", help="the tail's version in --repo (default 1)")
@@ -40,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     from splitinf.offline.partition import export_partition, write_to_repository
 
-    manifest = export_partition(args.model, args.cut, args.output, verify=args.verify, samples=args.samples)
+    manifest = export_partition(
+        args.model, args.cut, args.output, verify=args.verify, samples=args.samples, shapes=input_shapes(args)
+    )
     cut = manifest["cut"]
     names = ", ".join(t["name"] for t in cut["tensors"])
     print(f"cut {cut['id']}: {names} ({cut['bytes']} bytes/sample)")

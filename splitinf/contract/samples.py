@@ -83,7 +83,8 @@ def _entries(array: np.ndarray, spec: TensorSpec, what: str) -> list[np.ndarray]
     array = array.astype(dtype, copy=False)
     rank = len(spec.shape)
     if array.ndim == rank + 1:
-        return [np.ascontiguousarray(a) for a in array]
+        # np.array, not np.ascontiguousarray: that one makes a scalar input's 0-d entries 1-d
+        return [np.array(a, order="C") for a in array]
     first = spec.shape[0] if rank else None
     batch = first if isinstance(first, int) and first > 0 else 1
     if array.ndim != rank or rank == 0 or array.shape[0] % batch:

@@ -8,7 +8,11 @@ A codec changes how the crossing tensors travel, and lives in the models themsel
   ``DequantizeLinear``; the per-tensor scale and zero point are calibrated from sample
   values of the crossing tensor (:func:`calibrate`) and stored as initializers on both sides.
 
-Only float32 crossing tensors are converted; others pass through unchanged. A converted
+Only float32 crossing tensors are converted; others pass through unchanged, and a cut with no
+float32 tensor has no codec but fp32 (:func:`applicable_codecs`: integer token ids or booleans
+travel as they are). A codec's ops need an opset (fp16: 6, int8/uint8: 10); :func:`for_codec`
+converts older parts with onnx's version converter, checked against the unconverted parts on a
+sample, or says in one line why the codec is skipped. A converted
 tensor travels under a distinct name (``<name>__fp16``, ``<name>__int8``...), so the tail is
 an ordinary ONNX model that any V2 server runs. :func:`encode` is pure; :func:`calibrate`
 and :func:`fidelity` run onnxruntime.
@@ -23,15 +27,20 @@ from typing import Any, Protocol
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
 from splitinf.contract.tensors import TensorSpec
-from splitinf.errors import PlanError
-from splitinf.offline.graph import Cut
+from splitinf.errors import InputError, PlanError
+from splitinf.offline.graph import Cut, spec_value_info
+from splitinf.offline.inputs import run_checked
 from splitinf.offline.sessions import make_session
 
 __all__ = [
     "CODECS",
+    "CODEC_OPSET",
+    "applicable_codecs",
+    "for_codec",
     "Encoded",
     "QuantParams",
     "calibrate",
@@ -45,8 +54,10 @@ __all__ = [
 CODECS = ("fp32", "fp16", "int8", "uint8")
 QUANTIZED = ("int8", "uint8")
 _WIRE_DTYPE = {"fp16": "float16", "int8": "int8", "uint8": "uint8"}
-_ONNX_TYPE = {"float16": TensorProto.FLOAT16, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
 _QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+CODEC_OPSET = {"fp32": 1, "fp16": 6, "int8": 10, "uint8": 10}  # the ONNX opset a codec's ops need
+# converted parts run the same maths in newer op versions: agreement to float rounding
+_CONVERTED_TOLERANCE = 1e-4
 
 Sample = Mapping[str, np.ndarray]
 
@@ -110,6 +121,74 @@ def _all_names(model: onnx.ModelProto) -> set[str]:
         names.update(node.input)
         names.update(node.output)
     return names
+
+
+def applicable_codecs(cut: Cut, codecs: Sequence[str]) -> tuple[tuple[str, ...], str | None]:
+    """The codecs that change something at ``cut`` and a one-line note on those dropped: a cut
+    with no float32 tensor (token ids, masks) has only fp32, its tensors travel as they are."""
+    if any(t.dtype == "float32" for t in cut.tensors):
+        return tuple(codecs), None
+    dropped = [c for c in codecs if c != "fp32"]
+    note = None
+    if dropped:
+        dtypes = sorted({t.dtype for t in cut.tensors})
+        note = f"cut {cut.id}: no codec {'/'.join(dropped)}, its {'/'.join(dtypes)} tensors travel as they are (fp32)"
+    return ("fp32",), note
+
+
+@dataclass(frozen=True)
+class _Parts:
+    cut: Cut
+    head: onnx.ModelProto
+    tail: onnx.ModelProto
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _max_rel_error(want: Sequence[np.ndarray], have: Sequence[np.ndarray]) -> float:
+    worst = 0.0
+    for a, b in zip(want, have, strict=True):
+        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a64.shape != b64.shape:
+            return math.inf
+        if a64.size:
+            worst = max(worst, float(np.abs(a64 - b64).max() / max(np.abs(a64).max(), 1e-12)))
+    return worst
+
+
+def for_codec(
+    partition: PartitionLike, codec: str, sample: Sample | None, threads: int | None = 1
+) -> tuple[PartitionLike | None, str | None]:
+    """The partition ready for ``codec``: itself when its opset has the codec's ops, else both parts
+    converted with ``onnx.version_converter`` and checked against the originals on ``sample``; or
+    None and a one-line note on why the codec is skipped at this cut."""
+    needed = CODEC_OPSET.get(codec, 1)
+    found = min(_opset(partition.head), _opset(partition.tail))
+    if found >= needed:
+        return partition, None
+    skipped = f"codec {codec} skipped at cut {partition.cut.id}: it needs ONNX opset >= {needed}, the model has {found}"
+    if sample is None:
+        return None, f"{skipped} and no sample input to check an opset conversion on"
+    try:
+        head = onnx.version_converter.convert_version(partition.head, needed)
+        tail = onnx.version_converter.convert_version(partition.tail, needed)
+        old_head, new_head = make_session(partition.head, threads), make_session(head, threads)
+        feeds = {i.name: sample[i.name] for i in old_head.get_inputs()}
+        wire = run_checked(old_head, feeds, "the head")
+        wire_feeds = dict(zip([o.name for o in old_head.get_outputs()], wire, strict=True))
+        old_tail, new_tail = make_session(partition.tail, threads), make_session(tail, threads)
+        error = max(
+            _max_rel_error(wire, run_checked(new_head, feeds, "the converted head")),
+            _max_rel_error(run_checked(old_tail, wire_feeds, "the tail"), run_checked(new_tail, wire_feeds)),
+        )
+    except (RuntimeError, ValueError, InputError, onnx.checker.ValidationError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return None, f"{skipped}, and onnx's version converter could not convert it ({first[:160]})"
+    if error > _CONVERTED_TOLERANCE:
+        return None, f"{skipped}, and the converted parts differ from the originals (max rel error {error:.2g})"
+    return _Parts(partition.cut, head, tail), None
 
 
 def _ensure_opset(model: onnx.ModelProto, minimum: int, codec: str) -> None:
@@ -189,11 +268,11 @@ def encode(partition: PartitionLike, codec: str, quant: Mapping[str, QuantParams
     for output in head.graph.output:
         if output.name in renamed:
             wire_name, wire_spec = renamed[output.name]
-            output.CopyFrom(_value_info(wire_spec))
+            output.CopyFrom(spec_value_info(wire_spec))
     tail_inputs = []
     for tail_input in tail.graph.input:
         if tail_input.name in renamed:
-            tail_inputs.append(_value_info(renamed[tail_input.name][1]))
+            tail_inputs.append(spec_value_info(renamed[tail_input.name][1]))
         else:
             tail_inputs.append(tail_input)
     del tail.graph.input[:]
@@ -202,15 +281,6 @@ def encode(partition: PartitionLike, codec: str, quant: Mapping[str, QuantParams
     del tail.graph.node[:]
     tail.graph.node.extend(tail_nodes + original_tail_nodes)
     return Encoded(codec, partition.cut, head, tail, tuple(wire), used)
-
-
-def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
-    shape = [d if isinstance(d, (int, str)) else None for d in spec.shape]
-    return helper.make_tensor_value_info(spec.name, _ONNX_TYPE.get(spec.dtype, _numpy_to_onnx(spec.dtype)), shape)
-
-
-def _numpy_to_onnx(dtype: str) -> int:
-    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
 
 def _check_samples(samples: Sequence[Sample], what: str) -> None:

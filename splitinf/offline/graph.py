@@ -32,9 +32,15 @@ from input to output: the first cut is the graph inputs (full offload), the last
 outputs (everything on the device). That is at most ``nodes + 1`` cuts, found in
 ``O(nodes x live-set width)``.
 
-Sizes: ``bytes_per_sample`` counts symbolic dimensions (the batch) as 1 and a zero-sized
-dimension as 0 (:func:`tensor_bytes`). Tensors whose element type or rank shape inference
-cannot find are never offered as cut tensors.
+Sizes: without sample inputs, ``bytes_per_sample`` and FLOPs count symbolic dimensions (the
+batch) as 1 and a zero-sized dimension as 0 (:func:`tensor_bytes`). Given ``feeds`` (one input
+set, at the user's shapes), shape inference runs again with the inputs fixed at those shapes, and
+bytes and FLOPs are counted at them; a tensor that static inference still cannot type is read from
+one onnxruntime run on the feeds (as an extra graph output of a copy of the model), so it can
+cross a cut too. The crossing tensors' specs keep the model's symbolic dimensions (a recovered
+tensor's dimensions are all unknown), so the parts take any size the model takes. Tensors whose
+element type or rank stays unknown are never offered as cut tensors; :meth:`GraphView.uncuttable`
+says why, a line per reason.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from onnx import TensorProto
 
 from splitinf.contract.tensors import TensorSpec, tensor_bytes
 from splitinf.errors import CutError, InputError, ModelLoadError
+from splitinf.offline.inputs import run_checked
+from splitinf.ort import SessionSettings, open_session
 
 __all__ = [
     "Cut",
@@ -60,6 +68,7 @@ __all__ = [
     "enumerate_cuts",
     "find_cut",
     "load_model",
+    "spec_value_info",
 ]
 
 # Nodes without dynamic inputs that must still run exactly once (duplicating them would
@@ -160,6 +169,14 @@ def cut_id(names: Iterable[str]) -> str:
     return "cut-" + hashlib.sha1("\n".join(ordered).encode()).hexdigest()[:12]
 
 
+def spec_value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    """The ONNX value info of a tensor spec (numpy dtype name, dims: int, symbolic name or unknown)."""
+    shape = [d if isinstance(d, (int, str)) else None for d in spec.shape]
+    return onnx.helper.make_tensor_value_info(
+        spec.name, int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))), shape
+    )
+
+
 def _dtype_name(elem_type: int) -> str:
     try:
         return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type).name)
@@ -224,8 +241,19 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+def _fix_input_shapes(skeleton: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:
+    for value in skeleton.graph.input:
+        if value.name in shapes and value.type.HasField("tensor_type"):
+            dims = value.type.tensor_type.shape.dim
+            del dims[:]
+            for size in shapes[value.name]:
+                dims.add().dim_value = int(size)
+
+
+def _infer(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
     skeleton = _skeleton(model)
+    if input_shapes:
+        _fix_input_shapes(skeleton, input_shapes)
     try:
         return onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
@@ -299,9 +327,10 @@ def _producers(nodes: Sequence[onnx.NodeProto]) -> dict[str, int]:
     return {name: index for index, node in enumerate(nodes) for name in node.output if name}
 
 
-def _tensor_types(model: onnx.ModelProto) -> _TensorTypes:
-    """Element type and shape of every tensor shape inference (or an initializer) gives a rank for."""
-    inferred = _infer(model)
+def _tensor_types(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> _TensorTypes:
+    """Element type and shape of every tensor shape inference (or an initializer) gives a rank for,
+    with the graph inputs at ``input_shapes`` where given."""
+    inferred = _infer(model, input_shapes)
     types: _TensorTypes = {}
     for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         tensor_type = info.type.tensor_type
@@ -377,10 +406,35 @@ def _parameter_counts(graph: onnx.GraphProto) -> dict[str, int]:
     return params
 
 
-class GraphView:
-    """Index maps over a model's top-level graph, built once (like ``onnx.utils.Extractor``)."""
+def _recover_types(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: Sequence[str]
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """The values of top-level tensors ``names`` in one onnxruntime run of ``model`` on ``feeds`` (as
+    extra graph outputs of a copy), and why not (None when it ran)."""
+    if not names:
+        return {}, None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    listed = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in listed)
+    data = copy.SerializeToString() if copy.ByteSize() < PROTOBUF_LIMIT else None
+    if data is None:
+        return {}, "the model is over 2 GiB, too large to run from memory"
+    try:
+        session = open_session(data, SessionSettings(graph_optimization="disable"))
+        values = run_checked(session, feeds, names=names)
+    except InputError as exc:
+        return {}, str(exc).split("; give real inputs")[0]
+    return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}, None
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+
+class GraphView:
+    """Index maps over a model's top-level graph, built once (like ``onnx.utils.Extractor``).
+
+    ``feeds`` (one input set, at the user's shapes) gives concrete shapes for bytes and FLOPs and
+    recovers the tensors static inference cannot type (see the module docstring)."""
+
+    def __init__(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None) -> None:
         self.model = model
         graph = model.graph
         self.nodes: list[onnx.NodeProto] = list(graph.node)
@@ -402,14 +456,39 @@ class GraphView:
         self.live: list[bool] = _reaching_outputs(
             len(self.nodes), self.output_names, self.producer, self.node_inputs, self.static_values
         )
-        concrete = {
-            name: tuple(d if isinstance(d, int) else 1 for d in shape) for name, (_, shape) in self.types.items()
-        }
-        self.flops: list[int] = [_node_flops(node, concrete) for node in self.nodes]
+        self.recovery_note: str | None = None  # why a run on the feeds recovered nothing
+        self.untyped_crossings: dict[str, int] | None = None  # untyped tensor -> prefix cuts it kept out
+        self.shapes: dict[str, tuple[int, ...]] = self._concrete_shapes(feeds)
+        self.flops: list[int] = [_node_flops(node, self.shapes) for node in self.nodes]
         self.total_flops = sum(self.flops)
         self.params: dict[str, int] = _parameter_counts(graph)
         self.total_params = sum(self.params.values())
         self._specs: dict[str, TensorSpec | None] = {}
+
+    def _concrete_shapes(self, feeds: Mapping[str, np.ndarray] | None) -> dict[str, tuple[int, ...]]:
+        """Each typed tensor's shape at the feeds' sizes (symbolic dimensions 1 without feeds); with
+        feeds, the tensors inference cannot size are read from a run and added to ``types``."""
+        shapes = {name: tuple(d if isinstance(d, int) else 1 for d in shape) for name, (_, shape) in self.types.items()}
+        if feeds is None:
+            return shapes
+        fixed = _tensor_types(self.model, {n: np.shape(feeds[n]) for n in self.input_names if n in feeds})
+        static = {name: shape for name, (_, shape) in fixed.items() if all(isinstance(d, int) for d in shape)}
+        shapes.update({name: tuple(int(d) for d in shape if isinstance(d, int)) for name, shape in static.items()})
+        shapes.update({n: tuple(np.shape(v)) for n, v in feeds.items()})
+        wanted = [
+            name
+            for index, node in enumerate(self.nodes)
+            if self.dynamic[index] and self.live[index]
+            for name in node.output
+            if name and name not in static
+        ]
+        values, self.recovery_note = _recover_types(self.model, feeds, wanted)
+        for name, value in values.items():
+            shapes[name] = tuple(value.shape)
+            if name not in self.types:
+                elem_type = int(onnx.helper.np_dtype_to_tensor_dtype(value.dtype))
+                self.types[name] = (elem_type, (None,) * value.ndim)
+        return shapes
 
     # -- specs
 
@@ -517,7 +596,7 @@ class GraphView:
         return Cut(
             id=cut_id(s.name for s in specs),
             tensors=tuple(specs),
-            bytes_per_sample=sum(tensor_bytes(s.dtype, s.shape) for s in specs),
+            bytes_per_sample=sum(self.bytes_of(s.name) for s in specs),
             head_nodes=head_nodes,
             total_nodes=len(self.nodes),
             head_flops=head_flops,
@@ -544,20 +623,59 @@ class GraphView:
         walk = _PrefixWalk(self)
         seen: set[frozenset[str]] = set()
         found: list[Cut] = []
+        self.untyped_crossings = {}
         while True:
             key = frozenset(walk.live_set)
-            if key and key not in seen and all(n in self.types for n in key):
+            untyped = sorted(n for n in key if n not in self.types)
+            if key and key not in seen and not untyped:
                 seen.add(key)
                 specs = self.crossing_specs(walk.crossing())
                 found.append(self.make_cut(specs, walk.head_nodes, walk.head_flops, walk.head_params))
+            elif key and key not in seen:
+                seen.add(key)
+                for name in untyped:
+                    self.untyped_crossings[name] = self.untyped_crossings.get(name, 0) + 1
             if not walk.ready:
                 return found
             walk.step()
 
+    def uncuttable(self, limit: int = 8) -> list[str]:
+        """Why parts of the graph offer no cut, a line per reason (after :meth:`cuts`): tensors
+        without a known type or shape, and control-flow nodes, which run whole on one side."""
+        if self.untyped_crossings is None:
+            self.cuts()
+            assert self.untyped_crossings is not None
+        reasons = []
+        fix = (
+            f"a run on the inputs did not recover it: {self.recovery_note}"
+            if self.recovery_note
+            else "give --samples FILE.npz (or --shape) so a run recovers it"
+        )
+        ranked = sorted(self.untyped_crossings.items(), key=lambda item: -item[1])
+        for name, count in ranked[:limit]:
+            node = self.nodes[self.producer[name]] if name in self.producer else None
+            made_by = f" (from {node.op_type} node {node.name or node.output[0]!r})" if node is not None else ""
+            reasons.append(
+                f"{count} cut(s) skipped: tensor {name!r}{made_by} has no known type or shape after "
+                f"static shape inference; {fix}"
+            )
+        if len(ranked) > limit:
+            reasons.append(f"... and {len(ranked) - limit} more untyped tensors keep cuts out")
+        for index, node in enumerate(self.nodes):
+            if self.dynamic[index] and self.live[index] and _subgraphs(node):
+                reasons.append(
+                    f"{node.op_type} node {node.name or node.output[0]!r} runs whole on one side: no cut inside "
+                    "its subgraphs (control flow is atomic)"
+                )
+        return reasons
+
     def bytes_of(self, name: str) -> int:
-        """One sample's bytes of a tensor; 0 when shape inference found no type for it."""
+        """A tensor's bytes at the feeds' shapes (one sample's, symbolic dimensions 1, without feeds);
+        0 when no type is known for it."""
         spec = self.spec(name)
-        return 0 if spec is None else tensor_bytes(spec.dtype, spec.shape)
+        if spec is None:
+            return 0
+        return tensor_bytes(spec.dtype, self.shapes.get(name, spec.shape))
 
     # -- lookup
 
@@ -663,13 +781,15 @@ class _PrefixWalk:
         self.head_params += self.view.head_params(new_consts, new_inits)
 
 
-def enumerate_cuts(model: onnx.ModelProto) -> list[Cut]:
-    """The topological-prefix cuts of ``model``, from input (full offload) to output (see module docstring)."""
-    return GraphView(model).cuts()
+def enumerate_cuts(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None) -> list[Cut]:
+    """The topological-prefix cuts of ``model``, from input (full offload) to output (see module docstring);
+    ``feeds``: one input set at the user's shapes (see :class:`GraphView`)."""
+    return GraphView(model, feeds).cuts()
 
 
 def find_cut(model: onnx.ModelProto, cut_id_or_tensor_names: str | Sequence[str]) -> Cut:
-    """A cut by its id, or by its tensor names (a sequence, or one string separated by commas).
+    """A cut by its id, or by its tensor names (a sequence, or one string separated by commas; a
+    readable id, names joined by "+", is found even where the enumeration at other shapes lacks it).
 
     Raises CutError for an unknown id, unknown or constant tensors, or tensors that do not separate the graph.
     """
@@ -683,14 +803,17 @@ def _find_cut(view: GraphView, cut_id_or_tensor_names: str | Sequence[str]) -> C
         for cut in cuts:
             if cut.id == wanted:
                 return cut
-        names = [n.strip() for n in wanted.split(",") if n.strip()]
         known = set(view.producer) | set(view.input_names)
+        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        if len(names) == 1 and names[0] not in known and all(n in known for n in names[0].split("+")):
+            names = names[0].split("+")  # a readable id is its tensor names joined by "+"
         if not names or not all(n in known for n in names):
             listed = ", ".join(c.id for c in cuts[:6])
             more = f" (and {len(cuts) - 6} more)" if len(cuts) > 6 else ""
             raise CutError(
                 f"unknown cut id {wanted!r}; valid ids include {listed}{more}: run `splitinf cuts MODEL` "
-                "for the list, or give comma-separated tensor names"
+                "for the list (cuts differ with the input shapes: give the same --shape/--samples as to "
+                "`splitinf cuts`), or give comma-separated tensor names"
             )
     else:
         names = list(cut_id_or_tensor_names)

@@ -32,8 +32,8 @@ from splitinf.contract.files import sha256_file, staged_directory
 from splitinf.contract.manifest import MANIFEST_FILE, build_manifest, part_entry, with_part, write_manifest
 from splitinf.contract.samples import read_samples
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
-from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model
-from splitinf.offline.inputs import random_inputs
+from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model, spec_value_info
+from splitinf.offline.inputs import model_inputs, run_checked
 from splitinf.ort import SessionSettings, open_session
 
 __all__ = [
@@ -140,9 +140,13 @@ def _split(view: GraphView, cut: Cut) -> Partition:
             )
     originals = {v.name: v for v in [*view.model.graph.input, *view.model.graph.output, *view.model.graph.value_info]}
 
+    specs = {t.name: t for t in cut.tensors}
+
     def info(name: str) -> onnx.ValueInfoProto:
         if name in view.types:
             return view.value_info(name)
+        if name in specs:  # typed by a run on sample inputs (GraphView with feeds)
+            return spec_value_info(specs[name])
         return originals[name]
 
     cut_infos = [info(n) for n in names]
@@ -208,12 +212,13 @@ def _verify(
     samples: Sequence[Mapping[str, np.ndarray]] | None,
     n_random: int,
     seed: int,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> VerifyReport:
-    rng = np.random.default_rng(seed)
-    specs = view.input_specs() if n_random else []
-    # batch 2 and varied integers, so a part that mixes up the batch axis or an index fails the check
-    feeds_list = [random_inputs(specs, rng, batch=2, integers="small") for _ in range(n_random)]
-    feeds_list += [_check_sample(view, s) for s in samples or ()]
+    feeds_list = [_check_sample(view, s) for s in samples or ()]
+    if n_random:
+        # batch 2 and varied integers, so a part that mixes up the batch axis or an index fails the check
+        drawn = model_inputs(view.input_specs(), shapes=shapes, count=n_random, batch=2, integers="small", seed=seed)
+        feeds_list = list(drawn.samples) + feeds_list
     max_abs = 0.0
     max_rel = 0.0
     with _session(view.model) as full, _session(partition.head) as head, _session(partition.tail) as tail:
@@ -221,11 +226,10 @@ def _verify(
         head_outputs = [o.name for o in head.get_outputs()]
         head_inputs = {i.name for i in head.get_inputs()}
         for feeds in feeds_list:
-            expected = dict(zip(output_names, full.run(None, feeds), strict=True))
-            crossing = dict(
-                zip(head_outputs, head.run(None, {k: v for k, v in feeds.items() if k in head_inputs}), strict=True)
-            )
-            got = dict(zip([o.name for o in tail.get_outputs()], tail.run(None, crossing), strict=True))
+            expected = dict(zip(output_names, run_checked(full, feeds), strict=True))
+            head_feeds = {k: v for k, v in feeds.items() if k in head_inputs}
+            crossing = dict(zip(head_outputs, run_checked(head, head_feeds, "the head"), strict=True))
+            got = dict(zip([o.name for o in tail.get_outputs()], run_checked(tail, crossing, "the tail"), strict=True))
             for name in output_names:
                 want, have = np.asarray(expected[name]), np.asarray(got[name])
                 if want.shape != have.shape or want.dtype != have.dtype:
@@ -259,13 +263,17 @@ def verify_partition(
     model: onnx.ModelProto,
     partition: Partition,
     samples: Sequence[Mapping[str, np.ndarray]] | None = None,
-    n_random: int = 4,
+    n_random: int | None = None,
     seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> VerifyReport:
-    """Run the full model and head -> tail with onnxruntime on ``n_random`` random input sets (batch 2,
-    small integers: :func:`splitinf.offline.inputs.random_inputs`) and on ``samples`` (each a mapping
-    from input name to array); VerificationError beyond float rounding."""
-    return _verify(GraphView(model), partition, samples, n_random, seed)
+    """Run the full model and head -> tail with onnxruntime on ``samples`` (each a mapping from input
+    name to array) and on ``n_random`` random input sets at ``shapes`` (batch 2, small integers:
+    :func:`splitinf.offline.inputs.model_inputs`; default 4 without samples, none with them);
+    VerificationError beyond float rounding, InputError when onnxruntime cannot run the inputs."""
+    if n_random is None:
+        n_random = 0 if samples else 4
+    return _verify(GraphView(model), partition, samples, n_random, seed, shapes)
 
 
 # ----------------------------------------------------------------------------- write
@@ -297,21 +305,26 @@ def export_partition(
     outdir: str | os.PathLike[str],
     verify: bool = False,
     samples: Sequence[Mapping[str, np.ndarray]] | str | os.PathLike[str] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Write ``OUTDIR/head.onnx``, ``tail.onnx`` and ``manifest.json`` for a cut (id or tensor names).
 
     With ``verify`` or ``samples`` (input sets, or a path :func:`splitinf.contract.samples.read_samples`
     reads), checks head -> tail against the full model first (VerificationError) and records the
-    errors under ``manifest["verify"]``. Returns the manifest.
+    errors under ``manifest["verify"]``: on the samples only when given, else on random inputs at
+    ``shapes``. Returns the manifest.
     """
     path = Path(model_path)
     model = load_model(path)
     view = GraphView(model)
     if isinstance(samples, (str, os.PathLike)):
         samples, _ = read_samples(samples, view.input_specs())
+    if samples or shapes:
+        # at the user's inputs, so tensors only a run can type are found as they are by `splitinf cuts`
+        view = GraphView(model, model_inputs(view.input_specs(), samples=samples, shapes=shapes).first)
     cut = view.find(cut_id)
     partition = _split(view, cut)
-    report = _verify(view, partition, samples, 4, 0) if verify or samples else None
+    report = _verify(view, partition, samples, 0 if samples else 4, 0, shapes) if verify or samples else None
     target = Path(outdir)
     with staged_directory(target) as tmp:
         part_sha256 = {}

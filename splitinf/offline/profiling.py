@@ -22,11 +22,17 @@ Profile JSON (format 1)::
      "machine": {"platform": ..., "cpu_count": 4, "cpu_model": ...},
      "onnxruntime": {"version": "1.31.0", "providers": ["CPUExecutionProvider"], "threads": 4},
      "settings": {"repeats": 20, "warmup": 3, "passes": 2, "codecs": ["fp32", "fp16", "int8"]},
+     "inputs": {"source": "samples", "inputs": {"x": {"dtype": "float32", "shape": [1, 3, 320, 448]}}},
      "model_seconds": {"median": ..., "p90": ..., "min": ..., "repeats": 20},
      "cuts": [{"id": "c3", "bytes": 2048,
                "codecs": {"fp16": {"head": <timing>, "tail": <timing>, "serialize": <timing>,
                                    "deserialize": <timing>, "wire_bytes": 1024}}}, ...],
+     "notes": ["cut ids: no codec fp16/int8, its int64 tensors travel as they are (fp32)"],
      "fallback": {"name": "small", "sha256": "...", "seconds": <timing>}}
+
+``inputs`` are the shapes everything was timed at (the user's samples or ``--shape``, else random
+inputs with dynamic dimensions 1: ``source`` says which); a cut lists only the codecs that apply
+there, and ``notes`` says why one is missing.
 """
 
 from __future__ import annotations
@@ -50,9 +56,18 @@ import onnxruntime as ort
 from splitinf.contract.files import sha256_file, write_json_atomic
 from splitinf.contract.stats import quantile
 from splitinf.errors import PlanError
-from splitinf.offline import inputs
-from splitinf.offline.codecs import calibrate, encode, parse_codecs
+from splitinf.offline import inputs as inputs_
+from splitinf.offline.codecs import (
+    QUANTIZED,
+    PartitionLike,
+    applicable_codecs,
+    calibrate,
+    encode,
+    for_codec,
+    parse_codecs,
+)
 from splitinf.offline.graph import GraphView, load_model
+from splitinf.offline.inputs import InputSet
 from splitinf.offline.partition import split_model
 from splitinf.offline.sessions import make_session
 
@@ -173,6 +188,14 @@ def _quietest(timings: Sequence[Timing]) -> Timing:
     return min(timings, key=lambda t: t.median)
 
 
+def _fallback_feeds(small: ort.InferenceSession, inputs: InputSet, seed: int) -> dict[str, np.ndarray]:
+    """The profiled inputs when the fallback takes the same ones, else random inputs for it."""
+    specs = inputs_.session_input_specs(small)
+    if all(s.name in inputs.first for s in specs):
+        return {s.name: inputs.first[s.name] for s in specs}
+    return inputs_.random_inputs(specs, seed, batch=1, integers="zeros")
+
+
 def profile_model(
     model: onnx.ModelProto,
     *,
@@ -187,17 +210,30 @@ def profile_model(
     fallback: tuple[onnx.ModelProto, str, str] | None = None,
     progress: bool = False,
     seed: int = 0,
+    inputs: InputSet | None = None,
 ) -> dict[str, Any]:
     """Time the full model, each cut's head and tail per codec (and the fallback); return the profile.
 
-    Everything is timed in ``passes`` separate sweeps; each item keeps its quietest pass.
+    Everything runs on ``inputs`` (:func:`splitinf.offline.inputs.model_inputs`: the user's samples or
+    shapes; default random, dynamic dimensions 1): the first set is timed and sizes the cuts, up to 8
+    calibrate the 8-bit codecs; the profile records their shapes. A codec that does not apply at a
+    cut (no float tensor, an opset conversion that fails) is not timed there and gets a line in
+    ``notes``. Everything is timed in ``passes`` separate sweeps; each item keeps its quietest pass.
     """
     if passes < 1:
         raise PlanError(f"passes must be at least 1, got {passes}")
     codecs = parse_codecs(codecs)
-    view = GraphView(model)
+    if inputs is None:
+        inputs = inputs_.model_inputs(GraphView(model).input_specs(), seed=seed)
+    sample = inputs.first
+    view = GraphView(model, sample)
     cuts = view.cuts() if not cut_ids else [view.find(c) for c in cut_ids]
-    bar = ProgressBar(passes * (1 + len(cuts) * len(codecs) + (1 if fallback else 0)), enabled=progress)
+    cut_codecs: dict[str, tuple[str, ...]] = {}
+    notes: list[str] = []
+    for cut in cuts:
+        cut_codecs[cut.id], note = applicable_codecs(cut, codecs)
+        notes.extend([note] if note else [])
+    bar = ProgressBar(passes * (1 + sum(map(len, cut_codecs.values())) + (1 if fallback else 0)), enabled=progress)
     timings: dict[tuple[str, ...], list[Timing]] = {}
     wire_bytes: dict[tuple[str, str], int] = {}
 
@@ -208,34 +244,24 @@ def profile_model(
     for _ in range(passes):
         full = make_session(model, threads)
         providers = full.get_providers()
-        # batch 1, the device's; integer zeros are valid indices, and the time does not depend on the values
-        sample = inputs.random_inputs(inputs.session_input_specs(full), seed, batch=1, integers="zeros")
+        inputs_.run_checked(full, sample)  # an input the model rejects is a one-line InputError, not a traceback
         timed(("model",), partial(full.run, None, sample))
         del full
         bar.step("full model")
         for cut in cuts:
             partition = split_model(model, cut)
-            for codec in codecs:
-                # Timing does not depend on the scale's value, so one sample calibrates well enough here.
-                quant = calibrate(partition, [sample], codec, threads) if codec in ("int8", "uint8") else None
-                encoded = encode(partition, codec, quant)
-                head = make_session(encoded.head, threads)
-                tail = make_session(encoded.tail, threads)
-                head_feed = {i.name: sample[i.name] for i in head.get_inputs()}
-                head_names = [o.name for o in head.get_outputs()]
-                wire = dict(zip(head_names, head.run(head_names, head_feed), strict=True))
-                tail_feed = {i.name: wire[i.name] for i in tail.get_inputs()}
-                timed((cut.id, codec, "head"), partial(head.run, None, head_feed))
-                timed((cut.id, codec, "tail"), partial(tail.run, None, tail_feed))
-                timed((cut.id, codec, "serialize"), partial(_serialize, wire))
-                timed((cut.id, codec, "deserialize"), partial(_deserialize, _serialize(wire)))
-                wire_bytes[(cut.id, codec)] = int(sum(np.asarray(v).nbytes for v in wire.values()))
-                del head, tail
+            for codec in cut_codecs[cut.id]:
                 bar.step(f"cut {cut.id} {codec}")
+                ready, note = for_codec(partition, codec, sample, threads)
+                if ready is None:
+                    notes.extend([note] if note and note not in notes else [])
+                    continue
+                key = (cut.id, codec)
+                timed_part = partial(lambda k, part, fn: timed((*k, part), fn), key)
+                wire_bytes[key] = _time_parts(ready, codec, inputs, threads, timed_part)
         if fallback is not None:
             small = make_session(fallback[0], threads)
-            small_sample = inputs.random_inputs(inputs.session_input_specs(small), seed, batch=1, integers="zeros")
-            timed(("fallback",), partial(small.run, None, small_sample))
+            timed(("fallback",), partial(small.run, None, _fallback_feeds(small, inputs, seed)))
             bar.step("fallback")
 
     def best(*key: str) -> dict[str, Any]:
@@ -248,6 +274,7 @@ def profile_model(
         "machine": machine_info(),
         "onnxruntime": {"version": ort.__version__, "providers": providers, "threads": threads or 0},
         "settings": {"repeats": repeats, "warmup": warmup, "passes": passes, "codecs": list(codecs)},
+        "inputs": inputs.to_json(),
         "model_seconds": best("model"),
         "cuts": [
             {
@@ -261,15 +288,41 @@ def profile_model(
                         "deserialize": best(cut.id, codec, "deserialize"),
                         "wire_bytes": wire_bytes[(cut.id, codec)],
                     }
-                    for codec in codecs
+                    for codec in cut_codecs[cut.id]
+                    if (cut.id, codec) in wire_bytes
                 },
             }
             for cut in cuts
         ],
+        "notes": notes,
     }
     if fallback is not None:
         profile["fallback"] = {"name": fallback[1], "sha256": fallback[2], "seconds": best("fallback")}
     return profile
+
+
+def _time_parts(
+    partition: PartitionLike,
+    codec: str,
+    inputs: InputSet,
+    threads: int | None,
+    timed: Callable[[str, Callable[[], object]], None],
+) -> int:
+    """Time one cut's head, tail, serialisation and parsing with ``codec``; return the wire bytes."""
+    # Timing does not depend on the scale's exact value: a few samples calibrate well enough here.
+    quant = calibrate(partition, inputs.samples[:8], codec, threads) if codec in QUANTIZED else None
+    encoded = encode(partition, codec, quant)
+    head = make_session(encoded.head, threads)
+    tail = make_session(encoded.tail, threads)
+    head_feed = {i.name: inputs.first[i.name] for i in head.get_inputs()}
+    head_names = [o.name for o in head.get_outputs()]
+    wire = dict(zip(head_names, inputs_.run_checked(head, head_feed, "the head"), strict=True))
+    tail_feed = {i.name: wire[i.name] for i in tail.get_inputs()}
+    timed("head", partial(head.run, None, head_feed))
+    timed("tail", partial(tail.run, None, tail_feed))
+    timed("serialize", partial(_serialize, wire))
+    timed("deserialize", partial(_deserialize, _serialize(wire)))
+    return int(sum(np.asarray(v).nbytes for v in wire.values()))
 
 
 def profile_file(
@@ -284,8 +337,11 @@ def profile_file(
     passes: int = 2,
     fallback: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    samples: str | os.PathLike[str] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
-    """Profile the model file (and the fallback file) and write the profile JSON; the file wrapper."""
+    """Profile the model file (and the fallback file) on ``samples`` (a path) or at ``shapes`` and
+    write the profile JSON; the file wrapper."""
     if (threads is not None and threads < 0) or repeats < 1 or warmup < 0:
         raise PlanError("threads must be >= 0, repeats >= 1 and warmup >= 0")
     target = Path(output)
@@ -294,8 +350,10 @@ def profile_file(
     small = None
     if fallback is not None:
         small = (load_model(fallback), Path(fallback).stem, sha256_file(fallback))
+    full = load_model(model)
+    inputs = inputs_.model_inputs(GraphView(full).input_specs(), samples=samples, shapes=shapes)
     profile = profile_model(
-        load_model(model),
+        full,
         name=Path(model).stem,
         sha256=sha256_file(model),
         threads=threads,
@@ -306,6 +364,7 @@ def profile_file(
         passes=passes,
         fallback=small,
         progress=progress,
+        inputs=inputs,
     )
     write_json_atomic(target, profile)
     return profile

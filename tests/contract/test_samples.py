@@ -75,3 +75,10 @@ def test_nothing_is_unpickled_and_missing_paths_are_named(tmp_path: Path) -> Non
     np.savez(tmp_path / "none.npz", x=np.zeros((0, 4), np.float32))
     with pytest.raises(InputError, match="empty"):
         read_samples(tmp_path / "none.npz", [X])
+
+
+def test_a_scalar_input_is_stacked_one_value_per_sample(tmp_path: Path) -> None:
+    rate = TensorSpec("sr", "int64", ())
+    np.savez(tmp_path / "s.npz", sr=np.array([16000, 8000]), x=np.zeros((2, 4), np.float32))
+    samples, _ = read_samples(tmp_path / "s.npz", [rate, X])
+    assert [s["sr"].shape for s in samples] == [(), ()] and int(samples[1]["sr"]) == 8000
