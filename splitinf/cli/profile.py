@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--passes", type=int, default=2, help="separate sweeps; each item keeps its quietest (default 2)"
     )
     parser.add_argument("--fallback", help="also time this small fallback model")
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="also time each head with weights and the fallback as int8 variants, for `plan --quantize int8`",
+    )
     parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no tty")
     parser.set_defaults(handler=run)
 
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         passes=args.passes,
         fallback=args.fallback,
         progress=args.progress or sys.stderr.isatty(),
+        quantize=args.quantize,
     )
     full_ms = profile["model_seconds"]["median"] * 1e3
     print(f"wrote {args.output}: {len(profile['cuts'])} cuts, full model {full_ms:.3f} ms")

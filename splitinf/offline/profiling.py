@@ -25,8 +25,9 @@ Profile JSON (format 1)::
      "model_seconds": {"median": ..., "p90": ..., "min": ..., "repeats": 20},
      "cuts": [{"id": "c3", "bytes": 2048,
                "codecs": {"fp16": {"head": <timing>, "tail": <timing>, "serialize": <timing>,
-                                   "deserialize": <timing>, "wire_bytes": 1024}}}, ...],
-     "fallback": {"name": "small", "sha256": "...", "seconds": <timing>}}
+                                   "deserialize": <timing>, "wire_bytes": 1024,
+                                   "int8_head": <timing>}}}, ...],   (with quantize="int8")
+     "fallback": {"name": "small", "sha256": "...", "seconds": <timing>, "int8_seconds": <timing>}}
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from splitinf.offline import inputs
 from splitinf.offline.codecs import calibrate, encode, parse_codecs
 from splitinf.offline.graph import GraphView, load_model
 from splitinf.offline.partition import split_model
+from splitinf.offline.quantize import has_weights, parse_quantize, quantize_model, quantized_partition
 from splitinf.offline.sessions import make_session
 
 __all__ = [
@@ -187,13 +189,17 @@ def profile_model(
     fallback: tuple[onnx.ModelProto, str, str] | None = None,
     progress: bool = False,
     seed: int = 0,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Time the full model, each cut's head and tail per codec (and the fallback); return the profile.
 
-    Everything is timed in ``passes`` separate sweeps; each item keeps its quietest pass.
+    Everything is timed in ``passes`` separate sweeps; each item keeps its quietest pass. With
+    ``quantize="int8"`` each head with weights (and the fallback) is also timed as its int8 variant
+    (:mod:`splitinf.offline.quantize`), with the same codec, as ``int8_head`` (``int8_seconds``).
     """
     if passes < 1:
         raise PlanError(f"passes must be at least 1, got {passes}")
+    quantize = parse_quantize(quantize)
     codecs = parse_codecs(codecs)
     view = GraphView(model)
     cuts = view.cuts() if not cut_ids else [view.find(c) for c in cut_ids]
@@ -215,8 +221,9 @@ def profile_model(
         bar.step("full model")
         for cut in cuts:
             partition = split_model(model, cut)
+            # Timing does not depend on the scales' values, so one sample calibrates well enough here.
+            int8 = quantized_partition(partition, [sample]) if quantize else None
             for codec in codecs:
-                # Timing does not depend on the scale's value, so one sample calibrates well enough here.
                 quant = calibrate(partition, [sample], codec, threads) if codec in ("int8", "uint8") else None
                 encoded = encode(partition, codec, quant)
                 head = make_session(encoded.head, threads)
@@ -226,6 +233,10 @@ def profile_model(
                 wire = dict(zip(head_names, head.run(head_names, head_feed), strict=True))
                 tail_feed = {i.name: wire[i.name] for i in tail.get_inputs()}
                 timed((cut.id, codec, "head"), partial(head.run, None, head_feed))
+                if int8 is not None:  # the int8 head, with the same codec (and scales) as the fp32 one
+                    int8_head = make_session(encode(int8[0], codec, quant).head, threads)
+                    timed((cut.id, codec, "int8_head"), partial(int8_head.run, None, head_feed))
+                    del int8_head
                 timed((cut.id, codec, "tail"), partial(tail.run, None, tail_feed))
                 timed((cut.id, codec, "serialize"), partial(_serialize, wire))
                 timed((cut.id, codec, "deserialize"), partial(_deserialize, _serialize(wire)))
@@ -236,6 +247,9 @@ def profile_model(
             small = make_session(fallback[0], threads)
             small_sample = inputs.random_inputs(inputs.session_input_specs(small), seed, batch=1, integers="zeros")
             timed(("fallback",), partial(small.run, None, small_sample))
+            if quantize and has_weights(fallback[0]):
+                small = make_session(quantize_model(fallback[0], [small_sample]).model, threads)
+                timed(("fallback", "int8"), partial(small.run, None, small_sample))
             bar.step("fallback")
 
     def best(*key: str) -> dict[str, Any]:
@@ -247,7 +261,13 @@ def profile_model(
         "model": {"name": name, "sha256": sha256},
         "machine": machine_info(),
         "onnxruntime": {"version": ort.__version__, "providers": providers, "threads": threads or 0},
-        "settings": {"repeats": repeats, "warmup": warmup, "passes": passes, "codecs": list(codecs)},
+        "settings": {
+            "repeats": repeats,
+            "warmup": warmup,
+            "passes": passes,
+            "codecs": list(codecs),
+            "quantize": quantize,
+        },
         "model_seconds": best("model"),
         "cuts": [
             {
@@ -261,6 +281,11 @@ def profile_model(
                         "deserialize": best(cut.id, codec, "deserialize"),
                         "wire_bytes": wire_bytes[(cut.id, codec)],
                     }
+                    | (
+                        {"int8_head": best(cut.id, codec, "int8_head")}
+                        if (cut.id, codec, "int8_head") in timings
+                        else {}
+                    )
                     for codec in codecs
                 },
             }
@@ -269,6 +294,8 @@ def profile_model(
     }
     if fallback is not None:
         profile["fallback"] = {"name": fallback[1], "sha256": fallback[2], "seconds": best("fallback")}
+        if ("fallback", "int8") in timings:
+            profile["fallback"]["int8_seconds"] = best("fallback", "int8")
     return profile
 
 
@@ -284,6 +311,7 @@ def profile_file(
     passes: int = 2,
     fallback: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Profile the model file (and the fallback file) and write the profile JSON; the file wrapper."""
     if (threads is not None and threads < 0) or repeats < 1 or warmup < 0:
@@ -306,6 +334,7 @@ def profile_file(
         passes=passes,
         fallback=small,
         progress=progress,
+        quantize=quantize,
     )
     write_json_atomic(target, profile)
     return profile
