@@ -86,6 +86,7 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
             mark = " **planned**" if planned_id == option.id else ""
             row.append(_ms(expected_latency(option, bw, reference_rtt_s)) + mark)
         lines.append("| " + " | ".join(row) + " |")
+    lines += _device_size(plan)
     lines += _codec_section(plan)
     lines += _fallback_section(plan)
     lines += _planned_section(plan)
@@ -134,6 +135,18 @@ def _planned_section(plan: Plan) -> list[str]:
         picks = [_planned_id(plan, bw, rtt) or "none" for rtt in rtts]
         lines.append(f"| {bw / 1e6:.3g} | " + " | ".join(f"`{p}`" for p in picks) + " |")
     return lines
+
+
+def _device_size(plan: Plan) -> list[str]:
+    """What the device holds: the bytes of each held model file, by kind and precision."""
+    sizes: dict[str, int] = {}
+    for option in plan.options:
+        key = f"{'heads' if option.kind == 'split' else option.kind} ({option.precision})"
+        sizes[key] = sizes.get(key, 0) + option.device_bytes
+    if not any(sizes.values()):
+        return []
+    parts = ", ".join(f"{key} {size / 1e6:.3f} MB" for key, size in sizes.items())
+    return ["", f"Device part: {sum(sizes.values()) / 1e6:.3f} MB ({parts})."]
 
 
 def _fallback_section(plan: Plan) -> list[str]:
