@@ -12,6 +12,11 @@ point. Which held option answers a request is not decided here: the device appli
 :func:`splitinf.contract.plan.choose_option` to its live estimates, and the report marks what that
 rule picks within the plan's budget.
 
+With ``--quantize int8`` every head with weights also gets an int8 variant
+(:mod:`splitinf.offline.quantize`), priced by the device profile's ``int8_head`` timings: an option
+of its own (``split:CUT:CODEC:int8head``) under the same accuracy floor and the same rule, sharing
+its fp32 twin's tail. The fallback gets one too; one fallback is held (:func:`_choose_fallback`).
+
 The pure core comes first. :func:`plan_model` at the end is the I/O wrapper that ``splitinf plan``
 runs, in named steps: read the sources and samples, evaluate every (cut, codec) option, select the
 ones to hold, write the plan directory.
