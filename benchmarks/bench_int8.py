@@ -71,9 +71,8 @@ def plan(model: Path, device: Path, server: Path, fallback: Path, samples: Path,
         threads=1,
         **kwargs,
     )
-    print(
-        f"  plan {out.name} ({', '.join(f'{k}={v}' for k, v in kwargs.items())}): {time.perf_counter() - start:.1f} s"
-    )
+    flags = " ".join(f"--{k.replace('_', '-')}" for k in ("quantize", "hold_all") if kwargs.get(k))
+    print(f"  plan {out.name} {flags}: {time.perf_counter() - start:.1f} s")
     return result
 
 
