@@ -677,13 +677,12 @@ def _write_split(
     build: Path, sources: _Sources, options: Sequence[Option], encoded: Mapping[str, Encoded]
 ) -> list[Option]:
     """Options sharing one tail (a cut and codec, fp32 and int8 heads): each head into ``device/heads``,
-    the tail (with its manifest naming every head) once into the ``server`` repository."""
+    the tail (with its manifest naming every head: ``head``, ``head_int8``) once into the ``server`` repository."""
     from splitinf.offline.partition import save_model, write_to_repository
 
     option = options[0]
     assert option.tail_model is not None and all(o.head is not None for o in options)
     head_shas = {o.id: save_model(encoded[o.id].head, build / str(o.head)) for o in options}
-    head_sha = head_shas[option.id]
     encoded_one = encoded[option.id]
     manifest = {
         "format": 1,
@@ -697,9 +696,10 @@ def _write_split(
         "wire": [t.to_json() for t in encoded_one.wire],
         "opset": [{"domain": o.domain, "version": o.version} for o in encoded_one.tail.opset_import],
         "ir_version": encoded_one.tail.ir_version,
+        # "head": the first held head (the fp32 one when held); its int8 twin beside it is "head_int8"
         "parts": {
-            "head": {"file": option.head, "sha256": head_sha},
-            "heads": [{"file": o.head, "sha256": head_shas[o.id], "precision": o.precision} for o in options],
+            ("head" if i == 0 else f"head_{o.precision}"): {"file": o.head, "sha256": head_shas[o.id]}
+            for i, o in enumerate(options)
         },
     }
     tail_path = write_to_repository(encoded_one.tail, build / "server", option.tail_model, "1", manifest)

@@ -83,7 +83,8 @@ def test_the_plan_holds_int8_head_options_that_agree_with_fp32(int8_plan: Path) 
         assert option.accuracy is not None and twin.accuracy is not None
         assert option.accuracy >= twin.accuracy - 0.01
         manifest = json.loads((plan.path(f"server/{option.tail_model}/1/manifest.json")).read_text())
-        assert {"file": option.head, "sha256": option.head_sha256, "precision": "int8"} in manifest["parts"]["heads"]
+        assert manifest["parts"]["head_int8"] == {"file": option.head, "sha256": option.head_sha256}
+        assert manifest["parts"]["head"] == {"file": twin.head, "sha256": twin.head_sha256}
 
 
 def test_an_int8_head_and_the_fp32_tail_answer_like_the_full_model(int8_plan: Path) -> None:
