@@ -154,6 +154,17 @@ def _input_names(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in initializers]
 
 
+def _without_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the opset imports no node uses: the pre-processing's optimiser saves every domain it knows
+    (training, preview, ATen...), which other ONNX tools may refuse."""
+    used = {"", "ai.onnx"} | {n.domain for n in model.graph.node} | {f.domain for f in model.functions}
+    used |= {n.domain for f in model.functions for n in f.node}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return model
+
+
 def quantize_model(
     model: onnx.ModelProto,
     samples: Sequence[Sample],
@@ -198,7 +209,7 @@ def quantize_model(
                 )
             else:
                 quantize_dynamic(prepared, output, per_channel=per_channel, weight_type=QuantType.QInt8)
-            quantized = onnx.load(str(output))
+            quantized = _without_unused_opsets(onnx.load(str(output)))
     except PlanError:
         raise
     except Exception as exc:  # onnxruntime's quantizer raises bare exceptions of many kinds
