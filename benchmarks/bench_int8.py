@@ -71,7 +71,11 @@ def plan(model: Path, device: Path, server: Path, fallback: Path, samples: Path,
         threads=1,
         **kwargs,
     )
-    flags = " ".join(f"--{k.replace('_', '-')}" for k in ("quantize", "hold_all") if kwargs.get(k))
+    flags = " ".join(
+        f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}")
+        for key, value in kwargs.items()
+        if key in ("quantize", "hold_all") and value
+    )
     print(f"  plan {out.name} {flags}: {time.perf_counter() - start:.1f} s")
     return result
 
