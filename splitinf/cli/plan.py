@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--server", required=True, help="profile written by `splitinf profile` on the server")
     parser.add_argument("--fallback", help="the small local model the device answers from when the network fails")
     parser.add_argument("--codecs", help="wire codecs to weigh (default fp32,fp16 and int8 when --calibration)")
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="also weigh int8 heads and an int8 fallback (onnxruntime.quantization, calibrated on --calibration); "
+        "the device profile must come from `splitinf profile --quantize int8`",
+    )
     parser.add_argument("--calibration", help=".npz of sample inputs (stacked on axis 0), optionally 'labels'")
     parser.add_argument("--held-out", help=".npz of held-out samples (default: the last quarter of --calibration)")
     parser.add_argument("--max-candidates", type=int, default=4, help="cuts held besides full offload (default 4)")
@@ -93,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         held_out=args.held_out,
         codecs=args.codecs,
+        quantize=args.quantize,
         max_candidates=args.max_candidates,
         max_accuracy_drop=args.max_accuracy_drop,
         bandwidths_bps=_floats(args.bandwidths, 1e6, "--bandwidths"),

@@ -36,13 +36,17 @@ An option is one way to answer a request::
      "tail_model": "digits.c12.fp16", "tail_version": "1", "tail_sha256": "...",
      "wire": [{"name": ..., "dtype": ..., "shape": [...]}],
      "wire_bytes": 1234, "head_seconds": 0.0012, "tail_seconds": 0.0004,
-     "serialize_seconds": 0.00002, "accuracy": 0.97, "fidelity": {...}}
+     "serialize_seconds": 0.00002, "accuracy": 0.97, "fidelity": {...},
+     "precision": "fp32", "device_bytes": 52000}
     {"id": "local", "kind": "local", "model": "device/local.onnx", "sha256": "...",
-     "seconds": 0.02, "accuracy": 0.98}
+     "seconds": 0.02, "accuracy": 0.98, "precision": "fp32", "device_bytes": 155000}
     {"id": "fallback", "kind": "fallback", "model": "device/fallback.onnx", "sha256": "...",
-     "seconds": 0.002, "accuracy": 0.91}
+     "seconds": 0.002, "accuracy": 0.91, "precision": "int8", "device_bytes": 3000}
 
-Full offload (send the input) is a ``split`` option whose cut is the graph inputs.
+Full offload (send the input) is a ``split`` option whose cut is the graph inputs. ``precision`` is
+that of the model the device runs (a split option's head, a local or fallback option's model;
+"fp32" or "int8"), separate from the wire ``codec``; ``device_bytes`` is that model file's size
+(0 when unknown). An int8 head's option id ends in ``:int8head`` (``split:c12:fp16:int8head``).
 """
 
 from __future__ import annotations
@@ -102,13 +106,22 @@ class Option:
     sha256: str | None = None
     seconds: float = 0.0
     fidelity: Mapping[str, Any] = field(default_factory=dict)
+    # the model the device runs (head or whole model): its precision and file size
+    precision: str = "fp32"
+    device_bytes: int = 0
 
     @property
     def is_remote(self) -> bool:
         return self.kind == "split"
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"id": self.id, "kind": self.kind, "accuracy": self.accuracy}
+        data: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "accuracy": self.accuracy,
+            "precision": self.precision,
+            "device_bytes": self.device_bytes,
+        }
         if self.kind == "split":
             data.update(
                 cut_id=self.cut_id,
@@ -141,6 +154,8 @@ class Option:
                 kind=kind,
                 accuracy=None if data.get("accuracy") is None else float(data["accuracy"]),
                 fidelity=dict(data.get("fidelity") or {}),
+                precision=str(data.get("precision") or "fp32"),
+                device_bytes=int(data.get("device_bytes") or 0),
             )
             if kind == "split":
                 return cls(

@@ -3,7 +3,10 @@
 Both mark what the device's rule (:func:`splitinf.contract.plan.choose_option`, through
 :meth:`Plan.planned`) picks within the plan's budget. The chart draws each option's expected
 latency against bandwidth (log-log) at a reference round-trip time; the planned option is drawn
-thick along the bandwidths where it is picked, and marked with dots.
+thick along the bandwidths where it is picked, and marked with dots. Precision is shown apart from
+the wire codec: the table's "device" column is the precision of what the device runs (the head, or
+the whole local/fallback model), "wire" the codec; the chart labels int8 heads and draws them with
+square markers at each end.
 """
 
 from __future__ import annotations
@@ -61,7 +64,18 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
         "budget (ties to the faster), else the fallback.",
         "",
     ]
-    header = ["option", "kind", "codec", "bytes", "head ms", "tail ms", "accuracy", "fidelity (held-out)"]
+    header = [
+        "option",
+        "kind",
+        "device",
+        "wire",
+        "wire bytes",
+        "device bytes",
+        "device ms",
+        "tail ms",
+        "accuracy",
+        "fidelity (held-out)",
+    ]
     header += [f"{_mbit(b)} Mbit/s" for b in bandwidths_bps]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -72,7 +86,9 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
             mark = " **planned**" if planned_id == option.id else ""
             row.append(_ms(expected_latency(option, bw, reference_rtt_s)) + mark)
         lines.append("| " + " | ".join(row) + " |")
+    lines += _device_size(plan)
     lines += _codec_section(plan)
+    lines += _fallback_section(plan)
     lines += _planned_section(plan)
     return "\n".join(lines) + "\n"
 
@@ -89,8 +105,10 @@ def _option_row(option: Option) -> list[str]:
     return [
         f"`{option.id}`",
         option.kind,
+        option.precision,
         option.codec or "",
         str(option.wire_bytes) if split else "",
+        str(option.device_bytes) if option.device_bytes else "",
         _ms(option.head_seconds if split else option.seconds),
         _ms(option.tail_seconds) if split else "",
         "" if option.accuracy is None else f"{option.accuracy:.3f}",
@@ -116,6 +134,45 @@ def _planned_section(plan: Plan) -> list[str]:
     for bw in bandwidths:
         picks = [_planned_id(plan, bw, rtt) or "none" for rtt in rtts]
         lines.append(f"| {bw / 1e6:.3g} | " + " | ".join(f"`{p}`" for p in picks) + " |")
+    return lines
+
+
+def _device_size(plan: Plan) -> list[str]:
+    """What the device holds: the bytes of each held model file, by kind and precision."""
+    sizes: dict[str, int] = {}
+    for option in plan.options:
+        key = f"{'heads' if option.kind == 'split' else option.kind} ({option.precision})"
+        sizes[key] = sizes.get(key, 0) + option.device_bytes
+    if not any(sizes.values()):
+        return []
+    parts = ", ".join(f"{key} {size / 1e6:.3f} MB" for key, size in sizes.items())
+    return ["", f"Device part: {sum(sizes.values()) / 1e6:.3f} MB ({parts})."]
+
+
+def _fallback_section(plan: Plan) -> list[str]:
+    """The fallback's precisions weighed (with --quantize): time, size, accuracy, and which one is held."""
+    variants = (plan.profiles.get("evaluated") or {}).get("fallbacks") or []
+    if len(variants) < 2:
+        return []
+    lines = [
+        "",
+        "## Fallback precisions",
+        "",
+        "The plan holds one fallback: the int8 one when it is as accurate as the fp32 one (within the accuracy "
+        "drop allowed) and no slower. Fidelity of the int8 one is against the fp32 fallback.",
+        "",
+        "| precision | ms | bytes | accuracy | fidelity (held-out) | held |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        fidelity = v.get("fidelity") or {}
+        accuracy = v.get("accuracy")
+        lines.append(
+            f"| {v.get('precision', 'fp32')} | {_ms(float(v.get('seconds', 0.0)))} | {v.get('device_bytes', '')} "
+            f"| {'' if accuracy is None else f'{accuracy:.3f}'} "
+            f"| {_fidelity_text(fidelity.get('held_out') or fidelity.get('calibration'))} "
+            f"| {'yes' if v.get('held') else 'no'} |"
+        )
     return lines
 
 
@@ -213,14 +270,22 @@ class _Axes:
 def _series_svg(
     option: Option, colour: str, axes: _Axes, seconds: Sequence[float], chosen: Sequence[bool]
 ) -> list[str]:
-    """One option's line, thick where it is the planned option, with a dot at each planned point."""
+    """One option's line, thick where it is the planned option, with a dot at each planned point; an int8
+    device model (head or fallback) gets a square marker at each end of its line."""
     dash = ' stroke-dasharray="6,4"' if option.kind != "split" else ""
     name = escape(option.id)
     points = [f"{axes.x(bw):.1f},{axes.y(s):.1f}" for bw, s in zip(axes.bandwidths, seconds, strict=True)]
     out = [
-        f'<polyline class="option" data-option="{name}" points="{" ".join(points)}" fill="none" '
-        f'stroke="{colour}" stroke-width="1.5"{dash}/>'
+        f'<polyline class="option" data-option="{name}" data-precision="{escape(option.precision)}" '
+        f'points="{" ".join(points)}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>'
     ]
+    if option.precision == "int8":
+        for point in (points[0], points[-1]):
+            x, y = (float(v) for v in point.split(","))
+            out.append(
+                f'<rect class="int8" data-option="{name}" x="{x - 3.5:.1f}" y="{y - 3.5:.1f}" width="7" height="7" '
+                f'fill="white" stroke="{colour}" stroke-width="1.5"/>'
+            )
     for start, end in _runs(chosen):
         out.append(
             f'<polyline class="planned" data-option="{name}" points="{" ".join(points[start:end])}" fill="none" '
@@ -238,7 +303,7 @@ def latency_svg(plan: Plan, reference_rtt_s: float, width: int = 760, height: in
     bandwidths = chart_bandwidths(plan)
     planned = [_planned_id(plan, bw, reference_rtt_s) for bw in bandwidths]
     options = _chart_options(plan, planned)
-    height = max(height, 40 + 14 * len(options) + 40)
+    height = max(height, 40 + 14 * len(options) + 54)
     series = {o.id: [expected_latency(o, bw, reference_rtt_s) for bw in bandwidths] for o in options}
     left, right, top, bottom = 70, 250, 40, 50
     axes = _Axes(
@@ -264,11 +329,18 @@ def latency_svg(plan: Plan, reference_rtt_s: float, width: int = 760, height: in
             f'<line x1="{width - right + 15}" y1="{legend_y - 4}" x2="{width - right + 35}" y2="{legend_y - 4}" '
             f'stroke="{colour}" stroke-width="2"{dash}/>'
         )
-        label = option.id + (" (planned somewhere)" if any(chosen) else "")
+        label = (
+            option.id
+            + (" [int8]" if option.precision == "int8" else "")
+            + (" (planned somewhere)" if any(chosen) else "")
+        )
         out.append(f'<text x="{width - right + 40}" y="{legend_y}">{escape(label)}</text>')
     out.append(
         f'<text x="{width - right + 15}" y="{top + 14 * len(options) + 20}">thick, with dots: the planned option '
         f"(budget {plan.budget_s * 1e3:g} ms)</text>"
     )
+    if any(o.precision == "int8" for o in options):
+        legend_y = top + 14 * len(options) + 34
+        out.append(f'<text x="{width - right + 15}" y="{legend_y}">squares, [int8]: int8 device model</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

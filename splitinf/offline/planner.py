@@ -12,6 +12,11 @@ point. Which held option answers a request is not decided here: the device appli
 :func:`splitinf.contract.plan.choose_option` to its live estimates, and the report marks what that
 rule picks within the plan's budget.
 
+With ``--quantize int8`` every head with weights also gets an int8 variant
+(:mod:`splitinf.offline.quantize`), priced by the device profile's ``int8_head`` timings: an option
+of its own (``split:CUT:CODEC:int8head``) under the same accuracy floor and the same rule, sharing
+its fp32 twin's tail. The fallback gets one too; one fallback is held (:func:`_choose_fallback`).
+
 The pure core comes first. :func:`plan_model` at the end is the I/O wrapper that ``splitinf plan``
 runs, in named steps: read the sources and samples, evaluate every (cut, codec) option, select the
 ones to hold, write the plan directory.
@@ -49,6 +54,7 @@ if TYPE_CHECKING:
     import onnx
 
     from splitinf.offline.codecs import Encoded
+    from splitinf.offline.quantize import QuantizedModel
 
 __all__ = [
     "DEFAULT_BANDWIDTHS_BPS",
@@ -79,13 +85,18 @@ DEFAULT_BANDWIDTHS_BPS = log_grid(0.25e6, 1000e6, 13)
 DEFAULT_RTTS_S = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
-def option_names(model_name: str, cut_id: str, codec: str) -> tuple[str, str, str]:
-    """(option id, head path in the plan directory, tail model name) for a split option."""
+def option_names(model_name: str, cut_id: str, codec: str, precision: str = "fp32") -> tuple[str, str, str]:
+    """(option id, head path in the plan directory, tail model name) for a split option.
+
+    An int8 head's option and file carry ``int8head``; its tail is the fp32 head's (the same model,
+    as the tail stays fp32 and the wire the same), so the two share one tail model.
+    """
     safe_cut = re.sub(r"[^A-Za-z0-9_.-]", "_", cut_id)
     safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+    suffix = "" if precision == "fp32" else f"{precision}head"
     return (
-        f"split:{cut_id}:{codec}",
-        f"device/heads/split-{safe_cut}-{codec}.onnx",
+        f"split:{cut_id}:{codec}" + (f":{suffix}" if suffix else ""),
+        f"device/heads/split-{safe_cut}-{codec}" + (f"-{suffix}" if suffix else "") + ".onnx",
         f"{safe_model}.{safe_cut}.{codec}",
     )
 
@@ -295,16 +306,26 @@ class _Samples:
 
 
 @dataclass(frozen=True)
+class _Fallback:
+    """One precision of the fallback: its option and the model to write."""
+
+    option: Option
+    model: onnx.ModelProto
+
+
+@dataclass(frozen=True)
 class _Evaluated:
     """Every option priced and measured, before choosing which to hold."""
 
     codecs: tuple[str, ...]
+    quantize: str | None
     cut_ids: list[str]
     input_cut: str
     splits: list[Option]
     encoded: Mapping[str, Encoded]
     local: Option | None
-    fallback: Option | None
+    fallbacks: list[_Fallback]  # the fp32 fallback, then its int8 variant (with --quantize)
+    fallback: _Fallback | None  # the one held: see _choose_fallback
     min_accuracy: float | None
 
 
@@ -410,29 +431,46 @@ class _Evaluator:
     def accuracy(self, outputs: Sequence[Mapping[str, np.ndarray]]) -> float | None:
         return _accuracy(outputs, self.samples.reference[self.samples.held_key], self.samples.labels)
 
-    def split_option(self, partition: Any, cut_id: str, codec: str) -> tuple[Option, Encoded]:
-        """One (cut, codec) option: its graphs encoded, calibrated when 8-bit, timed by the profiles."""
+    def encode(self, partition: Any, codec: str) -> Encoded:
+        """The partition with ``codec`` applied, 8-bit scales calibrated on the calibration samples."""
         from splitinf.offline import codecs as wire_codecs
 
-        sources, samples = self.sources, self.samples
-        dev = profile_cut_codec(sources.device, cut_id, codec, role="device", source=sources.device_source)
-        srv = profile_cut_codec(sources.server, cut_id, codec, role="server", source=sources.server_source)
         quant = (
-            wire_codecs.calibrate(partition, samples.calibration, codec, self.threads)
+            wire_codecs.calibrate(partition, self.samples.calibration, codec, self.threads)
             if codec in wire_codecs.QUANTIZED
             else None
         )
-        encoded = wire_codecs.encode(partition, codec, quant)
+        return wire_codecs.encode(partition, codec, quant)
+
+    def split_option(self, encoded: Encoded, cut_id: str, quantized: QuantizedModel | None = None) -> Option:
+        """One (cut, codec, head precision) option: fidelity and accuracy measured, times from the profiles.
+
+        ``quantized`` says how the head was made when it is the int8 one; its time is the profile's ``int8_head``.
+        """
+        from splitinf.offline import codecs as wire_codecs
+
+        sources, samples, codec = self.sources, self.samples, encoded.codec
+        precision = "fp32" if quantized is None else quantized.describe()["precision"]
+        dev = profile_cut_codec(sources.device, cut_id, codec, role="device", source=sources.device_source)
+        srv = profile_cut_codec(sources.server, cut_id, codec, role="server", source=sources.server_source)
+        head_timing = dev["head"] if quantized is None else dev.get(f"{precision}_head")
+        if head_timing is None:
+            raise PlanError(
+                f"the device profile {sources.device_source} has no {precision} head timings for cut {cut_id} "
+                f"(codec {codec}); re-run `splitinf profile --quantize {precision}` on the device"
+            )
         fidelity = wire_codecs.fidelity(
             sources.model, encoded, samples.calibration, samples.held, self.threads, reference=samples.reference
         )
         fidelity["samples"] = samples.source
+        if quantized is not None:
+            fidelity["quantization"] = quantized.describe()
         if samples.labels is None:
             accuracy = fidelity[samples.held_key]["top1_agreement"]
         else:
             accuracy = self.accuracy(wire_codecs.run_encoded(encoded, samples.evaluation, self.threads)[0])
-        option_id, head_path, tail_model = option_names(sources.name, cut_id, codec)
-        option = Option(
+        option_id, head_path, tail_model = option_names(sources.name, cut_id, codec, precision)
+        return Option(
             id=option_id,
             kind="split",
             cut_id=cut_id,
@@ -441,15 +479,16 @@ class _Evaluator:
             tail_model=tail_model,
             wire=encoded.wire,
             wire_bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
-            head_seconds=float(dev["head"]["median"]),
+            head_seconds=float(head_timing["median"]),
             tail_seconds=float(srv["tail"]["median"]),
             # serialisation at both ends: the device builds the request, the server parses it
             serialize_seconds=float(dev.get("serialize", {}).get("median", 0.0))
             + float(srv.get("deserialize", {}).get("median", 0.0)),
             accuracy=accuracy,
             fidelity=fidelity,
+            precision=precision,
+            device_bytes=encoded.head.ByteSize(),
         )
-        return option, encoded
 
     def local_accuracy(self) -> float | None:
         from splitinf.offline.codecs import run_model
@@ -458,30 +497,114 @@ class _Evaluator:
             return 1.0  # the full model agrees with itself
         return self.accuracy(run_model(self.sources.model, self.samples.evaluation))
 
-    def fallback_option(self) -> Option | None:
-        """The fallback priced by the device profile when it timed this file, else timed here (and said so)."""
-        from splitinf.offline.codecs import run_model
-        from splitinf.offline.profiling import time_callable
+    def fallback_options(self, quantize: str | None) -> list[_Fallback]:
+        """The fallback (and with ``quantize`` its int8 variant), each priced by the device profile when it
+        timed this file, else timed here (and said so). The int8 one's fidelity is against the fp32 fallback."""
+        from splitinf.offline.codecs import compare_outputs, run_model
+        from splitinf.offline.quantize import has_weights, quantize_model
 
-        sources = self.sources
+        sources, samples = self.sources, self.samples
         if sources.fallback is None or sources.fallback_path is None:
-            return None
+            return []
         timed = sources.device.get("fallback") or {}
-        if timed.get("sha256") == sha256_file(sources.fallback_path):
-            seconds, seconds_source = float(timed["seconds"]["median"]), "device profile"
-        else:
-            session = make_session(sources.fallback, sources.device.get("onnxruntime", {}).get("threads") or None)
-            feed = self.samples.calibration[0]
-            seconds = time_callable(lambda: session.run(None, feed), repeats=20, warmup=3).median
-            seconds_source = "measured on the planning machine (profile the fallback on the device for real figures)"
-        return Option(
+        profiled = timed.get("sha256") == sha256_file(sources.fallback_path)
+        fp32_outputs = run_model(sources.fallback, samples.evaluation)
+        variants = [
+            _Fallback(
+                Option(
+                    id="fallback",
+                    kind="fallback",
+                    model="device/fallback.onnx",
+                    seconds=self._fallback_seconds(sources.fallback, timed.get("seconds") if profiled else None),
+                    accuracy=self.accuracy(fp32_outputs),
+                    fidelity={"seconds_source": "device profile" if profiled else _MEASURED_HERE},
+                    device_bytes=sources.fallback.ByteSize(),
+                ),
+                sources.fallback,
+            )
+        ]
+        if quantize is None or not has_weights(sources.fallback):
+            return variants
+        quantized = quantize_model(sources.fallback, samples.calibration)
+        int8_timing = timed.get("int8_seconds") if profiled else None
+        if profiled and int8_timing is None:
+            raise PlanError(
+                f"the device profile {sources.device_source} timed the fallback but not its int8 variant; "
+                "re-run `splitinf profile --quantize int8 --fallback ...` on the device"
+            )
+        int8_outputs = run_model(quantized.model, samples.evaluation)
+        fidelity: dict[str, Any] = {
+            "seconds_source": "device profile" if profiled else _MEASURED_HERE,
+            "against": "the fp32 fallback",
+            "quantization": quantized.describe(),
+        }
+        for key, inputs in (("calibration", samples.calibration), ("held_out", samples.held)):
+            if inputs:
+                fidelity[key] = compare_outputs(run_model(sources.fallback, inputs), run_model(quantized.model, inputs))
+        option = Option(
             id="fallback",
             kind="fallback",
             model="device/fallback.onnx",
-            seconds=seconds,
-            accuracy=self.accuracy(run_model(sources.fallback, self.samples.evaluation)),
-            fidelity={"seconds_source": seconds_source},
+            seconds=self._fallback_seconds(quantized.model, int8_timing),
+            accuracy=self.accuracy(int8_outputs),
+            fidelity=fidelity,
+            precision="int8",
+            device_bytes=quantized.model.ByteSize(),
         )
+        return variants + [_Fallback(option, quantized.model)]
+
+    def _fallback_seconds(self, model: onnx.ModelProto, profiled: Mapping[str, Any] | None) -> float:
+        from splitinf.offline.profiling import time_callable
+
+        if profiled is not None:
+            return float(profiled["median"])
+        session = make_session(model, self.sources.device.get("onnxruntime", {}).get("threads") or None)
+        feed = {i.name: self.samples.calibration[0][i.name] for i in session.get_inputs()}
+        return time_callable(lambda: session.run(None, feed), repeats=20, warmup=3).median
+
+
+_MEASURED_HERE = "measured on the planning machine (profile the fallback on the device for real figures)"
+
+
+def _choose_fallback(fallbacks: Sequence[_Fallback], max_accuracy_drop: float) -> _Fallback | None:
+    """The fallback to hold: the int8 one when it is as accurate as the fp32 one (within ``max_accuracy_drop``,
+    the floor split options get too) and no slower, else the fp32 one. One fallback is held: the device
+    answers from it when nothing else fits, so speed matters but accuracy comes first."""
+    if not fallbacks:
+        return None
+    fp32, *others = fallbacks
+    for candidate in others:
+        a, b = candidate.option.accuracy, fp32.option.accuracy
+        if (
+            a is not None
+            and b is not None
+            and a >= b - max_accuracy_drop
+            and candidate.option.seconds <= fp32.option.seconds
+        ):
+            return candidate
+    return fp32
+
+
+def _cut_options(
+    evaluator: _Evaluator, partition: Any, codecs: Sequence[str], quantize: str | None
+) -> list[tuple[Option, Encoded]]:
+    """A cut's options: each codec with the fp32 head, and with ``quantize`` also with the int8 head
+    (same codec, same wire scales, so the same tail) when the head has weights to quantize."""
+    from splitinf.offline.codecs import encode
+    from splitinf.offline.quantize import quantized_partition
+
+    cut_id = partition.cut.id
+    int8 = quantized_partition(partition, evaluator.samples.calibration) if quantize else None
+    options = []
+    for codec in codecs:
+        encoded = evaluator.encode(partition, codec)
+        options.append((evaluator.split_option(encoded, cut_id), encoded))
+        if int8 is not None:
+            int8_encoded = encode(int8[0], codec, encoded.quant)
+            if int8_encoded.wire != encoded.wire:
+                raise PlanError(f"the int8 head of cut {cut_id} changed the wire tensors; plan without --quantize")
+            options.append((evaluator.split_option(int8_encoded, cut_id, int8[1]), int8_encoded))
+    return options
 
 
 def _evaluate(
@@ -489,11 +612,12 @@ def _evaluate(
     samples: _Samples,
     codecs: tuple[str, ...],
     *,
+    quantize: str | None,
     max_accuracy_drop: float,
     include_local: bool,
     threads: int | None,
 ) -> _Evaluated:
-    """Every (profiled cut, codec) option, the local model and the fallback, priced and measured."""
+    """Every (profiled cut, codec, head precision) option, the local model and the fallback(s), priced and measured."""
     from splitinf.offline.partition import split_model
 
     cuts, input_cut, cut_ids = _profiled_cuts(sources)
@@ -502,22 +626,32 @@ def _evaluate(
     splits: list[Option] = []
     encoded: dict[str, Encoded] = {}
     for cut_id in cut_ids:
-        partition = split_model(sources.model, cuts[cut_id])
-        for codec in codecs:
-            option, encoded[option.id] = evaluator.split_option(partition, cut_id, codec)
+        for option, encoded[option.id] in _cut_options(
+            evaluator, split_model(sources.model, cuts[cut_id]), codecs, quantize
+        ):
             splits.append(option)
     local = None
     if include_local:
         seconds = float(sources.device["model_seconds"]["median"])
-        local = Option(id="local", kind="local", model="device/local.onnx", seconds=seconds, accuracy=local_accuracy)
+        local = Option(
+            id="local",
+            kind="local",
+            model="device/local.onnx",
+            seconds=seconds,
+            accuracy=local_accuracy,
+            device_bytes=sources.model.ByteSize(),
+        )
+    fallbacks = evaluator.fallback_options(quantize)
     return _Evaluated(
         codecs=codecs,
+        quantize=quantize,
         cut_ids=cut_ids,
         input_cut=input_cut,
         splits=splits,
         encoded=encoded,
         local=local,
-        fallback=evaluator.fallback_option(),
+        fallbacks=fallbacks,
+        fallback=_choose_fallback(fallbacks, max_accuracy_drop),
         min_accuracy=None if local_accuracy is None else local_accuracy - max_accuracy_drop,
     )
 
@@ -536,43 +670,60 @@ def _select(
     )
 
 
-def _write_split(build: Path, sources: _Sources, option: Option, encoded: Encoded) -> Option:
-    """The head into ``device/heads``, the tail (with its manifest) into the ``server`` repository."""
+def _write_split(
+    build: Path, sources: _Sources, options: Sequence[Option], encoded: Mapping[str, Encoded]
+) -> list[Option]:
+    """Options sharing one tail (a cut and codec, fp32 and int8 heads): each head into ``device/heads``,
+    the tail (with its manifest naming every head: ``head``, ``head_int8``) once into the ``server`` repository."""
     from splitinf.offline.partition import save_model, write_to_repository
 
-    assert option.head is not None and option.tail_model is not None
-    head_sha = save_model(encoded.head, build / option.head)
+    option = options[0]
+    assert option.tail_model is not None and all(o.head is not None for o in options)
     assert option.cut_id is not None and option.codec is not None
+    head_shas = {o.id: save_model(encoded[o.id].head, build / str(o.head)) for o in options}
+    encoded_one = encoded[option.id]
     manifest = build_manifest(
         source_name=sources.name,
         source_sha256=sources.sha256,
         cut_id=option.cut_id,
-        cut_tensors=encoded.cut.tensors,
-        cut_bytes=int(encoded.cut.bytes_per_sample),
+        cut_tensors=encoded_one.cut.tensors,
+        cut_bytes=int(encoded_one.cut.bytes_per_sample),
         codec=option.codec,
-        wire=encoded.wire,
-        opset=[(o.domain, o.version) for o in encoded.tail.opset_import],
-        ir_version=encoded.tail.ir_version,
-        parts={"head": {"file": option.head, "sha256": head_sha}},
+        wire=encoded_one.wire,
+        opset=[(o.domain, o.version) for o in encoded_one.tail.opset_import],
+        ir_version=encoded_one.tail.ir_version,
+        # "head": the first held head (the fp32 one when held); its int8 twin beside it is "head_int8"
+        parts={
+            ("head" if i == 0 else f"head_{o.precision}"): {"file": o.head, "sha256": head_shas[o.id]}
+            for i, o in enumerate(options)
+        },
     )
-    tail_path = write_to_repository(encoded.tail, build / "server", option.tail_model, "1", manifest)
-    return dataclasses.replace(option, head_sha256=head_sha, tail_version="1", tail_sha256=sha256_file(tail_path))
+    tail_path = write_to_repository(encoded_one.tail, build / "server", option.tail_model, "1", manifest)
+    tail_sha = sha256_file(tail_path)
+    return [
+        dataclasses.replace(o, head_sha256=head_shas[o.id], tail_version="1", tail_sha256=tail_sha) for o in options
+    ]
 
 
 def _write_models(build: Path, sources: _Sources, evaluated: _Evaluated, held: Sequence[Option]) -> tuple[Option, ...]:
     """Every held option's files; returns the options with the sha256 of what was written."""
     from splitinf.offline.partition import save_model
 
-    written = [_write_split(build, sources, option, evaluated.encoded[option.id]) for option in held]
+    by_tail: dict[str | None, list[Option]] = {}
+    for option in held:
+        by_tail.setdefault(option.tail_model, []).append(option)
+    written = {o.id: o for group in by_tail.values() for o in _write_split(build, sources, group, evaluated.encoded)}
+    result = [written[o.id] for o in held]
     if evaluated.local is not None:
-        written.append(
+        result.append(
             dataclasses.replace(evaluated.local, sha256=save_model(sources.model, build / "device" / "local.onnx"))
         )
-    if evaluated.fallback is not None and sources.fallback is not None:
-        written.append(
-            dataclasses.replace(evaluated.fallback, sha256=save_model(sources.fallback, build / "device/fallback.onnx"))
+    fallback = evaluated.fallback
+    if fallback is not None:
+        result.append(
+            dataclasses.replace(fallback.option, sha256=save_model(fallback.model, build / "device/fallback.onnx"))
         )
-    return tuple(written)
+    return tuple(result)
 
 
 def _evaluated_record(
@@ -582,6 +733,7 @@ def _evaluated_record(
     held_ids = {o.id for o in held}
     return {
         "codecs": list(evaluated.codecs),
+        "quantize": evaluated.quantize,
         "cuts": evaluated.cut_ids,
         "options": len(evaluated.splits),
         "grid": {"bandwidths_bps": list(grid[0]), "rtts_s": list(grid[1])},
@@ -590,9 +742,15 @@ def _evaluated_record(
         "held_out_samples": len(samples.held),
         "accuracy": "labels" if samples.labels is not None else "top-1 agreement with the full model",
         "min_accuracy": evaluated.min_accuracy,
+        "fallbacks": [
+            dict(f.option.to_json(), held=f is evaluated.fallback) | {"model": None, "sha256": None}
+            for f in evaluated.fallbacks
+        ],
         "not_held": [
             {
                 "id": o.id,
+                "precision": o.precision,
+                "device_bytes": o.device_bytes,
                 "bytes": o.wire_bytes,
                 "head_seconds": o.head_seconds,
                 "tail_seconds": o.tail_seconds,
@@ -616,6 +774,7 @@ def plan_model(
     calibration: str | os.PathLike[str] | None = None,
     held_out: str | os.PathLike[str] | None = None,
     codecs: str | Sequence[str] | None = None,
+    quantize: str | None = None,
     max_candidates: int = 4,
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
     bandwidths_bps: Sequence[float] | None = None,
@@ -634,20 +793,33 @@ def plan_model(
     ``hold_all``) and writes the layout of :mod:`splitinf.contract.plan` with ``report.md`` and
     ``latency.svg`` (choices marked within ``budget_s``). Samples: an .npz with one array per model
     input, stacked on axis 0, optionally ``labels``. Returns the plan as loaded back from ``output``.
+
+    ``quantize="int8"`` adds, for each head with weights, an int8 variant of every option (an option
+    of its own, weighed like the others and kept out by the same accuracy floor), and an int8
+    variant of the fallback, held instead of the fp32 one when as accurate (:func:`_choose_fallback`).
+    The device profile must then hold int8 timings (``splitinf profile --quantize int8``).
     """
     from splitinf.offline.plan_report import latency_svg, report_markdown
+    from splitinf.offline.quantize import parse_quantize, quantize_method
 
     if max_candidates < 0:
         raise PlanError(f"--max-candidates must be >= 0, got {max_candidates}")
     bandwidths = tuple(sorted(bandwidths_bps)) if bandwidths_bps else DEFAULT_BANDWIDTHS_BPS
     rtts = tuple(sorted(rtts_s)) if rtts_s else DEFAULT_RTTS_S
+    precision = parse_quantize(quantize)
     sources = _read_sources(model, device_profile, server_profile, fallback)
     codec_names = _codec_names(codecs, calibrated=calibration is not None)
+    if precision is not None and calibration is None and quantize_method(sources.model) == "static":
+        raise PlanError(
+            f"--quantize {precision} calibrates the heads' activation ranges on sample inputs; give --calibration "
+            "(an .npz of real inputs)"
+        )
     samples = _read_plan_samples(sources, calibration, held_out)
     evaluated = _evaluate(
         sources,
         samples,
         codec_names,
+        quantize=precision,
         max_accuracy_drop=max_accuracy_drop,
         include_local=include_local,
         threads=threads,

@@ -26,9 +26,10 @@ Profile JSON (format 1)::
      "model_seconds": {"median": ..., "p90": ..., "min": ..., "repeats": 20},
      "cuts": [{"id": "c3", "bytes": 2048,
                "codecs": {"fp16": {"head": <timing>, "tail": <timing>, "serialize": <timing>,
-                                   "deserialize": <timing>, "wire_bytes": 1024}}}, ...],
+                                   "deserialize": <timing>, "wire_bytes": 1024,
+                                   "int8_head": <timing>}}}, ...],   (with quantize="int8")
      "notes": ["cut ids: no codec fp16/int8, its int64 tensors travel as they are (fp32)"],
-     "fallback": {"name": "small", "sha256": "...", "seconds": <timing>}}
+     "fallback": {"name": "small", "sha256": "...", "seconds": <timing>, "int8_seconds": <timing>}}
 
 ``inputs`` are the shapes everything was timed at (the user's samples or ``--shape``, else random
 inputs with dynamic dimensions 1: ``source`` says which); a cut lists only the codecs that apply
@@ -69,6 +70,7 @@ from splitinf.offline.codecs import (
 from splitinf.offline.graph import GraphView, load_model
 from splitinf.offline.inputs import InputSet
 from splitinf.offline.partition import split_model
+from splitinf.offline.quantize import has_weights, parse_quantize, quantize_model, quantized_partition
 from splitinf.offline.sessions import make_session
 
 __all__ = [
@@ -211,6 +213,7 @@ def profile_model(
     progress: bool = False,
     seed: int = 0,
     inputs: InputSet | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Time the full model, each cut's head and tail per codec (and the fallback); return the profile.
 
@@ -219,9 +222,12 @@ def profile_model(
     calibrate the 8-bit codecs; the profile records their shapes. A codec that does not apply at a
     cut (no float tensor, an opset conversion that fails) is not timed there and gets a line in
     ``notes``. Everything is timed in ``passes`` separate sweeps; each item keeps its quietest pass.
+    With ``quantize="int8"`` each head with weights (and the fallback) is also timed as its int8
+    variant (:mod:`splitinf.offline.quantize`), with the same codec, as ``int8_head`` (``int8_seconds``).
     """
     if passes < 1:
         raise PlanError(f"passes must be at least 1, got {passes}")
+    quantize = parse_quantize(quantize)
     codecs = parse_codecs(codecs)
     if inputs is None:
         inputs = inputs_.model_inputs(GraphView(model).input_specs(), seed=seed)
@@ -250,6 +256,8 @@ def profile_model(
         bar.step("full model")
         for cut in cuts:
             partition = split_model(model, cut)
+            # Timing does not depend on the scales' values, so one sample calibrates well enough here.
+            int8 = quantized_partition(partition, [sample]) if quantize else None
             for codec in cut_codecs[cut.id]:
                 bar.step(f"cut {cut.id} {codec}")
                 ready, note = for_codec(partition, codec, sample, threads)
@@ -258,10 +266,14 @@ def profile_model(
                     continue
                 key = (cut.id, codec)
                 timed_part = partial(lambda k, part, fn: timed((*k, part), fn), key)
-                wire_bytes[key] = _time_parts(ready, codec, inputs, threads, timed_part)
+                wire_bytes[key] = _time_parts(ready, codec, inputs, threads, timed_part, int8[0] if int8 else None)
         if fallback is not None:
             small = make_session(fallback[0], threads)
-            timed(("fallback",), partial(small.run, None, _fallback_feeds(small, inputs, seed)))
+            small_sample = _fallback_feeds(small, inputs, seed)
+            timed(("fallback",), partial(small.run, None, small_sample))
+            if quantize and has_weights(fallback[0]):
+                small = make_session(quantize_model(fallback[0], [small_sample]).model, threads)
+                timed(("fallback", "int8"), partial(small.run, None, small_sample))
             bar.step("fallback")
 
     def best(*key: str) -> dict[str, Any]:
@@ -273,7 +285,13 @@ def profile_model(
         "model": {"name": name, "sha256": sha256},
         "machine": machine_info(),
         "onnxruntime": {"version": ort.__version__, "providers": providers, "threads": threads or 0},
-        "settings": {"repeats": repeats, "warmup": warmup, "passes": passes, "codecs": list(codecs)},
+        "settings": {
+            "repeats": repeats,
+            "warmup": warmup,
+            "passes": passes,
+            "codecs": list(codecs),
+            "quantize": quantize,
+        },
         "inputs": inputs.to_json(),
         "model_seconds": best("model"),
         "cuts": [
@@ -288,6 +306,11 @@ def profile_model(
                         "deserialize": best(cut.id, codec, "deserialize"),
                         "wire_bytes": wire_bytes[(cut.id, codec)],
                     }
+                    | (
+                        {"int8_head": best(cut.id, codec, "int8_head")}
+                        if (cut.id, codec, "int8_head") in timings
+                        else {}
+                    )
                     for codec in cut_codecs[cut.id]
                     if (cut.id, codec) in wire_bytes
                 },
@@ -298,6 +321,8 @@ def profile_model(
     }
     if fallback is not None:
         profile["fallback"] = {"name": fallback[1], "sha256": fallback[2], "seconds": best("fallback")}
+        if ("fallback", "int8") in timings:
+            profile["fallback"]["int8_seconds"] = best("fallback", "int8")
     return profile
 
 
@@ -307,8 +332,10 @@ def _time_parts(
     inputs: InputSet,
     threads: int | None,
     timed: Callable[[str, Callable[[], object]], None],
+    int8_partition: PartitionLike | None = None,
 ) -> int:
-    """Time one cut's head, tail, serialisation and parsing with ``codec``; return the wire bytes."""
+    """Time one cut's head, tail, serialisation and parsing with ``codec`` (and the int8 head of
+    ``int8_partition`` with the same codec and scales, when given); return the wire bytes."""
     # Timing does not depend on the scale's exact value: a few samples calibrate well enough here.
     quant = calibrate(partition, inputs.samples[:8], codec, threads) if codec in QUANTIZED else None
     encoded = encode(partition, codec, quant)
@@ -319,6 +346,10 @@ def _time_parts(
     wire = dict(zip(head_names, inputs_.run_checked(head, head_feed, "the head"), strict=True))
     tail_feed = {i.name: wire[i.name] for i in tail.get_inputs()}
     timed("head", partial(head.run, None, head_feed))
+    if int8_partition is not None:
+        int8_head = make_session(encode(int8_partition, codec, quant).head, threads)
+        timed("int8_head", partial(int8_head.run, None, head_feed))
+        del int8_head
     timed("tail", partial(tail.run, None, tail_feed))
     timed("serialize", partial(_serialize, wire))
     timed("deserialize", partial(_deserialize, _serialize(wire)))
@@ -339,6 +370,7 @@ def profile_file(
     progress: bool = False,
     samples: str | os.PathLike[str] | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Profile the model file (and the fallback file) on ``samples`` (a path) or at ``shapes`` and
     write the profile JSON; the file wrapper."""
@@ -365,6 +397,7 @@ def profile_file(
         fallback=small,
         progress=progress,
         inputs=inputs,
+        quantize=quantize,
     )
     write_json_atomic(target, profile)
     return profile

@@ -1,0 +1,200 @@
+"""`splitinf profile/plan --quantize int8` on the shipped digits pair: int8 heads and fallback as options."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from splitinf.cli import main
+from splitinf.contract.plan import Option, load_plan
+from splitinf.offline.graph import enumerate_cuts, load_model
+from splitinf.offline.planner import _choose_fallback, _Fallback, select_candidates
+from splitinf.tools.models import digits_fallback_path, digits_main_path, load_digits_test
+
+
+@dataclasses.dataclass
+class Digits:
+    root: Path
+    device: Path
+    server: Path
+    samples: Path
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+    root = tmp_path_factory.mktemp("int8")
+    cuts = enumerate_cuts(load_model(digits_main_path()))
+    chosen = ",".join([cuts[0].id, cuts[3].id, cuts[-3].id])
+    common = ["--cuts", chosen, "--codecs", "fp32,int8", "--repeats", "3", "--warmup", "1", "--passes", "1"]
+    fallback = ["--fallback", str(digits_fallback_path())]
+    device, server = root / "device.json", root / "server.json"
+    assert main(["profile", str(digits_main_path()), "-o", str(device), "--quantize", "int8", *fallback, *common]) == 0
+    assert main(["profile", str(digits_main_path()), "-o", str(server), *common]) == 0
+    images, labels = load_digits_test()
+    np.savez(root / "digits.npz", image=images[:160], labels=labels[:160])
+    return Digits(root, device, server, root / "digits.npz")
+
+
+def _plan(d: Digits, out: Path, *extra: str) -> list[str]:
+    model = str(digits_main_path())
+    devices = ["--device", str(d.device), "--server", str(d.server)]
+    return ["plan", model, *devices, "-o", str(out), "--codecs", "fp32,int8", *extra]
+
+
+def test_the_device_profile_times_int8_heads_and_the_int8_fallback(digits: Digits) -> None:
+    profile = json.loads(digits.device.read_text())
+    assert profile["settings"]["quantize"] == "int8"
+    input_cut, *others = profile["cuts"]
+    assert all("int8_head" not in c for c in input_cut["codecs"].values())  # nothing to quantize there
+    assert all(c["int8_head"]["median"] > 0 for cut in others for c in cut["codecs"].values())
+    assert profile["fallback"]["int8_seconds"]["median"] > 0
+    assert "int8_head" not in json.dumps(json.loads(digits.server.read_text()))
+
+
+@pytest.fixture(scope="module")
+def int8_plan(digits: Digits) -> Path:
+    out = digits.root / "plan"
+    argv = _plan(digits, out, "--calibration", str(digits.samples), "--fallback", str(digits_fallback_path()))
+    assert main([*argv, "--quantize", "int8", "--hold-all"]) == 0
+    return out
+
+
+def test_the_plan_holds_int8_head_options_that_agree_with_fp32(int8_plan: Path) -> None:
+    plan = load_plan(int8_plan, check_files=("device", "server"))
+    int8 = [o for o in plan.split_options if o.precision == "int8"]
+    assert len(int8) == 4  # 2 cuts with weights x 2 codecs; the input cut has none
+    for option in int8:
+        twin = plan.option(option.id.removesuffix(":int8head"))
+        assert option.id == f"split:{option.cut_id}:{option.codec}:int8head" and twin.precision == "fp32"
+        assert option.head is not None and option.head.endswith("-int8head.onnx")
+        assert option.tail_model == twin.tail_model and option.tail_sha256 == twin.tail_sha256  # one fp32 tail
+        assert option.wire == twin.wire and option.wire_bytes == twin.wire_bytes
+        assert 0 < option.device_bytes < twin.device_bytes and option.head_seconds > 0
+        assert option.fidelity["quantization"]["method"] == "static"
+        assert option.fidelity["quantization"]["format"] == "QDQ"
+        for key in ("calibration", "held_out"):
+            assert option.fidelity[key]["top1_agreement"] >= 0.99
+        assert option.accuracy is not None and twin.accuracy is not None
+        assert option.accuracy >= twin.accuracy - 0.01
+        manifest = json.loads((plan.path(f"server/{option.tail_model}/1/manifest.json")).read_text())
+        assert manifest["parts"]["head_int8"] == {"file": option.head, "sha256": option.head_sha256}
+        assert manifest["parts"]["head"] == {"file": twin.head, "sha256": twin.head_sha256}
+
+
+def test_an_int8_head_and_the_fp32_tail_answer_like_the_full_model(int8_plan: Path) -> None:
+    plan = load_plan(int8_plan)
+    images, _ = load_digits_test()
+    batch = images[200:260]
+    full = ort.InferenceSession(str(digits_main_path()), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([full.run(None, {"image": image[None]})[0] for image in batch]).argmax(axis=1)
+    for option in (o for o in plan.split_options if o.precision == "int8"):
+        head = ort.InferenceSession(str(plan.path(str(option.head))), providers=["CPUExecutionProvider"])
+        tail = ort.InferenceSession(
+            str(plan.path(f"server/{option.tail_model}/1/model.onnx")), providers=["CPUExecutionProvider"]
+        )
+        got = []
+        for image in batch:
+            wire = dict(zip([o.name for o in head.get_outputs()], head.run(None, {"image": image[None]}), strict=True))
+            got.append(tail.run(None, wire)[0])
+        assert (np.concatenate(got).argmax(axis=1) == expected).mean() >= 0.99
+
+
+def test_the_int8_fallback_is_weighed_and_one_fallback_is_held(int8_plan: Path) -> None:
+    plan = load_plan(int8_plan)
+    variants = plan.profiles["evaluated"]["fallbacks"]
+    assert [v["precision"] for v in variants] == ["fp32", "int8"]
+    assert sum(v["held"] for v in variants) == 1
+    int8 = variants[1]
+    assert int8["fidelity"]["held_out"]["top1_agreement"] >= 0.99 and int8["fidelity"]["against"] == "the fp32 fallback"
+    assert int8["seconds"] > 0 and int8["device_bytes"] > 0 and int8["accuracy"] is not None
+    held = next(v for v in variants if v["held"])
+    assert plan.fallback is not None and plan.fallback.precision == held["precision"]
+    assert plan.fallback.kind == "fallback" and plan.fallback.id == "fallback"
+
+
+def test_the_report_shows_head_and_wire_precision_apart_and_the_chart_marks_int8(
+    digits: Digits, int8_plan: Path, tmp_path: Path
+) -> None:
+    report = (int8_plan / "report.md").read_text()
+    assert "| option | kind | device | wire | wire bytes | device bytes |" in report
+    assert "## Fallback precisions" in report
+    int8_row = next(line for line in report.splitlines() if ":int8:int8head`" in line and "| split |" in line)
+    assert "| split | int8 | int8 |" in int8_row  # head precision, then wire codec
+    # a plan with few enough options for the chart to draw them all
+    argv = _plan(digits, tmp_path / "p", "--calibration", str(digits.samples), "--quantize", "int8", "--hold-all")
+    assert main([*argv, "--codecs", "fp32"]) == 0
+    plan = load_plan(tmp_path / "p")
+    svg = ET.parse(tmp_path / "p" / "latency.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    marked = {r.get("data-option") for r in svg.iter(f"{ns}rect") if r.get("class") == "int8"}
+    int8_ids = {o.id for o in plan.options if o.precision == "int8"}
+    assert len(int8_ids) == 2 and marked == int8_ids
+    legend = [t.text or "" for t in svg.iter(f"{ns}text")]
+    assert all(any(text.startswith(f"{i} [int8]") for text in legend) for i in int8_ids)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_combinations_are_clear_errors(digits: Digits, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_plan(digits, tmp_path / "a", "--quantize", "int8")) == 2
+    assert "--calibration" in _one_line_error(capsys)
+    # a device profile without int8 timings (the server's here) cannot price int8 heads
+    argv = ["plan", str(digits_main_path()), "--device", str(digits.server), "--server", str(digits.server)]
+    argv += ["-o", str(tmp_path / "b"), "--codecs", "fp32,int8", "--calibration", str(digits.samples)]
+    assert main([*argv, "--quantize", "int8"]) == 2
+    assert "profile --quantize int8" in _one_line_error(capsys)
+    with pytest.raises(SystemExit) as exit_info:
+        main(_plan(digits, tmp_path / "c", "--quantize", "int4"))
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _split(option_id: str, accuracy: float, head_seconds: float, precision: str = "fp32", size: int = 1000) -> Option:
+    cut = option_id.split(":")[1]
+    return Option(
+        id=option_id,
+        kind="split",
+        cut_id=cut,
+        codec="fp32",
+        head="h",
+        tail_model="t",
+        wire_bytes=size,
+        head_seconds=head_seconds,
+        tail_seconds=0.001,
+        accuracy=accuracy,
+        precision=precision,
+    )
+
+
+def test_the_accuracy_floor_keeps_a_costly_int8_head_out() -> None:
+    offload = _split("split:x:fp32", 1.0, 0.0, size=1_000_000)  # the input is large: the cut pays somewhere
+    fp32 = _split("split:c1:fp32", 1.0, 0.010)
+    int8 = _split("split:c1:fp32:int8head", 0.95, 0.002, "int8")
+    held = select_candidates([offload, fp32, int8], full_offload={offload.id}, min_accuracy=0.99)
+    assert int8 not in held and fp32 in held
+    held = select_candidates([offload, fp32, int8], full_offload={offload.id}, min_accuracy=0.9)
+    assert int8 in held  # faster everywhere, within the floor: it replaces its fp32 twin
+    assert fp32 not in held
+
+
+def _fallback(precision: str, accuracy: float, seconds: float) -> _Fallback:
+    option = Option(id="fallback", kind="fallback", seconds=seconds, accuracy=accuracy, precision=precision)
+    return _Fallback(option, None)  # type: ignore[arg-type]
+
+
+def test_the_int8_fallback_is_held_only_when_as_accurate_and_no_slower() -> None:
+    fp32 = _fallback("fp32", 0.90, 0.010)
+    assert _choose_fallback([fp32, _fallback("int8", 0.895, 0.004)], 0.01).option.precision == "int8"  # type: ignore[union-attr]
+    assert _choose_fallback([fp32, _fallback("int8", 0.85, 0.004)], 0.01) is fp32
+    assert _choose_fallback([fp32, _fallback("int8", 0.90, 0.020)], 0.01) is fp32
+    assert _choose_fallback([fp32], 0.01) is fp32 and _choose_fallback([], 0.01) is None
