@@ -14,9 +14,11 @@ Guarantees:
 - One retry layer: tenacity, only for UNAVAILABLE before any response arrived,
   within the remaining budget, with jittered backoff (the client switches
   gRPC's own retries off). Retried calls give no RTT sample (Karn's rule).
-- A tail that is not the plan's (its ``splitinf_model_sha256`` differs from the
-  option's ``tail_sha256``), or that answers with the wrong tensors, is never
-  trusted: the request falls back and the option is quarantined.
+- A tail that is not the plan's (``splitinf.edge.identity``: its metadata or its
+  ``splitinf_model_sha256`` differ from the plan's), or that answers with the wrong
+  tensors, is never trusted: the request falls back and the option is quarantined.
+- The network's share of a round trip leaves out the tail's compute time: reported by
+  the server, or expected from the plan's profile (``splitinf.edge.tailtime``).
 - Probes run on a background thread, one at a time with a short deadline, so they
   never delay a user request: half-open probes (a small request to the tail with
   the fewest bytes) while PROBING, ServerReady probes while not splitting or when
@@ -45,8 +47,10 @@ import tenacity
 from splitinf.contract.plan import Option, Plan, TensorSpec, load_plan
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.estimate import NetworkEstimator
+from splitinf.edge.identity import TailIdentity, dims_match
 from splitinf.edge.metrics import DeviceMetrics
 from splitinf.edge.policy import Event, Mode, Policy
+from splitinf.edge.tailtime import TailTime
 from splitinf.errors import (
     InputError,
     PlanError,
@@ -92,12 +96,6 @@ class RuntimeResult:
         return self.fallback_reason is not None
 
 
-def _dims_match(spec: Sequence[int | str | None], shape: Sequence[int]) -> bool:
-    return len(spec) == len(shape) and all(
-        not isinstance(want, int) or want < 0 or want == got for want, got in zip(spec, shape, strict=True)
-    )
-
-
 def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Inputs as numpy arrays matching the specs exactly, or ``InputError`` naming the problem."""
     if not isinstance(inputs, Mapping):
@@ -117,34 +115,11 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
                 f"input {spec.name!r} has dtype {value.dtype}, the model needs {spec.dtype}; "
                 f"convert it with .astype(np.{spec.dtype})"
             )
-        if not _dims_match(spec.shape, value.shape):
+        if not dims_match(spec.shape, value.shape):
             shown = ["?" if not isinstance(d, int) or d < 0 else d for d in spec.shape]
             raise InputError(f"input {spec.name!r} has shape {list(value.shape)}, the model needs {shown}")
         checked[spec.name] = np.ascontiguousarray(value)
     return checked
-
-
-def _check_answer(option: Option, plan: Plan, outputs: Mapping[str, np.ndarray], model_sha256: str | None) -> None:
-    """Raise RemoteMismatchError unless the answer is the plan's tail answering with the plan's outputs."""
-    if option.tail_sha256 and model_sha256 != option.tail_sha256:
-        raise RemoteMismatchError(
-            f"the server's {option.tail_model!r} has sha256 {model_sha256}, the plan expects {option.tail_sha256}; "
-            "deploy the tails of this plan (server/ in the plan directory) to the server",
-            responded=True,
-        )
-    wanted = {s.name: s for s in plan.outputs}
-    if set(outputs) != set(wanted):
-        raise RemoteMismatchError(
-            f"the server answered with tensors {sorted(outputs)}, the plan expects {sorted(wanted)}", responded=True
-        )
-    for name, spec in wanted.items():
-        got = outputs[name]
-        if got.dtype != np.dtype(spec.dtype) or not _dims_match(spec.shape, got.shape):
-            raise RemoteMismatchError(
-                f"the server's {name!r} is {got.dtype}{list(got.shape)}, "
-                f"the plan expects {spec.dtype}{list(spec.shape)}",
-                responded=True,
-            )
 
 
 def _reason(exc: BaseException) -> str:
@@ -243,6 +218,8 @@ class Runtime:
             self._owns_client = True
         if self._client is None:
             log.warning("no server configured: every request is answered on the device")
+        self.identity = TailIdentity(self.plan, self.config.tail_identity, self._client)
+        self.tail_time = TailTime()
         self._last_light_probe = -float("inf")
         self._link = _LinkTracker()
         self._stop = threading.Event()
@@ -372,6 +349,10 @@ class Runtime:
             if attempts[0] > 1:
                 self.metrics.retries.inc()
             assert option.tail_model is not None
+            self.identity.verify(option, timeout_s=left)  # its metadata, once per connection
+            left = remaining()
+            if left <= 0.001:
+                raise _BudgetSpent()
             return client.infer(option.tail_model, wire, timeout_s=left, version=option.tail_version)
 
         def retryable(exc: BaseException) -> bool:
@@ -417,7 +398,7 @@ class Runtime:
         try:
             with self._link.use() as link:
                 result = self._call_remote(option, wire, deadline, counter)
-            _check_answer(option, self.plan, result.outputs, result.model_sha256)
+            self.identity.check_answer(option, result.outputs, result.model_sha256)
         except (TransportError, _BudgetSpent) as exc:
             reason = "budget_spent" if isinstance(exc, _BudgetSpent) else _reason(exc)
             # the tail is not there or not the plan's: set the option aside instead of blaming the link
@@ -425,6 +406,8 @@ class Runtime:
                 isinstance(exc, RemoteRejectedError) and exc.code == "NOT_FOUND"
             )
             attempts = counter[0]
+            if isinstance(exc, RemoteUnavailableError):
+                self.identity.invalidate()  # the server may come back as another deployment
             with self._lock:
                 if isinstance(exc, RemoteTimeoutError):
                     self.estimator.on_timeout()
@@ -455,19 +438,20 @@ class Runtime:
                 events=events,
             )
         attempts = counter[0]
-        network_s = max(result.round_trip_s - result.server_compute_s, 0.0)
+        server_s = self.tail_time.server_seconds(option, result.server_compute_s)
+        network_s = max(result.round_trip_s - server_s, 0.0)
         self.metrics.sent_bytes.inc(result.request_bytes)
         self.metrics.received_bytes.inc(result.response_bytes)
         with self._lock:
             self._observe(
                 round_trip_s=result.round_trip_s,
-                server_s=result.server_compute_s,
+                server_s=server_s,
                 nbytes=result.request_bytes + result.response_bytes,
                 retried=attempts > 1,
                 shared=link.shared,
             )
             events += self._publish(self.policy.record(option.id, ok=True, latency_s=time.perf_counter() - start))
-        breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=result.server_compute_s)
+        breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=server_s)
         outputs = {s.name: result.outputs[s.name] for s in self.plan.outputs}
         return self._finish(
             outputs,
@@ -586,6 +570,11 @@ class Runtime:
             return
         self._last_light_probe = self.clock()
         self._light_probe()
+        for option in self.plan.split_options:  # the tails' identity, while no request waits for it
+            try:
+                self.identity.verify(option, timeout_s=self.config.probe_timeout_s)
+            except TransportError as exc:
+                log.warning("option %s: %s", option.id, exc)
 
     def _light_probe(self) -> bool:
         start = time.perf_counter()
@@ -614,18 +603,19 @@ class Runtime:
             else:
                 wire = {t.name: np.zeros(_concrete(t.shape), dtype=np.dtype(t.dtype)) for t in option.wire}
                 assert option.tail_model is not None
+                self.identity.verify(option, timeout_s=self.config.probe_timeout_s)
                 start = time.perf_counter()
                 with self._link.use() as link:
                     result = self._client.infer(
                         option.tail_model, wire, timeout_s=self.config.probe_timeout_s, version=option.tail_version
                     )
                 latency = time.perf_counter() - start
-                _check_answer(option, self.plan, result.outputs, result.model_sha256)
+                self.identity.check_answer(option, result.outputs, result.model_sha256)
                 ok = True
                 with self._lock:
                     self._observe(
                         round_trip_s=result.round_trip_s,
-                        server_s=result.server_compute_s,
+                        server_s=self.tail_time.server_seconds(option, result.server_compute_s),
                         nbytes=result.request_bytes + result.response_bytes,
                         retried=False,
                         shared=link.shared,

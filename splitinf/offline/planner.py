@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from splitinf.contract.plan import DecisionTable, Option, Plan, TensorSpec, expected_latency
+from splitinf.contract.plan import (
+    DecisionTable,
+    Option,
+    Plan,
+    TensorSpec,
+    content_addressed_name,
+    expected_latency,
+)
 from splitinf.errors import PlanError
 
 if TYPE_CHECKING:
@@ -78,7 +85,8 @@ DEFAULT_RTTS_S = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def option_names(model_name: str, cut_id: str, codec: str) -> tuple[str, str, str]:
-    """(option id, head path in the plan directory, tail model name) for a split option."""
+    """(option id, head path in the plan directory, tail model name) for a split option; the plan
+    written names the tail after its content too (``content_addressed_name``)."""
     safe_cut = re.sub(r"[^A-Za-z0-9_.-]", "_", cut_id)
     safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
     return (
@@ -684,8 +692,13 @@ def plan_model(
                 "parts": {"head": {"file": option.head, "sha256": head_sha}},
             }
             tail_path = write_to_repository(encoded.tail, build / "server", option.tail_model, "1", manifest)
+            tail_sha = sha256_file(tail_path)
+            tail_model = content_addressed_name(option.tail_model, tail_sha)
+            (build / "server" / option.tail_model).rename(build / "server" / tail_model)
             written.append(
-                dataclasses.replace(option, head_sha256=head_sha, tail_version="1", tail_sha256=sha256_file(tail_path))
+                dataclasses.replace(
+                    option, head_sha256=head_sha, tail_model=tail_model, tail_version="1", tail_sha256=tail_sha
+                )
             )
         if local is not None:
             written.append(dataclasses.replace(local, sha256=save_model(full, build / "device" / "local.onnx")))

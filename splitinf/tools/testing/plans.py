@@ -9,13 +9,14 @@ full model, and a ``plan.json`` in the layout ``splitinf.contract.plan`` documen
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from splitinf.contract.plan import Option, Plan, write_json_atomic
+from splitinf.contract.plan import Option, Plan, content_addressed_name, write_json_atomic
 from splitinf.offline.graph import find_cut
 from splitinf.offline.partition import save_model, split_model
 from splitinf.offline.planner import io_specs, option_names
@@ -49,10 +50,12 @@ def write_plan_dir(
     for cut_name, (head_seconds, tail_seconds) in cuts.items():
         cut = find_cut(model, cut_name)
         part = split_model(model, cut)
-        option_id, head_rel, tail_name = option_names(name, cut.id, "fp32")
-        tail_path = root / "server" / tail_name / "1" / "model.onnx"
+        option_id, head_rel, base_name = option_names(name, cut.id, "fp32")
         head_sha = save_model(part.head, root / head_rel)
-        tail_sha = save_model(part.tail, tail_path)
+        tail_sha = hashlib.sha256(part.tail.SerializeToString()).hexdigest()  # what save_model writes
+        tail_name = content_addressed_name(base_name, tail_sha)  # as the planner names tails
+        tail_path = root / "server" / tail_name / "1" / "model.onnx"
+        save_model(part.tail, tail_path)
         if served_tails and cut_name in served_tails:
             save_model(served_tails[cut_name], tail_path)
         options.append(
