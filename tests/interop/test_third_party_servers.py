@@ -1,0 +1,185 @@
+"""The unmodified device runtime against servers we did not write: Seldon MLServer and KServe's ModelServer.
+
+Each serves the tails of an ``splitinf``-written plan with onnxruntime (``splitinf.tools.interop``),
+on loopback ports, from a virtual environment of its own. Neither sends splitinf's response
+parameters, so the device knows the tails by their content-addressed names and their metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from splitinf.contract.plan import load_plan
+from splitinf.edge.client import InferenceClient
+from splitinf.edge.config import DeviceConfig
+from splitinf.edge.policy import Mode, PolicyConfig
+from splitinf.edge.runtime import Runtime
+from splitinf.errors import RemoteMismatchError
+from splitinf.ort import open_session
+from splitinf.tools.testing.graphs import mlp
+from splitinf.tools.testing.plans import MLP_FALLBACK, MLP_FULL, run_mlp, write_mlp_plan_dir, write_plan_dir
+
+POLICY = PolicyConfig(
+    budget_s=1.0,
+    window_s=5,
+    min_calls=3,
+    trip_after_failures=1,
+    open_s=0.1,
+    open_max_s=0.4,
+    half_open_probes=2,
+    probe_interval_s=0.05,
+    stabilisation_s=0.2,
+    min_dwell_s=0.1,
+    flap_window_s=60,
+    flap_limit=20,
+    quarantine_s=60,
+)
+
+
+def device_config(target: str, **changes: Any) -> DeviceConfig:
+    return DeviceConfig(
+        server=target,
+        budget_s=1.0,
+        policy=POLICY,
+        probe_timeout_s=1.0,
+        light_probe_interval_s=0.05,
+        retry_backoff_s=0.005,
+        retry_backoff_max_s=0.02,
+        **changes,
+    )
+
+
+def sample(seed: int) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).standard_normal((1, 16)).astype(np.float32)}
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s} s")
+
+
+class MetadataCountingClient(InferenceClient):
+    """The real client, counting ModelMetadata calls (the device's identity checks)."""
+
+    def __init__(self, target: str):
+        super().__init__(target)
+        self.metadata_calls = 0
+
+    def model_metadata(self, name: str, timeout_s: float, version: str = "") -> Any:
+        self.metadata_calls += 1
+        return super().model_metadata(name, timeout_s, version)
+
+
+def test_every_tail_answers_like_the_full_model(kind: str, tmp_path: Path, third_party_server: Any) -> None:
+    plan_dir = write_mlp_plan_dir(tmp_path / "plan", local=False)
+    plan = load_plan(plan_dir)
+    server = third_party_server(kind, plan_dir)
+    with InferenceClient(server.target) as client:
+        for option in plan.split_options:
+            assert option.tail_model is not None and option.tail_sha256 is not None
+            assert option.tail_model.endswith(option.tail_sha256[:12])  # content-addressed
+            head = open_session(plan.path(str(option.head)))
+            for seed in range(3):
+                x = sample(seed)["x"]
+                wire = dict(zip([o.name for o in head.get_outputs()], head.run(None, {"x": x}), strict=True))
+                result = client.infer(option.tail_model, wire, timeout_s=5, version=option.tail_version)
+                assert result.model_sha256 is None and result.server_compute_s == 0.0  # a stock server
+                np.testing.assert_allclose(result.outputs["y"], run_mlp(MLP_FULL, x), rtol=1e-5, atol=1e-6)
+
+
+def test_device_splits_with_the_unmodified_plan(kind: str, tmp_path: Path, third_party_server: Any) -> None:
+    plan_dir = write_mlp_plan_dir(tmp_path / "plan", local=False)
+    server = third_party_server(kind, plan_dir)
+    with Runtime(plan_dir, DeviceConfig(server=server.target, budget_s=1.0)) as runtime:
+        results = [runtime.infer(sample(seed)) for seed in range(60)]
+        after_start = results[5:]
+        split = [r for r in after_start if r.kind == "split"]
+        assert len(split) >= 0.95 * len(after_start), [(r.kind, r.fallback_reason) for r in after_start]
+        for seed, result in enumerate(results):
+            if result.kind == "split":
+                np.testing.assert_allclose(
+                    result.outputs["y"], run_mlp(MLP_FULL, sample(seed)["x"]), rtol=1e-5, atol=1e-6
+                )
+        assert not any(e.kind == "quarantine" for e in runtime.events)
+        assert all(runtime.identity.is_verified(runtime.plan.option(r.option_id)) for r in split)
+
+
+def test_falls_back_when_killed_and_returns_when_back(kind: str, tmp_path: Path, third_party_server: Any) -> None:
+    plan_dir = write_mlp_plan_dir(tmp_path / "plan", local=False)
+    server = third_party_server(kind, plan_dir)
+    client = MetadataCountingClient(server.target)
+    with Runtime(plan_dir, device_config(server.target), client=client) as runtime:
+        assert runtime.infer(sample(0)).kind == "split"
+        checks_before = client.metadata_calls
+        server.kill()
+        result = runtime.infer(sample(1))
+        assert result.kind == "fallback" and result.fallback_reason in ("unavailable", "timeout")
+        np.testing.assert_allclose(result.outputs["y"], run_mlp(MLP_FALLBACK, sample(1)["x"]), rtol=1e-5, atol=1e-6)
+        assert runtime.mode is not Mode.SPLIT
+        server.start()
+        wait_for(lambda: runtime.mode is Mode.SPLIT, timeout_s=30)
+        result = runtime.infer(sample(2))
+        assert result.kind == "split"
+        np.testing.assert_allclose(result.outputs["y"], run_mlp(MLP_FULL, sample(2)["x"]), rtol=1e-5, atol=1e-6)
+        # the restarted server could have been another deployment: the tail's metadata was read again
+        assert client.metadata_calls > checks_before
+    client.close()
+
+
+def test_a_tail_that_differs_is_quarantined_saying_what_differs(
+    kind: str, tmp_path: Path, third_party_server: Any
+) -> None:
+    wrong = mlp(batch=1, seed=0, sizes=(32, 5))  # takes relu_0's shape, answers y with 5 columns
+    wrong.graph.input[0].name = "relu_0"
+    for node in wrong.graph.node:
+        node.input[:] = ["relu_0" if i == "x" else i for i in node.input]
+    plan_dir = write_mlp_plan_dir(tmp_path / "plan", cuts=("relu_0",), local=False, served_tails={"relu_0": wrong})
+    server = third_party_server(kind, plan_dir)
+    with Runtime(plan_dir, device_config(server.target), background_probes=False) as runtime:
+        option = runtime.plan.split_options[0]
+        with pytest.raises(RemoteMismatchError, match=r"output 'y' is FP32\[1, 5\], the plan's is FP32\[1, 4\]"):
+            runtime.identity.verify(option, timeout_s=5)
+        result = runtime.infer(sample(0))
+        assert (result.kind, result.fallback_reason) == ("fallback", "mismatch")
+        assert ("quarantine", option.id) in [(e.kind, e.old) for e in result.events]
+
+
+def test_sha256_identity_refuses_a_server_without_the_parameter(
+    kind: str, tmp_path: Path, third_party_server: Any
+) -> None:
+    plan_dir = write_mlp_plan_dir(tmp_path / "plan", cuts=("relu_1",), local=False)
+    server = third_party_server(kind, plan_dir)
+    config = device_config(server.target, tail_identity="sha256")
+    with Runtime(plan_dir, config, background_probes=False) as runtime:
+        result = runtime.infer(sample(0))
+        assert (result.kind, result.fallback_reason) == ("fallback", "mismatch")
+        option = runtime.plan.split_options[0]
+        with InferenceClient(server.target) as client:
+            answer = client.infer(str(option.tail_model), {"relu_1": np.zeros((1, 32), np.float32)}, timeout_s=5)
+        with pytest.raises(RemoteMismatchError, match='tail_identity = "metadata"'):
+            runtime.identity.check_answer(option, answer.outputs, answer.model_sha256)
+
+
+def test_the_other_partitions_tail_under_a_content_addressed_name_is_not_found(
+    kind: str, tmp_path: Path, third_party_server: Any
+) -> None:
+    """A plan re-made with another tail names it differently: the old device gets NOT_FOUND, never numbers."""
+    plan_dir = write_mlp_plan_dir(tmp_path / "plan", cuts=("relu_1",), local=False)
+    other_dir = tmp_path / "other"  # the same model with other weights: same tensors, another tail file
+    write_plan_dir(other_dir, mlp(batch=1, seed=3), MLP_FALLBACK, {"relu_1": (0.0001, 0.0001)}, name="mlp")
+    assert load_plan(other_dir).split_options[0].tail_model != load_plan(plan_dir).split_options[0].tail_model
+    server = third_party_server(kind, other_dir)
+    with Runtime(plan_dir, device_config(server.target), background_probes=False) as runtime:
+        result = runtime.infer(sample(0))
+        assert result.kind == "fallback" and result.fallback_reason in ("rejected", "mismatch")
+        assert any(e.kind == "quarantine" for e in result.events)
