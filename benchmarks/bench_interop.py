@@ -17,7 +17,13 @@ median over ``--repeats`` runs, alternating the two settings below, with their r
   runtime did before: every millisecond the server computed counts as transfer time.
 
 The tail time the plan declares is measured here with onnxruntime on one thread, as the planner's
-server profile does. Figures from one run on one (possibly shared) machine.
+server profile does.
+
+A second table: the shipped digits pair planned by the planner (``write_digits_plan_dir``: no local
+option), its tails on each server, ``--digits`` held-out digits answered one at a time on a
+healthy loopback link; the split share after the first 5 requests and the accuracy, with
+``tail_identity = "metadata"`` (the default) and ``"sha256"`` (what the device demanded before: every
+answer of a stock server is then a mismatch). Figures from one run on one (possibly shared) machine.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from splitinf.ort import open_session
 from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 from splitinf.tools.interop.servers import start_server
 from splitinf.tools.testing.graphs import mlp
-from splitinf.tools.testing.plans import write_plan_dir
+from splitinf.tools.testing.plans import DIGITS_CALIBRATION, write_digits_plan_dir, write_plan_dir
 
 ROWS, WIDTH, LAYERS = 512, 256, 24
 INPUT = ROWS * WIDTH
@@ -142,6 +148,34 @@ def estimate(plan_dir: Path, target: str, requests: int) -> tuple[float, int, fl
     return snapshot.bandwidth_bps, len(split), total
 
 
+def digits_table(root: Path, kinds: list[str], count: int) -> None:
+    from splitinf.tools.models import DIGITS_INPUT, load_digits_test
+
+    plan_dir, calibration = write_digits_plan_dir(root / "digits"), DIGITS_CALIBRATION
+    images, labels = load_digits_test()
+    images, labels = images[calibration : calibration + count], labels[calibration : calibration + count]
+    output = load_plan(plan_dir).outputs[0].name
+    print()
+    print(f"digits ({len(images)} held-out, after {calibration} calibration digits), healthy loopback link:")
+    print()
+    print("| server | tail_identity | split after start-up | accuracy | options used |")
+    print("|---|---|---|---|---|")
+    for kind in kinds:
+        with serving(kind, plan_dir, root / f"digits-{kind}") as target:
+            for mode in ("metadata", "sha256"):
+                config = DeviceConfig(server=target, budget_s=1.0, tail_identity=mode)  # type: ignore[arg-type]
+                with Runtime(plan_dir, config) as runtime:
+                    results = [runtime.infer({DIGITS_INPUT: image[None]}) for image in images]
+                after = results[5:]
+                split = sum(r.kind == "split" for r in after)
+                correct = sum(int(np.argmax(r.outputs[output])) == int(y) for r, y in zip(results, labels, strict=True))
+                used = sorted({r.option_id for r in results})
+                print(
+                    f"| {kind} | {mode} | {split}/{len(after)} ({split / len(after):.0%}) | "
+                    f"{correct / len(results):.1%} | {', '.join(used)} |"
+                )
+
+
 def shown(values: list[float]) -> str:
     return f"{statistics.median(values) / 1e6:.1f} Mbit/s ({min(values) / 1e6:.1f}-{max(values) / 1e6:.1f})"
 
@@ -152,6 +186,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--servers", default="splitinf,mlserver,kserve")
+    parser.add_argument("--digits", type=int, default=200, help="held-out digits per server (0: no digits table)")
     args = parser.parse_args()
     cap = args.rate_mbit * 1e6
     print("command: python benchmarks/bench_interop.py " + " ".join(sys.argv[1:]))
@@ -187,6 +222,8 @@ def main() -> int:
                 f"| {kind} | {'yes' if kind == 'splitinf' else 'no'} | {shown(device)} | {error:+.0%} | "
                 f"{shown(naive)} | {naive_error:+.0%} | {split}/{args.requests * args.repeats} |"
             )
+        if args.digits:
+            digits_table(root, args.servers.split(","), args.digits)
     return 0
 
 

@@ -23,7 +23,15 @@ from splitinf.edge.runtime import Runtime
 from splitinf.errors import RemoteMismatchError
 from splitinf.ort import open_session
 from splitinf.tools.testing.graphs import mlp
-from splitinf.tools.testing.plans import MLP_FALLBACK, MLP_FULL, run_mlp, write_mlp_plan_dir, write_plan_dir
+from splitinf.tools.testing.plans import (
+    DIGITS_CALIBRATION,
+    MLP_FALLBACK,
+    MLP_FULL,
+    run_mlp,
+    write_digits_plan_dir,
+    write_mlp_plan_dir,
+    write_plan_dir,
+)
 
 POLICY = PolicyConfig(
     budget_s=1.0,
@@ -183,3 +191,36 @@ def test_the_other_partitions_tail_under_a_content_addressed_name_is_not_found(
         result = runtime.infer(sample(0))
         assert result.kind == "fallback" and result.fallback_reason in ("rejected", "mismatch")
         assert any(e.kind == "quarantine" for e in result.events)
+
+
+@pytest.fixture(scope="module")
+def digits_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped digits pair planned by the planner itself, every cut and codec held."""
+    return write_digits_plan_dir(tmp_path_factory.mktemp("digits"), hold_all=True)
+
+
+def test_the_planners_digits_plan_splits_with_full_accuracy(
+    kind: str, digits_plan: Path, third_party_server: Any
+) -> None:
+    from splitinf.tools.models import DIGITS_INPUT, digits_main_path, load_digits_test
+
+    images, labels = load_digits_test()
+    images, labels = images[DIGITS_CALIBRATION:][:100], labels[DIGITS_CALIBRATION:][:100]
+    server = third_party_server(kind, digits_plan)
+    plan = load_plan(digits_plan)
+    full = open_session(digits_main_path())
+    with InferenceClient(server.target) as client:  # the fp32 full-offload tail is the full model itself
+        option = plan.option(f"split:{DIGITS_INPUT}:fp32")
+        answer = client.infer(str(option.tail_model), {DIGITS_INPUT: images[:1]}, timeout_s=5)
+        np.testing.assert_allclose(
+            answer.outputs[plan.outputs[0].name], full.run(None, {DIGITS_INPUT: images[:1]})[0], rtol=1e-5, atol=1e-5
+        )
+    with Runtime(digits_plan, DeviceConfig(server=server.target, budget_s=1.0)) as runtime:
+        results = [runtime.infer({DIGITS_INPUT: image[None]}) for image in images]
+    after_start = results[5:]
+    split = [r for r in after_start if r.kind == "split"]
+    assert len(split) >= 0.95 * len(after_start), [(r.kind, r.fallback_reason) for r in after_start]
+    correct = sum(
+        int(np.argmax(r.outputs[plan.outputs[0].name])) == int(label) for r, label in zip(results, labels, strict=True)
+    )
+    assert correct >= 0.97 * len(results)  # the fallback alone gets ~90%

@@ -23,7 +23,16 @@ from splitinf.offline.planner import io_specs, option_names
 from splitinf.ort import open_session
 from splitinf.tools.testing.graphs import mlp
 
-__all__ = ["MLP_CUTS", "MLP_FALLBACK", "MLP_FULL", "run_mlp", "write_mlp_plan_dir", "write_plan_dir"]
+__all__ = [
+    "DIGITS_CALIBRATION",
+    "MLP_CUTS",
+    "MLP_FALLBACK",
+    "MLP_FULL",
+    "run_mlp",
+    "write_digits_plan_dir",
+    "write_mlp_plan_dir",
+    "write_plan_dir",
+]
 
 
 def write_plan_dir(
@@ -142,3 +151,33 @@ def run_mlp(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """``y`` of an MLP from ``splitinf.tools.testing.graphs.mlp`` for input ``x``."""
     session = open_session(model.SerializeToString())
     return np.asarray(session.run(["y"], {"x": x})[0])
+
+
+DIGITS_CALIBRATION = 60  # the first held-out digits calibrate the codecs; tests and benches use the rest
+
+
+def write_digits_plan_dir(root: Path, *, hold_all: bool = False) -> Path:
+    """The shipped digits pair planned by the planner (profiled on this machine, no local option) at ``root/plan``.
+
+    ``hold_all`` keeps every cut and codec (the fp32 full offload among them), not just the table's picks.
+    """
+    from splitinf.offline.planner import plan_model
+    from splitinf.offline.profiling import profile_file
+    from splitinf.tools.models import DIGITS_INPUT, digits_fallback_path, digits_main_path, load_digits_test
+
+    root.mkdir(parents=True, exist_ok=True)
+    images, labels = load_digits_test()
+    calibration = root / "calibration.npz"
+    np.savez(calibration, **{DIGITS_INPUT: images[:DIGITS_CALIBRATION], "labels": labels[:DIGITS_CALIBRATION]})
+    profile_file(digits_main_path(), root / "profile.json", fallback=digits_fallback_path(), repeats=5)
+    plan_model(
+        digits_main_path(),
+        device_profile=root / "profile.json",
+        server_profile=root / "profile.json",
+        fallback=digits_fallback_path(),
+        calibration=calibration,
+        output=root / "plan",
+        include_local=False,
+        hold_all=hold_all,
+    )
+    return root / "plan"
