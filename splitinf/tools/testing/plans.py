@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -168,7 +169,8 @@ def write_digits_plan_dir(root: Path, *, hold_all: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     images, labels = load_digits_test()
     calibration = root / "calibration.npz"
-    np.savez(calibration, **{DIGITS_INPUT: images[:DIGITS_CALIBRATION], "labels": labels[:DIGITS_CALIBRATION]})
+    arrays: dict[str, Any] = {DIGITS_INPUT: images[:DIGITS_CALIBRATION], "labels": labels[:DIGITS_CALIBRATION]}
+    np.savez(calibration, **arrays)
     profile_file(digits_main_path(), root / "profile.json", fallback=digits_fallback_path(), repeats=5)
     plan_model(
         digits_main_path(),
