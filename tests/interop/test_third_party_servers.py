@@ -18,10 +18,11 @@ import pytest
 from splitinf.contract.plan import load_plan
 from splitinf.edge.client import InferenceClient
 from splitinf.edge.config import DeviceConfig
-from splitinf.edge.policy import Mode, PolicyConfig
+from splitinf.edge.policy import Mode
 from splitinf.edge.runtime import Runtime
 from splitinf.errors import RemoteMismatchError
 from splitinf.ort import open_session
+from splitinf.tools.testing.device import FAST_POLICY
 from splitinf.tools.testing.graphs import mlp
 from splitinf.tools.testing.plans import (
     DIGITS_CALIBRATION,
@@ -33,28 +34,12 @@ from splitinf.tools.testing.plans import (
     write_plan_dir,
 )
 
-POLICY = PolicyConfig(
-    budget_s=1.0,
-    window_s=5,
-    min_calls=3,
-    trip_after_failures=1,
-    open_s=0.1,
-    open_max_s=0.4,
-    half_open_probes=2,
-    probe_interval_s=0.05,
-    stabilisation_s=0.2,
-    min_dwell_s=0.1,
-    flap_window_s=60,
-    flap_limit=20,
-    quarantine_s=60,
-)
-
 
 def device_config(target: str, **changes: Any) -> DeviceConfig:
     return DeviceConfig(
         server=target,
         budget_s=1.0,
-        policy=POLICY,
+        policy=FAST_POLICY,
         probe_timeout_s=1.0,
         light_probe_interval_s=0.05,
         retry_backoff_s=0.005,

@@ -17,28 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
-
-_DATATYPES = {
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(double)": "FP64",
-    "tensor(int8)": "INT8",
-    "tensor(uint8)": "UINT8",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL",
-}
-
-
-def _metadata(args: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": arg.name,
-            "datatype": _DATATYPES[arg.type],
-            "shape": [d if isinstance(d, int) else -1 for d in arg.shape],
-        }
-        for arg in args
-    ]
+from ort_metadata import tensor_metadata
 
 
 class OnnxModel(Model):
@@ -52,30 +31,26 @@ class OnnxModel(Model):
         options.intra_op_num_threads = 1
         self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._output_names = [o.name for o in self._session.get_outputs()]
+        self._outputs = tensor_metadata(self._session.get_outputs())
         self.ready = True
         return True
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        return _metadata(self._session.get_inputs())
+        return tensor_metadata(self._session.get_inputs())
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return _metadata(self._session.get_outputs())
+        return self._outputs
 
     def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
         feeds = {item.name: item.as_numpy() for item in payload.inputs}
         results = self._session.run(self._output_names, feeds)
         outputs = []
-        for name, value in zip(self._output_names, results, strict=True):
+        for spec, value in zip(self._outputs, results, strict=True):
             array = np.asarray(value)
-            output = InferOutput(name=name, shape=list(array.shape), datatype=_DATATYPES[_ort_type(array)])
+            output = InferOutput(name=spec["name"], shape=list(array.shape), datatype=spec["datatype"])
             output.set_data_from_numpy(array, binary_data=True)
             outputs.append(output)
         return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=outputs)
-
-
-def _ort_type(array: np.ndarray) -> str:
-    names = {"float32": "float", "float16": "float16", "float64": "double", "bool": "bool"}
-    return f"tensor({names.get(array.dtype.name, array.dtype.name)})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,36 +8,13 @@ comes from the ONNX file, as a user's runtime would report it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import onnxruntime as ort
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 from mlserver.utils import get_model_uri
-
-_DATATYPES = {
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(double)": "FP64",
-    "tensor(int8)": "INT8",
-    "tensor(uint8)": "UINT8",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL",
-}
-
-
-def _metadata(args: Any) -> list[MetadataTensor]:
-    return [
-        MetadataTensor(
-            name=arg.name,
-            datatype=_DATATYPES[arg.type],
-            shape=[d if isinstance(d, int) else -1 for d in arg.shape],
-        )
-        for arg in args
-    ]
+from ort_metadata import tensor_metadata
 
 
 class OnnxRuntime(MLModel):
@@ -46,8 +23,8 @@ class OnnxRuntime(MLModel):
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         self._session = ort.InferenceSession(uri, options, providers=["CPUExecutionProvider"])
-        self.inputs = _metadata(self._session.get_inputs())
-        self.outputs = _metadata(self._session.get_outputs())
+        self.inputs = [MetadataTensor(**t) for t in tensor_metadata(self._session.get_inputs())]
+        self.outputs = [MetadataTensor(**t) for t in tensor_metadata(self._session.get_outputs())]
         self._output_names = [o.name for o in self._session.get_outputs()]
         return True
 
