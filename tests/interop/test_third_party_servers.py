@@ -180,26 +180,19 @@ def test_the_other_partitions_tail_under_a_content_addressed_name_is_not_found(
 
 @pytest.fixture(scope="module")
 def digits_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped digits pair planned by the planner itself, every cut and codec held."""
-    return write_digits_plan_dir(tmp_path_factory.mktemp("digits"), hold_all=True)
+    """The shipped digits pair planned by the planner itself (its int8 and fp16 tails; fp32 is checked above)."""
+    return write_digits_plan_dir(tmp_path_factory.mktemp("digits"))
 
 
 def test_the_planners_digits_plan_splits_with_full_accuracy(
     kind: str, digits_plan: Path, third_party_server: Any
 ) -> None:
-    from splitinf.tools.models import DIGITS_INPUT, digits_main_path, load_digits_test
+    from splitinf.tools.models import DIGITS_INPUT, load_digits_test
 
     images, labels = load_digits_test()
     images, labels = images[DIGITS_CALIBRATION:][:100], labels[DIGITS_CALIBRATION:][:100]
     server = third_party_server(kind, digits_plan)
     plan = load_plan(digits_plan)
-    full = open_session(digits_main_path())
-    with InferenceClient(server.target) as client:  # the fp32 full-offload tail is the full model itself
-        option = plan.option(f"split:{DIGITS_INPUT}:fp32")
-        answer = client.infer(str(option.tail_model), {DIGITS_INPUT: images[:1]}, timeout_s=5)
-        np.testing.assert_allclose(
-            answer.outputs[plan.outputs[0].name], full.run(None, {DIGITS_INPUT: images[:1]})[0], rtol=1e-5, atol=1e-5
-        )
     with Runtime(digits_plan, DeviceConfig(server=server.target, budget_s=1.0)) as runtime:
         results = [runtime.infer({DIGITS_INPUT: image[None]}) for image in images]
     after_start = results[5:]

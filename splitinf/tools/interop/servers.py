@@ -1,4 +1,4 @@
-"""Start Seldon MLServer or KServe's ModelServer on loopback ports, serving a plan's tails.
+"""Start Seldon MLServer, KServe's ModelServer or Triton (PyTriton's) on loopback ports, serving a plan's tails.
 
 ``start_server("mlserver", plan_dir, workdir)`` runs the server from its cached environment
 (``setup_envs``) as a child process in a session of its own, waits with a deadline until it and every
@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ class ServerProcess:
     grpc_port: int
     models: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    scratch: Path | None = None  # the server's working files, removed when it is killed
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,13 +91,42 @@ class ServerProcess:
         raise RuntimeError(f"{self.kind} did not become ready within {within_s:g} s; its log ends:\n{tail}")
 
     def kill(self) -> None:
-        """SIGKILL the server's process group (a crash, not a shutdown) and reap it."""
+        """Crash the server: SIGKILL, no shutdown, and reap it.
+
+        PyTriton's server is the ``tritonserver`` process under the Python program that bound the models;
+        that one is killed, and the program, seeing its server gone, removes its shared memory and exits.
+        The others are killed whole (their process group). Whatever is left after 20 s is killed too.
+        """
         process = self.process
         if process is None or process.poll() is not None:
             return
+        servers = _children(process.pid, "tritonserver") if self.kind == "pytriton" else []
+        for pid in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            process.wait(timeout=20 if servers else 0.001)
+        except subprocess.TimeoutExpired:
+            pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+        for path in Path("/dev/shm").glob(f"pytrtion{process.pid}-*"):  # PyTriton's, named after our process
+            path.unlink(missing_ok=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """The ids of ``pid``'s child processes called ``name`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            command, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+            if command == name and int(rest[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def _write_mlserver_repository(workdir: Path, repository: Path, names: Sequence[str], ports: dict[str, int]) -> None:
@@ -121,7 +153,8 @@ def _write_mlserver_repository(workdir: Path, repository: Path, names: Sequence[
 
 
 def start_server(kind: str, plan_dir: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> ServerProcess:
-    """Start ``kind`` ("mlserver" or "kserve") serving the tails in ``plan_dir/server``; ready when it returns."""
+    """Start ``kind`` ("mlserver", "kserve" or "pytriton") serving the tails in ``plan_dir/server``;
+    ready when it returns."""
     if kind not in SERVERS:
         raise ConfigError(f"unknown server {kind!r}; choose one of {list(SERVERS)}")
     env = SERVERS[kind]
@@ -136,11 +169,15 @@ def start_server(kind: str, plan_dir: str | os.PathLike[str], workdir: str | os.
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    # PyTriton's workspace holds Unix sockets, whose paths must stay under 108 bytes: not below a test's tmp_path
+    scratch = (
+        Path(tempfile.gettempdir()) / f"splitinf-pytriton-{os.getpid()}-{ports['grpc']}" if kind == "pytriton" else None
+    )
     if kind == "mlserver":
         _write_mlserver_repository(work, repository, names, ports)
         command = [str(env.path / "bin" / "mlserver"), "start", str(work)]
         extra = {"PYTHONPATH": str(HERE)}
-    else:
+    elif kind == "kserve":
         command = [
             str(env.python),
             str(HERE / "kserve_server.py"),
@@ -149,7 +186,18 @@ def start_server(kind: str, plan_dir: str | os.PathLike[str], workdir: str | os.
             f"--http-port={ports['http']}",
         ]
         extra = {}
-    server = ServerProcess(kind, command, work, ports["grpc"], names, env=extra)
+    else:
+        command = [
+            str(env.python),
+            str(HERE / "pytriton_server.py"),
+            str(repository),
+            f"--grpc-port={ports['grpc']}",
+            f"--http-port={ports['http']}",
+            f"--metrics-port={ports['metrics']}",
+            f"--workspace={scratch}",
+        ]
+        extra = {}
+    server = ServerProcess(kind, command, work, ports["grpc"], names, env=extra, scratch=scratch)
     server.start()
     return server
 

@@ -28,10 +28,12 @@ __all__ = ["SERVERS", "ServerEnv", "cache_root", "ensure_env"]
 class ServerEnv:
     name: str
     requirements: tuple[str, ...]
+    interpreter: str | None = None  # the Python to make the venv with; None: the one running this
 
     @property
     def key(self) -> str:
-        text = "\n".join((*self.requirements, f"python {sys.version_info[0]}.{sys.version_info[1]}"))
+        python = self.interpreter or f"python {sys.version_info[0]}.{sys.version_info[1]}"
+        text = "\n".join((*self.requirements, python))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -55,6 +57,9 @@ class ServerEnv:
 SERVERS: dict[str, ServerEnv] = {
     "mlserver": ServerEnv("mlserver", ("mlserver==1.7.1", "onnxruntime==1.32.0")),
     "kserve": ServerEnv("kserve", ("kserve==0.21.0", "onnxruntime==1.32.0")),
+    # Triton's Python-backend stub links the system's libpython3.11 (Debian's 3.11.2) and runs the venv's
+    # standard library: a venv of another 3.11 build (pyenv's 3.11.7) fails in multiprocessing at model load.
+    "pytriton": ServerEnv("pytriton", ("nvidia-pytriton==0.7.0", "onnxruntime==1.32.0"), "/usr/bin/python3.11"),
 }
 
 
@@ -69,7 +74,12 @@ def ensure_env(env: ServerEnv, *, quiet: bool = True) -> Path:
     if env.path.exists():
         shutil.rmtree(env.path)
     env.path.parent.mkdir(parents=True, exist_ok=True)
-    venv.EnvBuilder(with_pip=True, clear=True).create(env.path)
+    if env.interpreter is None:
+        venv.EnvBuilder(with_pip=True, clear=True).create(env.path)
+    elif not Path(env.interpreter).is_file():
+        raise OSError(f"{env.name} needs {env.interpreter} (apt-get install python3-venv), which is missing")
+    else:
+        subprocess.run([env.interpreter, "-m", "venv", "--clear", str(env.path)], check=True)
     command = [str(env.python), "-m", "pip", "install", "--disable-pip-version-check", *env.requirements]
     if quiet:
         command.insert(4, "-q")
