@@ -1,13 +1,13 @@
 """The device's bandwidth estimate against servers that do not report their compute time.
 
-    python benchmarks/bench_interop.py [--rate-mbit 20] [--requests 30] [--servers splitinf,mlserver,kserve]
+    python benchmarks/bench_interop.py [--rate-mbit 20] [--requests 30] [--servers splitinf,mlserver,kserve,pytriton]
 
 A plan with one split option (full offload of a 131072-float input, 512 KiB on the wire, so the
 proxy's 10 ms burst is a small part of a transfer) whose tail is compute-heavy (the input as 512 rows
 of 256 through 24 layers of 256x256: ~800 M multiply-adds, tens of ms on one thread) is served by
-``splitinf serve`` (reports its compute time in every answer), Seldon MLServer 1.7 and KServe 0.21
-(report none; from ``python -m splitinf.tools.interop.setup_envs``). The device reaches each
-through ``splitinf.tools.faults.FaultProxy`` capped at ``--rate-mbit`` each way, answers
+``splitinf serve`` (reports its compute time in every answer), Seldon MLServer 1.7, KServe 0.21 and
+Triton 2.51 through PyTriton 0.7 (report none; from ``python -m splitinf.tools.interop.setup_envs``).
+The device reaches each through ``splitinf.tools.faults.FaultProxy`` capped at ``--rate-mbit`` each way, answers
 ``--requests`` requests one at a time, and prints its bandwidth estimate against the cap (the
 median over ``--repeats`` runs, alternating the two settings below, with their range):
 
@@ -185,7 +185,7 @@ def main() -> int:
     parser.add_argument("--rate-mbit", type=float, default=20.0)
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--servers", default="splitinf,mlserver,kserve")
+    parser.add_argument("--servers", default="splitinf,mlserver,kserve,pytriton")
     parser.add_argument("--digits", type=int, default=200, help="held-out digits per server (0: no digits table)")
     args = parser.parse_args()
     cap = args.rate_mbit * 1e6

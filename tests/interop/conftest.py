@@ -1,4 +1,4 @@
-"""Fixtures of the interop tests: a plan's tails served by a third-party V2 server (MLServer, KServe).
+"""Fixtures of the interop tests: a plan's tails served by a third-party V2 server (MLServer, KServe, Triton).
 
 ``third_party_server(kind, plan_dir)`` (factory fixture) starts the server from its cached
 environment and kills it at teardown. Without the environment the test is skipped with the

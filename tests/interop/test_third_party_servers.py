@@ -1,7 +1,8 @@
-"""The unmodified device runtime against servers we did not write: Seldon MLServer and KServe's ModelServer.
+"""The unmodified device runtime against servers we did not write: Seldon MLServer, KServe's ModelServer and
+NVIDIA Triton (the tritonserver PyTriton ships, its python backend running onnxruntime).
 
-Each serves the tails of an ``splitinf``-written plan with onnxruntime (``splitinf.tools.interop``),
-on loopback ports, from a virtual environment of its own. Neither sends splitinf's response
+Each serves the tails of a splitinf-written plan with onnxruntime (``splitinf.tools.interop``),
+on loopback ports, from a virtual environment of its own. None sends splitinf's response
 parameters, so the device knows the tails by their content-addressed names and their metadata.
 """
 
