@@ -48,7 +48,7 @@ from splitinf.cloud.server import create_server
 from splitinf.contract.plan import load_plan, write_json_atomic
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.runtime import Runtime
-from splitinf.ort import open_session
+from splitinf.ort import SessionSettings, open_session
 from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 from splitinf.tools.interop.servers import start_server
 from splitinf.tools.testing.graphs import mlp
@@ -86,7 +86,7 @@ def compute_heavy_model() -> onnx.ModelProto:
 
 
 def tail_seconds(model_path: Path, repeats: int = 30) -> float:
-    session = open_session(model_path)
+    session = open_session(model_path, SessionSettings().with_threads(1))  # as each server runs it
     x = np.random.default_rng(0).standard_normal((1, INPUT)).astype(np.float32)
     session.run(None, {"x": x})
     times = []
