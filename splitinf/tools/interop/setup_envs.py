@@ -48,10 +48,6 @@ class ServerEnv:
     def ready(self) -> bool:
         return (self.path / "ready").is_file() and self.python.is_file()
 
-    def version(self) -> str:
-        """The pinned version of the server package itself, e.g. ``mlserver==1.7.1`` -> ``1.7.1``."""
-        return self.requirements[0].split("==", 1)[1]
-
 
 # The server package first (its pin names the environment in reports), then onnxruntime to run the tails.
 SERVERS: dict[str, ServerEnv] = {
