@@ -50,6 +50,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--server", metavar="HOST:PORT", help="the tail server (overrides the config's server)")
     parser.add_argument("--budget-ms", type=float, metavar="N", help="latency budget per request, in milliseconds")
     parser.add_argument("--config", metavar="device.toml", help="device config (see edge/device.toml)")
+    parser.add_argument(
+        "--tail-identity",
+        choices=("metadata", "sha256"),
+        help="how the device knows the server runs the plan's tails: metadata (any V2 server; the default) "
+        "or sha256 (every answer must carry splitinf_model_sha256: splitinf serve only)",
+    )
     parser.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on this port")
     parser.add_argument("--stream", action="store_true", help="pipeline requests (head of i+1 overlaps i's network)")
     parser.add_argument("--output", metavar="DIR", help="write one .npz of outputs per input file into DIR")
@@ -125,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if args.budget_ms is not None and args.budget_ms <= 0:
         raise ConfigError(f"--budget-ms must be > 0, got {args.budget_ms:g}")
     config = config.with_overrides(
-        server=args.server, budget_s=None if args.budget_ms is None else args.budget_ms / 1000
+        server=args.server,
+        budget_s=None if args.budget_ms is None else args.budget_ms / 1000,
+        tail_identity=args.tail_identity,
     )
     if config.server is None:
         raise UsageError("no tail server: give --server HOST:PORT or `server` in the --config file")

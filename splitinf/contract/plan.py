@@ -33,7 +33,7 @@ An option is one way to answer a request::
 
     {"id": "split:c12:fp16", "kind": "split", "cut_id": "c12", "codec": "fp16",
      "head": "device/heads/split-c12-fp16.onnx", "head_sha256": "...",
-     "tail_model": "digits.c12.fp16", "tail_version": "1", "tail_sha256": "...",
+     "tail_model": "digits.c12.fp16.<sha256[:12]>", "tail_version": "1", "tail_sha256": "...",
      "wire": [{"name": ..., "dtype": ..., "shape": [...]}],
      "wire_bytes": 1234, "head_seconds": 0.0012, "tail_seconds": 0.0004,
      "serialize_seconds": 0.00002, "accuracy": 0.97, "fidelity": {...},
@@ -69,6 +69,7 @@ __all__ = [
     "Option",
     "Plan",
     "choose_option",
+    "content_addressed_name",
     "expected_latency",
     "load_plan",
 ]
@@ -182,6 +183,15 @@ class Option:
             )
         except KeyError as exc:
             raise PlanError(f"option {data.get('id')!r} lacks the field {exc.args[0]!r}") from exc
+
+
+TAIL_NAME_SHA256_CHARS = 12
+
+
+def content_addressed_name(base: str, sha256: str) -> str:
+    """A tail's model name that carries its content, ``<base>.<first 12 hex digits of its sha256>``:
+    a server answers to it only when it was given that very file (see ``splitinf.edge.identity``)."""
+    return f"{base}.{sha256[:TAIL_NAME_SHA256_CHARS]}"
 
 
 def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +146,11 @@ class InferenceClient:
 
     def close(self) -> None:
         self._channel.close()
+
+    def watch_connectivity(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(ready)`` on every change of the channel's state (from gRPC's own thread),
+        so a caller can tell a reconnect (which may reach another deployment) from a kept connection."""
+        self._channel.subscribe(lambda state: callback(state is grpc.ChannelConnectivity.READY))
 
     def server_live(self, timeout_s: float) -> bool:
         with transport_errors(f"ServerLive on {self.target}"):

@@ -8,6 +8,9 @@ Example ``device.toml`` (every key optional; ``edge/device.toml`` has them all):
     metrics_host = "127.0.0.1"
     intra_op_threads = 1         # onnxruntime threads per session (0: its default)
     stream_workers = 2           # requests in flight in infer_stream
+    tail_identity = "metadata"   # how the device knows the server runs the plan's tails (splitinf.edge.identity):
+                                 # "metadata": content-addressed names + ModelMetadata (any V2 server);
+                                 # "sha256": every answer must carry splitinf_model_sha256 (splitinf serve only)
 
     [tls]                        # present: TLS to the server
     ca = "ca.pem"                # absent: system roots
@@ -55,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from splitinf.contract.secrets import read_token
+from splitinf.edge.identity import TAIL_IDENTITY_MODES, TailIdentityMode
 from splitinf.edge.policy import PolicyConfig
 from splitinf.edge.tls import ClientTLS
 from splitinf.errors import ConfigError
@@ -85,6 +89,7 @@ class DeviceConfig:
     retry_backoff_s: float = 0.01
     retry_backoff_max_s: float = 0.1
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    tail_identity: TailIdentityMode = "metadata"
 
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
@@ -93,6 +98,8 @@ class DeviceConfig:
             raise ConfigError(f"network.retry_attempts must be >= 1, got {self.retry_attempts}")
         if self.stream_workers < 1:
             raise ConfigError(f"stream_workers must be >= 1, got {self.stream_workers}")
+        if self.tail_identity not in TAIL_IDENTITY_MODES:
+            raise ConfigError(f"tail_identity must be one of {list(TAIL_IDENTITY_MODES)}, got {self.tail_identity!r}")
         if self.intra_op_threads < 0:
             raise ConfigError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
         for name in ("probe_timeout_s", "light_probe_interval_s", "prior_rtt_s", "prior_bandwidth_bps"):
@@ -109,7 +116,7 @@ class DeviceConfig:
         return dataclasses.replace(self, **given) if given else self
 
 
-_TOP = {"server", "budget_ms", "metrics_port", "metrics_host", "intra_op_threads", "stream_workers"}
+_TOP = {"server", "budget_ms", "metrics_port", "metrics_host", "intra_op_threads", "stream_workers", "tail_identity"}
 _SECTIONS = {"tls", "auth", "network", "policy"}
 _NETWORK = {
     "prior_rtt_ms",
@@ -153,8 +160,9 @@ def _top_level(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     if "metrics_port" in data:
         port = int(_number(data, "metrics_port", "", path))
         kwargs["metrics_port"] = None if port < 0 else port
-    if "metrics_host" in data:
-        kwargs["metrics_host"] = str(data["metrics_host"])
+    for key in ("metrics_host", "tail_identity"):
+        if key in data:
+            kwargs[key] = str(data[key])
     for key in ("intra_op_threads", "stream_workers"):
         if key in data:
             kwargs[key] = int(_number(data, key, "", path))

@@ -14,9 +14,11 @@ Guarantees:
 - One retry layer: tenacity, only for UNAVAILABLE before any response arrived,
   within the remaining budget, with jittered backoff (the client switches
   gRPC's own retries off). Retried calls give no RTT sample (Karn's rule).
-- A tail that is not the plan's (its ``splitinf_model_sha256`` differs from the
-  option's ``tail_sha256``), or that answers with the wrong tensors, is never
-  trusted: the request falls back and the option is quarantined.
+- A tail that is not the plan's (``splitinf.edge.identity``: its metadata or its
+  ``splitinf_model_sha256`` differ from the plan's), or that answers with the wrong
+  tensors, is never trusted: the request falls back and the option is quarantined.
+- The network's share of a round trip leaves out the tail's compute time: reported by
+  the server, or expected from the plan's profile (``splitinf.edge.tailtime``).
 - Probes run on a background thread, one at a time with a short deadline, so they
   never delay a user request: half-open probes (a small request to the tail with
   the fewest bytes) while PROBING, ServerReady probes while not splitting or when
@@ -46,8 +48,10 @@ from splitinf.contract.plan import Option, Plan, load_plan
 from splitinf.contract.tensors import TensorSpec, check_tensors, shown_shape
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.estimate import NetworkEstimator
+from splitinf.edge.identity import TailIdentity
 from splitinf.edge.metrics import DeviceMetrics
 from splitinf.edge.policy import Event, Mode, Policy
+from splitinf.edge.tailtime import TailTime
 from splitinf.errors import (
     InputError,
     PlanError,
@@ -110,20 +114,6 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
         wanted = ", ".join(f"{s.name!r} {s.dtype} {shown_shape(s.shape)}" for s in specs)
         raise InputError(f"{exc}; the plan takes {wanted} (convert with .astype(), .reshape())") from None
     return {spec.name: np.ascontiguousarray(inputs[spec.name]) for spec in specs}
-
-
-def _check_answer(option: Option, plan: Plan, outputs: Mapping[str, np.ndarray], model_sha256: str | None) -> None:
-    """Raise RemoteMismatchError unless the answer is the plan's tail answering with the plan's outputs."""
-    if option.tail_sha256 and model_sha256 != option.tail_sha256:
-        raise RemoteMismatchError(
-            f"the server's {option.tail_model!r} has sha256 {model_sha256}, the plan expects {option.tail_sha256}; "
-            "deploy the tails of this plan (server/ in the plan directory) to the server",
-            responded=True,
-        )
-    try:
-        check_tensors(plan.outputs, outputs, what="output")
-    except InputError as exc:
-        raise RemoteMismatchError(f"the server's answer does not fit the plan: {exc}", responded=True) from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -218,6 +208,8 @@ class Runtime:
             self._owns_client = True
         if self._client is None:
             log.warning("no server configured: every request is answered on the device")
+        self.identity = TailIdentity(self.plan, self.config.tail_identity, self._client)
+        self.tail_time = TailTime()
         self._last_light_probe = -float("inf")
         self.server_reached = False  # any call or probe answered by the server since start
         self._link = _LinkTracker()
@@ -348,6 +340,10 @@ class Runtime:
             if attempts[0] > 1:
                 self.metrics.retries.inc()
             assert option.tail_model is not None
+            self.identity.verify(option, timeout_s=left)  # its metadata, once per connection
+            left = remaining()
+            if left <= 0.001:
+                raise _BudgetSpent()
             return client.infer(option.tail_model, wire, timeout_s=left, version=option.tail_version)
 
         def retryable(exc: BaseException) -> bool:
@@ -395,7 +391,7 @@ class Runtime:
         try:
             with self._link.use() as link:
                 result = self._call_remote(option, wire, deadline, counter)
-            _check_answer(option, self.plan, result.outputs, result.model_sha256)
+            self.identity.check_answer(option, result.outputs, result.model_sha256)
         except (TransportError, _BudgetSpent) as exc:
             reason = "budget_spent" if isinstance(exc, _BudgetSpent) else _reason(exc)
             # the tail is not there or not the plan's: set the option aside instead of blaming the link
@@ -405,6 +401,8 @@ class Runtime:
             attempts = counter[0]
             if isinstance(exc, TransportError) and exc.responded:
                 self.server_reached = True
+            if isinstance(exc, RemoteUnavailableError):
+                self.identity.invalidate()  # the server may come back as another deployment
             with self._lock:
                 if isinstance(exc, RemoteTimeoutError):
                     self.estimator.on_timeout()
@@ -436,19 +434,20 @@ class Runtime:
             )
         attempts = counter[0]
         self.server_reached = True
-        network_s = max(result.round_trip_s - result.server_compute_s, 0.0)
+        server_s = self.tail_time.server_seconds(option, result.server_compute_s)
+        network_s = max(result.round_trip_s - server_s, 0.0)
         self.metrics.sent_bytes.inc(result.request_bytes)
         self.metrics.received_bytes.inc(result.response_bytes)
         with self._lock:
             self._observe(
                 round_trip_s=result.round_trip_s,
-                server_s=result.server_compute_s,
+                server_s=server_s,
                 nbytes=result.request_bytes + result.response_bytes,
                 retried=attempts > 1,
                 shared=link.shared,
             )
             events += self._publish(self.policy.record(option.id, ok=True, latency_s=time.perf_counter() - start))
-        breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=result.server_compute_s)
+        breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=server_s)
         outputs = {s.name: result.outputs[s.name] for s in self.plan.outputs}
         return self._finish(
             outputs,
@@ -571,6 +570,11 @@ class Runtime:
             return
         self._last_light_probe = self.clock()
         self._light_probe()
+        for option in self.plan.split_options:  # the tails' identity, while no request waits for it
+            try:
+                self.identity.verify(option, timeout_s=self.config.probe_timeout_s)
+            except TransportError as exc:
+                log.warning("option %s: %s", option.id, exc)
 
     def _light_probe(self) -> bool:
         start = time.perf_counter()
@@ -600,6 +604,7 @@ class Runtime:
             else:
                 wire = {t.name: t.zeros() for t in option.wire}
                 assert option.tail_model is not None
+                self.identity.verify(option, timeout_s=self.config.probe_timeout_s)
                 start = time.perf_counter()
                 with self._link.use() as link:
                     result = self._client.infer(
@@ -607,12 +612,12 @@ class Runtime:
                     )
                 latency = time.perf_counter() - start
                 self.server_reached = True
-                _check_answer(option, self.plan, result.outputs, result.model_sha256)
+                self.identity.check_answer(option, result.outputs, result.model_sha256)
                 ok = True
                 with self._lock:
                     self._observe(
                         round_trip_s=result.round_trip_s,
-                        server_s=result.server_compute_s,
+                        server_s=self.tail_time.server_seconds(option, result.server_compute_s),
                         nbytes=result.request_bytes + result.response_bytes,
                         retried=False,
                         shared=link.shared,

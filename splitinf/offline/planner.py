@@ -40,6 +40,7 @@ from splitinf.contract.plan import (
     DEFAULT_MAX_ACCURACY_DROP,
     Option,
     Plan,
+    content_addressed_name,
     expected_latency,
     load_plan,
 )
@@ -89,7 +90,8 @@ def option_names(model_name: str, cut_id: str, codec: str, precision: str = "fp3
     """(option id, head path in the plan directory, tail model name) for a split option.
 
     An int8 head's option and file carry ``int8head``; its tail is the fp32 head's (the same model,
-    as the tail stays fp32 and the wire the same), so the two share one tail model.
+    as the tail stays fp32 and the wire the same), so the two share one tail model. The plan written
+    names the tail after its content too (``content_addressed_name``).
     """
     safe_cut = re.sub(r"[^A-Za-z0-9_.-]", "_", cut_id)
     safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
@@ -700,8 +702,13 @@ def _write_split(
     )
     tail_path = write_to_repository(encoded_one.tail, build / "server", option.tail_model, "1", manifest)
     tail_sha = sha256_file(tail_path)
+    tail_model = content_addressed_name(option.tail_model, tail_sha)
+    (build / "server" / option.tail_model).rename(build / "server" / tail_model)
     return [
-        dataclasses.replace(o, head_sha256=head_shas[o.id], tail_version="1", tail_sha256=tail_sha) for o in options
+        dataclasses.replace(
+            o, head_sha256=head_shas[o.id], tail_model=tail_model, tail_version="1", tail_sha256=tail_sha
+        )
+        for o in options
     ]
 
 

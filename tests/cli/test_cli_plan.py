@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from splitinf.cli import main
 from splitinf.contract.files import sha256_file, write_json_atomic
-from splitinf.contract.plan import Option, expected_latency, load_plan
+from splitinf.contract.plan import Option, content_addressed_name, expected_latency, load_plan
 from splitinf.offline.profiling import profile_model
 from splitinf.tools.testing import graphs as models
 
@@ -127,7 +127,9 @@ def test_the_plan_loads_with_device_and_server_files_checked(plan_dir: Path, set
     assert any(o.cut_id == "x" for o in plan.split_options), "full offload must always be held"
     assert len({o.cut_id for o in plan.split_options if o.cut_id != "x"}) <= 4
     for option in plan.split_options:
-        assert option.tail_model == f"chain.{option.cut_id}.{option.codec}".replace("/", "_")
+        assert option.tail_sha256 is not None  # the tail is named after its content
+        base = f"chain.{option.cut_id}.{option.codec}".replace("/", "_")
+        assert option.tail_model == content_addressed_name(base, option.tail_sha256)
         manifest = json.loads((plan_dir / "server" / option.tail_model / "1" / "manifest.json").read_text())
         assert manifest["parts"]["tail"]["sha256"] == option.tail_sha256
         assert manifest["parts"]["head"]["sha256"] == option.head_sha256

@@ -22,12 +22,13 @@ from splitinf.contract.files import sha256_file, write_json_atomic
 from splitinf.contract.plan import Plan
 from splitinf.edge.client import InferenceClient
 from splitinf.edge.config import DeviceConfig
-from splitinf.edge.policy import Mode, PolicyConfig
+from splitinf.edge.policy import Mode
 from splitinf.edge.runtime import Runtime, RuntimeResult
 from splitinf.errors import InputError, IntegrityError, PlanError
 from splitinf.offline.graph import find_cut
 from splitinf.offline.partition import save_model, split_model
 from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
+from splitinf.tools.testing.device import FAST_POLICY
 from splitinf.tools.testing.graphs import mlp
 from splitinf.tools.testing.plans import (
     MLP_CUTS,
@@ -39,23 +40,6 @@ from splitinf.tools.testing.plans import (
 
 FULL, FALLBACK, CUTS = MLP_FULL, MLP_FALLBACK, MLP_CUTS
 build_plan_dir, run_model = write_mlp_plan_dir, run_mlp
-
-
-FAST_POLICY = PolicyConfig(
-    budget_s=1.0,
-    window_s=5,
-    min_calls=3,
-    trip_after_failures=1,
-    open_s=0.1,
-    open_max_s=0.4,
-    half_open_probes=2,
-    probe_interval_s=0.05,
-    stabilisation_s=0.2,
-    min_dwell_s=0.1,
-    flap_window_s=60,
-    flap_limit=20,
-    quarantine_s=60,
-)
 
 
 def device_config(target: str | None, budget_s: float = 1.0, **changes: Any) -> DeviceConfig:
@@ -254,7 +238,7 @@ def test_wrong_tensors_and_unknown_model_fall_back(tmp_path: Path) -> None:
     true_sha = Plan.from_json(__import__("json").loads(plan_data)).options[0].tail_sha256
     assert true_sha is not None
     (plan / "plan.json").write_text(
-        plan_data.replace(true_sha, sha256_file(plan / "server/mlp.relu_0.fp32/1/model.onnx"))
+        plan_data.replace(true_sha, sha256_file(next((plan / "server").glob("mlp.relu_0.fp32.*/1/model.onnx"))))
     )
     srv, port = create_server(ServerConfig(repo=plan / "server", port=0, metrics_port=None))
     try:

@@ -9,21 +9,33 @@ full model, and a ``plan.json`` in the layout ``splitinf.contract.plan`` documen
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from splitinf.contract.files import write_json_atomic
-from splitinf.contract.plan import Option, Plan
+from splitinf.contract.plan import Option, Plan, content_addressed_name
 from splitinf.offline.graph import find_cut
 from splitinf.offline.partition import save_model, split_model
 from splitinf.offline.planner import io_specs, option_names
 from splitinf.ort import open_session
 from splitinf.tools.testing.graphs import mlp
 
-__all__ = ["MLP_CUTS", "MLP_FALLBACK", "MLP_FULL", "run_mlp", "split_option", "write_mlp_plan_dir", "write_plan_dir"]
+__all__ = [
+    "DIGITS_CALIBRATION",
+    "MLP_CUTS",
+    "MLP_FALLBACK",
+    "MLP_FULL",
+    "run_mlp",
+    "split_option",
+    "write_digits_plan_dir",
+    "write_mlp_plan_dir",
+    "write_plan_dir",
+]
 
 
 def split_option(
@@ -68,10 +80,12 @@ def write_plan_dir(
     for cut_name, (head_seconds, tail_seconds) in cuts.items():
         cut = find_cut(model, cut_name)
         part = split_model(model, cut)
-        option_id, head_rel, tail_name = option_names(name, cut.id, "fp32")
-        tail_path = root / "server" / tail_name / "1" / "model.onnx"
+        option_id, head_rel, base_name = option_names(name, cut.id, "fp32")
         head_sha = save_model(part.head, root / head_rel)
-        tail_sha = save_model(part.tail, tail_path)
+        tail_sha = hashlib.sha256(part.tail.SerializeToString()).hexdigest()  # what save_model writes
+        tail_name = content_addressed_name(base_name, tail_sha)  # as the planner names tails
+        tail_path = root / "server" / tail_name / "1" / "model.onnx"
+        save_model(part.tail, tail_path)
         if served_tails and cut_name in served_tails:
             save_model(served_tails[cut_name], tail_path)
         options.append(
@@ -158,3 +172,34 @@ def run_mlp(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """``y`` of an MLP from ``splitinf.tools.testing.graphs.mlp`` for input ``x``."""
     session = open_session(model.SerializeToString())
     return np.asarray(session.run(["y"], {"x": x})[0])
+
+
+DIGITS_CALIBRATION = 60  # the first held-out digits calibrate the codecs; tests and benches use the rest
+
+
+def write_digits_plan_dir(root: Path, *, hold_all: bool = False) -> Path:
+    """The shipped digits pair planned by the planner (profiled on this machine, no local option) at ``root/plan``.
+
+    ``hold_all`` keeps every cut and codec (the fp32 full offload among them), not just the table's picks.
+    """
+    from splitinf.offline.planner import plan_model
+    from splitinf.offline.profiling import profile_file
+    from splitinf.tools.models import DIGITS_INPUT, digits_fallback_path, digits_main_path, load_digits_test
+
+    root.mkdir(parents=True, exist_ok=True)
+    images, labels = load_digits_test()
+    calibration = root / "calibration.npz"
+    arrays: dict[str, Any] = {DIGITS_INPUT: images[:DIGITS_CALIBRATION], "labels": labels[:DIGITS_CALIBRATION]}
+    np.savez(calibration, **arrays)
+    profile_file(digits_main_path(), root / "profile.json", fallback=digits_fallback_path(), repeats=5)
+    plan_model(
+        digits_main_path(),
+        device_profile=root / "profile.json",
+        server_profile=root / "profile.json",
+        fallback=digits_fallback_path(),
+        calibration=calibration,
+        output=root / "plan",
+        include_local=False,
+        hold_all=hold_all,
+    )
+    return root / "plan"
