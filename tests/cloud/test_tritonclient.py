@@ -200,3 +200,13 @@ def test_inference_statistics_lose_no_concurrent_request(triton_world: tuple[Any
     assert stats["mlp"].inference_stats.success.count == sent and stats["mlp"].inference_count == 2 * sent
     # Concurrent mlp requests share batches (at most 4 samples, two requests of 2).
     assert sent / 2 <= stats["mlp"].execution_count <= sent
+
+
+def test_requests_refused_while_draining_count_as_failures(triton_world: tuple[Any, Any]) -> None:
+    running, client = triton_world
+    running.server.begin_drain()
+    with pytest.raises(tritonclient_grpc.InferenceServerException, match="UNAVAILABLE"):
+        _infer_tail(client, 1)
+    (tail,) = client.get_inference_statistics("tail").model_stats
+    assert (tail.inference_stats.success.count, tail.inference_stats.fail.count, tail.inference_count) == (0, 1, 0)
+    assert tail.inference_stats.fail.ns > 0 and tail.last_inference > 0
