@@ -50,6 +50,8 @@ class Batcher:
         self._in_flight = in_flight
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._carry: _Pending | None = None
+        # Successful onnxruntime runs (Triton's execution_count); only the batcher's thread writes it.
+        self.executions = 0
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{model.name}", daemon=True)
         self._thread.start()
 
@@ -127,6 +129,7 @@ class Batcher:
                 ),
             )
             return
+        self.executions += 1
         offset = 0
         for pending in batch:
             part = {name: value[offset : offset + pending.batch] for name, value in outputs.items()}

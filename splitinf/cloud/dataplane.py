@@ -1,5 +1,5 @@
 """The server's core, with no protobuf and no grpc: model lookup, admission, draining, validation,
-execution (directly or through a ``Batcher``) and the metrics of each request.
+execution (directly or through a ``Batcher``), the metrics of each request and its model's statistics.
 
 It raises ``InferenceError``s; ``splitinf.cloud.errors`` turns them into gRPC statuses.
 """
@@ -16,7 +16,14 @@ import numpy as np
 from splitinf.cloud.batching import Batcher, BatchResult
 from splitinf.cloud.metrics import ServerMetrics
 from splitinf.cloud.repository import LoadedModel
-from splitinf.errors import InvalidRequestError, ModelNotFoundError, ServerBusyError, ServerUnavailableError
+from splitinf.cloud.statistics import StatisticsSnapshot, VersionStatistics
+from splitinf.errors import (
+    InferenceError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServerBusyError,
+    ServerUnavailableError,
+)
 
 __all__ = ["UNKNOWN_MODEL_LABEL", "DataPlane", "InferOutcome"]
 
@@ -25,6 +32,8 @@ __all__ = ["UNKNOWN_MODEL_LABEL", "DataPlane", "InferOutcome"]
 UNKNOWN_MODEL_LABEL = "_unknown"
 
 ModelKey = tuple[str, str]  # (name, version)
+# (batch size, ran outside a batcher, result): one request's execution.
+_Executed = tuple[int, bool, BatchResult]
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,9 @@ class DataPlane:
             (name, version): threading.Lock() if instances == 1 else threading.Semaphore(instances)
             for name, versions in self.models.items()
             for version in versions
+        }
+        self._statistics = {
+            (name, version): VersionStatistics() for name, versions in self.models.items() for version in versions
         }
         if metrics is not None:
             # Read when scraped, instead of inc()/dec() under a lock on every call.
@@ -125,8 +137,23 @@ class DataPlane:
             ) from None
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        self.model(name, version)
-        return self.ready
+        """Triton's answer: False (not an error) for a model or version this server does not have."""
+        versions = self.models.get(name)
+        return self.ready and versions is not None and (not version or version in versions)
+
+    def statistics(self, name: str = "", version: str = "") -> list[StatisticsSnapshot]:
+        """Triton's ``ModelStatistics``: every model for an empty ``name``, every version for an empty
+        ``version``; an unknown model or version is ``ModelNotFoundError``."""
+        if name:
+            self.model(name, version)  # ModelNotFoundError for a model or version this server does not have
+            keys = [(name, v) for v in ([version] if version else sorted(self.models[name], key=int))]
+        else:
+            keys = list(self._statistics)
+        with self._mutex:
+            return [
+                self._statistics[key].snapshot(*key, self._batchers[key].executions if key in self._batchers else 0)
+                for key in keys
+            ]
 
     # --- inference ---
     def infer(
@@ -134,16 +161,24 @@ class DataPlane:
     ) -> InferOutcome:
         """Run ``inputs`` through the model; ``requested`` outputs only, when any are named."""
         model = self.model(name, version)
-        if not self._ready:
-            raise ServerUnavailableError(f"model {name!r} is not ready yet")
-        if requested and len(set(requested)) != len(requested):
-            raise InvalidRequestError(f"an output is requested twice: {list(requested)}")
         key = (model.name, model.version)
-        self._admit(key)
+        arrived = time.perf_counter_ns()
         try:
-            outputs, compute_ns, queue_ns = self._execute(model, key, inputs, requested)
+            if not self._ready:
+                raise ServerUnavailableError(f"model {name!r} is not ready yet")
+            if requested and len(set(requested)) != len(requested):
+                raise InvalidRequestError(f"an output is requested twice: {list(requested)}")
+            self._admit(key)
+        except InferenceError:
+            with self._mutex:
+                self._statistics[key].record_failure(arrived, time.perf_counter_ns())
+            raise
+        executed: _Executed | None = None
+        try:
+            executed = self._execute(model, key, inputs, requested)
         finally:
-            self._release(key)
+            self._release(key, arrived, executed)
+        _batch, _direct, (outputs, compute_ns, queue_ns) = executed
         if requested:
             outputs = {out: outputs[out] for out in requested}
         if self.metrics is not None:
@@ -166,17 +201,17 @@ class DataPlane:
 
     def _execute(
         self, model: LoadedModel, key: ModelKey, inputs: Mapping[str, np.ndarray], requested: Sequence[str]
-    ) -> BatchResult:
+    ) -> _Executed:
         batch = model.validate(inputs, requested)
         batcher = self._batchers.get(key)
         if batcher is None:
-            return self._run_direct(model, inputs)
+            return batch, True, self._run_direct(model, inputs)
         if self._adaptive_batching and self._enter_inline(key):
             try:
-                return self._run_direct(model, inputs)
+                return batch, True, self._run_direct(model, inputs)
             finally:
                 self._leave_inline(key)
-        return batcher.submit(inputs, batch).result()
+        return batch, False, batcher.submit(inputs, batch).result()
 
     def _run_direct(self, model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> BatchResult:
         arrived = time.perf_counter_ns()
@@ -204,10 +239,17 @@ class DataPlane:
             self._inflight += 1
             self._model_inflight[key] = self._model_inflight.get(key, 0) + 1
 
-    def _release(self, key: ModelKey) -> None:
+    def _release(self, key: ModelKey, arrived_ns: int, executed: _Executed | None) -> None:
+        """End an admitted request and add it to its model's statistics (None: it failed)."""
+        finished = time.perf_counter_ns()
         with self._mutex:
             self._inflight -= 1
             self._model_inflight[key] -= 1
+            if executed is None:
+                self._statistics[key].record_failure(arrived_ns, finished)
+            else:
+                batch, direct, (_outputs, compute_ns, queue_ns) = executed
+                self._statistics[key].record_success(batch, direct, arrived_ns, finished, queue_ns, compute_ns)
             if self._idle_waiters:
                 self._lock.notify_all()
 

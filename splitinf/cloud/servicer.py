@@ -15,7 +15,9 @@ import grpc
 from splitinf import __version__
 from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.errors import answers_errors
+from splitinf.cloud.statistics import StatisticsSnapshot
 from splitinf.contract.tensors import TensorSpec
+from splitinf.errors import InvalidRequestError
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -44,6 +46,22 @@ def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataRespon
         )
         for spec in specs
     ]
+
+
+def _statistics_message(snapshot: StatisticsSnapshot) -> pb.ModelStatistics:
+    return pb.ModelStatistics(
+        name=snapshot.name,
+        version=snapshot.version,
+        last_inference=snapshot.last_inference_ms,
+        inference_count=snapshot.inference_count,
+        execution_count=snapshot.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=pb.StatisticDuration(count=snapshot.success_count, ns=snapshot.success_ns),
+            fail=pb.StatisticDuration(count=snapshot.fail_count, ns=snapshot.fail_ns),
+            queue=pb.StatisticDuration(count=snapshot.success_count, ns=snapshot.queue_ns),
+            compute_infer=pb.StatisticDuration(count=snapshot.success_count, ns=snapshot.compute_ns),
+        ),
+    )
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -82,6 +100,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             platform="onnxruntime_onnx",
             inputs=_tensor_metadata(model.inputs),
             outputs=_tensor_metadata(model.outputs),
+        )
+
+    # Triton's extensions, for the tools of its world (perf_analyzer, model_analyzer).
+    @answers_errors
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.dataplane.model(request.name, request.version).config)
+
+    @answers_errors
+    def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        snapshots = self.dataplane.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[_statistics_message(s) for s in snapshots])
+
+    @answers_errors
+    def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        if request.repository_name:
+            raise InvalidRequestError(
+                f"repository {request.repository_name!r}: this server has one repository; leave repository_name empty"
+            )
+        ready = self.dataplane.ready
+        if request.ready and not ready:
+            return pb.RepositoryIndexResponse()
+        state, reason = ("READY", "") if ready else ("UNAVAILABLE", "the server is starting or shutting down")
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(name=name, version=version, state=state, reason=reason)
+                for name, versions in sorted(self.dataplane.models.items())
+                for version in sorted(versions, key=int)
+            ]
         )
 
     def _infer(self, request: InferRequest, context: grpc.ServicerContext) -> EncodedInferResponse:
@@ -136,6 +186,9 @@ def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.Rpc
         "ModelReady": unary(servicer.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
         "ServerMetadata": unary(servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
         "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelConfig": unary(servicer.ModelConfig, pb.ModelConfigRequest, pb.ModelConfigResponse),
+        "ModelStatistics": unary(servicer.ModelStatistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+        "RepositoryIndex": unary(servicer.RepositoryIndex, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(
             servicer.model_infer_encoded,
             request_deserializer=parse_infer_request,

@@ -127,7 +127,9 @@ def test_unknown_model_and_version_are_not_found(stub: pb_grpc.GRPCInferenceServ
     request = infer_request("mlp", x=x)
     request.model_version = "7"
     assert "no version '7'" in expect_status(stub.ModelInfer, request, grpc.StatusCode.NOT_FOUND)
-    expect_status(stub.ModelReady, pb.ModelReadyRequest(name="nope"), grpc.StatusCode.NOT_FOUND)
+    # As Triton: ModelReady answers "not ready" for a model or version it does not have.
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="nope"), timeout=TIMEOUT).ready
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="mlp", version="7"), timeout=TIMEOUT).ready
     expect_status(stub.ModelMetadata, pb.ModelMetadataRequest(name="mlp", version="3"), grpc.StatusCode.NOT_FOUND)
 
 
