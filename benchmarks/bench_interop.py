@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from splitinf.cloud.app import create_server
 
+from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
 from splitinf.contract.files import write_json_atomic
 from splitinf.contract.plan import load_plan
