@@ -63,6 +63,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from splitinf.offline.partition import MANIFEST_FORMAT, write_to_repository
+
 SHAPE = (1, 256, 28, 28)
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -374,8 +376,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         for name, model in (("small", tail_small()), ("conv", tail_conv())):
-            (repo / name / "1").mkdir(parents=True)
-            onnx.save(model, repo / name / "1" / "model.onnx")
+            write_to_repository(model, repo, name, manifest={"format": MANIFEST_FORMAT})
         serve = [sys.executable, "-m", "splitinf", "serve", "--repo", str(repo), "--port", "0", "--metrics-port", "-1"]
         small_payload, conv_payload = request_bytes("small"), request_bytes("conv")
 

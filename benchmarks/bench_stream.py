@@ -28,7 +28,7 @@ from splitinf.edge.config import DeviceConfig
 from splitinf.edge.policy import PolicyConfig
 from splitinf.edge.runtime import Runtime
 from splitinf.offline.graph import find_cut
-from splitinf.offline.partition import split_model
+from splitinf.offline.partition import MANIFEST_FORMAT, split_model, write_to_repository
 from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 from splitinf.tools.testing.graphs import mlp
 
@@ -46,7 +46,8 @@ def build_plan(root: Path) -> Path:
     cut = find_cut(full, "relu_1")  # two layers on each side
     part = split_model(full, cut)
     head_sha = save(part.head, root / "device/heads/mid.onnx")
-    tail_sha = save(part.tail, root / "server/wide.mid/1/model.onnx")
+    tail_path = write_to_repository(part.tail, root / "server", "wide.mid", manifest={"format": MANIFEST_FORMAT})
+    tail_sha = sha256_file(tail_path)
     fallback_sha = save(mlp(batch=1, sizes=(1024, 16, 10)), root / "device/fallback.onnx")
     options = (
         Option(

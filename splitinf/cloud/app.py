@@ -182,6 +182,8 @@ class TailServer:
 
 
 def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
+    if config.allow_unsigned:
+        log.warning("allow_unsigned: model versions without manifest.json are served with their sha256 unchecked")
     models = load_repository(
         config.repo,
         providers=config.providers,
@@ -191,6 +193,7 @@ def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
         max_batch_size=config.max_batch_size,
         batch_delay_ms=config.batch_delay_ms,
         warmup=config.warmup,
+        allow_unsigned=config.allow_unsigned,
     )
     return DataPlane(
         models,

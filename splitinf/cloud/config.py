@@ -11,6 +11,7 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
     drain_grace_s = 10.0
     max_connection_age_s = 300.0  # clients re-resolve DNS (new replicas) at least this often
     tune_allocator = true     # glibc keeps tensor-sized buffers in its heap; process-wide (see below)
+    allow_unsigned = false    # true: serve versions without manifest.json (sha256 unchecked; a warning at start)
 
     [onnxruntime]
     providers = ["CPUExecutionProvider"]
@@ -90,6 +91,8 @@ class ServerConfig:
     # (splitinf.cloud.app.tune_allocator). It changes malloc for the whole process, for good:
     # turn it off when the server is embedded in a process that wants glibc's defaults.
     tune_allocator: bool = True
+    # Serve model versions without a manifest.json (their sha256 unchecked); logged as a warning at start.
+    allow_unsigned: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -115,7 +118,7 @@ class ServerConfig:
             problems.append(f"drain_grace_s {self.drain_grace_s} must not be negative")
         if not self.providers:
             problems.append("providers is empty; use e.g. ['CPUExecutionProvider']")
-        for name in ("warmup", "batch_wait_when_idle", "tune_allocator"):
+        for name in ("warmup", "batch_wait_when_idle", "tune_allocator", "allow_unsigned"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, not {getattr(self, name)!r}")
         if problems:
@@ -138,6 +141,7 @@ _TOML_KEYS: dict[str, dict[str, str]] = {
         "max_connection_age_s": "max_connection_age_s",
         "warmup": "warmup",
         "tune_allocator": "tune_allocator",
+        "allow_unsigned": "allow_unsigned",
     },
     "onnxruntime": {
         "providers": "providers",

@@ -7,7 +7,11 @@
         config.pbtxt          optional; splitinf reads max_batch_size and dynamic_batching
         1/
           model.onnx
-          manifest.json       optional (from `splitinf split`); parts.tail.sha256 must match model.onnx
+          model.onnx.data     optional external data (tails over 2 GiB); only files in this folder
+          manifest.json       from `splitinf split`: the sha256 of model.onnx and of its data files;
+                              required unless the server runs with allow_unsigned
+
+Nothing outside the repository is opened: see ``splitinf.cloud.model_files``.
 
 The same folder can be served by NVIDIA Triton (``cloud/TRITON.md``). ``config.pbtxt`` is
 read with a small tolerant text-format parser: unknown fields are skipped, nothing is evaluated.
@@ -16,7 +20,6 @@ read with a small tolerant text-format parser: unknown fields are skipped, nothi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -27,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from splitinf.cloud.model_files import check_model_files, inside
 from splitinf.contract.plan import TensorSpec
-from splitinf.errors import ConfigError, IntegrityError, InvalidRequestError, ModelExecutionError, ModelLoadError
+from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import SessionSettings, check_providers, open_session, session_options
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol.tensors import check_array, decode_request_inputs, encode_request
@@ -46,7 +50,6 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
-MANIFEST_FILE = "manifest.json"
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -191,22 +194,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_manifest(model_file: Path, digest: str) -> None:
-    manifest_path = model_file.parent / MANIFEST_FILE
-    if not manifest_path.is_file():
-        return
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        expected = manifest["parts"]["tail"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"{manifest_path}: not a readable manifest with parts.tail.sha256 ({exc})") from exc
-    if expected != digest:
-        raise IntegrityError(
-            f"refusing to load {model_file}: its sha256 is {digest} but {manifest_path} expects {expected}; "
-            "re-export the tail with `splitinf split` or remove the stale manifest"
-        )
-
-
 @dataclass
 class LoadedModel:
     """One version of one model, ready to run."""
@@ -332,19 +319,38 @@ def _tensor_specs(args: Sequence[Any], path: Path) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
+def _versions(model_dir: Path) -> dict[str, Path]:
+    """``{version: model.onnx}`` of one model folder; two folders naming one version ("1", "01") are refused."""
+    versions: dict[str, Path] = {}
+    numbers: dict[int, str] = {}
+    for folder in sorted(model_dir.iterdir()):
+        if not (folder.is_dir() and folder.name.isdigit() and (folder / MODEL_FILE).is_file()):
+            continue
+        clash = numbers.setdefault(int(folder.name), folder.name)
+        if clash != folder.name:
+            raise ConfigError(
+                f"{model_dir}: version folders {clash!r} and {folder.name!r} are the same version "
+                f"{int(folder.name)}; keep one (without leading zeros)"
+            )
+        versions[folder.name] = folder / MODEL_FILE
+    return dict(sorted(versions.items(), key=lambda item: int(item[0])))
+
+
 def scan_repository(repo: Path) -> dict[str, dict[str, Path]]:
     """``{model: {version: model.onnx path}}`` for every numeric version folder holding a model.onnx."""
     if not repo.is_dir():
         raise ConfigError(f"model repository {repo} is not a directory")
+    repo_root = repo.resolve()
     found: dict[str, dict[str, Path]] = {}
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = {
-            v.name: v / MODEL_FILE
-            for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and (v / MODEL_FILE).is_file()
-        }
+        if not inside(model_dir, repo_root):
+            raise ConfigError(
+                f"refusing to serve {model_dir}: it is a symlink to {model_dir.resolve()}, outside the repository "
+                f"{repo_root}; copy the model into the repository instead"
+            )
+        versions = _versions(model_dir)
         if versions:
-            found[model_dir.name] = dict(sorted(versions.items(), key=lambda item: int(item[0])))
+            found[model_dir.name] = versions
         else:
             log.warning("skipping %s: no VERSION/%s inside", model_dir, MODEL_FILE)
     if not found:
@@ -362,8 +368,14 @@ def load_repository(
     max_batch_size: int | None = None,
     batch_delay_ms: float | None = None,
     warmup: bool = True,
+    allow_unsigned: bool = False,
 ) -> dict[str, dict[str, LoadedModel]]:
-    """Load, check and warm up every model version; ``max_batch_size``/``batch_delay_ms`` override config.pbtxt."""
+    """Load, check and warm up every model version; ``max_batch_size``/``batch_delay_ms`` override config.pbtxt.
+
+    Each version's files are checked first (``check_model_files``: inside the repository, external
+    data in the version folder, sha256 as the manifest says unless ``allow_unsigned``); onnxruntime
+    then opens ``model.onnx`` by path, so its external data resolves in the version folder.
+    """
     settings = SessionSettings(
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
@@ -372,6 +384,7 @@ def load_repository(
     )
     session_options(settings)  # a bad optimization level is a ConfigError before any model loads
     models: dict[str, dict[str, LoadedModel]] = {}
+    repo_root = repo.resolve()
     for name, versions in scan_repository(repo).items():
         config = read_model_config(repo / name)
         batch = config.max_batch_size if config.dynamic_batching else 0
@@ -382,11 +395,10 @@ def load_repository(
             delay_s = batch_delay_ms / 1000
         models[name] = {}
         for version, path in versions.items():
-            data = path.read_bytes()
-            digest = sha256_bytes(data)
-            _check_manifest(path, digest)
+            files = check_model_files(path, repo_root, allow_unsigned=allow_unsigned)
+            digest = files.sha256
             started = time.perf_counter()
-            session = open_session(data, settings)
+            session = open_session(path, settings)
             model = LoadedModel(
                 name=name,
                 version=version,

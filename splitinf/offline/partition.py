@@ -10,8 +10,8 @@ kept; both parts also get the metadata ``splitinf.cut`` (the cut id).
 ``export_partition`` and ``write_to_repository`` are the thin file wrappers: they write
 into a temporary directory beside the destination and rename it into place, so a failure
 leaves nothing behind. A part over 2 GiB is saved with its weights in an external data
-file next to it (``head.onnx.data``/``tail.onnx.data``); the manifest's sha256 covers the
-``.onnx`` file.
+file next to it (``head.onnx.data``/``tail.onnx.data``); the manifest's part entry holds the
+sha256 of the ``.onnx`` file and, under ``external_data``, of that data file.
 """
 
 from __future__ import annotations
@@ -329,8 +329,17 @@ def _atomic_dir(target: Path, ours: Sequence[str] = ("manifest.json",)) -> Itera
         raise
 
 
+def _part_entry(path: Path, sha256: str) -> dict[str, Any]:
+    """A manifest's entry for one part file: its name and sha256, and those of its external data file."""
+    entry: dict[str, Any] = {"file": path.name, "sha256": sha256}
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        entry["external_data"] = {data.name: sha256_file(data)}
+    return entry
+
+
 def _manifest(
-    source_name: str, source_sha256: str, partition: Partition, head_sha: str, tail_sha: str
+    source_name: str, source_sha256: str, partition: Partition, parts: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     cut = partition.cut
     return {
@@ -340,10 +349,7 @@ def _manifest(
         "codec": "fp32",
         "opset": [{"domain": o.domain, "version": o.version} for o in partition.head.opset_import],
         "ir_version": partition.head.ir_version,
-        "parts": {
-            "head": {"file": "head.onnx", "sha256": head_sha},
-            "tail": {"file": "tail.onnx", "sha256": tail_sha},
-        },
+        "parts": parts,
     }
 
 
@@ -370,15 +376,15 @@ def export_partition(
     report = _verify(view, partition, samples, 4, 0) if verify or samples else None
     target = Path(outdir)
     with _atomic_dir(target) as tmp:
-        part_sha256 = {}
+        parts = {}
         for part_name, part in (("head", partition.head), ("tail", partition.tail)):
-            part_sha256[part_name] = save_model(part, tmp / f"{part_name}.onnx")
+            parts[part_name] = _part_entry(tmp / f"{part_name}.onnx", save_model(part, tmp / f"{part_name}.onnx"))
             try:
                 # the path form checks parts of any size, external data included
                 onnx.checker.check_model(str(tmp / f"{part_name}.onnx"))
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                 raise VerificationError(f"the {part_name} at cut {cut.id!r} fails onnx.checker: {exc}") from exc
-        manifest = _manifest(path.name, sha256_file(path), partition, part_sha256["head"], part_sha256["tail"])
+        manifest = _manifest(path.name, sha256_file(path), partition, parts)
         if report is not None:
             manifest["verify"] = report.to_json()
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -402,6 +408,6 @@ def write_to_repository(
         model_sha256 = save_model(model, tmp / "model.onnx")
         if manifest is not None:
             manifest = json.loads(json.dumps(manifest))
-            manifest.setdefault("parts", {})["tail"] = {"file": "model.onnx", "sha256": model_sha256}
+            manifest.setdefault("parts", {})["tail"] = _part_entry(tmp / "model.onnx", model_sha256)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return target / "model.onnx"

@@ -135,7 +135,9 @@ def test_onnxruntime_settings_reach_the_sessions(tmp_path: Path) -> None:
 
     (tmp_path / "m" / "1").mkdir(parents=True)
     onnx.save(mlp(), tmp_path / "m" / "1" / "model.onnx")
-    model = load_repository(tmp_path, intra_op_threads=1, inter_op_threads=1, graph_optimization="disable")["m"]["1"]
+    model = load_repository(
+        tmp_path, intra_op_threads=1, inter_op_threads=1, graph_optimization="disable", allow_unsigned=True
+    )["m"]["1"]
     options = model.session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -9,6 +9,7 @@ full model, and a ``plan.json`` in the layout ``splitinf.contract.plan`` documen
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import onnx
 
 from splitinf.contract.plan import Option, Plan, write_json_atomic
 from splitinf.offline.graph import find_cut
-from splitinf.offline.partition import save_model, split_model
+from splitinf.offline.partition import MANIFEST_FORMAT, save_model, split_model, write_to_repository
 from splitinf.offline.planner import io_specs, option_names
 from splitinf.ort import open_session
 from splitinf.tools.testing.graphs import mlp
@@ -50,11 +51,12 @@ def write_plan_dir(
         cut = find_cut(model, cut_name)
         part = split_model(model, cut)
         option_id, head_rel, tail_name = option_names(name, cut.id, "fp32")
-        tail_path = root / "server" / tail_name / "1" / "model.onnx"
         head_sha = save_model(part.head, root / head_rel)
-        tail_sha = save_model(part.tail, tail_path)
-        if served_tails and cut_name in served_tails:
-            save_model(served_tails[cut_name], tail_path)
+        # The server's copy is signed (manifest.json) as `splitinf split --repo` signs it;
+        # the plan keeps the true tail's sha256.
+        served = (served_tails or {}).get(cut_name, part.tail)
+        write_to_repository(served, root / "server", tail_name, "1", manifest={"format": MANIFEST_FORMAT})
+        tail_sha = hashlib.sha256(part.tail.SerializeToString()).hexdigest()
         options.append(
             Option(
                 id=option_id,
