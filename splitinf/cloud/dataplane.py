@@ -26,6 +26,15 @@ UNKNOWN_MODEL_LABEL = "_unknown"
 
 ModelKey = tuple[str, str]  # (name, version)
 
+_SHOWN_CHARS = 64
+
+
+def _shown(name: str) -> str:
+    """A client-chosen name as an error message shows it: quoted, at most ``_SHOWN_CHARS`` of it."""
+    if len(name) <= _SHOWN_CHARS:
+        return repr(name)
+    return f"{name[:_SHOWN_CHARS]!r}... ({len(name)} characters)"
+
 
 @dataclass(frozen=True)
 class InferOutcome:
@@ -114,14 +123,14 @@ class DataPlane:
     def model(self, name: str, version: str = "") -> LoadedModel:
         versions = self.models.get(name)
         if versions is None:
-            raise ModelNotFoundError(f"unknown model {name!r}; this server has {sorted(self.models)}")
+            raise ModelNotFoundError(f"unknown model {_shown(name)}; this server has {sorted(self.models)}")
         if not version:
             return self._latest[name]
         try:
             return versions[version]
         except KeyError:
             raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r}; available: {sorted(versions, key=int)}"
+                f"model {name!r} has no version {_shown(version)}; available: {sorted(versions, key=int)}"
             ) from None
 
     def model_ready(self, name: str, version: str = "") -> bool:

@@ -14,7 +14,7 @@ import grpc
 
 from splitinf import __version__
 from splitinf.cloud.dataplane import DataPlane
-from splitinf.cloud.errors import answers_errors
+from splitinf.cloud.errors import answers_errors, lenient
 from splitinf.contract.plan import TensorSpec
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
@@ -122,12 +122,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
     """The V2 service's method handlers: the generated ones, but inference requests are parsed
-    without copying their tensor bytes (``parse_infer_request``) and answers are serialized
-    with one copy of their tensors (``EncodedInferResponse``)."""
+    without copying their tensor bytes (``parse_infer_request``), answers are serialized
+    with one copy of their tensors (``EncodedInferResponse``), and bytes that are not a message
+    reach the handler as ``UndecodableRequest`` (INVALID_ARGUMENT) instead of failing in grpc."""
 
     def unary(method: Callable[..., Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+            method,
+            request_deserializer=lenient(request.FromString, method.__name__),
+            response_serializer=response.SerializeToString,
         )
 
     return {
@@ -138,12 +141,12 @@ def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.Rpc
         "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(
             servicer.model_infer_encoded,
-            request_deserializer=parse_infer_request,
+            request_deserializer=lenient(parse_infer_request, "ModelInfer"),
             response_serializer=EncodedInferResponse.serialize,
         ),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
             servicer.model_stream_infer_encoded,
-            request_deserializer=parse_infer_request,
+            request_deserializer=lenient(parse_infer_request, "ModelStreamInfer"),
             response_serializer=EncodedInferResponse.serialize_stream,
         ),
     }
