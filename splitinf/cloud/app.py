@@ -23,6 +23,7 @@ from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.metrics import ServerMetrics
 from splitinf.cloud.repository import load_repository
 from splitinf.cloud.servicer import SERVICE_NAME, InferenceServicer, add_inference_servicer
+from splitinf.cloud.streams import StreamRegistry
 from splitinf.errors import ConfigError
 from splitinf.protocol import grpc_service_pb2 as pb
 
@@ -35,6 +36,9 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _LARGE_BUFFER_BYTES = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
 _allocator_tuned = False
+
+# Server threads no stream and no admitted inference call can take: health, liveness, refusals.
+_RESERVED_THREADS = 8
 
 
 def tune_allocator() -> bool:
@@ -109,8 +113,10 @@ class TailServer:
         health_servicer: health.HealthServicer,
         metrics: ServerMetrics,
         port: int,
+        streams: StreamRegistry | None = None,
     ):
         self.config = config
+        self.streams = streams
         self.grpc_server = grpc_server
         self.dataplane = dataplane
         self.health = health_servicer
@@ -169,6 +175,8 @@ class TailServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if self.streams is not None:
+            self.streams.stop()
         self.dataplane.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -204,11 +212,14 @@ def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
     )
 
 
-def _grpc_server(config: ServerConfig, dataplane: DataPlane) -> tuple[grpc.Server, health.HealthServicer]:
+def _grpc_server(
+    config: ServerConfig, dataplane: DataPlane
+) -> tuple[grpc.Server, health.HealthServicer, StreamRegistry]:
     """The gRPC server with the V2 servicer, health (NOT_SERVING until started) and reflection."""
-    # Admission in DataPlane refuses beyond max_inflight; the extra threads answer health,
-    # metadata and refusals quickly. maximum_concurrent_rpcs keeps gRPC's own queue bounded.
-    workers = config.max_inflight + 8
+    # Each open stream holds a thread (StreamRegistry bounds them); admission in DataPlane refuses
+    # unary calls beyond max_inflight; the threads left over answer health, liveness, metadata
+    # and refusals, so no client can take those. maximum_concurrent_rpcs bounds gRPC's own queue.
+    workers = config.max_inflight + config.max_streams + _RESERVED_THREADS
     interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
     grpc_server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitinf-grpc"),
@@ -216,7 +227,12 @@ def _grpc_server(config: ServerConfig, dataplane: DataPlane) -> tuple[grpc.Serve
         options=server_options(config),
         maximum_concurrent_rpcs=workers,
     )
-    add_inference_servicer(InferenceServicer(dataplane, config.server_name), grpc_server)
+    streams = StreamRegistry(
+        total=config.max_streams,
+        per_client=config.max_streams_per_client,
+        idle_timeout_s=config.stream_idle_timeout_s,
+    )
+    add_inference_servicer(InferenceServicer(dataplane, config.server_name, streams), grpc_server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     for service in ("", SERVICE_NAME):
@@ -224,7 +240,7 @@ def _grpc_server(config: ServerConfig, dataplane: DataPlane) -> tuple[grpc.Serve
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server, pool=_reflection_pool()
     )
-    return grpc_server, health_servicer
+    return grpc_server, health_servicer, streams
 
 
 def _bind(grpc_server: grpc.Server, config: ServerConfig) -> int:
@@ -255,13 +271,13 @@ def create_server(config: ServerConfig) -> tuple[TailServer, int]:
         tune_allocator()
     metrics = ServerMetrics()
     dataplane = _load_dataplane(config, metrics)
-    grpc_server, health_servicer = _grpc_server(config, dataplane)
+    grpc_server, health_servicer, streams = _grpc_server(config, dataplane)
     try:
         port = _bind(grpc_server, config)
     except Exception:
         dataplane.close()
         raise
-    server = TailServer(config.replace(port=port), grpc_server, dataplane, health_servicer, metrics, port)
+    server = TailServer(config.replace(port=port), grpc_server, dataplane, health_servicer, metrics, port, streams)
     server.start()
     log.info("serving %d model(s) on %s port %d", len(dataplane.models), config.host, port)
     return server, port

@@ -8,6 +8,9 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
     metrics_port = 8002       # -1 turns the metrics endpoint off
     max_message_bytes = 67108864
     max_inflight = 64         # admitted requests (running + queued); more get RESOURCE_EXHAUSTED
+    max_streams = 32          # open ModelStreamInfer streams, all clients together
+    max_streams_per_client = 8  # per client address; more get RESOURCE_EXHAUSTED
+    stream_idle_timeout_s = 60.0  # a stream with no request in progress this long is cancelled
     drain_grace_s = 10.0
     max_connection_age_s = 300.0  # clients re-resolve DNS (new replicas) at least this often
     tune_allocator = true     # glibc keeps tensor-sized buffers in its heap; process-wide (see below)
@@ -66,6 +69,10 @@ class ServerConfig:
     metrics_port: int | None = 8002  # None: no metrics endpoint; 0: any free port
     max_message_bytes: int = 64 * MIB
     max_inflight: int = 64
+    # Each open stream holds a server thread: bounded in all and per client, idle ones cancelled.
+    max_streams: int = 32
+    max_streams_per_client: int = 8
+    stream_idle_timeout_s: float = 60.0
     drain_grace_s: float = 10.0
     # Close each connection after this long (gracefully), so DNS round_robin clients re-resolve
     # and spread onto new replicas; None: connections live as long as the client wants.
@@ -104,6 +111,11 @@ class ServerConfig:
             problems.append(f"max_message_bytes {self.max_message_bytes} is below 1024")
         if self.max_inflight < 1:
             problems.append(f"max_inflight {self.max_inflight} must be at least 1")
+        for name in ("max_streams", "max_streams_per_client"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} {getattr(self, name)} must be at least 1")
+        if self.stream_idle_timeout_s <= 0:
+            problems.append(f"stream_idle_timeout_s {self.stream_idle_timeout_s} must be above 0")
         if self.instances < 1:
             problems.append(f"instances {self.instances} must be at least 1")
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
@@ -137,6 +149,9 @@ _TOML_KEYS: dict[str, dict[str, str]] = {
         "metrics_port": "metrics_port",
         "max_message_bytes": "max_message_bytes",
         "max_inflight": "max_inflight",
+        "max_streams": "max_streams",
+        "max_streams_per_client": "max_streams_per_client",
+        "stream_idle_timeout_s": "stream_idle_timeout_s",
         "drain_grace_s": "drain_grace_s",
         "max_connection_age_s": "max_connection_age_s",
         "warmup": "warmup",

@@ -14,8 +14,10 @@ import grpc
 
 from splitinf import __version__
 from splitinf.cloud.dataplane import DataPlane
-from splitinf.cloud.errors import answers_errors, lenient
+from splitinf.cloud.errors import answers_errors, lenient, status_of
+from splitinf.cloud.streams import StreamRegistry
 from splitinf.contract.plan import TensorSpec
+from splitinf.errors import InferenceError
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -49,9 +51,10 @@ def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataRespon
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """V2 gRPC adapter over a ``DataPlane``: protobuf <-> plain data, nothing else."""
 
-    def __init__(self, dataplane: DataPlane, server_name: str = "splitinf"):
+    def __init__(self, dataplane: DataPlane, server_name: str = "splitinf", streams: StreamRegistry | None = None):
         self.dataplane = dataplane
         self.server_name = server_name
+        self.streams = streams or StreamRegistry(total=32, per_client=8, idle_timeout_s=60.0)
 
     @answers_errors
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
@@ -104,7 +107,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     model_infer_encoded = answers_errors(_infer)
     # Answers as EncodedInferResponse, errors as ModelStreamInferResponse(error_message=...);
     # EncodedInferResponse.serialize_stream takes both.
-    model_stream_infer_encoded = answers_errors(_infer, stream=True)
+    _answer_stream = answers_errors(_infer, stream=True)
+
+    def model_stream_infer_encoded(
+        self, request_iterator: Iterator[InferRequest], context: grpc.ServicerContext
+    ) -> Iterator[EncodedInferResponse | pb.ModelStreamInferResponse]:
+        """A stream, if its client may open one more (else RESOURCE_EXHAUSTED); cancelled when idle too long."""
+        try:
+            stream = self.streams.open(context.peer(), context.cancel)
+        except InferenceError as exc:
+            context.abort(*status_of(exc))
+        try:
+            yield from self._answer_stream(stream.track(request_iterator), context)
+        finally:
+            self.streams.close(stream)
 
     def ModelInfer(self, request: InferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         """For grpcio-testing and direct callers: a protobuf (or zero-copy parsed) request, a protobuf answer."""
