@@ -6,6 +6,7 @@ It raises ``InferenceError``s; ``splitinf.cloud.errors`` turns them into gRPC st
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,9 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitinf.cloud.batching import Batcher, BatchResult
+from splitinf.cloud.deadlines import NO_EXPIRY, Expiry, RunTimes
 from splitinf.cloud.metrics import ServerMetrics
 from splitinf.cloud.repository import LoadedModel
-from splitinf.errors import InvalidRequestError, ModelNotFoundError, ServerBusyError, ServerUnavailableError
+from splitinf.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    RequestDroppedError,
+    ServerBusyError,
+    ServerUnavailableError,
+)
 
 __all__ = ["UNKNOWN_MODEL_LABEL", "DataPlane", "InferOutcome"]
 
@@ -77,12 +85,18 @@ class DataPlane:
             for name, versions in self.models.items()
             for version in versions
         }
+        self._run_times = {
+            (name, version): RunTimes() for name, versions in self.models.items() for version in versions
+        }
         if metrics is not None:
             # Read when scraped, instead of inc()/dec() under a lock on every call.
             metrics.inflight.set_function(lambda: self._inflight)
         self._batchers = {
             (name, version): Batcher(
-                model, metrics, None if batch_wait_when_idle else self._in_flight_counter((name, version))
+                model,
+                metrics,
+                None if batch_wait_when_idle else self._in_flight_counter((name, version)),
+                self._run_times[(name, version)],
             )
             for name, versions in self.models.items()
             for version, model in versions.items()
@@ -139,9 +153,18 @@ class DataPlane:
 
     # --- inference ---
     def infer(
-        self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()
+        self,
+        name: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        requested: Sequence[str] = (),
+        expiry: Expiry = NO_EXPIRY,
     ) -> InferOutcome:
-        """Run ``inputs`` through the model; ``requested`` outputs only, when any are named."""
+        """Run ``inputs`` through the model; ``requested`` outputs only, when any are named.
+
+        ``expiry``: the call's deadline and liveness; work it makes useless is dropped unrun
+        (``RequestDroppedError``), counted in ``splitinf_requests_dropped_total``.
+        """
         model = self.model(name, version)
         if not self._ready:
             raise ServerUnavailableError(f"model {name!r} is not ready yet")
@@ -150,7 +173,12 @@ class DataPlane:
         key = (model.name, model.version)
         self._admit(key)
         try:
-            outputs, compute_ns, queue_ns = self._execute(model, key, inputs, requested)
+            expiry.check(model.name)
+            outputs, compute_ns, queue_ns = self._execute(model, key, inputs, requested, expiry)
+        except RequestDroppedError as exc:
+            if self.metrics is not None:
+                self.metrics.dropped.labels(model=model.name, reason=exc.reason).inc()
+            raise
         finally:
             self._release(key)
         if requested:
@@ -174,25 +202,44 @@ class DataPlane:
             self.metrics.record_request(name if name in self.models else UNKNOWN_MODEL_LABEL, code)
 
     def _execute(
-        self, model: LoadedModel, key: ModelKey, inputs: Mapping[str, np.ndarray], requested: Sequence[str]
+        self,
+        model: LoadedModel,
+        key: ModelKey,
+        inputs: Mapping[str, np.ndarray],
+        requested: Sequence[str],
+        expiry: Expiry,
     ) -> BatchResult:
         batch = model.validate(inputs, requested)
         batcher = self._batchers.get(key)
         if batcher is None:
-            return self._run_direct(model, inputs)
+            return self._run_direct(model, inputs, expiry)
         if self._adaptive_batching and self._enter_inline(key):
             try:
-                return self._run_direct(model, inputs)
+                return self._run_direct(model, inputs, expiry)
             finally:
                 self._leave_inline(key)
-        return batcher.submit(inputs, batch).result()
+        future = batcher.submit(inputs, batch, expiry)
+        try:
+            return future.result(timeout=expiry.remaining())
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the batcher drops it unrun
+            raise RequestDroppedError(f"model {model.name!r}: the call's deadline passed in the batch queue") from None
 
-    def _run_direct(self, model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> BatchResult:
+    def _run_direct(self, model: LoadedModel, inputs: Mapping[str, np.ndarray], expiry: Expiry) -> BatchResult:
         arrived = time.perf_counter_ns()
-        with self._instance_slots[(model.name, model.version)]:
+        key = (model.name, model.version)
+        slot = self._instance_slots[key]
+        remaining = expiry.remaining()
+        if not (slot.acquire() if remaining is None else slot.acquire(timeout=max(remaining, 0))):
+            raise RequestDroppedError(f"model {model.name!r}: the call's deadline passed waiting for the model")
+        try:
+            expiry.check(model.name, self._run_times[key].typical_s())
             started = time.perf_counter_ns()
             outputs = model.run(inputs)
             compute_ns = time.perf_counter_ns() - started
+        finally:
+            slot.release()
+        self._run_times[key].record(compute_ns / 1e9)
         if self.metrics is not None:
             series = self.metrics.model(model.name)
             series.compute_seconds.observe(compute_ns / 1e9)

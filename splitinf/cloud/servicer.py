@@ -14,6 +14,7 @@ import grpc
 
 from splitinf import __version__
 from splitinf.cloud.dataplane import DataPlane
+from splitinf.cloud.deadlines import Expiry
 from splitinf.cloud.errors import answers_errors, lenient, status_of
 from splitinf.cloud.streams import StreamRegistry
 from splitinf.contract.plan import TensorSpec
@@ -95,6 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             message.model_version,
             decode_request_inputs(request),
             [output.name for output in message.outputs],
+            Expiry.after(context.time_remaining(), context.is_active),
         )
         response = pb.ModelInferResponse(
             model_name=outcome.model.name, model_version=outcome.model.version, id=message.id
