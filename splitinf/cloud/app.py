@@ -27,14 +27,17 @@ from splitinf.cloud.streams import StreamRegistry
 from splitinf.errors import ConfigError
 from splitinf.protocol import grpc_service_pb2 as pb
 
-__all__ = ["TailServer", "allocator_tuned", "create_server", "server_options", "tune_allocator"]
+__all__ = ["TailServer", "allocator_tuned", "create_server", "server_options", "trim_heap", "tune_allocator"]
 
 log = logging.getLogger(__name__)
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_LARGE_BUFFER_BYTES = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+# Buffers up to 2 MiB (0.8 MB tensors, with room) come from the heap; larger ones are mmapped and
+# unmapped on free, and a heap top over twice that is trimmed, so one large request's memory leaves
+# the process: with 32 MiB and 128 MiB, a 61 MB request left the server 140 MB above its steady RSS.
+_LARGE_BUFFER_BYTES = 2 << 20
 _allocator_tuned = False
 
 # Server threads no stream and no admitted inference call can take: health, liveness, refusals.
@@ -42,16 +45,17 @@ _RESERVED_THREADS = 8
 
 
 def tune_allocator() -> bool:
-    """Keep large buffers (tensors up to 32 MiB) in malloc's heap instead of fresh mmaps.
+    """Keep tensor-sized buffers (up to 2 MiB) in malloc's heap instead of fresh mmaps.
 
     By default glibc serves each 0.8 MB message buffer with its own mmap and unmaps it on
     free, so every call page-faults ~200 zeroed pages per buffer: at 4 concurrent clients
     that was ~0.5 ms of kernel time per call, more than all of splitinf's own work
     (benchmarks/bench_server.py, "faults/call"). Process-wide and idempotent; the price
-    is that freed memory is kept for reuse (up to 128 MiB above the heap's top) instead of
+    is that freed memory is kept for reuse (up to 4 MiB above the heap's top) instead of
     being returned to the system at once. ``ServerConfig.tune_allocator`` turns it off for
     servers embedded in a process that wants glibc's defaults. Returns False where the C
-    library is not glibc.
+    library is not glibc. (Fixed thresholds also keep glibc from raising its mmap threshold
+    after each large free, which left a large request's memory in the heap for good.)
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -62,9 +66,21 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, _LARGE_BUFFER_BYTES)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, 4 * _LARGE_BUFFER_BYTES)
+        mallopt(_M_TRIM_THRESHOLD, 2 * _LARGE_BUFFER_BYTES)
     )
     return _allocator_tuned
+
+
+def trim_heap() -> None:
+    """Return the heap's free memory to the system (glibc's malloc_trim); nothing elsewhere.
+
+    Called after a large request: free() trims only the top of the heap, freed memory below
+    a live allocation stays in the process until this.
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def allocator_tuned() -> bool:
@@ -202,6 +218,8 @@ def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
         batch_delay_ms=config.batch_delay_ms,
         warmup=config.warmup,
         allow_unsigned=config.allow_unsigned,
+        max_request_bytes=config.max_request_bytes or config.max_message_bytes,
+        memory_arena=config.memory_arena,
     )
     return DataPlane(
         models,
@@ -209,6 +227,7 @@ def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
         instances=config.instances,
         metrics=metrics,
         batch_wait_when_idle=config.batch_wait_when_idle,
+        release_memory=trim_heap,
     )
 
 

@@ -7,6 +7,7 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
     port = 8001
     metrics_port = 8002       # -1 turns the metrics endpoint off
     max_message_bytes = 67108864
+    max_request_bytes = 67108864  # tensor bytes per inference request (default: max_message_bytes)
     max_inflight = 64         # admitted requests (running + queued); more get RESOURCE_EXHAUSTED
     max_streams = 32          # open ModelStreamInfer streams, all clients together
     max_streams_per_client = 8  # per client address; more get RESOURCE_EXHAUSTED
@@ -21,6 +22,7 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
     intra_op_threads = 0      # 0: onnxruntime's default
     inter_op_threads = 0
     graph_optimization = "all"  # disable | basic | extended | all
+    memory_arena = false      # true: onnxruntime's CPU arena (keeps the largest request's memory for good)
     instances = 1             # concurrent executions per model
 
     [batching]                # overrides config.pbtxt for every model with a batch dimension
@@ -68,6 +70,7 @@ class ServerConfig:
     port: int = 8001
     metrics_port: int | None = 8002  # None: no metrics endpoint; 0: any free port
     max_message_bytes: int = 64 * MIB
+    max_request_bytes: int | None = None  # None: max_message_bytes
     max_inflight: int = 64
     # Each open stream holds a server thread: bounded in all and per client, idle ones cancelled.
     max_streams: int = 32
@@ -81,6 +84,7 @@ class ServerConfig:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     graph_optimization: str = "all"
+    memory_arena: bool = False
     instances: int = 1
     # None: each model's config.pbtxt decides; 0: batching off for every model.
     max_batch_size: int | None = None
@@ -109,6 +113,8 @@ class ServerConfig:
             problems.append(f"metrics_port {self.metrics_port} is not in 0..65535")
         if self.max_message_bytes < 1024:
             problems.append(f"max_message_bytes {self.max_message_bytes} is below 1024")
+        if self.max_request_bytes is not None and self.max_request_bytes < 1:
+            problems.append(f"max_request_bytes {self.max_request_bytes} must be at least 1")
         if self.max_inflight < 1:
             problems.append(f"max_inflight {self.max_inflight} must be at least 1")
         for name in ("max_streams", "max_streams_per_client"):
@@ -130,7 +136,7 @@ class ServerConfig:
             problems.append(f"drain_grace_s {self.drain_grace_s} must not be negative")
         if not self.providers:
             problems.append("providers is empty; use e.g. ['CPUExecutionProvider']")
-        for name in ("warmup", "batch_wait_when_idle", "tune_allocator", "allow_unsigned"):
+        for name in ("warmup", "batch_wait_when_idle", "tune_allocator", "allow_unsigned", "memory_arena"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, not {getattr(self, name)!r}")
         if problems:
@@ -148,6 +154,7 @@ _TOML_KEYS: dict[str, dict[str, str]] = {
         "port": "port",
         "metrics_port": "metrics_port",
         "max_message_bytes": "max_message_bytes",
+        "max_request_bytes": "max_request_bytes",
         "max_inflight": "max_inflight",
         "max_streams": "max_streams",
         "max_streams_per_client": "max_streams_per_client",
@@ -163,6 +170,7 @@ _TOML_KEYS: dict[str, dict[str, str]] = {
         "intra_op_threads": "intra_op_threads",
         "inter_op_threads": "inter_op_threads",
         "graph_optimization": "graph_optimization",
+        "memory_arena": "memory_arena",
         "instances": "instances",
     },
     "batching": {

@@ -49,6 +49,7 @@ class InferOutcome:
     model: LoadedModel
     outputs: dict[str, np.ndarray]
     compute_ns: int
+    request_bytes: int = 0
 
 
 class DataPlane:
@@ -62,8 +63,13 @@ class DataPlane:
         instances: int = 1,
         metrics: ServerMetrics | None = None,
         batch_wait_when_idle: bool = False,
+        release_memory: Callable[[], None] | None = None,
+        large_request_bytes: int = 16 << 20,
     ):
         self.models = {name: dict(versions) for name, versions in models.items()}
+        # Called once a call of at least large_request_bytes has ended, so its memory leaves the process.
+        self._release_memory = release_memory
+        self._large_request_bytes = large_request_bytes
         self._latest = {name: versions[max(versions, key=int)] for name, versions in self.models.items() if versions}
         self.metrics = metrics
         self.max_inflight = max_inflight
@@ -147,6 +153,11 @@ class DataPlane:
                 f"model {name!r} has no version {_shown(version)}; available: {sorted(versions, key=int)}"
             ) from None
 
+    def check_request_size(self, name: str, version: str, tensors: Sequence[tuple[str, str, Sequence[int]]]) -> None:
+        """Refuse (INVALID_ARGUMENT) a request over its model's batch or bytes limit, from its tensors'
+        (name, datatype, shape) before they are decoded; an unknown model is NOT_FOUND."""
+        self.model(name, version).check_request_size(tensors)
+
     def model_ready(self, name: str, version: str = "") -> bool:
         self.model(name, version)
         return self.ready
@@ -183,14 +194,22 @@ class DataPlane:
             self._release(key)
         if requested:
             outputs = {out: outputs[out] for out in requested}
+        # Tensor bytes, not the message's ByteSize(): on a parsed 0.8 MB request ByteSize()
+        # doubled the server's per-call time (benchmarks/bench_server.py).
+        request_bytes = sum(a.nbytes for a in inputs.values())
         if self.metrics is not None:
             series = self.metrics.model(model.name)
             series.queue_seconds.observe(queue_ns / 1e9)
-            # Tensor bytes, not the message's ByteSize(): on a parsed 0.8 MB request ByteSize()
-            # doubled the server's per-call time (benchmarks/bench_server.py).
-            series.request_bytes.inc(sum(a.nbytes for a in inputs.values()))
+            series.request_bytes.inc(request_bytes)
             series.response_bytes.inc(sum(a.nbytes for a in outputs.values()))
-        return InferOutcome(model, outputs, compute_ns)
+        return InferOutcome(model, outputs, compute_ns, request_bytes)
+
+    def release_memory_after(self, outcome: InferOutcome) -> Callable[[], None] | None:
+        """What to call once ``outcome``'s call has ended (its buffers freed) so a large request's
+        memory leaves the process; None for an ordinary request."""
+        if outcome.request_bytes < self._large_request_bytes:
+            return None
+        return self._release_memory
 
     def record_answer(self, name: str | None, code: str) -> None:
         """Count one answered inference request by model and status name (``"OK"`` or e.g. ``"NOT_FOUND"``)."""

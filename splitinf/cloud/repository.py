@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,7 @@ from splitinf.contract.plan import TensorSpec
 from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import SessionSettings, check_providers, open_session, session_options
 from splitinf.protocol import grpc_service_pb2 as pb
-from splitinf.protocol.tensors import check_array, decode_request_inputs, encode_request
+from splitinf.protocol.tensors import DATATYPE_TO_NUMPY, check_array, decode_request_inputs, encode_request
 
 __all__ = [
     "LoadedModel",
@@ -207,6 +208,9 @@ class LoadedModel:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0  # > 0: dynamic batching across requests
     batch_delay_s: float = 0.0
+    # The most samples (first dimension) and tensor bytes one request may carry; None: no limit.
+    request_batch_limit: int | None = None
+    request_bytes_limit: int | None = None
     _output_names: tuple[str, ...] = field(default=(), repr=False)
     _input_names: frozenset[str] = field(default=frozenset(), repr=False)
     # Per input: name, dtype, rank and the (axis, size) pairs that must match: built once, checked per call.
@@ -234,6 +238,31 @@ class LoadedModel:
     @property
     def has_batch_dimension(self) -> bool:
         return self._has_batch_dimension
+
+    def fixed_batch(self) -> int | None:
+        """The first dimension every input fixes, when they all fix the same one."""
+        firsts = {spec.shape[0] if spec.shape else None for spec in self.inputs}
+        first = firsts.pop() if len(firsts) == 1 else None
+        return first if isinstance(first, int) and first > 0 else None
+
+    def check_request_size(self, tensors: Sequence[tuple[str, str, Sequence[int]]]) -> None:
+        """Refuse a request over the model's batch or bytes limit from its (name, datatype, shape)
+        metadata alone, before any tensor is decoded. What is malformed is left to decoding."""
+        total = 0
+        for name, datatype, shape in tensors:
+            if not shape or min(shape) < 0 or datatype not in DATATYPE_TO_NUMPY:
+                continue
+            if self.request_batch_limit is not None and shape[0] > self.request_batch_limit:
+                raise InvalidRequestError(
+                    f"model {self.name!r}: batch {shape[0]} of tensor {name[:64]!r} exceeds max_batch_size "
+                    f"{self.request_batch_limit} (config.pbtxt, or the model's fixed batch); split the request"
+                )
+            total += math.prod(shape) * DATATYPE_TO_NUMPY[datatype].itemsize
+        if self.request_bytes_limit is not None and total > self.request_bytes_limit:
+            raise InvalidRequestError(
+                f"model {self.name!r}: the request's tensors are {total} bytes, over the limit of "
+                f"{self.request_bytes_limit} (max_request_bytes); split the request"
+            )
 
     def validate(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> int:
         """Check names, dtypes and shapes; returns the batch size (first dim) when batching, else 1."""
@@ -279,12 +308,7 @@ class LoadedModel:
             raise InvalidRequestError(
                 f"model {self.name!r}: inputs disagree on the batch (first) dimension: {sorted(batches)}"
             )
-        batch = batches.pop()
-        if batch > self.max_batch_size:
-            raise InvalidRequestError(
-                f"model {self.name!r}: batch {batch} exceeds max_batch_size {self.max_batch_size}; split the request"
-            )
-        return int(batch)
+        return int(batches.pop())  # within max_batch_size: check_request_size saw to it before decoding
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One onnxruntime execution; onnxruntime failures become ModelExecutionError (INTERNAL)."""
@@ -369,8 +393,14 @@ def load_repository(
     batch_delay_ms: float | None = None,
     warmup: bool = True,
     allow_unsigned: bool = False,
+    max_request_bytes: int | None = None,
+    memory_arena: bool = False,
 ) -> dict[str, dict[str, LoadedModel]]:
     """Load, check and warm up every model version; ``max_batch_size``/``batch_delay_ms`` override config.pbtxt.
+
+    Each model's requests are limited to its config.pbtxt max_batch_size (else its dynamic batch,
+    else its fixed first dimension) and to ``max_request_bytes``. Sessions run without onnxruntime's
+    CPU arena unless ``memory_arena``: one large request must not keep its memory.
 
     Each version's files are checked first (``check_model_files``: inside the repository, external
     data in the version folder, sha256 as the manifest says unless ``allow_unsigned``); onnxruntime
@@ -381,6 +411,7 @@ def load_repository(
         inter_op_threads=inter_op_threads,
         graph_optimization=graph_optimization,  # type: ignore[arg-type]
         providers=check_providers(providers),
+        memory_arena=memory_arena,
     )
     session_options(settings)  # a bad optimization level is a ConfigError before any model loads
     models: dict[str, dict[str, LoadedModel]] = {}
@@ -416,6 +447,8 @@ def load_repository(
                         f"{repo / name / CONFIG_FILE}: dynamic batching needs a variable first (batch) "
                         f"dimension on every input and output of {path}"
                     )
+            model.request_batch_limit = config.max_batch_size or model.max_batch_size or model.fixed_batch()
+            model.request_bytes_limit = max_request_bytes
             if warmup:
                 model.warm_up()
             log.info(

@@ -91,6 +91,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _infer(self, request: InferRequest, context: grpc.ServicerContext) -> EncodedInferResponse:
         """One inference request; the answer's tensors are serialized with one copy."""
         message = request.message if isinstance(request, ParsedInferRequest) else request
+        self.dataplane.check_request_size(
+            message.model_name, message.model_version, [(t.name, t.datatype, t.shape) for t in message.inputs]
+        )
         outcome = self.dataplane.infer(
             message.model_name,
             message.model_version,
@@ -98,6 +101,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             [output.name for output in message.outputs],
             Expiry.after(context.time_remaining(), context.is_active),
         )
+        release = self.dataplane.release_memory_after(outcome)
+        if release is not None:
+            context.add_callback(release)  # runs once the call is over and its buffers are freed
         response = pb.ModelInferResponse(
             model_name=outcome.model.name, model_version=outcome.model.version, id=message.id
         )
