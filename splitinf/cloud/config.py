@@ -42,20 +42,16 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from splitinf.cloud.auth import ServerTLS
+from splitinf.contract.config_schema import load_toml
 from splitinf.contract.secrets import read_token
 from splitinf.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["GRAPH_OPTIMIZATION_LEVELS", "ServerConfig", "load_server_config"]
 
@@ -146,58 +142,67 @@ class ServerConfig:
         return dataclasses.replace(self, **changes)
 
 
-# TOML key -> ServerConfig field, per table ("" is the top level).
-_TOML_KEYS: dict[str, dict[str, str]] = {
-    "": {
-        "repo": "repo",
-        "host": "host",
-        "port": "port",
-        "metrics_port": "metrics_port",
-        "max_message_bytes": "max_message_bytes",
-        "max_request_bytes": "max_request_bytes",
-        "max_inflight": "max_inflight",
-        "max_streams": "max_streams",
-        "max_streams_per_client": "max_streams_per_client",
-        "stream_idle_timeout_s": "stream_idle_timeout_s",
-        "drain_grace_s": "drain_grace_s",
-        "max_connection_age_s": "max_connection_age_s",
-        "warmup": "warmup",
-        "tune_allocator": "tune_allocator",
-        "allow_unsigned": "allow_unsigned",
-    },
-    "onnxruntime": {
-        "providers": "providers",
-        "intra_op_threads": "intra_op_threads",
-        "inter_op_threads": "inter_op_threads",
-        "graph_optimization": "graph_optimization",
-        "memory_arena": "memory_arena",
-        "instances": "instances",
-    },
-    "batching": {
-        "max_batch_size": "max_batch_size",
-        "max_queue_delay_ms": "batch_delay_ms",
-        "wait_when_idle": "batch_wait_when_idle",
-    },
-    "tls": {"cert": "cert", "key": "key", "client_ca": "client_ca"},
-    "auth": {"token_file": "token_file"},
-}
+class _OnnxruntimeTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    providers: tuple[str, ...] | None = None
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+    graph_optimization: str | None = None
+    memory_arena: bool | None = None
+    instances: int | None = None
 
 
-def _flatten(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+class _BatchingTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
+    wait_when_idle: bool | None = None
+
+
+class _TLSTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+
+class _AuthTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    token_file: str | None = None
+
+
+class _ServerFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """server.toml's keys and the type each must have (``splitinf.contract.config_schema``)."""
+
+    repo: str | None = None
+    host: str | None = None
+    port: int | None = None
+    metrics_port: int | None = None
+    max_message_bytes: int | None = None
+    max_request_bytes: int | None = None
+    max_inflight: int | None = None
+    max_streams: int | None = None
+    max_streams_per_client: int | None = None
+    stream_idle_timeout_s: float | None = None
+    drain_grace_s: float | None = None
+    max_connection_age_s: float | None = None
+    warmup: bool | None = None
+    tune_allocator: bool | None = None
+    allow_unsigned: bool | None = None
+    onnxruntime: _OnnxruntimeTable | None = None
+    batching: _BatchingTable | None = None
+    tls: _TLSTable | None = None
+    auth: _AuthTable | None = None
+
+
+# TOML keys whose ServerConfig field has another name.
+_RENAMED = {"max_queue_delay_ms": "batch_delay_ms", "wait_when_idle": "batch_wait_when_idle"}
+
+
+def _settings(file: msgspec.Struct) -> dict[str, Any]:
+    """The keys a file sets (tables flattened), as ServerConfig fields (plus cert, key, client_ca, token_file)."""
     values: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            known = _TOML_KEYS.get(key)
-            if known is None or key == "":
-                raise ConfigError(f"{path}: unknown table [{key}]; known: {', '.join(t for t in _TOML_KEYS if t)}")
-            for sub_key, sub_value in value.items():
-                if sub_key not in known:
-                    raise ConfigError(f"{path}: unknown key {sub_key!r} in [{key}]; known: {', '.join(known)}")
-                values[known[sub_key]] = sub_value
-        elif key in _TOML_KEYS[""]:
-            values[_TOML_KEYS[""][key]] = value
-        else:
-            raise ConfigError(f"{path}: unknown key {key!r}; known: {', '.join(_TOML_KEYS[''])}")
+    for key, value in msgspec.structs.asdict(file).items():
+        if isinstance(value, msgspec.Struct):
+            values.update(_settings(value))
+        elif value is not None:
+            values[_RENAMED.get(key, key)] = value
     return values
 
 
@@ -211,13 +216,7 @@ def load_server_config(path: str | Path | None = None, **overrides: Any) -> Serv
     base = Path.cwd()
     if path is not None:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-        values = _flatten(data, path)
+        values = _settings(load_toml(path, _ServerFile))
         base = path.parent
         for key in ("repo", "cert", "key", "client_ca", "token_file"):
             if key in values:
