@@ -121,6 +121,7 @@ def bad_requests() -> list[tuple[str, str, Any]]:
     negative = pb.ModelInferRequest(model_name="mlp")
     negative.inputs.add(name="x", datatype="FP32", shape=[-1, 16])
     negative.raw_input_contents.append(b"")
+    too_big = request("mlp", x=np.ones((1_060_000, 16), np.float32))
     return [
         ("truncated protobuf (ModelInfer)", "ModelInfer", b"\x0a\xff\xff\xff\xff\x0f"),
         ("truncated protobuf (ServerLive)", "ServerLive", b"\x0a\xff"),
@@ -137,7 +138,7 @@ def bad_requests() -> list[tuple[str, str, Any]]:
         ("wrong shape", "ModelInfer", request("mlp", x=np.ones((1, 15), np.float32))),
         ("missing input", "ModelInfer", pb.ModelInferRequest(model_name="mlp")),
         ("batch over the fixed batch (int8: 2)", "ModelInfer", request("int8", x=np.ones(3, np.int8))),
-        ("message over max_message_bytes (68 MB)", "ModelInfer", request("mlp", x=np.ones((1_060_000, 16), np.float32))),
+        ("message over max_message_bytes (68 MB)", "ModelInfer", too_big),
     ]
 
 
@@ -227,7 +228,8 @@ def abandoned_work(stub: pb_grpc.GRPCInferenceServiceStub, metrics_port: int) ->
     dropped = metric(metrics_port, 'splitinf_requests_dropped_total{model="slow"')
     print("4. abandoned work")
     print(f"   slow model: {one_run_s:.2f} s per run; 20 requests with 1 s deadlines: {in_time} answered in time,")
-    print(f"   {computed:.0f} computed, {computed - in_time:.0f} computed after their deadline, {dropped:.0f} dropped unrun;")
+    late = computed - in_time
+    print(f"   {computed:.0f} computed, {late:.0f} computed after their deadline, {dropped:.0f} dropped unrun;")
     print(f"   the request sent after them waited {next_s:.2f} s")
 
 
