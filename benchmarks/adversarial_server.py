@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,64 +34,19 @@ import grpc
 import numpy as np
 import onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from onnx import TensorProto, helper, numpy_helper
 
 from splitinf.offline.partition import MANIFEST_FORMAT, write_to_repository
 from splitinf.protocol import encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.tools.models import digits_main_path
-from splitinf.tools.testing.graphs import mlp
+from splitinf.tools.testing.graphs import int8_identity, matmul_chain, mlp
+from splitinf.tools.testing.servers import ServerProcess, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 SLOW_SIZE = 512
 STREAMS_PER_CLIENT = 8
-
-SERVE = """
-import sys
-from pathlib import Path
-from splitinf.cloud.app import create_server
-from splitinf.cloud.config import ServerConfig
-server, port = create_server(ServerConfig(
-    repo=Path(sys.argv[1]), port=0, metrics_port=0, intra_op_threads=1, max_streams_per_client=int(sys.argv[2]),
-    max_streams=4 * int(sys.argv[2]),
-))
-print(port, server.metrics_port, flush=True)
-sys.stdin.read()
-server.stop()
-"""
-
-
-def int8_identity() -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "int8_identity",
-        [helper.make_tensor_value_info("x", TensorProto.INT8, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.INT8, [2])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def slow_model(matmuls: int = 64) -> onnx.ModelProto:
-    weight = numpy_helper.from_array(np.eye(SLOW_SIZE, dtype=np.float32), "w")
-    names = ["x", *(f"h{i}" for i in range(matmuls - 1)), "y"]
-    nodes = [helper.make_node("MatMul", [a, "w"], [b]) for a, b in zip(names, names[1:], strict=False)]
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [SLOW_SIZE, SLOW_SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [SLOW_SIZE, SLOW_SIZE])],
-        [weight],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def metric(metrics_port: int, name: str) -> float:
@@ -171,7 +125,7 @@ def measure_memory(stub: pb_grpc.GRPCInferenceServiceStub, pid: int, large_batch
         infer(1)
     after = rss_mib(pid)
     print("2. memory (server RSS)")
-    print(f"   steady {steady:.0f} MiB; right after a {large_batch}-digit request ({large_batch * 256 / 1e6:.1f} MB) ")
+    print(f"   steady {steady:.0f} MiB; right after a {large_batch}-digit request ({large_batch * 256 / 1e6:.1f} MB):")
     print(f"   {right_after:.0f} MiB; after 30 small requests more {after:.0f} MiB ({after / steady - 1:+.1%})")
 
 
@@ -244,33 +198,21 @@ def main(argv: list[str] | None = None) -> None:
             "mlp": mlp,
             "int8": int8_identity,
             "digits": lambda: onnx.load(digits_main_path()),
-            "slow": slow_model,
+            "slow": lambda: matmul_chain(64, SLOW_SIZE),
         }
         for name, build in models.items():
             write_to_repository(build(), tmp, name, manifest={"format": MANIFEST_FORMAT})
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        server = subprocess.Popen(
-            [sys.executable, "-c", SERVE, tmp, str(STREAMS_PER_CLIENT)],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert server.stdout is not None and server.stdin is not None
-        port, metrics_port = (int(word) for word in server.stdout.readline().split())
-        target = f"127.0.0.1:{port}"
-        print(f"server: pid {server.pid}, {target}, max_streams_per_client {STREAMS_PER_CLIENT}, 64 MiB limits")
-        options = [("grpc.max_receive_message_length", 128 * MIB), ("grpc.max_send_message_length", 128 * MIB)]
-        try:
-            with grpc.insecure_channel(target, options=options) as channel:
+        config = {"intra_op_threads": 1, "max_streams_per_client": STREAMS_PER_CLIENT}
+        with ServerProcess(tmp, **config, max_streams=4 * STREAMS_PER_CLIENT) as server:
+            pid = server.process.pid
+            print(f"server: pid {pid}, {server.target}, max_streams_per_client {STREAMS_PER_CLIENT}, 64 MiB limits")
+            options = [("grpc.max_receive_message_length", 128 * MIB), ("grpc.max_send_message_length", 128 * MIB)]
+            with grpc.insecure_channel(server.target, options=options) as channel:
                 stub = pb_grpc.GRPCInferenceServiceStub(channel)
                 try_bad_requests(channel)
-                measure_memory(stub, server.pid, args.large_batch)
-                hold_streams(target, args.streams)
-                abandoned_work(stub, metrics_port)
-        finally:
-            server.stdin.close()
-            server.wait(timeout=60)
+                measure_memory(stub, pid, args.large_batch)
+                hold_streams(server.target, args.streams)
+                abandoned_work(stub, server.metrics_port)
 
 
 if __name__ == "__main__":

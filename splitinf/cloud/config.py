@@ -59,6 +59,23 @@ MIB = 1024 * 1024
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
+# The ranges a type cannot say: field -> (lowest, highest or None). An unset (None) value passes.
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "port": (0, 65535),
+    "metrics_port": (0, 65535),
+    "max_message_bytes": (1024, None),
+    "max_request_bytes": (1, None),
+    "max_inflight": (1, None),
+    "max_streams": (1, None),
+    "max_streams_per_client": (1, None),
+    "stream_idle_timeout_s": (0.001, None),
+    "instances": (1, None),
+    "max_batch_size": (0, None),
+    "batch_delay_ms": (0, None),
+    "drain_grace_s": (0, None),
+}
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     repo: Path
@@ -103,33 +120,16 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port {self.port} is not in 0..65535")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            problems.append(f"metrics_port {self.metrics_port} is not in 0..65535")
-        if self.max_message_bytes < 1024:
-            problems.append(f"max_message_bytes {self.max_message_bytes} is below 1024")
-        if self.max_request_bytes is not None and self.max_request_bytes < 1:
-            problems.append(f"max_request_bytes {self.max_request_bytes} must be at least 1")
-        if self.max_inflight < 1:
-            problems.append(f"max_inflight {self.max_inflight} must be at least 1")
-        for name in ("max_streams", "max_streams_per_client"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} {getattr(self, name)} must be at least 1")
-        if self.stream_idle_timeout_s <= 0:
-            problems.append(f"stream_idle_timeout_s {self.stream_idle_timeout_s} must be above 0")
-        if self.instances < 1:
-            problems.append(f"instances {self.instances} must be at least 1")
+        for name, (lowest, highest) in _RANGES.items():
+            value = getattr(self, name)
+            if value is None or (value >= lowest and (highest is None or value <= highest)):
+                continue
+            within = f"in {lowest}..{highest}" if highest is not None else f"at least {lowest}"
+            problems.append(f"{name} {value} must be {within}")
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
             problems.append(
                 f"graph_optimization {self.graph_optimization!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
             )
-        if self.max_batch_size is not None and self.max_batch_size < 0:
-            problems.append(f"max_batch_size {self.max_batch_size} must be 0 (off) or more")
-        if self.batch_delay_ms is not None and self.batch_delay_ms < 0:
-            problems.append(f"batch_delay_ms {self.batch_delay_ms} must not be negative")
-        if self.drain_grace_s < 0:
-            problems.append(f"drain_grace_s {self.drain_grace_s} must not be negative")
         if not self.providers:
             problems.append("providers is empty; use e.g. ['CPUExecutionProvider']")
         for name in ("warmup", "batch_wait_when_idle", "tune_allocator", "allow_unsigned", "memory_arena"):

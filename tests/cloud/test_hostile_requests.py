@@ -9,28 +9,16 @@ from typing import Any
 
 import grpc
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from splitinf.protocol import encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
-from splitinf.tools.testing.graphs import mlp
+from splitinf.tools.testing.graphs import int8_identity, mlp
 
 StartV2Server = Callable[..., Any]
 TIMEOUT = 10.0
 NOT_A_MESSAGE = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, length-delimited, length 4 GiB: truncated
-
-
-def int8_identity() -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "int8_identity",
-        [helper.make_tensor_value_info("x", TensorProto.INT8, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.INT8, [2])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 @pytest.fixture

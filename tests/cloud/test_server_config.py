@@ -49,7 +49,7 @@ def test_allocator_tuning_is_a_config_switch(tmp_path: Path) -> None:
         ('repo = "m"\nprot = 1\n', "unknown key 'prot'"),
         ('repo = "m"\n[batching]\nmax_batch = 4\n', "unknown key 'max_batch' in \\[batching\\]"),
         ('repo = "m"\n[gpu]\nx = 1\n', "unknown key 'gpu'; known: repo, host, port"),
-        ('repo = "m"\nport = 70000\n', "port 70000 is not in 0..65535"),
+        ('repo = "m"\nport = 70000\n', "port 70000 must be in 0..65535"),
         ('repo = "m"\n[onnxruntime]\ngraph_optimization = "max"\n', "graph_optimization 'max' is not one of"),
         ('repo = "m"\n[tls]\ncert = "a.pem"\n', "TLS needs both a certificate and a key"),
         ('repo = "m"\ntune_allocator = "no"\n', "tune_allocator: expected bool, got str"),

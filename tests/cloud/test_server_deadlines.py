@@ -9,33 +9,17 @@ from typing import Any
 
 import grpc
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from splitinf.cloud.deadlines import Expiry, RunTimes
 from splitinf.errors import RequestDroppedError
 from splitinf.protocol import encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
+from splitinf.tools.testing.graphs import matmul_chain
 
 StartV2Server = Callable[..., Any]
 SIZE = 512
-
-
-def slow_model(matmuls: int) -> onnx.ModelProto:
-    """``matmuls`` chained SIZE x SIZE matrix products: tens of milliseconds per run on one thread."""
-    weight = numpy_helper.from_array(np.eye(SIZE, dtype=np.float32), "w")
-    names = ["x", *(f"h{i}" for i in range(matmuls - 1)), "y"]
-    nodes = [helper.make_node("MatMul", [a, "w"], [b]) for a, b in zip(names, names[1:], strict=False)]
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [SIZE, SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [SIZE, SIZE])],
-        [weight],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def sample(registry: Any, name: str, labels: dict[str, str]) -> float:
@@ -44,7 +28,7 @@ def sample(registry: Any, name: str, labels: dict[str, str]) -> float:
 
 def test_requests_past_their_deadline_are_not_computed(start_v2_server: StartV2Server) -> None:
     running = start_v2_server(
-        {"slow": slow_model(64)}, intra_op_threads=1, graph_optimization="disable", max_message_bytes=8 << 20
+        {"slow": matmul_chain(64, SIZE)}, intra_op_threads=1, graph_optimization="disable", max_message_bytes=8 << 20
     )
     registry = running.server.metrics.registry
     request = encode_request(pb.ModelInferRequest(model_name="slow"), {"x": np.ones((SIZE, SIZE), np.float32)})

@@ -3,9 +3,6 @@ its model's batch or bytes limit is refused before decoding; the largest legal r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.tools.models import digits_main_path
 from splitinf.tools.testing.graphs import mlp
+from splitinf.tools.testing.servers import ServerProcess
 
 StartV2Server = Callable[..., Any]
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,40 +63,14 @@ def test_request_over_max_request_bytes_is_refused_before_decoding(start_v2_serv
         assert stub.ModelInfer(encode_request(pb.ModelInferRequest(model_name="mlp"), {"x": x}), timeout=TIMEOUT)
 
 
-# A server in a process of its own, so its RSS is its own: prints its port, serves until stdin closes.
-SERVE = """
-import sys
-from pathlib import Path
-from splitinf.cloud.app import create_server
-from splitinf.cloud.config import ServerConfig
-server, port = create_server(ServerConfig(repo=Path(sys.argv[1]), port=0, metrics_port=None, intra_op_threads=1))
-print(port, flush=True)
-sys.stdin.read()
-server.stop()
-"""
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 def test_the_largest_legal_request_does_not_keep_its_memory(
     write_v2_repository: Callable[..., Path], tmp_path: Path
 ) -> None:
     repo = write_v2_repository(tmp_path, {"digits": onnx.load(digits_main_path())})
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(repo)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert server.stdout is not None and server.stdin is not None
-        port = int(server.stdout.readline())
+    with ServerProcess(repo, intra_op_threads=1) as server:
         options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        with grpc.insecure_channel(server.target, options=options) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
             def infer(batch: int) -> None:
@@ -107,12 +79,9 @@ def test_the_largest_legal_request_does_not_keep_its_memory(
 
             for _ in range(30):
                 infer(1)
-            steady = rss_mib(server.pid)
+            steady = server.rss_mib()
             infer(240_000)  # 61 MB of tensors, under the 64 MiB default limits
             for _ in range(30):
                 infer(1)
-            after = rss_mib(server.pid)
-        assert after <= steady * 1.10, f"RSS {steady:.0f} MiB before the large request, {after:.0f} MiB after"
-    finally:
-        server.stdin.close()  # type: ignore[union-attr]
-        server.wait(timeout=30)
+            after = server.rss_mib()
+    assert after <= steady * 1.10, f"RSS {steady:.0f} MiB before the large request, {after:.0f} MiB after"
