@@ -49,7 +49,7 @@ from typing import Any
 import msgspec
 
 from splitinf.cloud.auth import ServerTLS
-from splitinf.contract.config_schema import load_toml
+from splitinf.contract.config_schema import given, load_toml
 from splitinf.contract.secrets import read_token
 from splitinf.errors import ConfigError
 
@@ -195,17 +195,6 @@ class _ServerFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 _RENAMED = {"max_queue_delay_ms": "batch_delay_ms", "wait_when_idle": "batch_wait_when_idle"}
 
 
-def _settings(file: msgspec.Struct) -> dict[str, Any]:
-    """The keys a file sets (tables flattened), as ServerConfig fields (plus cert, key, client_ca, token_file)."""
-    values: dict[str, Any] = {}
-    for key, value in msgspec.structs.asdict(file).items():
-        if isinstance(value, msgspec.Struct):
-            values.update(_settings(value))
-        elif value is not None:
-            values[_RENAMED.get(key, key)] = value
-    return values
-
-
 def load_server_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
     """Defaults, then the TOML file (relative paths inside it resolve against its folder), then ``overrides``.
 
@@ -216,7 +205,7 @@ def load_server_config(path: str | Path | None = None, **overrides: Any) -> Serv
     base = Path.cwd()
     if path is not None:
         path = Path(path)
-        values = _settings(load_toml(path, _ServerFile))
+        values = given(load_toml(path, _ServerFile), _RENAMED)
         base = path.parent
         for key in ("repo", "cert", "key", "client_ca", "token_file"):
             if key in values:

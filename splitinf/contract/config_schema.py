@@ -1,7 +1,8 @@
 """TOML configuration files checked against a schema: one way for the server and the device.
 
 A side describes its file as ``msgspec.Struct`` classes (one per table, ``forbid_unknown_fields``,
-every field optional with the type the key must have) and reads it with ``load_toml(path, Schema)``.
+every field optional with the type the key must have), reads it with ``load_toml(path, Schema)``
+and takes the keys the file sets with ``given(file)`` (tables flattened, unset keys left out).
 msgspec checks every value strictly (``"10"`` is not an int, ``"CPU"`` is not a list of strings,
 ``true`` is not a number) and ``ConfigError`` names the file, the key and the expected type::
 
@@ -29,7 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["convert", "load_toml", "read_toml"]
+__all__ = ["convert", "given", "load_toml", "read_toml"]
 
 T = TypeVar("T")
 
@@ -90,3 +91,14 @@ def convert(data: Mapping[str, Any], schema: type[T], source: str) -> T:
 def load_toml(path: str | Path, schema: type[T]) -> T:
     """Read a TOML file and check it against ``schema`` (see the module docstring)."""
     return convert(read_toml(path), schema, str(path))
+
+
+def given(file: msgspec.Struct, renamed: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The keys ``file`` sets, its tables flattened into one dict; ``renamed`` maps a key to its setting's name."""
+    values: dict[str, Any] = {}
+    for key, value in msgspec.structs.asdict(file).items():
+        if isinstance(value, msgspec.Struct):
+            values.update(given(value, renamed))
+        elif value is not None:
+            values[(renamed or {}).get(key, key)] = value
+    return values
