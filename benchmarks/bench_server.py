@@ -63,7 +63,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from splitinf.contract.manifest import MANIFEST_FORMAT
 from splitinf.contract.stats import quantile
+from splitinf.offline.partition import write_to_repository
 
 SHAPE = (1, 256, 28, 28)
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -390,8 +392,7 @@ def print_header(script: Path, requests: int, repeats: int, only_overhead: bool)
 
 def write_repository(repo: Path) -> None:
     for name, model in (("small", tail_small()), ("conv", tail_conv())):
-        (repo / name / "1").mkdir(parents=True)
-        onnx.save(model, repo / name / "1" / "model.onnx")
+        write_to_repository(model, repo, name, manifest={"format": MANIFEST_FORMAT})
 
 
 def start_baseline_servers(script: Path, repo: Path, response_size: int, servers: list[Server]) -> None:

@@ -24,13 +24,14 @@ import onnx
 from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
 from splitinf.contract.files import sha256_file, write_json_atomic
+from splitinf.contract.manifest import MANIFEST_FORMAT
 from splitinf.contract.plan import Option, Plan
 from splitinf.contract.tensors import TensorSpec
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.policy import PolicyConfig
 from splitinf.edge.runtime import Runtime
 from splitinf.offline.graph import find_cut
-from splitinf.offline.partition import split_model
+from splitinf.offline.partition import split_model, write_to_repository
 from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 from splitinf.tools.testing.graphs import mlp
 
@@ -48,7 +49,8 @@ def build_plan(root: Path) -> Path:
     cut = find_cut(full, "relu_1")  # two layers on each side
     part = split_model(full, cut)
     head_sha = save(part.head, root / "device/heads/mid.onnx")
-    tail_sha = save(part.tail, root / "server/wide.mid/1/model.onnx")
+    tail_path = write_to_repository(part.tail, root / "server", "wide.mid", manifest={"format": MANIFEST_FORMAT})
+    tail_sha = sha256_file(tail_path)
     fallback_sha = save(mlp(batch=1, sizes=(1024, 16, 10)), root / "device/fallback.onnx")
     options = (
         Option(

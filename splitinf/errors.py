@@ -17,6 +17,7 @@
     │   ├── InvalidRequestError        INVALID_ARGUMENT
     │   ├── ServerBusyError            RESOURCE_EXHAUSTED
     │   ├── ServerUnavailableError     UNAVAILABLE (draining, not ready)
+    │   ├── RequestDroppedError        DEADLINE_EXCEEDED (the caller's deadline passed or it left; not run)
     │   └── ModelExecutionError        INTERNAL (onnxruntime failed)
     └── TransportError             seen by the device's client; mapped from grpc.RpcError in one place
         ├── RemoteUnavailableError     connection refused/reset, server draining: nothing was answered
@@ -49,6 +50,7 @@ __all__ = [
     "RemoteRejectedError",
     "RemoteTimeoutError",
     "RemoteUnavailableError",
+    "RequestDroppedError",
     "ServerBusyError",
     "ServerUnavailableError",
     "SplitinfError",
@@ -118,6 +120,16 @@ class ServerBusyError(InferenceError):
 
 class ServerUnavailableError(InferenceError):
     code = "UNAVAILABLE"
+
+
+class RequestDroppedError(InferenceError):
+    """Work the server dropped unrun; ``reason``: "deadline", "cancelled" or "too_late" (cannot finish in time)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+    def __init__(self, message: str, reason: str = "deadline"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class ModelExecutionError(InferenceError):

@@ -43,6 +43,9 @@ class SessionSettings:
 
     ``spinning`` False keeps idle pool threads off the cores: on a small machine spinning takes the
     cores gRPC needs to move the next request's bytes, so the server and the device run without it.
+    ``memory_arena`` False turns onnxruntime's CPU arena off: the arena keeps the largest run's
+    memory for good (one 66 MB request left a server at 2.6 GB RSS), so the server, which runs
+    requests of any size, frees each run's memory instead.
     """
 
     intra_op_threads: int = 0
@@ -50,6 +53,7 @@ class SessionSettings:
     graph_optimization: GraphOptimization = "all"
     spinning: bool = False
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    memory_arena: bool = True
 
     def with_threads(self, threads: int | None) -> SessionSettings:
         """The same settings with ``threads`` intra-op threads and one inter-op thread (None or 0: default)."""
@@ -68,6 +72,7 @@ def session_options(settings: SessionSettings | None = None) -> ort.SessionOptio
     options.graph_optimization_level = GRAPH_OPTIMIZATIONS[settings.graph_optimization]
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = settings.memory_arena
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     spin = "1" if settings.spinning else "0"

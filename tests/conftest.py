@@ -38,10 +38,11 @@ class RunningV2Server:
 
 
 def write_v2_repository(root: Path, models: Mapping[str, onnx.ModelProto], version: str = "1") -> Path:
+    """Each model as ``root/NAME/VERSION/model.onnx`` with its manifest.json, as `splitinf split --repo` writes them."""
+    from splitinf.offline.partition import write_to_repository
+
     for name, model in models.items():
-        folder = root / name / version
-        folder.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, folder / "model.onnx")
+        write_to_repository(model, root, name, version, manifest={"format": 1})
     return root
 
 

@@ -23,31 +23,39 @@ from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.metrics import ServerMetrics
 from splitinf.cloud.repository import load_repository
 from splitinf.cloud.servicer import SERVICE_NAME, InferenceServicer, add_inference_servicer
+from splitinf.cloud.streams import StreamRegistry
 from splitinf.errors import ConfigError
 from splitinf.protocol import grpc_service_pb2 as pb
 
-__all__ = ["TailServer", "allocator_tuned", "create_server", "server_options", "tune_allocator"]
+__all__ = ["TailServer", "allocator_tuned", "create_server", "server_options", "trim_heap", "tune_allocator"]
 
 log = logging.getLogger(__name__)
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_LARGE_BUFFER_BYTES = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+# Buffers up to 2 MiB (0.8 MB tensors, with room) come from the heap; larger ones are mmapped and
+# unmapped on free, and a heap top over twice that is trimmed, so one large request's memory leaves
+# the process: with 32 MiB and 128 MiB, a 61 MB request left the server 140 MB above its steady RSS.
+_LARGE_BUFFER_BYTES = 2 << 20
 _allocator_tuned = False
+
+# Server threads no stream and no admitted inference call can take: health, liveness, refusals.
+_RESERVED_THREADS = 8
 
 
 def tune_allocator() -> bool:
-    """Keep large buffers (tensors up to 32 MiB) in malloc's heap instead of fresh mmaps.
+    """Keep tensor-sized buffers (up to 2 MiB) in malloc's heap instead of fresh mmaps.
 
     By default glibc serves each 0.8 MB message buffer with its own mmap and unmaps it on
     free, so every call page-faults ~200 zeroed pages per buffer: at 4 concurrent clients
     that was ~0.5 ms of kernel time per call, more than all of splitinf's own work
     (benchmarks/bench_server.py, "faults/call"). Process-wide and idempotent; the price
-    is that freed memory is kept for reuse (up to 128 MiB above the heap's top) instead of
+    is that freed memory is kept for reuse (up to 4 MiB above the heap's top) instead of
     being returned to the system at once. ``ServerConfig.tune_allocator`` turns it off for
     servers embedded in a process that wants glibc's defaults. Returns False where the C
-    library is not glibc.
+    library is not glibc. (Fixed thresholds also keep glibc from raising its mmap threshold
+    after each large free, which left a large request's memory in the heap for good.)
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -58,9 +66,21 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, _LARGE_BUFFER_BYTES)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, 4 * _LARGE_BUFFER_BYTES)
+        mallopt(_M_TRIM_THRESHOLD, 2 * _LARGE_BUFFER_BYTES)
     )
     return _allocator_tuned
+
+
+def trim_heap() -> None:
+    """Return the heap's free memory to the system (glibc's malloc_trim); nothing elsewhere.
+
+    Called after a large request: free() trims only the top of the heap, freed memory below
+    a live allocation stays in the process until this.
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def allocator_tuned() -> bool:
@@ -109,8 +129,10 @@ class TailServer:
         health_servicer: health.HealthServicer,
         metrics: ServerMetrics,
         port: int,
+        streams: StreamRegistry | None = None,
     ):
         self.config = config
+        self.streams = streams
         self.grpc_server = grpc_server
         self.dataplane = dataplane
         self.health = health_servicer
@@ -172,6 +194,8 @@ class TailServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if self.streams is not None:
+            self.streams.stop()
         self.dataplane.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -185,6 +209,8 @@ class TailServer:
 
 
 def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
+    if config.allow_unsigned:
+        log.warning("allow_unsigned: model versions without manifest.json are served with their sha256 unchecked")
     models = load_repository(
         config.repo,
         providers=config.providers,
@@ -194,6 +220,9 @@ def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
         max_batch_size=config.max_batch_size,
         batch_delay_ms=config.batch_delay_ms,
         warmup=config.warmup,
+        allow_unsigned=config.allow_unsigned,
+        max_request_bytes=config.max_request_bytes or config.max_message_bytes,
+        memory_arena=config.memory_arena,
     )
     return DataPlane(
         models,
@@ -201,14 +230,18 @@ def _load_dataplane(config: ServerConfig, metrics: ServerMetrics) -> DataPlane:
         instances=config.instances,
         metrics=metrics,
         batch_wait_when_idle=config.batch_wait_when_idle,
+        release_memory=trim_heap,
     )
 
 
-def _grpc_server(config: ServerConfig, dataplane: DataPlane) -> tuple[grpc.Server, health.HealthServicer]:
+def _grpc_server(
+    config: ServerConfig, dataplane: DataPlane
+) -> tuple[grpc.Server, health.HealthServicer, StreamRegistry]:
     """The gRPC server with the V2 servicer, health (NOT_SERVING until started) and reflection."""
-    # Admission in DataPlane refuses beyond max_inflight; the extra threads answer health,
-    # metadata and refusals quickly. maximum_concurrent_rpcs keeps gRPC's own queue bounded.
-    workers = config.max_inflight + 8
+    # Each open stream holds a thread (StreamRegistry bounds them); admission in DataPlane refuses
+    # unary calls beyond max_inflight; the threads left over answer health, liveness, metadata
+    # and refusals, so no client can take those. maximum_concurrent_rpcs bounds gRPC's own queue.
+    workers = config.max_inflight + config.max_streams + _RESERVED_THREADS
     interceptors = token_interceptors(config.token, tls=config.tls is not None)
     grpc_server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitinf-grpc"),
@@ -216,7 +249,12 @@ def _grpc_server(config: ServerConfig, dataplane: DataPlane) -> tuple[grpc.Serve
         options=server_options(config),
         maximum_concurrent_rpcs=workers,
     )
-    add_inference_servicer(InferenceServicer(dataplane, config.server_name), grpc_server)
+    streams = StreamRegistry(
+        total=config.max_streams,
+        per_client=config.max_streams_per_client,
+        idle_timeout_s=config.stream_idle_timeout_s,
+    )
+    add_inference_servicer(InferenceServicer(dataplane, config.server_name, streams), grpc_server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     for service in ("", SERVICE_NAME):
@@ -224,7 +262,7 @@ def _grpc_server(config: ServerConfig, dataplane: DataPlane) -> tuple[grpc.Serve
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server, pool=_reflection_pool()
     )
-    return grpc_server, health_servicer
+    return grpc_server, health_servicer, streams
 
 
 def _bind(grpc_server: grpc.Server, config: ServerConfig) -> int:
@@ -255,13 +293,13 @@ def create_server(config: ServerConfig) -> tuple[TailServer, int]:
         tune_allocator()
     metrics = ServerMetrics()
     dataplane = _load_dataplane(config, metrics)
-    grpc_server, health_servicer = _grpc_server(config, dataplane)
+    grpc_server, health_servicer, streams = _grpc_server(config, dataplane)
     try:
         port = _bind(grpc_server, config)
     except Exception:
         dataplane.close()
         raise
-    server = TailServer(config.replace(port=port), grpc_server, dataplane, health_servicer, metrics, port)
+    server = TailServer(config.replace(port=port), grpc_server, dataplane, health_servicer, metrics, port, streams)
     server.start()
     log.info("serving %d model(s) on %s port %d", len(dataplane.models), config.host, port)
     return server, port

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from splitinf.cloud.deadlines import NO_EXPIRY, Expiry, RunTimes
 from splitinf.cloud.metrics import ModelSeries, ServerMetrics
 from splitinf.cloud.repository import LoadedModel
-from splitinf.errors import InferenceError, ModelExecutionError
+from splitinf.errors import InferenceError, ModelExecutionError, RequestDroppedError
 
 __all__ = ["Batcher", "BatchResult"]
 
@@ -28,6 +29,7 @@ class _Pending:
     batch: int
     enqueued_ns: int
     future: concurrent.futures.Future[BatchResult]
+    expiry: Expiry = NO_EXPIRY
 
 
 class Batcher:
@@ -38,14 +40,21 @@ class Batcher:
     next batch. The queue needs no bound of its own: DataPlane admission bounds it.
     ``in_flight()`` (requests for this model admitted by the DataPlane) lets the batcher run
     at once when no other request could join, instead of always waiting the full delay.
+    Requests whose caller gave up (a cancelled future) or whose deadline passed, or that cannot
+    finish in the model's typical run time (``run_times``), are dropped before the run.
     """
 
     _STOP = object()
 
     def __init__(
-        self, model: LoadedModel, metrics: ServerMetrics | None = None, in_flight: Callable[[], int] | None = None
+        self,
+        model: LoadedModel,
+        metrics: ServerMetrics | None = None,
+        in_flight: Callable[[], int] | None = None,
+        run_times: RunTimes | None = None,
     ):
         self.model = model
+        self.run_times = run_times or RunTimes()
         self._series: ModelSeries | None = metrics.model(model.name) if metrics is not None else None
         self._in_flight = in_flight
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -55,9 +64,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{model.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, inputs: Mapping[str, np.ndarray], batch: int) -> concurrent.futures.Future[BatchResult]:
+    def submit(
+        self, inputs: Mapping[str, np.ndarray], batch: int, expiry: Expiry = NO_EXPIRY
+    ) -> concurrent.futures.Future[BatchResult]:
+        """Queue one request; cancelling the returned future (before its batch runs) drops it."""
         future: concurrent.futures.Future[BatchResult] = concurrent.futures.Future()
-        self._queue.put(_Pending(inputs, batch, time.perf_counter_ns(), future))
+        self._queue.put(_Pending(inputs, batch, time.perf_counter_ns(), future, expiry))
         return future
 
     def stop(self) -> None:
@@ -103,7 +115,25 @@ class Batcher:
             except BaseException as exc:  # never let the batcher thread die with callers waiting
                 _fail(batch, exc)
 
+    def _still_wanted(self, batch: list[_Pending]) -> list[_Pending]:
+        """The batch less what nobody waits for or what cannot finish in time (those fail, unrun)."""
+        wanted = []
+        needed_s = self.run_times.typical_s()
+        for pending in batch:
+            if not pending.future.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting and counted it
+            try:
+                pending.expiry.check(self.model.name, needed_s)
+            except RequestDroppedError as exc:
+                pending.future.set_exception(exc)
+                continue
+            wanted.append(pending)
+        return wanted
+
     def _run(self, batch: list[_Pending]) -> None:
+        batch = self._still_wanted(batch)
+        if not batch:
+            return
         started = time.perf_counter_ns()
         if len(batch) == 1:
             joined = dict(batch[0].inputs)
@@ -116,6 +146,7 @@ class Batcher:
             _fail(batch, exc)
             return
         compute_ns = time.perf_counter_ns() - started
+        self.run_times.record(compute_ns / 1e9)
         if self._series is not None:
             self._series.compute_seconds.observe(compute_ns / 1e9)
             self._series.batch_size.observe(total)

@@ -7,16 +7,22 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
     port = 8001
     metrics_port = 8002       # -1 turns the metrics endpoint off
     max_message_bytes = 67108864
+    max_request_bytes = 67108864  # tensor bytes per inference request (default: max_message_bytes)
     max_inflight = 64         # admitted requests (running + queued); more get RESOURCE_EXHAUSTED
+    max_streams = 32          # open ModelStreamInfer streams, all clients together
+    max_streams_per_client = 8  # per client address; more get RESOURCE_EXHAUSTED
+    stream_idle_timeout_s = 60.0  # a stream with no request in progress this long is cancelled
     drain_grace_s = 10.0
     max_connection_age_s = 300.0  # clients re-resolve DNS (new replicas) at least this often
     tune_allocator = true     # glibc keeps tensor-sized buffers in its heap; process-wide (see below)
+    allow_unsigned = false    # true: serve versions without manifest.json (sha256 unchecked; a warning at start)
 
     [onnxruntime]
     providers = ["CPUExecutionProvider"]
     intra_op_threads = 0      # 0: onnxruntime's default
     inter_op_threads = 0
     graph_optimization = "all"  # disable | basic | extended | all
+    memory_arena = false      # true: onnxruntime's CPU arena (keeps the largest request's memory for good)
     instances = 1             # concurrent executions per model
 
     [batching]                # overrides config.pbtxt for every model with a batch dimension
@@ -36,25 +42,38 @@ Example ``server.toml`` (every key optional; ``cloud/server.toml`` has them all)
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from splitinf.cloud.auth import ServerTLS
+from splitinf.contract.config_schema import given, load_toml
 from splitinf.contract.secrets import read_token
 from splitinf.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["GRAPH_OPTIMIZATION_LEVELS", "ServerConfig", "load_server_config"]
 
 MIB = 1024 * 1024
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+# The ranges a type cannot say: field -> (lowest, highest or None). An unset (None) value passes.
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "port": (0, 65535),
+    "metrics_port": (0, 65535),
+    "max_message_bytes": (1024, None),
+    "max_request_bytes": (1, None),
+    "max_inflight": (1, None),
+    "max_streams": (1, None),
+    "max_streams_per_client": (1, None),
+    "stream_idle_timeout_s": (0.001, None),
+    "instances": (1, None),
+    "max_batch_size": (0, None),
+    "batch_delay_ms": (0, None),
+    "drain_grace_s": (0, None),
+}
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,12 @@ class ServerConfig:
     port: int = 8001
     metrics_port: int | None = 8002  # None: no metrics endpoint; 0: any free port
     max_message_bytes: int = 64 * MIB
+    max_request_bytes: int | None = None  # None: max_message_bytes
     max_inflight: int = 64
+    # Each open stream holds a server thread: bounded in all and per client, idle ones cancelled.
+    max_streams: int = 32
+    max_streams_per_client: int = 8
+    stream_idle_timeout_s: float = 60.0
     drain_grace_s: float = 10.0
     # Close each connection after this long (gracefully), so DNS round_robin clients re-resolve
     # and spread onto new replicas; None: connections live as long as the client wants.
@@ -73,6 +97,7 @@ class ServerConfig:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     graph_optimization: str = "all"
+    memory_arena: bool = False
     instances: int = 1
     # None: each model's config.pbtxt decides; 0: batching off for every model.
     max_batch_size: int | None = None
@@ -90,32 +115,24 @@ class ServerConfig:
     # (splitinf.cloud.app.tune_allocator). It changes malloc for the whole process, for good:
     # turn it off when the server is embedded in a process that wants glibc's defaults.
     tune_allocator: bool = True
+    # Serve model versions without a manifest.json (their sha256 unchecked); logged as a warning at start.
+    allow_unsigned: bool = False
 
     def __post_init__(self) -> None:
         problems = []
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port {self.port} is not in 0..65535")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            problems.append(f"metrics_port {self.metrics_port} is not in 0..65535")
-        if self.max_message_bytes < 1024:
-            problems.append(f"max_message_bytes {self.max_message_bytes} is below 1024")
-        if self.max_inflight < 1:
-            problems.append(f"max_inflight {self.max_inflight} must be at least 1")
-        if self.instances < 1:
-            problems.append(f"instances {self.instances} must be at least 1")
+        for name, (lowest, highest) in _RANGES.items():
+            value = getattr(self, name)
+            if value is None or (value >= lowest and (highest is None or value <= highest)):
+                continue
+            within = f"in {lowest}..{highest}" if highest is not None else f"at least {lowest}"
+            problems.append(f"{name} {value} must be {within}")
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
             problems.append(
                 f"graph_optimization {self.graph_optimization!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
             )
-        if self.max_batch_size is not None and self.max_batch_size < 0:
-            problems.append(f"max_batch_size {self.max_batch_size} must be 0 (off) or more")
-        if self.batch_delay_ms is not None and self.batch_delay_ms < 0:
-            problems.append(f"batch_delay_ms {self.batch_delay_ms} must not be negative")
-        if self.drain_grace_s < 0:
-            problems.append(f"drain_grace_s {self.drain_grace_s} must not be negative")
         if not self.providers:
             problems.append("providers is empty; use e.g. ['CPUExecutionProvider']")
-        for name in ("warmup", "batch_wait_when_idle", "tune_allocator"):
+        for name in ("warmup", "batch_wait_when_idle", "tune_allocator", "allow_unsigned", "memory_arena"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, not {getattr(self, name)!r}")
         if problems:
@@ -125,53 +142,57 @@ class ServerConfig:
         return dataclasses.replace(self, **changes)
 
 
-# TOML key -> ServerConfig field, per table ("" is the top level).
-_TOML_KEYS: dict[str, dict[str, str]] = {
-    "": {
-        "repo": "repo",
-        "host": "host",
-        "port": "port",
-        "metrics_port": "metrics_port",
-        "max_message_bytes": "max_message_bytes",
-        "max_inflight": "max_inflight",
-        "drain_grace_s": "drain_grace_s",
-        "max_connection_age_s": "max_connection_age_s",
-        "warmup": "warmup",
-        "tune_allocator": "tune_allocator",
-    },
-    "onnxruntime": {
-        "providers": "providers",
-        "intra_op_threads": "intra_op_threads",
-        "inter_op_threads": "inter_op_threads",
-        "graph_optimization": "graph_optimization",
-        "instances": "instances",
-    },
-    "batching": {
-        "max_batch_size": "max_batch_size",
-        "max_queue_delay_ms": "batch_delay_ms",
-        "wait_when_idle": "batch_wait_when_idle",
-    },
-    "tls": {"cert": "cert", "key": "key", "client_ca": "client_ca"},
-    "auth": {"token_file": "token_file"},
-}
+class _OnnxruntimeTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    providers: tuple[str, ...] | None = None
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+    graph_optimization: str | None = None
+    memory_arena: bool | None = None
+    instances: int | None = None
 
 
-def _flatten(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            known = _TOML_KEYS.get(key)
-            if known is None or key == "":
-                raise ConfigError(f"{path}: unknown table [{key}]; known: {', '.join(t for t in _TOML_KEYS if t)}")
-            for sub_key, sub_value in value.items():
-                if sub_key not in known:
-                    raise ConfigError(f"{path}: unknown key {sub_key!r} in [{key}]; known: {', '.join(known)}")
-                values[known[sub_key]] = sub_value
-        elif key in _TOML_KEYS[""]:
-            values[_TOML_KEYS[""][key]] = value
-        else:
-            raise ConfigError(f"{path}: unknown key {key!r}; known: {', '.join(_TOML_KEYS[''])}")
-    return values
+class _BatchingTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
+    wait_when_idle: bool | None = None
+
+
+class _TLSTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+
+class _AuthTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    token_file: str | None = None
+
+
+class _ServerFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """server.toml's keys and the type each must have (``splitinf.contract.config_schema``)."""
+
+    repo: str | None = None
+    host: str | None = None
+    port: int | None = None
+    metrics_port: int | None = None
+    max_message_bytes: int | None = None
+    max_request_bytes: int | None = None
+    max_inflight: int | None = None
+    max_streams: int | None = None
+    max_streams_per_client: int | None = None
+    stream_idle_timeout_s: float | None = None
+    drain_grace_s: float | None = None
+    max_connection_age_s: float | None = None
+    warmup: bool | None = None
+    tune_allocator: bool | None = None
+    allow_unsigned: bool | None = None
+    onnxruntime: _OnnxruntimeTable | None = None
+    batching: _BatchingTable | None = None
+    tls: _TLSTable | None = None
+    auth: _AuthTable | None = None
+
+
+# TOML keys whose ServerConfig field has another name.
+_RENAMED = {"max_queue_delay_ms": "batch_delay_ms", "wait_when_idle": "batch_wait_when_idle"}
 
 
 def load_server_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
@@ -184,13 +205,7 @@ def load_server_config(path: str | Path | None = None, **overrides: Any) -> Serv
     base = Path.cwd()
     if path is not None:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-        values = _flatten(data, path)
+        values = given(load_toml(path, _ServerFile), _RENAMED)
         base = path.parent
         for key in ("repo", "cert", "key", "client_ca", "token_file"):
             if key in values:

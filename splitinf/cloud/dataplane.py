@@ -6,6 +6,7 @@ It raises ``InferenceError``s; ``splitinf.cloud.errors`` turns them into gRPC st
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitinf.cloud.batching import Batcher, BatchResult
+from splitinf.cloud.deadlines import NO_EXPIRY, Expiry, RunTimes
 from splitinf.cloud.metrics import ServerMetrics
 from splitinf.cloud.repository import LoadedModel
 from splitinf.cloud.statistics import StatisticsSnapshot, VersionStatistics
@@ -21,6 +23,7 @@ from splitinf.errors import (
     InferenceError,
     InvalidRequestError,
     ModelNotFoundError,
+    RequestDroppedError,
     ServerBusyError,
     ServerUnavailableError,
 )
@@ -35,12 +38,22 @@ ModelKey = tuple[str, str]  # (name, version)
 # (batch size, ran outside a batcher, result): one request's execution.
 _Executed = tuple[int, bool, BatchResult]
 
+_SHOWN_CHARS = 64
+
+
+def _shown(name: str) -> str:
+    """A client-chosen name as an error message shows it: quoted, at most ``_SHOWN_CHARS`` of it."""
+    if len(name) <= _SHOWN_CHARS:
+        return repr(name)
+    return f"{name[:_SHOWN_CHARS]!r}... ({len(name)} characters)"
+
 
 @dataclass(frozen=True)
 class InferOutcome:
     model: LoadedModel
     outputs: dict[str, np.ndarray]
     compute_ns: int
+    request_bytes: int = 0
 
 
 class DataPlane:
@@ -54,8 +67,13 @@ class DataPlane:
         instances: int = 1,
         metrics: ServerMetrics | None = None,
         batch_wait_when_idle: bool = False,
+        release_memory: Callable[[], None] | None = None,
+        large_request_bytes: int = 16 << 20,
     ):
         self.models = {name: dict(versions) for name, versions in models.items()}
+        # Called once a call of at least large_request_bytes has ended, so its memory leaves the process.
+        self._release_memory = release_memory
+        self._large_request_bytes = large_request_bytes
         self._latest = {name: versions[max(versions, key=int)] for name, versions in self.models.items() if versions}
         self.metrics = metrics
         self.max_inflight = max_inflight
@@ -80,12 +98,18 @@ class DataPlane:
         self._statistics = {
             (name, version): VersionStatistics() for name, versions in self.models.items() for version in versions
         }
+        self._run_times = {
+            (name, version): RunTimes() for name, versions in self.models.items() for version in versions
+        }
         if metrics is not None:
             # Read when scraped, instead of inc()/dec() under a lock on every call.
             metrics.inflight.set_function(lambda: self._inflight)
         self._batchers = {
             (name, version): Batcher(
-                model, metrics, None if batch_wait_when_idle else self._in_flight_counter((name, version))
+                model,
+                metrics,
+                None if batch_wait_when_idle else self._in_flight_counter((name, version)),
+                self._run_times[(name, version)],
             )
             for name, versions in self.models.items()
             for version, model in versions.items()
@@ -126,15 +150,20 @@ class DataPlane:
     def model(self, name: str, version: str = "") -> LoadedModel:
         versions = self.models.get(name)
         if versions is None:
-            raise ModelNotFoundError(f"unknown model {name!r}; this server has {sorted(self.models)}")
+            raise ModelNotFoundError(f"unknown model {_shown(name)}; this server has {sorted(self.models)}")
         if not version:
             return self._latest[name]
         try:
             return versions[version]
         except KeyError:
             raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r}; available: {sorted(versions, key=int)}"
+                f"model {name!r} has no version {_shown(version)}; available: {sorted(versions, key=int)}"
             ) from None
+
+    def check_request_size(self, name: str, version: str, tensors: Sequence[tuple[str, str, Sequence[int]]]) -> None:
+        """Refuse (INVALID_ARGUMENT) a request over its model's batch or bytes limit, from its tensors'
+        (name, datatype, shape) before they are decoded; an unknown model is NOT_FOUND."""
+        self.model(name, version).check_request_size(tensors)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Triton's answer: False (not an error) for a model or version this server does not have."""
@@ -157,9 +186,18 @@ class DataPlane:
 
     # --- inference ---
     def infer(
-        self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()
+        self,
+        name: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        requested: Sequence[str] = (),
+        expiry: Expiry = NO_EXPIRY,
     ) -> InferOutcome:
-        """Run ``inputs`` through the model; ``requested`` outputs only, when any are named."""
+        """Run ``inputs`` through the model; ``requested`` outputs only, when any are named.
+
+        ``expiry``: the call's deadline and liveness; work it makes useless is dropped unrun
+        (``RequestDroppedError``), counted in ``splitinf_requests_dropped_total``.
+        """
         model = self.model(name, version)
         key = (model.name, model.version)
         arrived = time.perf_counter_ns()
@@ -175,20 +213,33 @@ class DataPlane:
             raise
         executed: _Executed | None = None
         try:
-            executed = self._execute(model, key, inputs, requested)
+            expiry.check(model.name)
+            executed = self._execute(model, key, inputs, requested, expiry)
+        except RequestDroppedError as exc:
+            if self.metrics is not None:
+                self.metrics.dropped.labels(model=model.name, reason=exc.reason).inc()
+            raise
         finally:
             self._release(key, arrived, executed)
         _batch, _direct, (outputs, compute_ns, queue_ns) = executed
         if requested:
             outputs = {out: outputs[out] for out in requested}
+        # Tensor bytes, not the message's ByteSize(): on a parsed 0.8 MB request ByteSize()
+        # doubled the server's per-call time (benchmarks/bench_server.py).
+        request_bytes = sum(a.nbytes for a in inputs.values())
         if self.metrics is not None:
             series = self.metrics.model(model.name)
             series.queue_seconds.observe(queue_ns / 1e9)
-            # Tensor bytes, not the message's ByteSize(): on a parsed 0.8 MB request ByteSize()
-            # doubled the server's per-call time (benchmarks/bench_server.py).
-            series.request_bytes.inc(sum(a.nbytes for a in inputs.values()))
+            series.request_bytes.inc(request_bytes)
             series.response_bytes.inc(sum(a.nbytes for a in outputs.values()))
-        return InferOutcome(model, outputs, compute_ns)
+        return InferOutcome(model, outputs, compute_ns, request_bytes)
+
+    def release_memory_after(self, outcome: InferOutcome) -> Callable[[], None] | None:
+        """What to call once ``outcome``'s call has ended (its buffers freed) so a large request's
+        memory leaves the process; None for an ordinary request."""
+        if outcome.request_bytes < self._large_request_bytes:
+            return None
+        return self._release_memory
 
     def record_answer(self, name: str | None, code: str) -> None:
         """Count one answered inference request by model and status name (``"OK"`` or e.g. ``"NOT_FOUND"``)."""
@@ -200,25 +251,44 @@ class DataPlane:
             self.metrics.record_request(name if name in self.models else UNKNOWN_MODEL_LABEL, code)
 
     def _execute(
-        self, model: LoadedModel, key: ModelKey, inputs: Mapping[str, np.ndarray], requested: Sequence[str]
+        self,
+        model: LoadedModel,
+        key: ModelKey,
+        inputs: Mapping[str, np.ndarray],
+        requested: Sequence[str],
+        expiry: Expiry,
     ) -> _Executed:
         batch = model.validate(inputs, requested)
         batcher = self._batchers.get(key)
         if batcher is None:
-            return batch, True, self._run_direct(model, inputs)
+            return batch, True, self._run_direct(model, inputs, expiry)
         if self._adaptive_batching and self._enter_inline(key):
             try:
-                return batch, True, self._run_direct(model, inputs)
+                return batch, True, self._run_direct(model, inputs, expiry)
             finally:
                 self._leave_inline(key)
-        return batch, False, batcher.submit(inputs, batch).result()
+        future = batcher.submit(inputs, batch, expiry)
+        try:
+            return batch, False, future.result(timeout=expiry.remaining())
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the batcher drops it unrun
+            raise RequestDroppedError(f"model {model.name!r}: the call's deadline passed in the batch queue") from None
 
-    def _run_direct(self, model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> BatchResult:
+    def _run_direct(self, model: LoadedModel, inputs: Mapping[str, np.ndarray], expiry: Expiry) -> BatchResult:
         arrived = time.perf_counter_ns()
-        with self._instance_slots[(model.name, model.version)]:
+        key = (model.name, model.version)
+        slot = self._instance_slots[key]
+        remaining = expiry.remaining()
+        if not (slot.acquire() if remaining is None else slot.acquire(timeout=max(remaining, 0))):
+            raise RequestDroppedError(f"model {model.name!r}: the call's deadline passed waiting for the model")
+        try:
+            expiry.check(model.name, self._run_times[key].typical_s())
             started = time.perf_counter_ns()
             outputs = model.run(inputs)
             compute_ns = time.perf_counter_ns() - started
+        finally:
+            slot.release()
+        self._run_times[key].record(compute_ns / 1e9)
         if self.metrics is not None:
             series = self.metrics.model(model.name)
             series.compute_seconds.observe(compute_ns / 1e9)

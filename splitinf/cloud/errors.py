@@ -5,6 +5,11 @@ Every RPC of the servicer wears ``answers_errors``, unary and stream alike. The 
 counted by model and code, and an unexpected one is logged with its traceback; then a unary
 call fails with the status, and a stream answers that one request with
 ``error_message="CODE: message"`` and goes on (Triton's semantics).
+
+Request bytes protobuf cannot parse arrive as ``UndecodableRequest`` (the servicer's deserializers
+never raise: grpc would answer INTERNAL and log a traceback) and are answered INVALID_ARGUMENT with
+one log line. Details are cut to ``MAX_DETAILS_CHARS``: a client-chosen name must not be echoed
+whole into a header the client cannot read.
 """
 
 from __future__ import annotations
@@ -12,17 +17,46 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from splitinf.errors import InferenceError
+from splitinf.errors import InferenceError, InvalidRequestError
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol.tensors import ParsedInferRequest
 
-__all__ = ["answers_errors", "status_of"]
+__all__ = ["MAX_DETAILS_CHARS", "UndecodableRequest", "answers_errors", "lenient", "status_of"]
 
 log = logging.getLogger(__name__)
+
+MAX_DETAILS_CHARS = 1024  # well under gRPC's default 8 KiB metadata limit, whole messages fit
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """What a request deserializer returns instead of raising: the bytes were not a valid message."""
+
+    method: str
+    reason: str
+
+
+def lenient(parse: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    """``parse``, but a message it cannot parse becomes an ``UndecodableRequest`` instead of an exception."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # protobuf's DecodeError, or what the zero-copy parse trips over
+            return UndecodableRequest(method, f"{type(exc).__name__}: {exc}"[:200])
+
+    return deserialize
+
+
+def _shortened(details: str) -> str:
+    if len(details) <= MAX_DETAILS_CHARS:
+        return details
+    return f"{details[: MAX_DETAILS_CHARS - 40]}... ({len(details) - MAX_DETAILS_CHARS + 40} more characters)"
 
 
 class _AnswerCounter(Protocol):
@@ -41,8 +75,16 @@ Handler = Callable[[ServicerT, Any, grpc.ServicerContext], Any]
 def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The status and details a failed call is answered with."""
     if isinstance(exc, InferenceError):
-        return grpc.StatusCode[exc.code], str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}"
+        return grpc.StatusCode[exc.code], _shortened(str(exc))
+    return grpc.StatusCode.INTERNAL, _shortened(f"internal server error: {type(exc).__name__}: {exc}")
+
+
+def _decoded(request: Any) -> Any:
+    """The request, or InvalidRequestError when its bytes were not a valid message."""
+    if isinstance(request, UndecodableRequest):
+        log.warning("refused an undecodable %s request: %s", request.method, request.reason)
+        raise InvalidRequestError(f"the {request.method} request is not a valid protobuf message ({request.reason})")
+    return request
 
 
 def _inference_model(request: Any) -> str | None:
@@ -77,7 +119,7 @@ def answers_errors(handler: Handler[ServicerT], *, stream: bool = False) -> Call
         def stream_rpc(servicer: ServicerT, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             for request in requests:
                 try:
-                    response = handler(servicer, request, context)
+                    response = handler(servicer, _decoded(request), context)
                 except Exception as exc:
                     status, details = _failed(servicer, request, exc)
                     yield pb.ModelStreamInferResponse(error_message=f"{status.name}: {details}")
@@ -90,7 +132,7 @@ def answers_errors(handler: Handler[ServicerT], *, stream: bool = False) -> Call
     @functools.wraps(handler)
     def unary_rpc(servicer: ServicerT, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            response = handler(servicer, request, context)
+            response = handler(servicer, _decoded(request), context)
         except Exception as exc:
             context.abort(*_failed(servicer, request, exc))
         servicer.dataplane.record_answer(_inference_model(request), "OK")

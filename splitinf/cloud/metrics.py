@@ -61,6 +61,12 @@ class ServerMetrics:
         self.response_bytes = Counter(
             "splitinf_response_bytes", "Tensor bytes sent in inference responses", ["model"], registry=self.registry
         )
+        self.dropped = Counter(
+            "splitinf_requests_dropped",
+            "Requests dropped unrun: their deadline passed, their client left, or they could not finish in time",
+            ["model", "reason"],
+            registry=self.registry,
+        )
         self.inflight = Gauge(
             "splitinf_inflight_requests", "Inference requests admitted and not yet answered", registry=self.registry
         )

@@ -7,7 +7,11 @@
         config.pbtxt          optional; splitinf reads max_batch_size and dynamic_batching
         1/
           model.onnx
-          manifest.json       optional (from `splitinf split`); parts.tail.sha256 must match model.onnx
+          model.onnx.data     optional external data (tails over 2 GiB); only files in this folder
+          manifest.json       from `splitinf split`: the sha256 of model.onnx and of its data files;
+                              required unless the server runs with allow_unsigned
+
+Nothing outside the repository is opened: see ``splitinf.cloud.model_files``.
 
 The same folder can be served by NVIDIA Triton (``cloud/TRITON.md``). ``config.pbtxt`` is
 parsed by ``cloud/model_config.py`` with protobuf's text_format, strictly, as Triton does.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,13 +32,13 @@ import numpy as np
 
 from splitinf.cloud.model_config import CONFIG_FILE, complete_model_config, serving_config
 from splitinf.cloud.model_config import read_model_config as read_config_pbtxt
-from splitinf.contract.manifest import check_part
+from splitinf.cloud.model_files import check_model_files, inside
 from splitinf.contract.tensors import TensorSpec, check_tensors
 from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import SessionSettings, check_providers, open_session, session_options
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import model_config_pb2 as mc
-from splitinf.protocol.tensors import decode_request_inputs, encode_request
+from splitinf.protocol.tensors import DATATYPE_TO_NUMPY, decode_request_inputs, encode_request
 
 __all__ = [
     "LoadedModel",
@@ -82,6 +87,9 @@ class LoadedModel:
     batch_delay_s: float = 0.0
     # config.pbtxt completed from the model as Triton does (what the ModelConfig call answers).
     config: mc.ModelConfig = field(default_factory=mc.ModelConfig)
+    # The most samples (first dimension) and tensor bytes one request may carry; None: no limit.
+    request_batch_limit: int | None = None
+    request_bytes_limit: int | None = None
     _output_names: tuple[str, ...] = field(default=(), repr=False)
     _has_batch_dimension: bool = field(default=False, repr=False)
 
@@ -94,6 +102,31 @@ class LoadedModel:
     @property
     def has_batch_dimension(self) -> bool:
         return self._has_batch_dimension
+
+    def fixed_batch(self) -> int | None:
+        """The first dimension every input fixes, when they all fix the same one."""
+        firsts = {spec.shape[0] if spec.shape else None for spec in self.inputs}
+        first = firsts.pop() if len(firsts) == 1 else None
+        return first if isinstance(first, int) and first > 0 else None
+
+    def check_request_size(self, tensors: Sequence[tuple[str, str, Sequence[int]]]) -> None:
+        """Refuse a request over the model's batch or bytes limit from its (name, datatype, shape)
+        metadata alone, before any tensor is decoded. What is malformed is left to decoding."""
+        total = 0
+        for name, datatype, shape in tensors:
+            if not shape or min(shape) < 0 or datatype not in DATATYPE_TO_NUMPY:
+                continue
+            if self.request_batch_limit is not None and shape[0] > self.request_batch_limit:
+                raise InvalidRequestError(
+                    f"model {self.name!r}: batch {shape[0]} of tensor {name[:64]!r} exceeds max_batch_size "
+                    f"{self.request_batch_limit} (config.pbtxt, or the model's fixed batch); split the request"
+                )
+            total += math.prod(shape) * DATATYPE_TO_NUMPY[datatype].itemsize
+        if self.request_bytes_limit is not None and total > self.request_bytes_limit:
+            raise InvalidRequestError(
+                f"model {self.name!r}: the request's tensors are {total} bytes, over the limit of "
+                f"{self.request_bytes_limit} (max_request_bytes); split the request"
+            )
 
     def validate(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> int:
         """Check names, dtypes and shapes; returns the batch size (first dim) when batching, else 1."""
@@ -118,12 +151,7 @@ class LoadedModel:
             raise InvalidRequestError(
                 f"model {self.name!r}: inputs disagree on the batch (first) dimension: {sorted(batches)}"
             )
-        batch = batches.pop()
-        if batch > self.max_batch_size:
-            raise InvalidRequestError(
-                f"model {self.name!r}: batch {batch} exceeds max_batch_size {self.max_batch_size}; split the request"
-            )
-        return int(batch)
+        return int(batches.pop())  # within max_batch_size: check_request_size saw to it before decoding
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One onnxruntime execution; onnxruntime failures become ModelExecutionError (INTERNAL)."""
@@ -155,19 +183,38 @@ def _tensor_specs(args: Sequence[Any], path: Path) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
+def _versions(model_dir: Path) -> dict[str, Path]:
+    """``{version: model.onnx}`` of one model folder; two folders naming one version ("1", "01") are refused."""
+    versions: dict[str, Path] = {}
+    numbers: dict[int, str] = {}
+    for folder in sorted(model_dir.iterdir()):
+        if not (folder.is_dir() and folder.name.isdigit() and (folder / MODEL_FILE).is_file()):
+            continue
+        clash = numbers.setdefault(int(folder.name), folder.name)
+        if clash != folder.name:
+            raise ConfigError(
+                f"{model_dir}: version folders {clash!r} and {folder.name!r} are the same version "
+                f"{int(folder.name)}; keep one (without leading zeros)"
+            )
+        versions[folder.name] = folder / MODEL_FILE
+    return dict(sorted(versions.items(), key=lambda item: int(item[0])))
+
+
 def scan_repository(repo: Path) -> dict[str, dict[str, Path]]:
     """``{model: {version: model.onnx path}}`` for every numeric version folder holding a model.onnx."""
     if not repo.is_dir():
         raise ConfigError(f"model repository {repo} is not a directory")
+    repo_root = repo.resolve()
     found: dict[str, dict[str, Path]] = {}
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = {
-            v.name: v / MODEL_FILE
-            for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and (v / MODEL_FILE).is_file()
-        }
+        if not inside(model_dir, repo_root):
+            raise ConfigError(
+                f"refusing to serve {model_dir}: it is a symlink to {model_dir.resolve()}, outside the repository "
+                f"{repo_root}; copy the model into the repository instead"
+            )
+        versions = _versions(model_dir)
         if versions:
-            found[model_dir.name] = dict(sorted(versions.items(), key=lambda item: int(item[0])))
+            found[model_dir.name] = versions
         else:
             log.warning("skipping %s: no VERSION/%s inside", model_dir, MODEL_FILE)
     if not found:
@@ -185,16 +232,30 @@ def load_repository(
     max_batch_size: int | None = None,
     batch_delay_ms: float | None = None,
     warmup: bool = True,
+    allow_unsigned: bool = False,
+    max_request_bytes: int | None = None,
+    memory_arena: bool = False,
 ) -> dict[str, dict[str, LoadedModel]]:
-    """Load, check and warm up every model version; ``max_batch_size``/``batch_delay_ms`` override config.pbtxt."""
+    """Load, check and warm up every model version; ``max_batch_size``/``batch_delay_ms`` override config.pbtxt.
+
+    Each model's requests are limited to its config.pbtxt max_batch_size (else its dynamic batch,
+    else its fixed first dimension) and to ``max_request_bytes``. Sessions run without onnxruntime's
+    CPU arena unless ``memory_arena``: one large request must not keep its memory.
+
+    Each version's files are checked first (``check_model_files``: inside the repository, external
+    data in the version folder, sha256 as the manifest says unless ``allow_unsigned``); onnxruntime
+    then opens ``model.onnx`` by path, so its external data resolves in the version folder.
+    """
     settings = SessionSettings(
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         graph_optimization=graph_optimization,  # type: ignore[arg-type]
         providers=check_providers(providers),
+        memory_arena=memory_arena,
     )
     session_options(settings)  # a bad optimization level is a ConfigError before any model loads
     models: dict[str, dict[str, LoadedModel]] = {}
+    repo_root = repo.resolve()
     for name, versions in scan_repository(repo).items():
         declared = read_config_pbtxt(repo / name)
         config = serving_config(declared)
@@ -206,11 +267,10 @@ def load_repository(
             delay_s = batch_delay_ms / 1000
         models[name] = {}
         for version, path in versions.items():
-            data = path.read_bytes()
-            digest = sha256_bytes(data)
-            check_part(path.parent, "tail", path, digest)
+            files = check_model_files(path, repo_root, allow_unsigned=allow_unsigned)
+            digest = files.sha256
             started = time.perf_counter()
-            session = open_session(data, settings)
+            session = open_session(path, settings)
             model = LoadedModel(
                 name=name,
                 version=version,
@@ -233,6 +293,8 @@ def load_repository(
                 declared, name, model.inputs, model.outputs,
                 max_batch_size=model.max_batch_size, max_queue_delay_s=model.batch_delay_s,
             )  # fmt: skip
+            model.request_batch_limit = config.max_batch_size or model.max_batch_size or model.fixed_batch()
+            model.request_bytes_limit = max_request_bytes
             if warmup:
                 model.warm_up()
             log.info(

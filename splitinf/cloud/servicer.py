@@ -14,10 +14,12 @@ import grpc
 
 from splitinf import __version__
 from splitinf.cloud.dataplane import DataPlane
-from splitinf.cloud.errors import answers_errors
+from splitinf.cloud.deadlines import Expiry
+from splitinf.cloud.errors import answers_errors, lenient, status_of
 from splitinf.cloud.statistics import StatisticsSnapshot
+from splitinf.cloud.streams import StreamRegistry
 from splitinf.contract.tensors import TensorSpec
-from splitinf.errors import InvalidRequestError
+from splitinf.errors import InferenceError, InvalidRequestError
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -67,9 +69,10 @@ def _statistics_message(snapshot: StatisticsSnapshot) -> pb.ModelStatistics:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """V2 gRPC adapter over a ``DataPlane``: protobuf <-> plain data, nothing else."""
 
-    def __init__(self, dataplane: DataPlane, server_name: str = "splitinf"):
+    def __init__(self, dataplane: DataPlane, server_name: str = "splitinf", streams: StreamRegistry | None = None):
         self.dataplane = dataplane
         self.server_name = server_name
+        self.streams = streams or StreamRegistry(total=32, per_client=8, idle_timeout_s=60.0)
 
     @answers_errors
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
@@ -137,12 +140,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _infer(self, request: InferRequest, context: grpc.ServicerContext) -> EncodedInferResponse:
         """One inference request; the answer's tensors are serialized with one copy."""
         message = request.message if isinstance(request, ParsedInferRequest) else request
+        self.dataplane.check_request_size(
+            message.model_name, message.model_version, [(t.name, t.datatype, t.shape) for t in message.inputs]
+        )
         outcome = self.dataplane.infer(
             message.model_name,
             message.model_version,
             decode_request_inputs(request),
             [output.name for output in message.outputs],
+            Expiry.after(context.time_remaining(), context.is_active),
         )
+        release = self.dataplane.release_memory_after(outcome)
+        if release is not None:
+            context.add_callback(release)  # runs once the call is over and its buffers are freed
         response = pb.ModelInferResponse(
             model_name=outcome.model.name, model_version=outcome.model.version, id=message.id
         )
@@ -154,7 +164,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     model_infer_encoded = answers_errors(_infer)
     # Answers as EncodedInferResponse, errors as ModelStreamInferResponse(error_message=...);
     # EncodedInferResponse.serialize_stream takes both.
-    model_stream_infer_encoded = answers_errors(_infer, stream=True)
+    _answer_stream = answers_errors(_infer, stream=True)
+
+    def model_stream_infer_encoded(
+        self, request_iterator: Iterator[InferRequest], context: grpc.ServicerContext
+    ) -> Iterator[EncodedInferResponse | pb.ModelStreamInferResponse]:
+        """A stream, if its client may open one more (else RESOURCE_EXHAUSTED); cancelled when idle too long."""
+        try:
+            stream = self.streams.open(context.peer(), context.cancel)
+        except InferenceError as exc:
+            context.abort(*status_of(exc))
+        try:
+            yield from self._answer_stream(stream.track(request_iterator), context)
+        finally:
+            self.streams.close(stream)
 
     def ModelInfer(self, request: InferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         """For grpcio-testing and direct callers: a protobuf (or zero-copy parsed) request, a protobuf answer."""
@@ -172,12 +195,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
     """The V2 service's method handlers: the generated ones, but inference requests are parsed
-    without copying their tensor bytes (``parse_infer_request``) and answers are serialized
-    with one copy of their tensors (``EncodedInferResponse``)."""
+    without copying their tensor bytes (``parse_infer_request``), answers are serialized
+    with one copy of their tensors (``EncodedInferResponse``), and bytes that are not a message
+    reach the handler as ``UndecodableRequest`` (INVALID_ARGUMENT) instead of failing in grpc."""
 
     def unary(method: Callable[..., Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+            method,
+            request_deserializer=lenient(request.FromString, method.__name__),
+            response_serializer=response.SerializeToString,
         )
 
     return {
@@ -191,12 +217,12 @@ def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.Rpc
         "RepositoryIndex": unary(servicer.RepositoryIndex, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(
             servicer.model_infer_encoded,
-            request_deserializer=parse_infer_request,
+            request_deserializer=lenient(parse_infer_request, "ModelInfer"),
             response_serializer=EncodedInferResponse.serialize,
         ),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
             servicer.model_stream_infer_encoded,
-            request_deserializer=parse_infer_request,
+            request_deserializer=lenient(parse_infer_request, "ModelStreamInfer"),
             response_serializer=EncodedInferResponse.serialize_stream,
         ),
     }

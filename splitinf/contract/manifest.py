@@ -109,10 +109,17 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     return dict(manifest)
 
 
-def check_part(directory: str | os.PathLike[str], part: str, file: Path, sha256: str | None = None) -> None:
+def check_part(
+    directory: str | os.PathLike[str],
+    part: str,
+    file: Path,
+    sha256: str | None = None,
+    data_files: Mapping[str, str] | None = None,
+) -> None:
     """When ``directory`` holds a manifest, ``file`` (and its external data file, when the manifest names
     one) must have the sha256 the manifest records for ``part`` (``sha256``: the file's, when the caller
-    has it already); ``IntegrityError`` otherwise."""
+    has it already); ``IntegrityError`` otherwise. ``data_files`` (name: sha256) are the external data
+    files the model really references: each must be the one the manifest lists, with its sha256."""
     manifest = read_manifest(directory)
     if manifest is None:
         return
@@ -132,4 +139,11 @@ def check_part(directory: str | os.PathLike[str], part: str, file: Path, sha256:
             raise IntegrityError(
                 f"refusing to load {path}: its sha256 is {digest} but {manifest_path} expects "
                 f"{expected}; re-export the parts with `splitinf split` or remove the stale manifest"
+            )
+    listed = {str(data.get("file")): data.get("sha256")} if data is not None else {}
+    for name, digest in (data_files or {}).items():
+        if listed.get(name) != digest:
+            raise IntegrityError(
+                f"refusing to load {file}: its external data {name} is not the one {manifest_path} lists for "
+                f"the {part} ({sorted(listed) or 'none'}); re-export the parts with `splitinf split`"
             )

@@ -142,7 +142,15 @@ def _array_from_contents(tensor: str, datatype: str, shape: Sequence[int], conte
         raise InvalidRequestError(
             f"tensor {tensor!r}: contents.{field} holds {len(values)} values, expected {count} (shape {list(dims)})"
         )
-    return np.asarray(values).astype(dtype.newbyteorder("=")).reshape(dims)
+    array = np.asarray(values)
+    if dtype.kind in "iu" and array.size:
+        limits = np.iinfo(dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise InvalidRequestError(
+                f"tensor {tensor!r}: contents.{field} holds values in [{array.min()}, {array.max()}], outside "
+                f"{datatype}'s range [{limits.min}, {limits.max}]"
+            )
+    return array.astype(dtype.newbyteorder("=")).reshape(dims)
 
 
 def _raw_bytes(array: np.ndarray) -> bytes:
@@ -265,6 +273,11 @@ def decode_request_inputs(request: pb.ModelInferRequest | ParsedInferRequest) ->
     for index, tensor in enumerate(request.inputs):
         if tensor.name in arrays:
             raise InvalidRequestError(f"tensor {tensor.name!r} appears twice in the request")
+        if raw and tensor.HasField("contents"):
+            raise InvalidRequestError(
+                f"tensor {tensor.name!r} has typed contents in a request with raw_input_contents; "
+                "the protocol allows one or the other"
+            )
         if raw:
             arrays[tensor.name] = array_from_raw(tensor.name, tensor.datatype, tensor.shape, raw[index])
         elif tensor.HasField("contents"):

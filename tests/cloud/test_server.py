@@ -24,6 +24,7 @@ from splitinf.cloud.config import ServerConfig
 from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.repository import load_repository, sha256_bytes
 from splitinf.cloud.servicer import InferenceServicer
+from splitinf.contract.files import sha256_file
 from splitinf.errors import ConfigError, IntegrityError
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER, encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
@@ -266,7 +267,7 @@ def test_manifest_mismatch_refuses_to_load(write_v2_repository: Callable[..., Pa
     (tmp_path / "tail" / "1" / "manifest.json").write_text('{"format": 1, "parts": {"tail": {"sha256": "00ff"}}}')
     with pytest.raises(IntegrityError, match="refusing to load .*model.onnx: its sha256 is .* expects 00ff"):
         create_server(ServerConfig(repo=tmp_path, port=0, metrics_port=None))
-    digest = sha256_bytes((tmp_path / "tail" / "1" / "model.onnx").read_bytes())
+    digest = sha256_file(tmp_path / "tail" / "1" / "model.onnx")
     (tmp_path / "tail" / "1" / "manifest.json").write_text(f'{{"parts": {{"tail": {{"sha256": "{digest}"}}}}}}')
     assert load_repository(tmp_path)["tail"]["1"].sha256 == digest
 

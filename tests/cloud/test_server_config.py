@@ -47,11 +47,22 @@ def test_allocator_tuning_is_a_config_switch(tmp_path: Path) -> None:
     [
         ('repo = "m"\nprot = 1\n', "unknown key 'prot'"),
         ('repo = "m"\n[batching]\nmax_batch = 4\n', "unknown key 'max_batch' in \\[batching\\]"),
-        ('repo = "m"\n[gpu]\nx = 1\n', "unknown table \\[gpu\\]"),
-        ('repo = "m"\nport = 70000\n', "port 70000 is not in 0..65535"),
+        ('repo = "m"\n[gpu]\nx = 1\n', "unknown key 'gpu'; known: repo, host, port"),
+        ('repo = "m"\nport = 70000\n', "port 70000 must be in 0..65535"),
         ('repo = "m"\n[onnxruntime]\ngraph_optimization = "max"\n', "graph_optimization 'max' is not one of"),
         ('repo = "m"\n[tls]\ncert = "a.pem"\n', "TLS needs both a certificate and a key"),
-        ('repo = "m"\ntune_allocator = "no"\n', "tune_allocator must be true or false, not 'no'"),
+        ('repo = "m"\ntune_allocator = "no"\n', "tune_allocator: expected bool, got str"),
+        # issue 14, finding 7: wrong types name the key and the expected type instead of a TypeError
+        ('repo = "m"\nhost = 5\n', "s.toml: host: expected str, got int"),
+        ('repo = "m"\nport = "abc"\n', "s.toml: port: expected int, got str"),
+        ('repo = "m"\nmax_inflight = "10"\n', "max_inflight: expected int, got str"),
+        (
+            'repo = "m"\n[onnxruntime]\nintra_op_threads = "2"\n',
+            "\\[onnxruntime\\] intra_op_threads: expected int, got str",
+        ),
+        ('repo = "m"\n[onnxruntime]\nproviders = "CPUExecutionProvider"\n', "providers: expected array, got str"),
+        ('repo = "m"\n[batching]\nmax_queue_delay_ms = true\n', "max_queue_delay_ms: expected float, got bool"),
+        ('repo = "m"\nmax_streams = 0\n', "max_streams 0 must be at least 1"),
         ("repo = \n", "is not valid TOML"),
     ],
 )
@@ -90,7 +101,9 @@ def test_onnxruntime_settings_reach_the_sessions(tmp_path: Path) -> None:
 
     (tmp_path / "m" / "1").mkdir(parents=True)
     onnx.save(mlp(), tmp_path / "m" / "1" / "model.onnx")
-    model = load_repository(tmp_path, intra_op_threads=1, inter_op_threads=1, graph_optimization="disable")["m"]["1"]
+    model = load_repository(
+        tmp_path, intra_op_threads=1, inter_op_threads=1, graph_optimization="disable", allow_unsigned=True
+    )["m"]["1"]
     options = model.session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL

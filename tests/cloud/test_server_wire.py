@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from splitinf.cloud.errors import UndecodableRequest
 from splitinf.cloud.servicer import SERVICE_NAME, InferenceServicer, inference_method_handlers
 from splitinf.protocol import encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
@@ -151,8 +152,11 @@ def test_handler_table_serves_every_method_of_the_service() -> None:
             method.client_streaming,
             method.server_streaming,
         ), method.name
-    assert handlers["ModelInfer"].request_deserializer is parse_infer_request
-    assert handlers["ModelStreamInfer"].request_deserializer is parse_infer_request
+    wire = encode_request(pb.ModelInferRequest(model_name="mlp"), {"x": np.ones(2, np.float32)}).SerializeToString()
+    for name in ("ModelInfer", "ModelStreamInfer"):
+        parse = handlers[name].request_deserializer
+        assert isinstance(parse(wire), ParsedInferRequest)  # the zero-copy parse
+        assert isinstance(parse(b"\x0a\xff"), UndecodableRequest)
 
 
 def test_server_answers_requests_in_any_field_order_and_survives_garbage(start_v2_server: StartV2Server) -> None:
@@ -169,7 +173,7 @@ def test_server_answers_requests_in_any_field_order_and_survives_garbage(start_v
         np.testing.assert_allclose(decode_response_outputs(response)["y"], expected[0], rtol=1e-6)
         with pytest.raises(grpc.RpcError) as info:
             call(b"\xff\xff\xff", timeout=TIMEOUT)
-        assert info.value.code() == grpc.StatusCode.INTERNAL  # grpcio's answer to an undecodable message
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # grpcio alone answers INTERNAL
         again = pb.ModelInferResponse.FromString(call(request.SerializeToString(), timeout=TIMEOUT))
         np.testing.assert_allclose(decode_response_outputs(again)["y"], expected[0], rtol=1e-6)
 

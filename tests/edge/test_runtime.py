@@ -249,7 +249,7 @@ def test_wrong_tensors_and_unknown_model_fall_back(tmp_path: Path) -> None:
         srv.stop(grace=0)
         other_repo = tmp_path / "other-repo"
         save_model(FULL, other_repo / "other" / "1" / "model.onnx")
-        srv, port = create_server(ServerConfig(repo=other_repo, port=0, metrics_port=None))
+        srv, port = create_server(ServerConfig(repo=other_repo, port=0, metrics_port=None, allow_unsigned=True))
         with Runtime(plan, device_config(f"127.0.0.1:{port}"), background_probes=False) as runtime:
             result = runtime.infer(sample())
             assert (result.kind, result.fallback_reason) == ("fallback", "rejected")

@@ -19,6 +19,8 @@ builder                    inputs              outputs         what it exercises
 ``mlp(batch=None)``        x [N,16]            y [N,4]         MatMul/Add/Relu layers (int batch ok)
 ``random_dag(seed)``       x0.. [N,C]          y0.. [N,C]      random DAG of elementwise/MatMul/Concat
 ``densenet_like(blocks)``  x [N,3,32,32]       y [N,10]        DenseNet-sized graph for benchmarks
+``int8_identity()``        x int8 [2]          y int8 [2]      an integer tensor, fixed shape
+``matmul_chain(n, size)``  x [size,size]       y [size,size]   n MatMuls: a slow model, known output
 =========================  ==================  ==============  ======================================
 """
 
@@ -39,6 +41,8 @@ __all__ = [
     "densenet_like",
     "if_model",
     "inception_block",
+    "int8_identity",
+    "matmul_chain",
     "mlp",
     "random_dag",
     "residual_cnn",
@@ -339,3 +343,20 @@ def densenet_like(blocks: int = 4, layers_per_block: int = 36, growth: int = 4, 
     h = b.op("Flatten", b.op("GlobalAveragePool", [bn_relu(h, channels)]), axis=1)[0]
     b.op("Gemm", [h, b.weight("fc_w", [10, channels]), b.weight("fc_b", [10], 0.1)], out=["y"], transB=1)
     return b.model([_vi("x", ["N", 3, 32, 32])], [_vi("y", ["N", 10])], "densenet_like")
+
+
+def int8_identity() -> onnx.ModelProto:
+    """y = x for an int8 tensor of fixed shape [2]: typed int contents and a fixed first dimension."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "int8_identity",
+                              [_vi("x", [2], TensorProto.INT8)], [_vi("y", [2], TensorProto.INT8)])  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+def matmul_chain(matmuls: int, size: int = 512) -> onnx.ModelProto:
+    """``matmuls`` chained products with the size x size identity matrix (so y == x): a model whose
+    run time grows with ``matmuls`` (about 4 ms per product at 512 on one thread), for deadline tests."""
+    weight = numpy_helper.from_array(np.eye(size, dtype=np.float32), "w")
+    names = ["x", *(f"h{i}" for i in range(matmuls - 1)), "y"]
+    nodes = [helper.make_node("MatMul", [a, "w"], [b]) for a, b in zip(names, names[1:], strict=False)]
+    graph = helper.make_graph(nodes, "matmul_chain", [_vi("x", [size, size])], [_vi("y", [size, size])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)

@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 
 from splitinf.contract.files import write_json_atomic
+from splitinf.contract.manifest import MANIFEST_FORMAT
 from splitinf.contract.plan import Option, Plan, content_addressed_name
 from splitinf.offline.graph import find_cut
-from splitinf.offline.partition import save_model, split_model
+from splitinf.offline.partition import save_model, split_model, write_to_repository
 from splitinf.offline.planner import io_specs, option_names
 from splitinf.ort import open_session
 from splitinf.tools.testing.graphs import mlp
@@ -84,10 +85,10 @@ def write_plan_dir(
         head_sha = save_model(part.head, root / head_rel)
         tail_sha = hashlib.sha256(part.tail.SerializeToString()).hexdigest()  # what save_model writes
         tail_name = content_addressed_name(base_name, tail_sha)  # as the planner names tails
-        tail_path = root / "server" / tail_name / "1" / "model.onnx"
-        save_model(part.tail, tail_path)
-        if served_tails and cut_name in served_tails:
-            save_model(served_tails[cut_name], tail_path)
+        # The server's copy is signed (manifest.json) as `splitinf split --repo` signs it;
+        # the plan keeps the true tail's sha256.
+        served = (served_tails or {}).get(cut_name, part.tail)
+        write_to_repository(served, root / "server", tail_name, "1", manifest={"format": MANIFEST_FORMAT})
         options.append(
             Option(
                 id=option_id,
