@@ -7,25 +7,23 @@ reflection) and the Prometheus endpoint. ``TailServer`` is its lifecycle: ``drai
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import ctypes
 import logging
 import threading
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_health.v1 import health, health_pb2
 
 from splitinf.cloud.auth import token_interceptors
 from splitinf.cloud.config import ServerConfig
 from splitinf.cloud.dataplane import DataPlane
 from splitinf.cloud.metrics import ServerMetrics
 from splitinf.cloud.repository import load_repository
-from splitinf.cloud.servicer import SERVICE_NAME, InferenceServicer, add_inference_servicer
+from splitinf.cloud.servicer import InferenceServicer, add_inference_servicer
 from splitinf.cloud.streams import StreamRegistry
 from splitinf.errors import ConfigError
-from splitinf.protocol import grpc_service_pb2 as pb
+from splitinf.protocol.services import SERVICE_NAME, add_health_and_reflection, bind_address
 
 __all__ = ["TailServer", "allocator_tuned", "create_server", "server_options", "trim_heap", "tune_allocator"]
 
@@ -107,15 +105,6 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         age_ms = int(config.max_connection_age_s * 1000)
         options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", 30_000)]
     return options
-
-
-def _reflection_pool() -> Any:
-    """Our private descriptor pool plus the health and reflection services, for server reflection."""
-    pool = pb.DESCRIPTOR.pool
-    for module in (health_pb2, reflection_pb2):
-        with contextlib.suppress(TypeError):  # already added
-            pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
-    return pool
 
 
 class TailServer:
@@ -255,19 +244,12 @@ def _grpc_server(
         idle_timeout_s=config.stream_idle_timeout_s,
     )
     add_inference_servicer(InferenceServicer(dataplane, config.server_name, streams), grpc_server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server, pool=_reflection_pool()
-    )
-    return grpc_server, health_servicer, streams
+    return grpc_server, add_health_and_reflection(grpc_server), streams
 
 
 def _bind(grpc_server: grpc.Server, config: ServerConfig) -> int:
     """Listen on the configured address; the bound port, or ConfigError."""
-    address = f"{config.host}:{config.port}"
+    address = bind_address(config.host, config.port)
     if ":" in config.host and not config.host.startswith("["):
         address = f"[{config.host}]:{config.port}"
     reason = "port 0 returned"

@@ -7,7 +7,7 @@ one-copy response serializer (``splitinf.protocol.tensors``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -18,36 +18,23 @@ from splitinf.cloud.deadlines import Expiry
 from splitinf.cloud.errors import answers_errors, lenient, status_of
 from splitinf.cloud.statistics import StatisticsSnapshot
 from splitinf.cloud.streams import StreamRegistry
-from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import InferenceError, InvalidRequestError
 from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
+from splitinf.protocol.services import SERVICE_NAME, tensor_metadata
 from splitinf.protocol.tensors import (
     EncodedInferResponse,
     ParsedInferRequest,
-    datatype_of,
     decode_request_inputs,
     encode_infer_response,
     parse_infer_request,
 )
 
-__all__ = ["SERVICE_NAME", "InferenceServicer", "add_inference_servicer", "inference_method_handlers"]
+__all__ = ["InferenceServicer", "add_inference_servicer", "inference_method_handlers"]
 
-SERVICE_NAME = "inference.GRPCInferenceService"
 
 InferRequest = pb.ModelInferRequest | ParsedInferRequest
-
-
-def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-    return [
-        pb.ModelMetadataResponse.TensorMetadata(
-            name=spec.name,
-            datatype=datatype_of(spec.dtype),
-            shape=[d if isinstance(d, int) else -1 for d in spec.shape],
-        )
-        for spec in specs
-    ]
 
 
 def _statistics_message(snapshot: StatisticsSnapshot) -> pb.ModelStatistics:
@@ -101,8 +88,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=model.name,
             versions=sorted(self.dataplane.models[model.name], key=int),
             platform="onnxruntime_onnx",
-            inputs=_tensor_metadata(model.inputs),
-            outputs=_tensor_metadata(model.outputs),
+            inputs=tensor_metadata(model.inputs),
+            outputs=tensor_metadata(model.outputs),
         )
 
     # Triton's extensions, for the tools of its world (perf_analyzer, model_analyzer).

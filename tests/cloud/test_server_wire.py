@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitinf.cloud.errors import UndecodableRequest
-from splitinf.cloud.servicer import SERVICE_NAME, InferenceServicer, inference_method_handlers
+from splitinf.cloud.servicer import InferenceServicer, inference_method_handlers
 from splitinf.protocol import encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
+from splitinf.protocol.services import SERVICE_NAME
 from splitinf.protocol.tensors import (
     ParsedInferRequest,
     decode_request_inputs,
