@@ -31,6 +31,7 @@ import onnx.numpy_helper
 from splitinf.contract.files import sha256_file, staged_directory
 from splitinf.contract.manifest import MANIFEST_FILE, build_manifest, part_entry, with_part, write_manifest
 from splitinf.contract.samples import read_samples
+from splitinf.contract.tensors import TensorSpec, check_tensors
 from splitinf.errors import CutError, InputError, OutputError, VerificationError
 from splitinf.offline.graph import NONDETERMINISTIC_OPS, PROTOBUF_LIMIT, Cut, GraphView, load_model, spec_value_info
 from splitinf.offline.inputs import model_inputs, run_checked
@@ -187,22 +188,15 @@ def _session(model: onnx.ModelProto) -> Iterator[Any]:
 
 
 def _check_sample(view: GraphView, sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    missing = [n for n in view.input_names if n not in sample]
-    unknown = [n for n in sample if n not in view.input_names]
-    if missing or unknown:
-        raise InputError(
-            f"sample inputs must be named by the model's inputs {view.input_names}; "
-            f"missing {missing}, unknown {unknown}"
-        )
-    feeds = {}
+    """The sample as feeds; the one tensor check (``contract.tensors``) names what does not fit."""
+    feeds = {name: np.asarray(value) for name, value in sample.items()}
+    specs = []
     for name in view.input_names:
         spec = view.spec(name)
-        array = np.asarray(sample[name])
-        if spec is not None and array.dtype.name != spec.dtype:
-            raise InputError(f"sample input {name!r} is {array.dtype.name}, the model expects {spec.dtype}")
-        if spec is not None and array.ndim != len(spec.shape):
-            raise InputError(f"sample input {name!r} has shape {array.shape}, the model expects {list(spec.shape)}")
-        feeds[name] = array
+        if spec is None and name in feeds:  # an input shape inference could not type: the sample's own
+            spec = TensorSpec(name, feeds[name].dtype.name, feeds[name].shape)
+        specs.append(spec or TensorSpec(name, "float32", ()))
+    check_tensors(specs, feeds, InputError, what="sample input")
     return feeds
 
 

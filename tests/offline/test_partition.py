@@ -291,7 +291,7 @@ def test_verify_on_user_samples_and_rejects_misnamed_ones() -> None:
     samples = [{"a": np.ones((5, 8), np.float32), "b": np.full((5, 4), -2.0, np.float32)}]
     report = verify_partition(model, part, samples=samples, n_random=0)
     assert report.samples == 1 and report.max_abs_error == 0.0
-    with pytest.raises(InputError, match=r"missing \['b'\], unknown \['c'\]"):
+    with pytest.raises(InputError, match=r"missing sample input\(s\) \['b'\]; unexpected sample input\(s\) \['c'\]"):
         verify_partition(model, part, samples=[{"a": samples[0]["a"], "c": samples[0]["b"]}])
     with pytest.raises(InputError, match="float64"):
         verify_partition(model, part, samples=[{"a": np.ones((1, 8)), "b": np.ones((1, 4), np.float32)}])
