@@ -23,11 +23,15 @@ A plan directory::
      "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, 10]}],
      "options": [<option>, ...],
      "budget_s": 0.25,
+     "inputs_at": {"source": "shapes", "inputs": {"x": {"dtype": "float32", "shape": [1, 1, 8, 8]}}},
      "profiles": {"device": {...}, "server": {...}}}
 
 ``budget_s`` is the latency budget the plan's report marks choices with (default
 :data:`DEFAULT_BUDGET_S`, the device's default). Plans written before it existed carried a
 "table" (a least-latency choice per grid point, which the device never used); loading ignores it.
+``inputs_at`` records the input shapes the options' bytes and times hold at (from the samples, the
+user's ``--shape`` or the profiles'); the device warns once per input of another shape. Plans
+without it load with ``{}`` (no check).
 
 An option is one way to answer a request::
 
@@ -207,6 +211,7 @@ class Plan:
     options: tuple[Option, ...]
     budget_s: float = DEFAULT_BUDGET_S
     profiles: Mapping[str, Any] = field(default_factory=dict)
+    inputs_at: Mapping[str, Any] = field(default_factory=dict)  # the shapes bytes and times hold at
     root: Path | None = None  # the plan directory, when loaded from one
 
     def __post_init__(self) -> None:
@@ -258,6 +263,8 @@ class Plan:
             "options": [o.to_json() for o in self.options],
             "budget_s": self.budget_s,
         }
+        if self.inputs_at:
+            data["inputs_at"] = dict(self.inputs_at)
         if self.profiles:
             data["profiles"] = dict(self.profiles)
         return data
@@ -278,6 +285,7 @@ class Plan:
                 options=tuple(Option.from_json(o) for o in data["options"]),
                 budget_s=float(data.get("budget_s", DEFAULT_BUDGET_S)),
                 profiles=dict(data.get("profiles") or {}),
+                inputs_at=dict(data.get("inputs_at") or {}),
                 root=root,
             )
         except (KeyError, TypeError, ValueError) as exc:

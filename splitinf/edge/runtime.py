@@ -43,7 +43,7 @@ import numpy as np
 import tenacity
 
 from splitinf.contract.plan import Option, Plan, load_plan
-from splitinf.contract.tensors import TensorSpec, check_tensors, shown_shape
+from splitinf.contract.tensors import ShapeWatch, TensorSpec, check_tensors, shown_shape
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.estimate import NetworkEstimator
 from splitinf.edge.metrics import DeviceMetrics
@@ -189,6 +189,7 @@ class Runtime:
 
         self.config = config or DeviceConfig()
         self.plan: Plan = load_plan(plan_dir)
+        self._shape_watch = ShapeWatch(self.plan.inputs_at)  # inputs at other shapes than planned: warn once
         if self.plan.fallback is None:
             raise PlanError(f"{plan_dir}: the plan has no fallback option; re-run `splitinf plan` with a fallback")
         self.clock = clock
@@ -370,6 +371,8 @@ class Runtime:
     def infer(self, inputs: Mapping[str, Any], budget_s: float | None = None) -> RuntimeResult:
         """Answer one request; never raises for network trouble (the fallback answers instead)."""
         checked = check_inputs(self.plan.inputs, inputs)
+        for line in self._shape_watch.new_mismatches(checked):
+            log.warning("%s", line)
         budget = self.config.budget_s if budget_s is None else budget_s
         if budget <= 0:
             raise InputError(f"budget_s must be > 0, got {budget}")
