@@ -450,3 +450,21 @@ def test_a_probe_that_shared_the_link_with_a_request_is_not_taken_for_the_path_d
             alone = runtime.estimator.snapshot(clock())
             assert alone.rtt_samples == clean.rtt_samples + 1
             assert alone.base_rtt_s is not None and alone.base_rtt_s >= 0.3
+
+
+def test_inputs_at_other_shapes_than_planned_warn_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from splitinf.tools.testing.plans import write_plan_dir
+
+    plan = write_plan_dir(
+        tmp_path, mlp(batch=None), mlp(batch=None, seed=7, sizes=(16, 8, 4)), {"relu_0": (1e-4, 1e-4)}
+    )
+    at = {"source": "shapes", "inputs": {"x": {"dtype": "float32", "shape": [1, 16]}}}
+    write_json_atomic(tmp_path / "plan.json", {**plan.to_json(), "inputs_at": at})
+    batch_of = {n: {"x": np.zeros((n, 16), np.float32)} for n in (1, 3)}
+    with Runtime(tmp_path, device_config(None)) as runtime, caplog.at_level("WARNING", "splitinf.edge.runtime"):
+        runtime.infer(batch_of[1])
+        assert not [r for r in caplog.records if "measured at" in r.getMessage()]
+        for _ in range(3):
+            assert runtime.infer(batch_of[3]).outputs["y"].shape == (3, 4)
+    warned = [r.getMessage() for r in caplog.records if "measured at" in r.getMessage()]
+    assert len(warned) == 1 and "'x' is [3, 16]" in warned[0] and "[1, 16]" in warned[0]
