@@ -78,15 +78,17 @@ def forced_plan(plan_dir: Path, option_id: str, out: Path) -> Path:
             # The policy answers from the most accurate option; random weights make every model
             # agree, so mark the fallback as the worse one: it is here only because the runtime needs one.
             option["accuracy"] = 0.0
+        elif option.get("accuracy") is None:  # outputs with no top-1 to agree on: the forced option must still win
+            option["accuracy"] = 1.0
     out.mkdir(parents=True)
-    for part in ("device", "server"):
-        os.symlink(plan_dir / part, out / part)
+    for part in ("device", "server"):  # hard links: the device refuses symlinks leaving its plan directory
+        shutil.copytree(plan_dir / part, out / part, copy_function=os.link)
     write_json_atomic(out / "plan.json", data)
     return out
 
 
 def measure_interleaved(
-    runtimes: dict[str, Runtime], x: np.ndarray, requests: int, seed: int
+    runtimes: dict[str, Runtime], inputs: dict[str, np.ndarray], requests: int, seed: int
 ) -> dict[str, dict[str, float]]:
     """Median latency per option, the options taking turns in a shuffled order each round, so bursts
     of other load on the machine fall on every option alike (the first two rounds only warm up)."""
@@ -97,7 +99,7 @@ def measure_interleaved(
     for k in range(requests + 2):
         rng.shuffle(order)
         for option_id in order:
-            result = runtimes[option_id].infer({"image": x}, budget_s=120.0)
+            result = runtimes[option_id].infer(inputs, budget_s=120.0)
             if result.option_id != option_id:
                 other[option_id] += 1
             elif k >= 2:
@@ -193,7 +195,7 @@ def main() -> int:
                     for bw in bandwidths:
                         proxy.set(latency_ms=args.rtt / 2, rate_kbit=bw / 1e3)
                         load_before = os.getloadavg()[0]
-                        stats_by_option = measure_interleaved(runtimes, x, args.requests, seed=int(bw))
+                        stats_by_option = measure_interleaved(runtimes, {"image": x}, args.requests, seed=int(bw))
                         measured = {}
                         for option in candidates:
                             stats = stats_by_option[option.id]

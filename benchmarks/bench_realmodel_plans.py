@@ -1,0 +1,187 @@
+"""Benchmark: plans of real third-party models at the user's shapes, predicted vs measured latency.
+
+Run:  python benchmarks/bench_realmodel_plans.py [--cache DIR] [--bandwidth 50] [--rtt 20] [--requests 11]
+
+For each model it runs the commands a user would (``splitinf profile`` on the device side at 1
+thread and on the server side at ``--server-threads``, then ``splitinf plan --hold-all``), with the
+user's inputs given as a user gives them:
+
+- silero-vad: ``--samples`` (512 audio samples at 16 kHz, the recurrent state, sr); random
+  inputs crash it;
+- PP-OCRv4 detection: ``--shape x=1x3x320x448`` for both profiles and the plan;
+- the BERT-style encoder (hidden 256, 4 layers): ``--shape`` at 128 tokens for the profiles,
+  ``--samples`` of 128 tokens for the plan.
+
+The cuts are the input and up to three more (``splitinf.tools.bench.choose_cuts`` at those shapes),
+codecs fp32 and fp16. The model itself stands in as the fallback (the runtime needs one). Then a
+real tail server serves the plan's repository behind a ``FaultProxy`` (``--bandwidth`` cap and
+``--rtt``/2 delay each way), and a real ``Runtime`` per option (a plan holding only that option)
+answers ``--requests`` requests on the first sample, the options taking turns in a shuffled order.
+It prints, per option, the plan's predicted latency (``expected_latency`` at the link's bandwidth
+and RTT) against the measured median, and the same for the option each plan predicts fastest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from bench_plan_accuracy import forced_plan, measure_interleaved  # run from benchmarks/: its neighbour
+
+from splitinf.cli import main as cli_main
+from splitinf.cloud.app import create_server
+from splitinf.cloud.config import ServerConfig
+from splitinf.contract.plan import expected_latency, load_plan
+from splitinf.edge.config import DeviceConfig
+from splitinf.edge.runtime import Runtime
+from splitinf.offline.graph import GraphView, load_model
+from splitinf.tools.bench import choose_cuts
+from splitinf.tools.faults import FaultProxy
+from splitinf.tools.testing import realmodels
+
+
+def _models(cache: Path, work: Path) -> list[dict[str, Any]]:
+    """Each model with its samples file and the input flags of its profiles and of its plan."""
+    bert = work / "bert_like.onnx"
+    onnx.save(realmodels.bert_like(vocab=8000, hidden=256, heads=4, layers=4, ffn=1024), bert)
+    detector_shape = ["--shape", "x=1x3x320x448"]
+    bert_shape = ["--shape", "input_ids=1x128", "--shape", "attention_mask=1x128"]
+    specs = [
+        ("silero_vad", realmodels.wheel_model("silero_vad", cache), {"count": 8}, None, None),
+        ("ocr_detector", realmodels.wheel_model("ocr_detector", cache), {"count": 2}, detector_shape, detector_shape),
+        ("bert_like", bert, {"count": 8, "vocab": 8000}, bert_shape, None),
+    ]
+    models = []
+    for name, path, size, profile_flags, plan_flags in specs:
+        samples = work / f"{name}-samples.npz"
+        np.savez(samples, **realmodels.samples(name, **size))
+        samples_flags = ["--samples", str(samples)]
+        models.append(
+            {
+                "name": name,
+                "path": path,
+                "samples": samples,
+                "profile_flags": profile_flags or samples_flags,
+                "plan_flags": plan_flags or samples_flags,
+            }
+        )
+    return models
+
+
+def _first_sample(samples: Path) -> dict[str, np.ndarray]:
+    with np.load(samples) as data:
+        return {name: np.array(data[name][0]) for name in data.files if name != "labels"}
+
+
+def _run(argv: list[str]) -> None:
+    print(f"$ splitinf {shlex.join(argv)}", flush=True)
+    if cli_main(argv) != 0:
+        raise SystemExit(f"splitinf {argv[0]} failed")
+
+
+def _plan(model: dict[str, Any], work: Path, args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """Profile both sides and plan; returns the plan directory and the cuts profiled."""
+    feeds = _first_sample(model["samples"])
+    cut_ids = choose_cuts(GraphView(load_model(model["path"]), feeds).cuts(), args.max_cuts)
+    out = work / model["name"]
+    out.mkdir()
+    common = ["--cuts", ",".join(cut_ids), "--codecs", "fp32,fp16", "--repeats", str(args.repeats), "--passes", "2"]
+    for role, threads in (("device", 1), ("server", args.server_threads)):
+        target = str(out / f"{role}.json")
+        _run(["profile", str(model["path"]), "-o", target, "--threads", str(threads), *common, *model["profile_flags"]])
+    _run(
+        [
+            "plan", str(model["path"]), "--device", str(out / "device.json"), "--server", str(out / "server.json"),
+            "--fallback", str(model["path"]), "--codecs", "fp32,fp16", "--no-local", "--hold-all",
+            "--bandwidths", f"{args.bandwidth:g}", "--rtts", f"{args.rtt:g}", "-o", str(out / "plan"),
+            *model["plan_flags"],
+        ]
+    )  # fmt: skip
+    return out / "plan", cut_ids
+
+
+def _measure(model: dict[str, Any], plan_dir: Path, args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    """(option id, predicted s, measured median s) for each split option, through the shaped link."""
+    plan = load_plan(plan_dir, check_files=("device", "server"))
+    bandwidth, rtt = args.bandwidth * 1e6, args.rtt * 1e-3
+    feeds = _first_sample(model["samples"])
+    server, port = create_server(
+        ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None, intra_op_threads=args.server_threads)
+    )
+    runtimes: dict[str, Runtime] = {}
+    try:
+        with FaultProxy(f"127.0.0.1:{port}") as proxy:
+            proxy.set(latency_ms=args.rtt / 2, rate_kbit=args.bandwidth * 1e3)
+            for n, option in enumerate(plan.split_options):
+                forced = forced_plan(plan_dir, option.id, plan_dir.parent / f"forced-{n}")
+                config = DeviceConfig(server=proxy.address, budget_s=120.0, intra_op_threads=1)
+                runtimes[option.id] = Runtime(forced, config, background_probes=False)
+            stats = measure_interleaved(runtimes, feeds, args.requests, seed=0)
+    finally:
+        for runtime in runtimes.values():
+            runtime.close()
+        server.stop()
+    return [(o.id, expected_latency(o, bandwidth, rtt), stats[o.id]["median"]) for o in plan.split_options]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "splitinf-realmodels")
+    parser.add_argument("--bandwidth", type=float, default=50.0, help="emulated link in Mbit/s")
+    parser.add_argument("--rtt", type=float, default=20.0, help="emulated round-trip time in ms")
+    parser.add_argument("--requests", type=int, default=11, help="timed requests per option")
+    parser.add_argument("--repeats", type=int, default=10, help="profile repeats per pass")
+    parser.add_argument("--max-cuts", type=int, default=4, help="cuts profiled, the input among them")
+    parser.add_argument("--server-threads", type=int, default=1)
+    parser.add_argument("--models", default="silero_vad,ocr_detector,bert_like")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_realmodel_plans_"))
+    print(f"# {shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}")
+    print(f"# link {args.bandwidth:g} Mbit/s, RTT {args.rtt:g} ms (FaultProxy); device 1 thread, "
+          f"server {args.server_threads}; work dir {work}")  # fmt: skip
+    wanted = args.models.split(",")
+    summary = []
+    try:
+        for model in [m for m in _models(args.cache, work) if m["name"] in wanted]:
+            started = time.perf_counter()
+            plan_dir, cut_ids = _plan(model, work, args)
+            planned_s = time.perf_counter() - started
+            rows = _measure(model, plan_dir, args)
+            plan = load_plan(plan_dir)
+            at = ", ".join(f"{n}={'x'.join(map(str, e['shape'])) or '()'}" for n, e in plan.inputs_at["inputs"].items())
+            print(f"\n## {model['name']} at {at} ({plan.inputs_at['source']}); cuts {', '.join(cut_ids)}; "
+                  f"profile+plan {planned_s:.0f} s")  # fmt: skip
+            for note in [*plan.profiles["evaluated"]["shape_warnings"], *plan.profiles["evaluated"]["notes"]]:
+                print(f"   note: {note}")
+            for option_id, predicted, measured in rows:
+                error = (predicted - measured) / measured
+                print(f"   {option_id:58s} predicted {predicted * 1e3:8.1f} ms  measured {measured * 1e3:8.1f} ms  "
+                      f"error {error * 100:+6.1f}%")  # fmt: skip
+            fastest = min(rows, key=lambda row: row[1])  # the option the plan predicts fastest here
+            summary.append((model["name"], *fastest))
+            errors = [abs(p - m) / m for _, p, m in rows]
+            print(f"   |error| median {statistics.median(errors) * 100:.1f}%, max {max(errors) * 100:.1f}%")
+        print("\n## the option each plan predicts fastest at this link: predicted vs measured")
+        for name, option_id, predicted, measured in summary:
+            print(f"   {name:14s} {option_id:50s} predicted {predicted * 1e3:8.1f} ms  measured "
+                  f"{measured * 1e3:8.1f} ms  error {(predicted - measured) / measured * 100:+6.1f}%")  # fmt: skip
+    finally:
+        if args.keep:
+            print(f"# kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
