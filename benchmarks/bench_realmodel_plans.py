@@ -24,8 +24,8 @@ and RTT) against the measured median, and the same for the option each plan pred
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
@@ -49,19 +49,22 @@ from splitinf.tools.faults import FaultProxy
 from splitinf.tools.testing import realmodels
 
 
-def _models(cache: Path, work: Path) -> list[dict[str, Any]]:
+def _models(cache: Path, work: Path, wanted: list[str]) -> list[dict[str, Any]]:
     """Each model with its samples file and the input flags of its profiles and of its plan."""
-    bert = work / "bert_like.onnx"
-    onnx.save(realmodels.bert_like(vocab=8000, hidden=256, heads=4, layers=4, ffn=1024), bert)
     detector_shape = ["--shape", "x=1x3x320x448"]
     bert_shape = ["--shape", "input_ids=1x128", "--shape", "attention_mask=1x128"]
-    specs = [
-        ("silero_vad", realmodels.wheel_model("silero_vad", cache), {"count": 8}, None, None),
-        ("ocr_detector", realmodels.wheel_model("ocr_detector", cache), {"count": 2}, detector_shape, detector_shape),
-        ("bert_like", bert, {"count": 8, "vocab": 8000}, bert_shape, None),
+    specs = [  # name, samples' sizes, profile flags, plan flags (None: --samples)
+        ("silero_vad", {"count": 8}, None, None),
+        ("ocr_detector", {"count": 2}, detector_shape, detector_shape),
+        ("bert_like", {"count": 8, "vocab": 8000}, bert_shape, None),
     ]
     models = []
-    for name, path, size, profile_flags, plan_flags in specs:
+    for name, size, profile_flags, plan_flags in [s for s in specs if s[0] in wanted]:
+        if name == "bert_like":
+            path = work / "bert_like.onnx"
+            onnx.save(realmodels.bert_like(vocab=8000, hidden=256, heads=4, layers=4, ffn=1024), path)
+        else:
+            path = realmodels.wheel_model(name, cache)
         samples = work / f"{name}-samples.npz"
         np.savez(samples, **realmodels.samples(name, **size))
         samples_flags = ["--samples", str(samples)]
@@ -114,9 +117,12 @@ def _measure(model: dict[str, Any], plan_dir: Path, args: argparse.Namespace) ->
     plan = load_plan(plan_dir, check_files=("device", "server"))
     bandwidth, rtt = args.bandwidth * 1e6, args.rtt * 1e-3
     feeds = _first_sample(model["samples"])
-    server, port = create_server(
-        ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None, intra_op_threads=args.server_threads)
+    # warmup off: the server warms a tail up on zeros with dynamic dimensions 1, which silero-vad's
+    # tails reject (Pad reflect needs >= 2 samples); the first rounds of requests warm up instead
+    config = ServerConfig(
+        repo=plan_dir / "server", port=0, metrics_port=None, intra_op_threads=args.server_threads, warmup=False
     )
+    server, port = create_server(config)
     runtimes: dict[str, Runtime] = {}
     try:
         with FaultProxy(f"127.0.0.1:{port}") as proxy:
@@ -145,42 +151,41 @@ def main() -> int:
     parser.add_argument("--models", default="silero_vad,ocr_detector,bert_like")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_realmodel_plans_"))
-    print(f"# {shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}")
-    print(f"# link {args.bandwidth:g} Mbit/s, RTT {args.rtt:g} ms (FaultProxy); device 1 thread, "
-          f"server {args.server_threads}; work dir {work}")  # fmt: skip
-    wanted = args.models.split(",")
-    summary = []
-    try:
-        for model in [m for m in _models(args.cache, work) if m["name"] in wanted]:
-            started = time.perf_counter()
-            plan_dir, cut_ids = _plan(model, work, args)
-            planned_s = time.perf_counter() - started
-            rows = _measure(model, plan_dir, args)
-            plan = load_plan(plan_dir)
-            at = ", ".join(f"{n}={'x'.join(map(str, e['shape'])) or '()'}" for n, e in plan.inputs_at["inputs"].items())
-            print(f"\n## {model['name']} at {at} ({plan.inputs_at['source']}); cuts {', '.join(cut_ids)}; "
-                  f"profile+plan {planned_s:.0f} s")  # fmt: skip
-            for note in [*plan.profiles["evaluated"]["shape_warnings"], *plan.profiles["evaluated"]["notes"]]:
-                print(f"   note: {note}")
-            for option_id, predicted, measured in rows:
-                error = (predicted - measured) / measured
-                print(f"   {option_id:58s} predicted {predicted * 1e3:8.1f} ms  measured {measured * 1e3:8.1f} ms  "
-                      f"error {error * 100:+6.1f}%")  # fmt: skip
-            fastest = min(rows, key=lambda row: row[1])  # the option the plan predicts fastest here
-            summary.append((model["name"], *fastest))
-            errors = [abs(p - m) / m for _, p, m in rows]
-            print(f"   |error| median {statistics.median(errors) * 100:.1f}%, max {max(errors) * 100:.1f}%")
-        print("\n## the option each plan predicts fastest at this link: predicted vs measured")
-        for name, option_id, predicted, measured in summary:
-            print(f"   {name:14s} {option_id:50s} predicted {predicted * 1e3:8.1f} ms  measured "
-                  f"{measured * 1e3:8.1f} ms  error {(predicted - measured) / measured * 100:+6.1f}%")  # fmt: skip
-    finally:
+    with contextlib.ExitStack() as stack:
         if args.keep:
-            print(f"# kept {work}")
+            work = Path(tempfile.mkdtemp(prefix="bench_realmodel_plans_"))
         else:
-            shutil.rmtree(work, ignore_errors=True)
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_realmodel_plans_")))
+        print(f"# {shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}")
+        print(f"# link {args.bandwidth:g} Mbit/s, RTT {args.rtt:g} ms (FaultProxy); device 1 thread, "
+              f"server {args.server_threads}; work dir {work}{' (kept)' if args.keep else ''}")  # fmt: skip
+        summary = [_report(model, work, args) for model in _models(args.cache, work, args.models.split(","))]
+    print("\n## the option each plan predicts fastest at this link: predicted vs measured")
+    for name, option_id, predicted, measured in summary:
+        print(f"   {name:14s} {option_id:50s} predicted {predicted * 1e3:8.1f} ms  measured "
+              f"{measured * 1e3:8.1f} ms  error {(predicted - measured) / measured * 100:+6.1f}%")  # fmt: skip
     return 0
+
+
+def _report(model: dict[str, Any], work: Path, args: argparse.Namespace) -> tuple[str, str, float, float]:
+    """Plan and measure one model, print its rows; (name, option, predicted s, measured s) of the predicted fastest."""
+    started = time.perf_counter()
+    plan_dir, cut_ids = _plan(model, work, args)
+    planned_s = time.perf_counter() - started
+    rows = _measure(model, plan_dir, args)
+    plan = load_plan(plan_dir)
+    at = ", ".join(f"{n}={'x'.join(map(str, e['shape'])) or '()'}" for n, e in plan.inputs_at["inputs"].items())
+    print(f"\n## {model['name']} at {at} ({plan.inputs_at['source']}); cuts {', '.join(cut_ids)}; "
+          f"profile+plan {planned_s:.0f} s")  # fmt: skip
+    for note in [*plan.profiles["evaluated"]["shape_warnings"], *plan.profiles["evaluated"]["notes"]]:
+        print(f"   note: {note}")
+    for option_id, predicted, measured in rows:
+        print(f"   {option_id:58s} predicted {predicted * 1e3:8.1f} ms  measured {measured * 1e3:8.1f} ms  "
+              f"error {(predicted - measured) / measured * 100:+6.1f}%")  # fmt: skip
+    errors = [abs(p - m) / m for _, p, m in rows]
+    print(f"   |error| median {statistics.median(errors) * 100:.1f}%, max {max(errors) * 100:.1f}%", flush=True)
+    fastest = min(rows, key=lambda row: row[1])  # the option the plan predicts fastest here
+    return (model["name"], *fastest)
 
 
 if __name__ == "__main__":
