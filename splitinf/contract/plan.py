@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import PlanError
 
@@ -248,6 +250,14 @@ class Plan:
         if chosen is None and self.fallback is not None:
             return self.fallback, expected_latency(self.fallback, bandwidth_bps, rtt_s)
         return chosen
+
+    def zero_inputs(self) -> dict[str, np.ndarray]:
+        """Zeros for each input at the shapes the plan was made at (``inputs_at``), else with symbolic dimensions 1."""
+        recorded = dict(self.inputs_at.get("inputs") or {})
+        return {
+            s.name: np.zeros(recorded[s.name]["shape"], s.dtype) if s.name in recorded else s.zeros()
+            for s in self.inputs
+        }
 
     def path(self, relative: str) -> Path:
         if self.root is None:

@@ -236,16 +236,21 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def _warm_up(self) -> None:
-        """One run per session, so the first user request does not pay for allocations."""
+        """One run per session on zeros at the plan's input shapes, so the first user request does not pay
+        for allocations; a model that rejects zeros (silero-vad's sample rate) is warmed by its first request."""
+        feeds = self.plan.zero_inputs()
         for option in self.plan.options:
             session = self._sessions[option.id]
-            feeds = {s.name: s.zeros() for s in self.plan.inputs}
             if set(feeds) != {i.name for i in session.get_inputs()}:
                 raise PlanError(
                     f"option {option.id!r}: its model takes {[i.name for i in session.get_inputs()]}, "
                     f"the plan's inputs are {sorted(feeds)}; re-run `splitinf plan`"
                 )
-            session.run(None, feeds)
+            try:
+                session.run(None, feeds)
+            except Exception as exc:  # onnxruntime's own error types: the model, not the plan, refuses zeros
+                reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                log.warning("option %s does not run on zeros (%s); its first request warms it up", option.id, reason)
 
     def start_metrics_server(self, port: int | None = None, host: str | None = None) -> int:
         """Serve /metrics on ``port`` (0: any free port); returns the bound port."""
