@@ -109,7 +109,12 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
     except InputError as exc:
         wanted = ", ".join(f"{s.name!r} {s.dtype} {shown_shape(s.shape)}" for s in specs)
         raise InputError(f"{exc}; the plan takes {wanted} (convert with .astype(), .reshape())") from None
-    return {spec.name: np.ascontiguousarray(inputs[spec.name]) for spec in specs}
+    # not np.ascontiguousarray alone: it makes a scalar input (silero-vad's sample rate) 1-d
+    return {spec.name: _contiguous(inputs[spec.name]) for spec in specs}
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
 def _check_answer(option: Option, plan: Plan, outputs: Mapping[str, np.ndarray], model_sha256: str | None) -> None:

@@ -501,3 +501,13 @@ def test_a_model_that_rejects_zeros_starts_with_a_warning_and_answers(
         assert "does not run on zeros" in caplog.text
         result = runtime.infer({"x": np.zeros((1, 4), np.float32), "k": np.array(1, np.int64)})
         np.testing.assert_allclose(result.outputs["y"], np.full((1, 4), 6.0, np.float32))
+
+
+def test_checked_inputs_keep_a_scalar_scalar_and_make_the_rest_contiguous() -> None:
+    from splitinf.contract.tensors import TensorSpec
+    from splitinf.edge.runtime import check_inputs
+
+    specs = [TensorSpec("x", "float32", ("N", 4)), TensorSpec("sr", "int64", ())]
+    strided = np.zeros((4, 4), np.float32).T
+    checked = check_inputs(specs, {"x": strided, "sr": np.array(16000, np.int64)})
+    assert checked["sr"].shape == () and checked["x"].flags.c_contiguous

@@ -800,6 +800,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             for side, summary in plan.profiles.items()
             if side in ("device", "server")
         }
+        notes.extend(f"Plan note: {n}" for n in plan.profiles.get("evaluated", {}).get("notes", []))
         notes.append(
             "Candidates measured: every profiled (cut, codec) option within the planner's accuracy floor (the "
             "plan is made with --hold-all, so each has its head and tail) and the local model. The planned option is "
