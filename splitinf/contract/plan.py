@@ -39,7 +39,7 @@ An option is one way to answer a request::
      "head": "device/heads/split-c12-fp16.onnx", "head_sha256": "...",
      "tail_model": "digits.c12.fp16", "tail_version": "1", "tail_sha256": "...",
      "wire": [{"name": ..., "dtype": ..., "shape": [...]}],
-     "wire_bytes": 1234, "head_seconds": 0.0012, "tail_seconds": 0.0004,
+     "wire_bytes": 1234, "response_bytes": 40, "head_seconds": 0.0012, "tail_seconds": 0.0004,
      "serialize_seconds": 0.00002, "accuracy": 0.97, "fidelity": {...}}
     {"id": "local", "kind": "local", "model": "device/local.onnx", "sha256": "...",
      "seconds": 0.02, "accuracy": 0.98}
@@ -100,6 +100,7 @@ class Option:
     tail_sha256: str | None = None
     wire: tuple[TensorSpec, ...] = ()
     wire_bytes: int = 0  # bytes of one request's wire tensors (what crosses the network)
+    response_bytes: int = 0  # bytes of the answer's tensors (the model's outputs), which cross it back
     head_seconds: float = 0.0
     tail_seconds: float = 0.0
     serialize_seconds: float = 0.0
@@ -126,6 +127,7 @@ class Option:
                 tail_sha256=self.tail_sha256,
                 wire=[t.to_json() for t in self.wire],
                 wire_bytes=self.wire_bytes,
+                response_bytes=self.response_bytes,
                 head_seconds=self.head_seconds,
                 tail_seconds=self.tail_seconds,
                 serialize_seconds=self.serialize_seconds,
@@ -161,6 +163,7 @@ class Option:
                     wire=tuple(TensorSpec.from_json(t) for t in data.get("wire", ())),
                     # older plans call it "bytes"
                     wire_bytes=int(data["wire_bytes"] if "wire_bytes" in data else data["bytes"]),
+                    response_bytes=int(data.get("response_bytes", 0)),  # older plans: not counted
                     head_seconds=float(data.get("head_seconds", 0.0)),
                     tail_seconds=float(data.get("tail_seconds", 0.0)),
                     serialize_seconds=float(data.get("serialize_seconds", 0.0)),
@@ -178,14 +181,15 @@ class Option:
 def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float) -> float:
     """The cost model: expected seconds to answer one request with ``option``.
 
-    split: head on the device + serialisation + bytes / bandwidth + round trip + tail on the server.
+    split: head on the device + serialisation + bytes / bandwidth + round trip + tail on the server,
+    the bytes being the request's and the answer's (a detector's output map weighs as much as its input).
     local/fallback: the model's run time on the device (the network plays no part).
     """
     if option.kind != "split":
         return option.seconds
     if bandwidth_bps <= 0:
         return math.inf
-    transfer = option.wire_bytes * 8.0 / bandwidth_bps
+    transfer = (option.wire_bytes + option.response_bytes) * 8.0 / bandwidth_bps
     return option.head_seconds + option.serialize_seconds + transfer + rtt_s + option.tail_seconds
 
 

@@ -567,6 +567,9 @@ def _evaluate(
                 continue
             option, encoded[option.id] = evaluator.split_option(ready, cut_id, codec)
             splits.append(option)
+    # every split answers with the model's outputs, which cross the link back: bytes at the plan's shapes
+    response_bytes = sum(int(v.nbytes) for v in samples.reference["calibration"][0].values())
+    splits = [dataclasses.replace(o, response_bytes=response_bytes) for o in splits]
     local = None
     if include_local:
         seconds = float(sources.device["model_seconds"]["median"])

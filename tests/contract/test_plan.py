@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from splitinf.contract.plan import Option, expected_latency
 from splitinf.contract.tensors import TensorSpec
 
@@ -41,3 +43,13 @@ def test_the_input_shapes_round_trip_and_older_plans_load_without_them() -> None
     assert data["inputs_at"] == at and Plan.from_json(data).inputs_at == at
     older = {k: v for k, v in data.items() if k != "inputs_at"}
     assert Plan.from_json(older).inputs_at == {}
+
+
+def test_expected_latency_counts_the_answer_crossing_back() -> None:
+    import dataclasses
+
+    detector = dataclasses.replace(SPLIT, response_bytes=48)  # an output map: 48 bytes back at 128 bit/s
+    assert expected_latency(detector, bandwidth_bps=128, rtt_s=0.01) == pytest.approx(0.001 + 1.0 + 3.0 + 0.01 + 0.002)
+    assert Option.from_json(detector.to_json()) == detector
+    older = {k: v for k, v in detector.to_json().items() if k != "response_bytes"}
+    assert Option.from_json(older).response_bytes == 0

@@ -65,6 +65,7 @@ def test_without_shapes_the_plan_is_at_the_profiles_shapes(profiled: tuple[Path,
     held = plan(model, device, tmp_path / "plan", "--hold-all")
     assert held.inputs_at["inputs"]["x"] == {"dtype": "float32", "shape": list(PROFILED_AT)}
     assert offload_bytes(held) == 4 * int(np.prod(PROFILED_AT))
+    assert {o.response_bytes for o in held.split_options} == {4 * 10}  # y float32[1,10] comes back
     assert held.profiles["evaluated"]["shape_warnings"] == []
     assert "`x` float32[1,3,24,32]" in (tmp_path / "plan" / "report.md").read_text()
     # every profiled cut was found again: the planner enumerated them at the profile's shapes

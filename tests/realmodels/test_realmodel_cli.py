@@ -207,6 +207,8 @@ def test_bert_profile_and_plan_at_the_users_sequence_length(
     options = {o.id: o for o in plan.split_options}
     assert set(options) == {f"split:{first}:fp32", f"split:{middle}:fp32", f"split:{middle}:fp16"}
     assert options[f"split:{first}:fp32"].wire_bytes == 2 * 64 * 8  # the token ids at 64, as they are
+    # the answer crosses back: last_hidden_state [1,64,64] and pooler_output [1,64], float32
+    assert {o.response_bytes for o in options.values()} == {4 * (64 * 64 + 64)}
     assert options[f"split:{middle}:fp32"].wire_bytes == 2 * options[f"split:{middle}:fp16"].wire_bytes > 0
     # at the samples' 128 tokens, the 64-token profile's times no longer hold: the plan says so
     assert main([*plan_argv, "-o", str(tmp_path / "plan128"), "--codecs", "fp32", "--samples", str(samples)]) == 0
