@@ -90,11 +90,13 @@ def forced_plan(plan_dir: Path, option_id: str, out: Path) -> Path:
 def measure_interleaved(
     runtimes: dict[str, Runtime], inputs: dict[str, np.ndarray], requests: int, seed: int
 ) -> dict[str, dict[str, float]]:
-    """Median latency per option, the options taking turns in a shuffled order each round, so bursts
-    of other load on the machine fall on every option alike (the first two rounds only warm up)."""
+    """Median latency per option (and of its stages: head, network, server), the options taking turns in
+    a shuffled order each round, so bursts of other load on the machine fall on every option alike (the
+    first two rounds only warm up)."""
     order = list(runtimes)
     rng = random.Random(seed)
-    totals: dict[str, list[float]] = {k: [] for k in order}
+    stages = ("total_s", "head_s", "network_s", "server_s")
+    seconds: dict[str, dict[str, list[float]]] = {k: {stage: [] for stage in stages} for k in order}
     other = dict.fromkeys(order, 0)
     for k in range(requests + 2):
         rng.shuffle(order)
@@ -103,10 +105,20 @@ def measure_interleaved(
             if result.option_id != option_id:
                 other[option_id] += 1
             elif k >= 2:
-                totals[option_id].append(result.latency.total_s)
+                for stage in stages:
+                    seconds[option_id][stage].append(getattr(result.latency, stage))
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
     return {
-        k: {"median": statistics.median(v) if v else float("nan"), "n": len(v), "other": other[k]}
-        for k, v in totals.items()
+        k: {
+            "median": median(v["total_s"]),
+            **{stage.removesuffix("_s"): median(v[stage]) for stage in stages[1:]},
+            "n": len(v["total_s"]),
+            "other": other[k],
+        }
+        for k, v in seconds.items()
     }
 
 

@@ -112,17 +112,16 @@ def _plan(model: dict[str, Any], work: Path, args: argparse.Namespace) -> tuple[
     return out / "plan", cut_ids
 
 
-def _measure(model: dict[str, Any], plan_dir: Path, args: argparse.Namespace) -> list[tuple[str, float, float]]:
-    """(option id, predicted s, measured median s) for each split option, through the shaped link."""
+def _measure(model: dict[str, Any], plan_dir: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Median seconds per split option (total, head, network, server) through the shaped link."""
     plan = load_plan(plan_dir, check_files=("device", "server"))
-    bandwidth, rtt = args.bandwidth * 1e6, args.rtt * 1e-3
     feeds = _first_sample(model["samples"])
     # warmup off: the server warms a tail up on zeros with dynamic dimensions 1, which silero-vad's
     # tails reject (Pad reflect needs >= 2 samples); the first rounds of requests warm up instead
-    config = ServerConfig(
+    server_config = ServerConfig(
         repo=plan_dir / "server", port=0, metrics_port=None, intra_op_threads=args.server_threads, warmup=False
     )
-    server, port = create_server(config)
+    server, port = create_server(server_config)
     runtimes: dict[str, Runtime] = {}
     try:
         with FaultProxy(f"127.0.0.1:{port}") as proxy:
@@ -136,7 +135,7 @@ def _measure(model: dict[str, Any], plan_dir: Path, args: argparse.Namespace) ->
         for runtime in runtimes.values():
             runtime.close()
         server.stop()
-    return [(o.id, expected_latency(o, bandwidth, rtt), stats[o.id]["median"]) for o in plan.split_options]
+    return stats
 
 
 def main() -> int:
@@ -172,16 +171,22 @@ def _report(model: dict[str, Any], work: Path, args: argparse.Namespace) -> tupl
     started = time.perf_counter()
     plan_dir, cut_ids = _plan(model, work, args)
     planned_s = time.perf_counter() - started
-    rows = _measure(model, plan_dir, args)
+    stats = _measure(model, plan_dir, args)
     plan = load_plan(plan_dir)
+    bandwidth, rtt = args.bandwidth * 1e6, args.rtt * 1e-3
+    rows = [(o.id, expected_latency(o, bandwidth, rtt), stats[o.id]["median"]) for o in plan.split_options]
     at = ", ".join(f"{n}={'x'.join(map(str, e['shape'])) or '()'}" for n, e in plan.inputs_at["inputs"].items())
     print(f"\n## {model['name']} at {at} ({plan.inputs_at['source']}); cuts {', '.join(cut_ids)}; "
           f"profile+plan {planned_s:.0f} s")  # fmt: skip
     for note in [*plan.profiles["evaluated"]["shape_warnings"], *plan.profiles["evaluated"]["notes"]]:
         print(f"   note: {note}")
-    for option_id, predicted, measured in rows:
+    for option, (option_id, predicted, measured) in zip(plan.split_options, rows, strict=True):
         print(f"   {option_id:58s} predicted {predicted * 1e3:8.1f} ms  measured {measured * 1e3:8.1f} ms  "
               f"error {(predicted - measured) / measured * 100:+6.1f}%")  # fmt: skip
+        network = (option.wire_bytes + option.response_bytes) * 8 / bandwidth + rtt + option.serialize_seconds
+        print(f"     predicted/measured ms: head {option.head_seconds * 1e3:.1f}/{stats[option_id]['head'] * 1e3:.1f}"
+              f", network {network * 1e3:.1f}/{stats[option_id]['network'] * 1e3:.1f}, tail "
+              f"{option.tail_seconds * 1e3:.1f}/{stats[option_id]['server'] * 1e3:.1f}")  # fmt: skip
     errors = [abs(p - m) / m for _, p, m in rows]
     print(f"   |error| median {statistics.median(errors) * 100:.1f}%, max {max(errors) * 100:.1f}%", flush=True)
     fastest = min(rows, key=lambda row: row[1])  # the option the plan predicts fastest here
