@@ -66,7 +66,8 @@ def _models(cache: Path, work: Path, wanted: list[str]) -> list[dict[str, Any]]:
         else:
             path = realmodels.wheel_model(name, cache)
         samples = work / f"{name}-samples.npz"
-        np.savez(samples, **realmodels.samples(name, **size))
+        arrays: dict[str, Any] = realmodels.samples(name, **size)
+        np.savez(samples, **arrays)
         samples_flags = ["--samples", str(samples)]
         models.append(
             {
