@@ -57,7 +57,7 @@ from splitinf.errors import (
     RemoteUnavailableError,
     TransportError,
 )
-from splitinf.ort import SessionSettings, open_session
+from splitinf.ort import SessionSettings, open_session, quiet_run_options
 
 __all__ = ["EVENTS_LOGGER", "LatencyBreakdown", "Runtime", "RuntimeResult", "check_inputs"]
 
@@ -252,7 +252,7 @@ class Runtime:
                     f"the plan's inputs are {sorted(feeds)}; re-run `splitinf plan`"
                 )
             try:
-                session.run(None, feeds)
+                session.run(None, feeds, quiet_run_options())
             except Exception as exc:  # onnxruntime's own error types: the model, not the plan, refuses zeros
                 reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
                 log.warning("option %s does not run on zeros (%s); its first request warms it up", option.id, reason)

@@ -14,24 +14,10 @@ import pytest
 from splitinf.cli import main
 from splitinf.contract.plan import Plan, load_plan
 from splitinf.ort import open_session
-from splitinf.tools.testing.graphs import residual_cnn
+from splitinf.tools.testing.graphs import dynamic_cnn
 
 FAST_PROFILE = ["--repeats", "2", "--warmup", "0", "--passes", "1"]
 PROFILED_AT = (1, 3, 24, 32)
-
-
-def dynamic_cnn(opset: int | None = None) -> onnx.ModelProto:
-    """residual_cnn with a dynamic image size (N, 3, H, W), optionally declared at an older opset."""
-    model = residual_cnn()
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    for dim, name in ((dims[2], "H"), (dims[3], "W")):
-        dim.Clear()
-        dim.dim_param = name
-    if opset is not None:
-        model.opset_import[0].version = opset
-        model.ir_version = 4
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def profile(model: Path, out: Path, *extra: str) -> Path:
