@@ -299,7 +299,8 @@ def test_a_model_path_at_the_users_shape_and_an_opset_9_int8(tmp_path: Path) -> 
     model, out = tmp_path / "old.onnx", tmp_path / "bench"
     onnx.save_model(dynamic_cnn(opset=9), str(model))
     flags = ["bench", "--quick", *([] if CGROUP else ["--no-cpu-limit"]), "--model", str(model)]
-    flags += ["--shape", "x=1x3x24x32", "--codecs", "fp32,int8", "--no-failover", "--out", str(out)]
+    flags += ["--shape", "x=1x3x24x32", "--codecs", "fp32,int8", "--bandwidths", "100", "--requests", "3"]
+    flags += ["--no-failover", "--out", str(out)]
     assert main(flags) == 0
     results = json.loads((out / "bench.json").read_text())
     assert "x float32[1,3,24,32]" in results["model"]["description"]
