@@ -394,7 +394,7 @@ def _codec_names(codecs: str | Sequence[str] | None, calibrated: bool) -> tuple[
 
     names = parse_codecs(codecs or ("fp32,fp16,int8" if calibrated else "fp32,fp16"))
     if not calibrated and any(c in QUANTIZED for c in names):
-        raise PlanError("the int8/uint8 codecs need sample inputs to calibrate their scales; give --calibration")
+        raise PlanError("the int8/uint8 codecs need sample inputs to calibrate their scales; give --samples FILE.npz")
     return names
 
 
