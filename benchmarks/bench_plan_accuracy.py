@@ -78,33 +78,47 @@ def forced_plan(plan_dir: Path, option_id: str, out: Path) -> Path:
             # The policy answers from the most accurate option; random weights make every model
             # agree, so mark the fallback as the worse one: it is here only because the runtime needs one.
             option["accuracy"] = 0.0
+        elif option.get("accuracy") is None:  # outputs with no top-1 to agree on: the forced option must still win
+            option["accuracy"] = 1.0
     out.mkdir(parents=True)
-    for part in ("device", "server"):
-        os.symlink(plan_dir / part, out / part)
+    for part in ("device", "server"):  # hard links: the device refuses symlinks leaving its plan directory
+        shutil.copytree(plan_dir / part, out / part, copy_function=os.link)
     write_json_atomic(out / "plan.json", data)
     return out
 
 
 def measure_interleaved(
-    runtimes: dict[str, Runtime], x: np.ndarray, requests: int, seed: int
+    runtimes: dict[str, Runtime], inputs: dict[str, np.ndarray], requests: int, seed: int
 ) -> dict[str, dict[str, float]]:
-    """Median latency per option, the options taking turns in a shuffled order each round, so bursts
-    of other load on the machine fall on every option alike (the first two rounds only warm up)."""
+    """Median latency per option (and of its stages: head, network, server), the options taking turns in
+    a shuffled order each round, so bursts of other load on the machine fall on every option alike (the
+    first two rounds only warm up)."""
     order = list(runtimes)
     rng = random.Random(seed)
-    totals: dict[str, list[float]] = {k: [] for k in order}
+    stages = ("total_s", "head_s", "network_s", "server_s")
+    seconds: dict[str, dict[str, list[float]]] = {k: {stage: [] for stage in stages} for k in order}
     other = dict.fromkeys(order, 0)
     for k in range(requests + 2):
         rng.shuffle(order)
         for option_id in order:
-            result = runtimes[option_id].infer({"image": x}, budget_s=120.0)
+            result = runtimes[option_id].infer(inputs, budget_s=120.0)
             if result.option_id != option_id:
                 other[option_id] += 1
             elif k >= 2:
-                totals[option_id].append(result.latency.total_s)
+                for stage in stages:
+                    seconds[option_id][stage].append(getattr(result.latency, stage))
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
     return {
-        k: {"median": statistics.median(v) if v else float("nan"), "n": len(v), "other": other[k]}
-        for k, v in totals.items()
+        k: {
+            "median": median(v["total_s"]),
+            **{stage.removesuffix("_s"): median(v[stage]) for stage in stages[1:]},
+            "n": len(v["total_s"]),
+            "other": other[k],
+        }
+        for k, v in seconds.items()
     }
 
 
@@ -193,7 +207,7 @@ def main() -> int:
                     for bw in bandwidths:
                         proxy.set(latency_ms=args.rtt / 2, rate_kbit=bw / 1e3)
                         load_before = os.getloadavg()[0]
-                        stats_by_option = measure_interleaved(runtimes, x, args.requests, seed=int(bw))
+                        stats_by_option = measure_interleaved(runtimes, {"image": x}, args.requests, seed=int(bw))
                         measured = {}
                         for option in candidates:
                             stats = stats_by_option[option.id]

@@ -23,6 +23,7 @@ __all__ = [
     "SessionSettings",
     "check_providers",
     "open_session",
+    "quiet_run_options",
     "session_options",
 ]
 
@@ -100,3 +101,10 @@ def open_session(
     except Exception as exc:  # onnxruntime raises its own pybind classes; name the file and the cause
         where = Path(data) if isinstance(data, str) else "the model"
         raise ModelLoadError(f"onnxruntime cannot load {where}: {str(exc).strip().splitlines()[-1]}") from exc
+
+
+def quiet_run_options() -> ort.RunOptions:
+    """Run options without onnxruntime's own error log lines, for a run whose failure the caller reports once."""
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from splitinf.cli.options import add_input_options, input_shapes
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default=None, help="resnet50 (default), digits, or PATH to an ONNX model")
     parser.add_argument("--fallback", help="with --model PATH: the small fallback model (for the failover run)")
+    add_input_options(parser, "with --model PATH: real inputs (.npz keyed by input name); the first is measured")
     parser.add_argument("--bandwidths", help="comma-separated Mbit/s (default 1,10,100)")
     parser.add_argument("--rtts", help="comma-separated round-trip times in ms (default 2,20,80)")
     parser.add_argument(
@@ -59,8 +62,9 @@ def _numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 _FLAGS = (
-    "quick", "model", "fallback", "bandwidths", "rtts", "budget_ms", "device_cpus", "device_threads", "cpu_period_ms",
-    "no_cpu_limit", "requests", "cuts", "codecs", "max_cell_seconds", "link", "no_failover", "out",
+    "quick", "model", "fallback", "shape", "samples", "bandwidths", "rtts", "budget_ms", "device_cpus",
+    "device_threads", "cpu_period_ms", "no_cpu_limit", "requests", "cuts", "codecs", "max_cell_seconds", "link",
+    "no_failover", "out",
 )  # fmt: skip
 
 
@@ -69,9 +73,13 @@ def _given_flags(args: argparse.Namespace) -> list[str]:
     argv = ["bench"]
     for name in _FLAGS:
         value = getattr(args, name)
-        if value is None or value is False or (name, value) in (("cpu_period_ms", 10.0), ("link", "proxy")):
+        unset = value is None or value is False or value == []
+        if unset or (name, value) in (("cpu_period_ms", 10.0), ("link", "proxy")):
             continue
         flag = "--" + name.replace("_", "-")
+        if isinstance(value, list):  # a repeatable flag
+            argv += [part for item in value for part in (flag, str(item))]
+            continue
         argv += [flag] if value is True else [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return argv
 
@@ -119,6 +127,11 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides["model"] = args.model
     if args.fallback is not None:
         overrides["fallback"] = args.fallback
+    if args.shape or args.samples:
+        if args.model in (None, "resnet50", "digits"):
+            raise UsageError("--shape and --samples go with --model PATH (resnet50 and digits have fixed inputs)")
+        overrides["shapes"] = {name: tuple(dims) for name, dims in input_shapes(args).items()}
+        overrides["samples"] = args.samples
     if args.cuts:
         overrides["cuts"] = tuple(c.strip() for c in args.cuts.split(",") if c.strip())
     if args.codecs:

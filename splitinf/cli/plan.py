@@ -4,15 +4,19 @@ A thin adapter over :func:`splitinf.offline.planner.plan_model`, which reads the
 codecs, prices the options and writes the layout of :mod:`splitinf.contract.plan` with ``report.md`` and
 ``latency.svg``.
 
-Samples (``--calibration``): an .npz with one array per model input, samples stacked on axis 0
-(an array of the input's rank gives batch-1 slices; one rank more gives one sample per entry),
-and optionally ``labels`` (one class per sample) for real accuracy instead of agreement.
+Samples (``--samples``, or its older name ``--calibration``): an .npz with one array per model input,
+samples stacked on axis 0 (an array of the input's rank gives batch-1 slices; one rank more gives one
+sample per entry), and optionally ``labels`` (one class per sample) for real accuracy instead of
+agreement. Without samples the planner runs random inputs at ``--shape`` (default: the shapes the
+profiles were measured at); plan.json records the shapes, and the device warns on inputs of others.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from splitinf.cli.options import add_input_options, input_shapes
 from splitinf.contract.plan import DEFAULT_BUDGET_S, DEFAULT_MAX_ACCURACY_DROP
 
 
@@ -35,10 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--quantize",
         choices=("none", "int8"),
         default="none",
-        help="also weigh int8 heads and an int8 fallback (onnxruntime.quantization, calibrated on --calibration); "
+        help="also weigh int8 heads and an int8 fallback (onnxruntime.quantization, calibrated on --samples); "
         "the device profile must come from `splitinf profile --quantize int8`",
     )
-    parser.add_argument("--calibration", help=".npz of sample inputs (stacked on axis 0), optionally 'labels'")
+    add_input_options(
+        parser,
+        "sample inputs (.npz, stacked on axis 0, optionally 'labels'): calibrate int8, measure accuracy, "
+        "and give the shapes the plan is at",
+    )
+    parser.add_argument("--calibration", dest="samples", help="the older name of --samples")
     parser.add_argument("--held-out", help=".npz of held-out samples (default: the last quarter of --calibration)")
     parser.add_argument("--max-candidates", type=int, default=4, help="cuts held besides full offload (default 4)")
     parser.add_argument(
@@ -97,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         server_profile=args.server,
         output=args.output,
         fallback=args.fallback,
-        calibration=args.calibration,
+        calibration=args.samples,
         held_out=args.held_out,
         codecs=args.codecs,
         quantize=args.quantize,
@@ -110,10 +119,13 @@ def run(args: argparse.Namespace) -> int:
         include_local=not args.no_local,
         hold_all=args.hold_all,
         threads=args.threads,
+        shapes=input_shapes(args),
     )
     held = [o.id for o in plan.split_options]
     evaluated = plan.profiles.get("evaluated", {}).get("options", len(held))
     target = Path(args.output)
+    for note in plan.profiles.get("evaluated", {}).get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     shown = ", ".join(held[:6]) + (f", ... {len(held) - 6} more" if len(held) > 6 else "")
     print(
         f"wrote {target}: {len(held)} split options held of {evaluated} evaluated ({shown}); see {target / 'report.md'}"

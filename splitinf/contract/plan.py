@@ -23,11 +23,15 @@ A plan directory::
      "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, 10]}],
      "options": [<option>, ...],
      "budget_s": 0.25,
+     "inputs_at": {"source": "shapes", "inputs": {"x": {"dtype": "float32", "shape": [1, 1, 8, 8]}}},
      "profiles": {"device": {...}, "server": {...}}}
 
 ``budget_s`` is the latency budget the plan's report marks choices with (default
 :data:`DEFAULT_BUDGET_S`, the device's default). Plans written before it existed carried a
 "table" (a least-latency choice per grid point, which the device never used); loading ignores it.
+``inputs_at`` records the input shapes the options' bytes and times hold at (from the samples, the
+user's ``--shape`` or the profiles'); the device warns once per input of another shape. Plans
+without it load with ``{}`` (no check).
 
 An option is one way to answer a request::
 
@@ -35,7 +39,7 @@ An option is one way to answer a request::
      "head": "device/heads/split-c12-fp16.onnx", "head_sha256": "...",
      "tail_model": "digits.c12.fp16.<sha256[:12]>", "tail_version": "1", "tail_sha256": "...",
      "wire": [{"name": ..., "dtype": ..., "shape": [...]}],
-     "wire_bytes": 1234, "head_seconds": 0.0012, "tail_seconds": 0.0004,
+     "wire_bytes": 1234, "response_bytes": 40, "head_seconds": 0.0012, "tail_seconds": 0.0004,
      "serialize_seconds": 0.00002, "accuracy": 0.97, "fidelity": {...},
      "precision": "fp32", "device_bytes": 52000}
     {"id": "local", "kind": "local", "model": "device/local.onnx", "sha256": "...",
@@ -58,6 +62,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import PlanError
@@ -99,6 +105,7 @@ class Option:
     tail_sha256: str | None = None
     wire: tuple[TensorSpec, ...] = ()
     wire_bytes: int = 0  # bytes of one request's wire tensors (what crosses the network)
+    response_bytes: int = 0  # bytes of the answer's tensors (the model's outputs), which cross it back
     head_seconds: float = 0.0
     tail_seconds: float = 0.0
     serialize_seconds: float = 0.0
@@ -134,6 +141,7 @@ class Option:
                 tail_sha256=self.tail_sha256,
                 wire=[t.to_json() for t in self.wire],
                 wire_bytes=self.wire_bytes,
+                response_bytes=self.response_bytes,
                 head_seconds=self.head_seconds,
                 tail_seconds=self.tail_seconds,
                 serialize_seconds=self.serialize_seconds,
@@ -171,6 +179,7 @@ class Option:
                     wire=tuple(TensorSpec.from_json(t) for t in data.get("wire", ())),
                     # older plans call it "bytes"
                     wire_bytes=int(data["wire_bytes"] if "wire_bytes" in data else data["bytes"]),
+                    response_bytes=int(data.get("response_bytes", 0)),  # older plans: not counted
                     head_seconds=float(data.get("head_seconds", 0.0)),
                     tail_seconds=float(data.get("tail_seconds", 0.0)),
                     serialize_seconds=float(data.get("serialize_seconds", 0.0)),
@@ -197,14 +206,15 @@ def content_addressed_name(base: str, sha256: str) -> str:
 def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float) -> float:
     """The cost model: expected seconds to answer one request with ``option``.
 
-    split: head on the device + serialisation + bytes / bandwidth + round trip + tail on the server.
+    split: head on the device + serialisation + bytes / bandwidth + round trip + tail on the server,
+    the bytes being the request's and the answer's (a detector's output map weighs as much as its input).
     local/fallback: the model's run time on the device (the network plays no part).
     """
     if option.kind != "split":
         return option.seconds
     if bandwidth_bps <= 0:
         return math.inf
-    transfer = option.wire_bytes * 8.0 / bandwidth_bps
+    transfer = (option.wire_bytes + option.response_bytes) * 8.0 / bandwidth_bps
     return option.head_seconds + option.serialize_seconds + transfer + rtt_s + option.tail_seconds
 
 
@@ -232,6 +242,7 @@ class Plan:
     options: tuple[Option, ...]
     budget_s: float = DEFAULT_BUDGET_S
     profiles: Mapping[str, Any] = field(default_factory=dict)
+    inputs_at: Mapping[str, Any] = field(default_factory=dict)  # the shapes bytes and times hold at
     root: Path | None = None  # the plan directory, when loaded from one
 
     def __post_init__(self) -> None:
@@ -269,6 +280,14 @@ class Plan:
             return self.fallback, expected_latency(self.fallback, bandwidth_bps, rtt_s)
         return chosen
 
+    def zero_inputs(self) -> dict[str, np.ndarray]:
+        """Zeros for each input at the shapes the plan was made at (``inputs_at``), else with symbolic dimensions 1."""
+        recorded = dict(self.inputs_at.get("inputs") or {})
+        return {
+            s.name: np.zeros(recorded[s.name]["shape"], s.dtype) if s.name in recorded else s.zeros()
+            for s in self.inputs
+        }
+
     def path(self, relative: str) -> Path:
         if self.root is None:
             raise PlanError("this plan was not loaded from a directory, so it has no files")
@@ -283,6 +302,8 @@ class Plan:
             "options": [o.to_json() for o in self.options],
             "budget_s": self.budget_s,
         }
+        if self.inputs_at:
+            data["inputs_at"] = dict(self.inputs_at)
         if self.profiles:
             data["profiles"] = dict(self.profiles)
         return data
@@ -303,6 +324,7 @@ class Plan:
                 options=tuple(Option.from_json(o) for o in data["options"]),
                 budget_s=float(data.get("budget_s", DEFAULT_BUDGET_S)),
                 profiles=dict(data.get("profiles") or {}),
+                inputs_at=dict(data.get("inputs_at") or {}),
                 root=root,
             )
         except (KeyError, TypeError, ValueError) as exc:

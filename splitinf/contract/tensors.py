@@ -4,11 +4,16 @@ A spec's shape holds ints (fixed sizes) and symbolic dimensions (a name such as 
 ``None`` or a negative int): a symbolic dimension accepts any size. The device (its inputs,
 the server's answers), the server (requests to a tail) and the offline tools all check
 tensors with ``tensor_mismatch``, and count bytes with ``tensor_bytes``.
+
+Profiles and plans record the input shapes they were measured at (``{"source": ..., "inputs":
+{name: {"dtype", "shape"}}}``); :func:`shape_mismatches` says where other inputs differ, and
+:class:`ShapeWatch` says it once per distinct mismatch, for the device.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -17,7 +22,17 @@ import numpy as np
 
 from splitinf.errors import InputError, SplitinfError
 
-__all__ = ["Dim", "TensorSpec", "check_tensor", "check_tensors", "shown_shape", "tensor_bytes", "tensor_mismatch"]
+__all__ = [
+    "Dim",
+    "ShapeWatch",
+    "TensorSpec",
+    "check_tensor",
+    "check_tensors",
+    "shape_mismatches",
+    "shown_shape",
+    "tensor_bytes",
+    "tensor_mismatch",
+]
 
 Dim = int | str | None
 
@@ -121,3 +136,42 @@ def check_tensors(
         raise error(f"{context}{'; '.join(problems)}; expected exactly {wanted}")
     for spec in specs:
         check_tensor(spec, arrays[spec.name], error, what=what, context=context)
+
+
+def shape_mismatches(recorded: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """A line per input whose shape in ``shapes`` differs from the one a profile or plan recorded
+    (``recorded``: ``{"inputs": {name: {"shape": [...]}}}``); empty when they agree or nothing was recorded."""
+    lines = []
+    for name, entry in dict(recorded.get("inputs", {})).items():
+        if name in shapes and list(shapes[name]) != list(entry.get("shape", [])):
+            lines.append(
+                f"input {name!r} is {list(shapes[name])}, but the timings were measured at {entry.get('shape')}: "
+                "expected latencies may be off; profile and plan at these shapes (--shape/--samples)"
+            )
+    return lines
+
+
+class ShapeWatch:
+    """The :func:`shape_mismatches` of inputs against ``recorded``, each distinct line once (thread-safe);
+    inputs at shapes already seen cost a tuple and a set lookup."""
+
+    def __init__(self, recorded: Mapping[str, Any]) -> None:
+        self._recorded = dict(recorded)
+        self._names = tuple(dict(self._recorded.get("inputs") or {}))
+        self._seen_shapes: set[tuple[tuple[int, ...], ...]] = set()
+        self._reported: set[str] = set()
+        self._lock = threading.Lock()
+
+    def new_mismatches(self, inputs: Mapping[str, np.ndarray]) -> list[str]:
+        """The mismatch lines of ``inputs`` not returned before."""
+        if not self._names:
+            return []
+        key = tuple(tuple(np.shape(inputs[n])) if n in inputs else () for n in self._names)
+        with self._lock:
+            if key in self._seen_shapes:
+                return []
+            self._seen_shapes.add(key)
+            shapes = {n: np.shape(v) for n, v in inputs.items()}
+            lines = [line for line in shape_mismatches(self._recorded, shapes) if line not in self._reported]
+            self._reported.update(lines)
+            return lines

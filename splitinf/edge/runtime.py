@@ -45,7 +45,7 @@ import numpy as np
 import tenacity
 
 from splitinf.contract.plan import Option, Plan, load_plan
-from splitinf.contract.tensors import TensorSpec, check_tensors, shown_shape
+from splitinf.contract.tensors import ShapeWatch, TensorSpec, check_tensors, shown_shape
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.estimate import NetworkEstimator
 from splitinf.edge.identity import TailIdentity
@@ -61,7 +61,7 @@ from splitinf.errors import (
     RemoteUnavailableError,
     TransportError,
 )
-from splitinf.ort import SessionSettings, open_session
+from splitinf.ort import SessionSettings, open_session, quiet_run_options
 
 __all__ = ["EVENTS_LOGGER", "LatencyBreakdown", "Runtime", "RuntimeResult", "check_inputs"]
 
@@ -113,7 +113,12 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
     except InputError as exc:
         wanted = ", ".join(f"{s.name!r} {s.dtype} {shown_shape(s.shape)}" for s in specs)
         raise InputError(f"{exc}; the plan takes {wanted} (convert with .astype(), .reshape())") from None
-    return {spec.name: np.ascontiguousarray(inputs[spec.name]) for spec in specs}
+    # not np.ascontiguousarray alone: it makes a scalar input (silero-vad's sample rate) 1-d
+    return {spec.name: _contiguous(inputs[spec.name]) for spec in specs}
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
 def _reason(exc: BaseException) -> str:
@@ -179,6 +184,7 @@ class Runtime:
 
         self.config = config or DeviceConfig()
         self.plan: Plan = load_plan(plan_dir)
+        self._shape_watch = ShapeWatch(self.plan.inputs_at)  # inputs at other shapes than planned: warn once
         if self.plan.fallback is None:
             raise PlanError(f"{plan_dir}: the plan has no fallback option; re-run `splitinf plan` with a fallback")
         self.clock = clock
@@ -227,16 +233,21 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def _warm_up(self) -> None:
-        """One run per session, so the first user request does not pay for allocations."""
+        """One run per session on zeros at the plan's input shapes, so the first user request does not pay
+        for allocations; a model that rejects zeros (silero-vad's sample rate) is warmed by its first request."""
+        feeds = self.plan.zero_inputs()
         for option in self.plan.options:
             session = self._sessions[option.id]
-            feeds = {s.name: s.zeros() for s in self.plan.inputs}
             if set(feeds) != {i.name for i in session.get_inputs()}:
                 raise PlanError(
                     f"option {option.id!r}: its model takes {[i.name for i in session.get_inputs()]}, "
                     f"the plan's inputs are {sorted(feeds)}; re-run `splitinf plan`"
                 )
-            session.run(None, feeds)
+            try:
+                session.run(None, feeds, quiet_run_options())
+            except Exception as exc:  # onnxruntime's own error types: the model, not the plan, refuses zeros
+                reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                log.warning("option %s does not run on zeros (%s); its first request warms it up", option.id, reason)
 
     def start_metrics_server(self, port: int | None = None, host: str | None = None) -> int:
         """Serve /metrics on ``port`` (0: any free port); returns the bound port."""
@@ -366,6 +377,8 @@ class Runtime:
     def infer(self, inputs: Mapping[str, Any], budget_s: float | None = None) -> RuntimeResult:
         """Answer one request; never raises for network trouble (the fallback answers instead)."""
         checked = check_inputs(self.plan.inputs, inputs)
+        for line in self._shape_watch.new_mismatches(checked):
+            log.warning("%s", line)
         budget = self.config.budget_s if budget_s is None else budget_s
         if budget <= 0:
             raise InputError(f"budget_s must be > 0, got {budget}")

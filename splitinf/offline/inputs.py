@@ -34,7 +34,7 @@ from onnx import TensorProto, helper
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from splitinf.contract.samples import read_samples
-from splitinf.contract.tensors import TensorSpec
+from splitinf.contract.tensors import TensorSpec, shape_mismatches
 from splitinf.errors import InputError
 
 __all__ = [
@@ -261,20 +261,6 @@ def recorded_shapes(recorded: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """The input shapes a profile or plan recorded (:meth:`InputSet.to_json`), as ``--shape`` gives them:
     a plan made without ``--shape``/``--samples`` times and sizes at the profile's shapes."""
     return {name: tuple(int(d) for d in entry["shape"]) for name, entry in dict(recorded.get("inputs", {})).items()}
-
-
-def shape_mismatches(recorded: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> list[str]:
-    """A line per input whose shape in ``shapes`` differs from the one a profile or plan recorded
-    (``recorded`` is :meth:`InputSet.to_json`); empty when they agree or nothing was recorded.
-    Pure data, so a copy can live where the device checks requests (it imports no ``offline``)."""
-    lines = []
-    for name, entry in dict(recorded.get("inputs", {})).items():
-        if name in shapes and list(shapes[name]) != list(entry.get("shape", [])):
-            lines.append(
-                f"input {name!r} is {list(shapes[name])}, but the timings were measured at {entry.get('shape')}: "
-                "expected latencies may be off; profile and plan at these shapes (--shape/--samples)"
-            )
-    return lines
 
 
 def inputs_for_plan(

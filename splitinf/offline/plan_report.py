@@ -59,6 +59,7 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
         "",
         f"Model sha256 `{plan.model_sha256}`.",
         "",
+        *_inputs_lines(plan),
         f"Expected latency (ms) at RTT {reference_rtt_s * 1e3:g} ms; the chart is `latency.svg`. **planned** marks "
         f"the option the device picks: the most accurate one expected within the {plan.budget_s * 1e3:g} ms "
         "budget (ties to the faster), else the fallback.",
@@ -90,7 +91,31 @@ def report_markdown(plan: Plan, reference_rtt_s: float, bandwidths_bps: Sequence
     lines += _codec_section(plan)
     lines += _fallback_section(plan)
     lines += _planned_section(plan)
+    lines += _notes_section(plan)
     return "\n".join(lines) + "\n"
+
+
+def _inputs_lines(plan: Plan) -> list[str]:
+    """The input shapes bytes and times hold at (none for plans from before they were recorded)."""
+    inputs = dict(plan.inputs_at.get("inputs") or {})
+    if not inputs:
+        return []
+    shown = ", ".join(
+        f"`{name}` {e.get('dtype')}[{','.join(map(str, e.get('shape', [])))}]" for name, e in inputs.items()
+    )
+    source = {
+        "samples": "the sample inputs",
+        "shapes": "--shape or the profiles' shapes",
+        "random": "random inputs with dynamic dimensions 1",
+    }.get(str(plan.inputs_at.get("source")), "the profiles")
+    return [f"Bytes and times are at the inputs {shown} ({source}).", ""]
+
+
+def _notes_section(plan: Plan) -> list[str]:
+    """What the planner skipped and why (inputs at other shapes than profiled, codecs that do not apply at a cut)."""
+    evaluated = plan.profiles.get("evaluated") or {}
+    notes = [*(evaluated.get("shape_warnings") or []), *(evaluated.get("notes") or [])]
+    return ["", "## Notes", "", *[f"- {note}" for note in notes]] if notes else []
 
 
 def _option_row(option: Option) -> list[str]:

@@ -25,6 +25,7 @@ ones to hold, write the plan directory.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -46,8 +47,8 @@ from splitinf.contract.plan import (
 )
 from splitinf.contract.samples import read_samples
 from splitinf.contract.tensors import TensorSpec
-from splitinf.errors import PlanError
-from splitinf.offline.inputs import random_inputs, session_input_specs
+from splitinf.errors import CutError, PlanError
+from splitinf.offline.inputs import InputSet, inputs_for_plan
 from splitinf.offline.sessions import make_session
 
 if TYPE_CHECKING:
@@ -68,8 +69,11 @@ __all__ = [
     "plan_model",
     "profile_cut_codec",
     "profiled_cut_ids",
+    "profile_skips",
     "select_candidates",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def log_grid(low: float, high: float, points: int) -> tuple[float, ...]:
@@ -190,16 +194,20 @@ def profile_cut_codec(
     )
 
 
+def profile_skips(profile: Mapping[str, Any], cut_id: str, codec: str) -> bool:
+    """Whether the profile timed ``codec`` but not at ``cut_id``: it found the codec does not apply
+    there (no float tensor, an opset it cannot convert; its ``notes`` say which), so the planner skips it too."""
+    if codec not in profile.get("settings", {}).get("codecs", ()):
+        return False
+    entry = next((e for e in profile.get("cuts", ()) if e.get("id") == cut_id), None)
+    return entry is not None and codec not in entry.get("codecs", {})
+
+
 def profiled_cut_ids(profile: Mapping[str, Any]) -> list[str]:
     return [str(entry.get("id")) for entry in profile.get("cuts", ())]
 
 
 # --- samples and model tensors --------------------------------------------------------------------
-
-
-def _random_samples(model: onnx.ModelProto, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    specs = session_input_specs(make_session(model, 1))
-    return [random_inputs(specs, seed + i) for i in range(n)]
 
 
 def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -296,6 +304,8 @@ class _Samples:
     labels: np.ndarray | None  # of the held-out samples (of the calibration ones when none are held out)
     source: str  # "calibration" (the user's) or "random"
     reference: Mapping[str, list[dict[str, np.ndarray]]]  # the full model's outputs: "calibration", "held_out"
+    inputs: InputSet  # what cuts, codecs and plan.json's shapes go by (its first set)
+    warnings: list[str]  # inputs at other shapes than the profiles measured
 
     @property
     def held_key(self) -> str:
@@ -329,6 +339,7 @@ class _Evaluated:
     fallbacks: list[_Fallback]  # the fp32 fallback, then its int8 variant (with --quantize)
     fallback: _Fallback | None  # the one held: see _choose_fallback
     min_accuracy: float | None
+    notes: list[str]  # codecs skipped at a cut, and why
 
 
 def _read_sources(
@@ -368,28 +379,37 @@ def _read_sources(
 
 
 def _read_plan_samples(
-    sources: _Sources, calibration: str | os.PathLike[str] | None, held_out: str | os.PathLike[str] | None
+    sources: _Sources,
+    calibration: str | os.PathLike[str] | None,
+    held_out: str | os.PathLike[str] | None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> _Samples:
-    """The user's samples (the last quarter held out unless ``held_out`` is given), or random inputs."""
+    """The user's samples (the last quarter held out unless ``held_out`` is given), or random inputs at
+    ``shapes`` (default: the shapes the profiles recorded); a warning per input at other shapes than profiled."""
     from splitinf.offline.codecs import run_model
 
     labels = None
+    profiles = (sources.device, sources.server)
     if calibration is None:
-        calibration_set, held = _random_samples(sources.model, 6), _random_samples(sources.model, 6, seed=100)
+        inputs, warnings = inputs_for_plan(sources.inputs, profiles, shapes=shapes, count=12)
+        calibration_set, held = list(inputs.samples[:6]), list(inputs.samples[6:])
         source = "random"
-    elif held_out is not None:
-        calibration_set, _ = read_samples(calibration, sources.inputs)
-        held, labels = read_samples(held_out, sources.inputs)
-        source = "calibration"
     else:
         samples, all_labels = read_samples(calibration, sources.inputs)
-        n_held = len(samples) // 4
-        calibration_set, held = samples[: len(samples) - n_held], samples[len(samples) - n_held :]
-        if all_labels is not None:
-            labels = all_labels.reshape(-1)[len(samples) - n_held :] if n_held else all_labels.reshape(-1)
+        inputs, warnings = inputs_for_plan(sources.inputs, profiles, samples=samples, shapes=shapes)
+        if held_out is not None:
+            calibration_set = samples
+            held, labels = read_samples(held_out, sources.inputs)
+        else:
+            n_held = len(samples) // 4
+            calibration_set, held = samples[: len(samples) - n_held], samples[len(samples) - n_held :]
+            if all_labels is not None:
+                labels = all_labels.reshape(-1)[len(samples) - n_held :] if n_held else all_labels.reshape(-1)
         source = "calibration"
+    for line in warnings:
+        log.warning("%s", line)
     reference = {"calibration": run_model(sources.model, calibration_set), "held_out": run_model(sources.model, held)}
-    return _Samples(calibration_set, held, labels, source, reference)
+    return _Samples(calibration_set, held, labels, source, reference, inputs, warnings)
 
 
 def _codec_names(codecs: str | Sequence[str] | None, calibrated: bool) -> tuple[str, ...]:
@@ -397,20 +417,33 @@ def _codec_names(codecs: str | Sequence[str] | None, calibrated: bool) -> tuple[
 
     names = parse_codecs(codecs or ("fp32,fp16,int8" if calibrated else "fp32,fp16"))
     if not calibrated and any(c in QUANTIZED for c in names):
-        raise PlanError("the int8/uint8 codecs need sample inputs to calibrate their scales; give --calibration")
+        raise PlanError("the int8/uint8 codecs need sample inputs to calibrate their scales; give --samples FILE.npz")
     return names
 
 
-def _profiled_cuts(sources: _Sources) -> tuple[dict[str, Any], str, list[str]]:
-    """(the model's cuts by id, the input cut, the profiled cuts worth a split), refusing unknown cuts."""
-    from splitinf.offline.graph import enumerate_cuts
+def _profiled_cuts(sources: _Sources, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str, list[str]]:
+    """(the model's cuts by id, the input cut, the profiled cuts worth a split), refusing unknown cuts.
 
-    cuts = {cut.id: cut for cut in enumerate_cuts(sources.model)}
+    Cuts are enumerated on ``feeds`` as the profile enumerated them on its inputs: which tensors can
+    be cut (and so the ids) depend on the input shapes. A profiled cut the enumeration lacks (one
+    given by tensor names to ``profile --cuts``) is looked up by its id."""
+    from splitinf.offline.graph import GraphView
+
+    view = GraphView(sources.model, feeds)
+    cuts = {cut.id: cut for cut in view.cuts()}
     input_cut = next(iter(cuts))
     cut_ids = profiled_cut_ids(sources.device)
-    unknown = [c for c in cut_ids if c not in cuts]
+    unknown = []
+    for missing in [c for c in cut_ids if c not in cuts]:
+        try:
+            cuts[missing] = view.find(missing)
+        except CutError:
+            unknown.append(missing)
     if unknown:
-        raise PlanError(f"the device profile names cuts this model lacks: {unknown}; re-profile this model")
+        raise PlanError(
+            f"the device profile names cuts this model lacks at these input shapes: {unknown}; re-profile this "
+            "model, or plan with the --shape/--samples it was profiled with"
+        )
     if input_cut not in cut_ids:
         raise PlanError(
             f"the device profile lacks the input cut {input_cut} (full offload), which every plan weighs; "
@@ -609,6 +642,28 @@ def _cut_options(
     return options
 
 
+def _cut_codecs(sources: _Sources, cut: Any, codecs: Sequence[str], notes: list[str]) -> list[str]:
+    """The codecs worth an option at ``cut``: those that change something there and that neither
+    profile skipped; a note in ``notes`` for the others."""
+    from splitinf.offline.codecs import applicable_codecs
+
+    applicable, note = applicable_codecs(cut, codecs)
+    notes.extend([note] if note else [])
+    kept = []
+    for codec in applicable:
+        skipped_by = [
+            r for r, p in (("device", sources.device), ("server", sources.server)) if profile_skips(p, cut.id, codec)
+        ]
+        if skipped_by:
+            notes.append(
+                f"codec {codec} skipped at cut {cut.id}: the {' and '.join(skipped_by)} profile did not "
+                "time it there (see its notes)"
+            )
+        else:
+            kept.append(codec)
+    return kept
+
+
 def _evaluate(
     sources: _Sources,
     samples: _Samples,
@@ -620,18 +675,27 @@ def _evaluate(
     threads: int | None,
 ) -> _Evaluated:
     """Every (profiled cut, codec, head precision) option, the local model and the fallback(s), priced and measured."""
+    from splitinf.offline.codecs import for_codec
     from splitinf.offline.partition import split_model
 
-    cuts, input_cut, cut_ids = _profiled_cuts(sources)
+    cuts, input_cut, cut_ids = _profiled_cuts(sources, samples.inputs.first)
     evaluator = _Evaluator(sources, samples, threads)
     local_accuracy = evaluator.local_accuracy()
     splits: list[Option] = []
     encoded: dict[str, Encoded] = {}
+    notes: list[str] = []
     for cut_id in cut_ids:
-        for option, encoded[option.id] in _cut_options(
-            evaluator, split_model(sources.model, cuts[cut_id]), codecs, quantize
-        ):
-            splits.append(option)
+        partition = split_model(sources.model, cuts[cut_id])
+        for codec in _cut_codecs(sources, cuts[cut_id], codecs, notes):
+            ready, note = for_codec(partition, codec, samples.inputs.first, threads)
+            if ready is None:
+                notes.append(str(note))
+                continue
+            for option, encoded[option.id] in _cut_options(evaluator, ready, (codec,), quantize):
+                splits.append(option)
+    # every split answers with the model's outputs, which cross the link back: bytes at the plan's shapes
+    response_bytes = sum(int(v.nbytes) for v in samples.reference["calibration"][0].values())
+    splits = [dataclasses.replace(o, response_bytes=response_bytes) for o in splits]
     local = None
     if include_local:
         seconds = float(sources.device["model_seconds"]["median"])
@@ -655,6 +719,7 @@ def _evaluate(
         fallbacks=fallbacks,
         fallback=_choose_fallback(fallbacks, max_accuracy_drop),
         min_accuracy=None if local_accuracy is None else local_accuracy - max_accuracy_drop,
+        notes=notes,
     )
 
 
@@ -753,6 +818,8 @@ def _evaluated_record(
             dict(f.option.to_json(), held=f is evaluated.fallback) | {"model": None, "sha256": None}
             for f in evaluated.fallbacks
         ],
+        "notes": list(dict.fromkeys(evaluated.notes)),
+        "shape_warnings": samples.warnings,
         "not_held": [
             {
                 "id": o.id,
@@ -791,6 +858,7 @@ def plan_model(
     include_local: bool = True,
     hold_all: bool = False,
     threads: int | None = 1,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Plan:
     """Build the plan directory ``output`` from a model, its two profiles and sample inputs (the I/O wrapper).
 
@@ -799,7 +867,9 @@ def plan_model(
     prices every option, holds the few that are fastest somewhere on the grid (every one with
     ``hold_all``) and writes the layout of :mod:`splitinf.contract.plan` with ``report.md`` and
     ``latency.svg`` (choices marked within ``budget_s``). Samples: an .npz with one array per model
-    input, stacked on axis 0, optionally ``labels``. Returns the plan as loaded back from ``output``.
+    input, stacked on axis 0, optionally ``labels``. Without samples, random inputs at ``shapes``
+    (``--shape``), else at the shapes the profiles recorded. Cuts, bytes and codecs go by the first
+    input set; plan.json records its shapes (``inputs_at``). Returns the plan as loaded back from ``output``.
 
     ``quantize="int8"`` adds, for each head with weights, an int8 variant of every option (an option
     of its own, weighed like the others and kept out by the same accuracy floor), and an int8
@@ -818,10 +888,10 @@ def plan_model(
     codec_names = _codec_names(codecs, calibrated=calibration is not None)
     if precision is not None and calibration is None and quantize_method(sources.model) == "static":
         raise PlanError(
-            f"--quantize {precision} calibrates the heads' activation ranges on sample inputs; give --calibration "
+            f"--quantize {precision} calibrates the heads' activation ranges on sample inputs; give --samples "
             "(an .npz of real inputs)"
         )
-    samples = _read_plan_samples(sources, calibration, held_out)
+    samples = _read_plan_samples(sources, calibration, held_out, shapes)
     evaluated = _evaluate(
         sources,
         samples,
@@ -841,6 +911,7 @@ def plan_model(
             outputs=sources.outputs,
             options=_write_models(build, sources, evaluated, held),
             budget_s=budget_s,
+            inputs_at=samples.inputs.to_json(),
             profiles={
                 "device": _profile_summary(sources.device, sources.device_source),
                 "server": _profile_summary(sources.server, sources.server_source),

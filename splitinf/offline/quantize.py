@@ -186,7 +186,7 @@ def quantize_model(
 
     chosen = method or quantize_method(model)
     if chosen == "static" and not samples:
-        raise PlanError("static int8 quantization calibrates on sample inputs; give --calibration samples")
+        raise PlanError("static int8 quantization calibrates on sample inputs; give --samples FILE.npz")
     per_channel = _opset(model) >= _PER_CHANNEL_OPSET
     try:
         with tempfile.TemporaryDirectory(prefix="splitinf-quantize-") as tmp:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from splitinf.contract.plan import Option, expected_latency
 from splitinf.contract.tensors import TensorSpec
 
@@ -30,3 +32,24 @@ def test_wire_bytes_round_trip_and_the_older_key_is_read() -> None:
 def test_expected_latency_sends_the_wire_bytes() -> None:
     # 16 bytes at 128 bit/s: one second on the wire, plus the round trip and both halves
     assert expected_latency(SPLIT, bandwidth_bps=128, rtt_s=0.01) == 0.001 + 1.0 + 0.01 + 0.002
+
+
+def test_the_input_shapes_round_trip_and_older_plans_load_without_them() -> None:
+    from splitinf.contract.plan import Plan
+
+    at = {"source": "shapes", "inputs": {"x": {"dtype": "float32", "shape": [1, 8]}}}
+    plan = Plan("m", "0" * 64, (TensorSpec("x", "float32", ("N", 8)),), (), (SPLIT,), inputs_at=at)
+    data = plan.to_json()
+    assert data["inputs_at"] == at and Plan.from_json(data).inputs_at == at
+    older = {k: v for k, v in data.items() if k != "inputs_at"}
+    assert Plan.from_json(older).inputs_at == {}
+
+
+def test_expected_latency_counts_the_answer_crossing_back() -> None:
+    import dataclasses
+
+    detector = dataclasses.replace(SPLIT, response_bytes=48)  # an output map: 48 bytes back at 128 bit/s
+    assert expected_latency(detector, bandwidth_bps=128, rtt_s=0.01) == pytest.approx(0.001 + 1.0 + 3.0 + 0.01 + 0.002)
+    assert Option.from_json(detector.to_json()) == detector
+    older = {k: v for k, v in detector.to_json().items() if k != "response_bytes"}
+    assert Option.from_json(older).response_bytes == 0

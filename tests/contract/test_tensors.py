@@ -63,3 +63,29 @@ def test_zeros_fit_the_spec_and_json_round_trips() -> None:
     assert tensor_mismatch(TensorSpec("x", "int8", ("N", 3, None)), zeros) is None
     assert TensorSpec.from_json(SPEC.to_json()) == SPEC
     assert SPEC.to_json() == {"name": "x", "dtype": "float32", "shape": ["N", 16]}
+
+
+RECORDED = {"source": "shapes", "inputs": {"x": {"dtype": "float32", "shape": [1, 3, 32, 48]}, "n": {"shape": []}}}
+
+
+def test_shape_mismatches_name_each_input_at_another_shape() -> None:
+    from splitinf.contract.tensors import shape_mismatches
+
+    assert shape_mismatches(RECORDED, {"x": (1, 3, 32, 48), "n": ()}) == []
+    (line,) = shape_mismatches(RECORDED, {"x": (1, 3, 64, 48), "n": ()})
+    assert "'x' is [1, 3, 64, 48]" in line and "[1, 3, 32, 48]" in line and "--shape" in line
+    assert shape_mismatches({}, {"x": (1,)}) == []
+
+
+def test_shape_watch_reports_each_mismatch_once() -> None:
+    from splitinf.contract.tensors import ShapeWatch
+
+    watch = ShapeWatch(RECORDED)
+    at = {"x": np.zeros((1, 3, 32, 48), np.float32), "n": np.array(3)}
+    other = {"x": np.zeros((1, 3, 64, 48), np.float32), "n": np.array(3)}
+    assert watch.new_mismatches(at) == []
+    assert len(watch.new_mismatches(other)) == 1
+    assert watch.new_mismatches(other) == [] and watch.new_mismatches(at) == []
+    third = {"x": np.zeros((2, 3, 64, 48), np.float32), "n": np.array(3)}
+    assert len(watch.new_mismatches(third)) == 1  # another shape is another line
+    assert ShapeWatch({}).new_mismatches(other) == []  # a plan that recorded none checks nothing

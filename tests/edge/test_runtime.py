@@ -434,3 +434,64 @@ def test_a_probe_that_shared_the_link_with_a_request_is_not_taken_for_the_path_d
             alone = runtime.estimator.snapshot(clock())
             assert alone.rtt_samples == clean.rtt_samples + 1
             assert alone.base_rtt_s is not None and alone.base_rtt_s >= 0.3
+
+
+def test_inputs_at_other_shapes_than_planned_warn_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from splitinf.tools.testing.plans import write_plan_dir
+
+    plan = write_plan_dir(
+        tmp_path, mlp(batch=None), mlp(batch=None, seed=7, sizes=(16, 8, 4)), {"relu_0": (1e-4, 1e-4)}
+    )
+    at = {"source": "shapes", "inputs": {"x": {"dtype": "float32", "shape": [1, 16]}}}
+    write_json_atomic(tmp_path / "plan.json", {**plan.to_json(), "inputs_at": at})
+    batch_of = {n: {"x": np.zeros((n, 16), np.float32)} for n in (1, 3)}
+    with Runtime(tmp_path, device_config(None)) as runtime, caplog.at_level("WARNING", "splitinf.edge.runtime"):
+        runtime.infer(batch_of[1])
+        assert not [r for r in caplog.records if "measured at" in r.getMessage()]
+        for _ in range(3):
+            assert runtime.infer(batch_of[3]).outputs["y"].shape == (3, 4)
+    warned = [r.getMessage() for r in caplog.records if "measured at" in r.getMessage()]
+    assert len(warned) == 1 and "'x' is [3, 16]" in warned[0] and "[1, 16]" in warned[0]
+
+
+def test_a_model_that_rejects_zeros_starts_with_a_warning_and_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from splitinf.tools.testing.plans import write_plan_dir
+
+    # y = x + sum(range(0, 4, k)): onnxruntime refuses a Range with step 0, so zeros cannot warm it up
+    ints = {n: helper.make_tensor(n, TensorProto.INT64, [], [v]) for n, v in (("zero", 0), ("four", 4))}
+    nodes = [
+        helper.make_node("Range", ["zero", "four", "k"], ["r"]),
+        helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["rf"], ["s"], keepdims=0),
+        helper.make_node("Add", ["x", "s"], ["y"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+        helper.make_tensor_value_info("k", TensorProto.INT64, []),
+    ]
+    graph = helper.make_graph(
+        nodes, "ranged", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]
+    )
+    graph.initializer.extend(ints.values())
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    write_plan_dir(tmp_path, model, model, {"k,x": (1e-4, 1e-4)}, local_seconds=1e-4)
+    with caplog.at_level("WARNING", "splitinf.edge.runtime"), Runtime(tmp_path, device_config(None)) as runtime:
+        assert "does not run on zeros" in caplog.text
+        result = runtime.infer({"x": np.zeros((1, 4), np.float32), "k": np.array(1, np.int64)})
+        np.testing.assert_allclose(result.outputs["y"], np.full((1, 4), 6.0, np.float32))
+
+
+def test_checked_inputs_keep_a_scalar_scalar_and_make_the_rest_contiguous() -> None:
+    from splitinf.contract.tensors import TensorSpec
+    from splitinf.edge.runtime import check_inputs
+
+    specs = [TensorSpec("x", "float32", ("N", 4)), TensorSpec("sr", "int64", ())]
+    strided = np.zeros((4, 4), np.float32).T
+    checked = check_inputs(specs, {"x": strided, "sr": np.array(16000, np.int64)})
+    assert checked["sr"].shape == () and checked["x"].flags.c_contiguous

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from splitinf.cli import main
+from splitinf.contract.plan import load_plan
 from splitinf.offline.graph import GraphView, load_model
 from splitinf.offline.profiling import load_profile
 
@@ -185,3 +186,31 @@ def test_fused_bert_offers_cuts_inside_the_encoder_once_a_run_types_them(
     cut = recovered[len(recovered) // 2]["id"]
     assert main(["split", str(model), "--cut", cut, "-o", str(tmp_path / "p"), "--samples", str(samples)]) == 0
     assert "verified on 4 input sets: max abs error 0" in capsys.readouterr().out
+
+
+def test_bert_profile_and_plan_at_the_users_sequence_length(
+    bert_like: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, samples = bert_like
+    shapes = ["--shape", "input_ids=1x64", "--shape", "attention_mask=1x64"]
+    ids = [c["id"] for c in cuts_json(capsys, str(model), *shapes)["cuts"]]
+    first, middle = ids[0], ids[len(ids) // 2]
+    profile = tmp_path / "profile.json"
+    argv = ["profile", str(model), "-o", str(profile), "--cuts", f"{first},{middle}", "--codecs", "fp32,fp16"]
+    assert main([*argv, *FAST_PROFILE, *shapes]) == 0
+    plan_argv = ["plan", str(model), "--device", str(profile), "--server", str(profile), "--hold-all"]
+    assert main([*plan_argv, "-o", str(tmp_path / "plan"), "--codecs", "fp32,fp16", *shapes]) == 0
+    assert "note: cut attention_mask+input_ids: no codec fp16" in capsys.readouterr().err
+    plan = load_plan(tmp_path / "plan", check_files=("device", "server"))
+    assert plan.inputs_at["inputs"]["input_ids"] == {"dtype": "int64", "shape": [1, 64]}
+    assert plan.profiles["evaluated"]["shape_warnings"] == []
+    options = {o.id: o for o in plan.split_options}
+    assert set(options) == {f"split:{first}:fp32", f"split:{middle}:fp32", f"split:{middle}:fp16"}
+    assert options[f"split:{first}:fp32"].wire_bytes == 2 * 64 * 8  # the token ids at 64, as they are
+    # the answer crosses back: last_hidden_state [1,64,64] and pooler_output [1,64], float32
+    assert {o.response_bytes for o in options.values()} == {4 * (64 * 64 + 64)}
+    assert options[f"split:{middle}:fp32"].wire_bytes == 2 * options[f"split:{middle}:fp16"].wire_bytes > 0
+    # at the samples' 128 tokens, the 64-token profile's times no longer hold: the plan says so
+    assert main([*plan_argv, "-o", str(tmp_path / "plan128"), "--codecs", "fp32", "--samples", str(samples)]) == 0
+    (line, _) = load_plan(tmp_path / "plan128").profiles["evaluated"]["shape_warnings"]
+    assert "'input_ids' is [1, 128]" in line and "[1, 64]" in line

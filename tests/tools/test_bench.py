@@ -289,3 +289,28 @@ def test_remote_latency_grows_as_bandwidth_shrinks(tmp_path: Path) -> None:
     assert slow_stats["network_median_s"] > fast_stats["network_median_s"]
     assert slow["options"][remote_id]["predicted_s"] > fast["options"][remote_id]["predicted_s"]
     ET.fromstring(bench_svg(results))
+
+
+def test_a_model_path_at_the_users_shape_and_an_opset_9_int8(tmp_path: Path) -> None:
+    """`bench --model PATH --shape`: profiles and plan at that shape; int8 on an opset-9 model is converted
+    (or skipped with a note), never a failed run."""
+    from splitinf.tools.testing.graphs import dynamic_cnn
+
+    model, out = tmp_path / "old.onnx", tmp_path / "bench"
+    onnx.save_model(dynamic_cnn(opset=9), str(model))
+    flags = ["bench", "--quick", *([] if CGROUP else ["--no-cpu-limit"]), "--model", str(model)]
+    flags += ["--shape", "x=1x3x24x32", "--codecs", "fp32,int8", "--bandwidths", "100", "--requests", "3"]
+    flags += ["--no-failover", "--out", str(out)]
+    assert main(flags) == 0
+    results = json.loads((out / "bench.json").read_text())
+    assert "x float32[1,3,24,32]" in results["model"]["description"]
+    assert "--shape x=1x3x24x32" in results["command"]
+    for side in ("device", "server"):
+        profile = json.loads(Path(results["profiles"][side]["path"]).read_text())
+        assert profile["inputs"]["inputs"]["x"]["shape"] == [1, 3, 24, 32]
+    plan = load_plan(results["plan"]["dir"])
+    assert plan.inputs_at["inputs"]["x"]["shape"] == [1, 3, 24, 32]
+    int8 = [o for o in plan.split_options if o.codec == "int8"]
+    skipped = [n for n in results["notes"] if "codec int8 skipped" in n]
+    assert int8 or skipped
+    assert any(c["options"][o.id]["stats"] for c in results["grid"] for o in int8) or skipped

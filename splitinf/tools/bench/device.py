@@ -79,7 +79,8 @@ class _Device:
 
     def profile(self, cmd: dict[str, Any]) -> dict[str, Any]:
         from splitinf.contract.files import sha256_file, write_json_atomic
-        from splitinf.offline.graph import load_model
+        from splitinf.offline.graph import GraphView, load_model
+        from splitinf.offline.inputs import model_inputs
         from splitinf.offline.profiling import profile_model
 
         fallback = None
@@ -87,8 +88,9 @@ class _Device:
             path = cmd["fallback"]
             fallback = (load_model(path), Path(path).stem, sha256_file(path))
         start = time.perf_counter()
+        model = load_model(cmd["model"])
         profile = profile_model(
-            load_model(cmd["model"]),
+            model,
             name=Path(cmd["model"]).stem,
             sha256=sha256_file(cmd["model"]),
             threads=self.threads,
@@ -98,6 +100,7 @@ class _Device:
             warmup=int(cmd.get("warmup", 1)),
             fallback=fallback,
             progress=bool(cmd.get("progress", True)),
+            inputs=model_inputs(GraphView(model).input_specs(), samples=cmd.get("samples")),
         )
         write_json_atomic(cmd["output"], profile)
         return {"output": cmd["output"], "seconds": time.perf_counter() - start}

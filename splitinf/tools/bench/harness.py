@@ -77,6 +77,8 @@ class BenchConfig:
     skip_factor: float = 3.0
     skip_min_s: float = 2.0
     codecs: tuple[str, ...] = ("fp32", "fp16", "int8")
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --shape, for a model PATH
+    samples: str | None = None  # --samples, for a model PATH
     cuts: tuple[str, ...] | None = None
     max_cuts: int = 4
     profile_repeats: int = 10
@@ -140,16 +142,17 @@ class _Prepared:
     path: Path
     fallback: Path | None
     calibration: Path
-    inputs: Path
+    inputs: Path  # the measured input set, one array per input as the device worker feeds it
     description: str
+    profile_inputs: Path  # the same set as ``--samples`` reads it: what the profiles time and size
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        with np.load(self.inputs, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
 
 
 def _prepare_model(config: BenchConfig, work: Path) -> _Prepared:
     import onnx
-
-    from splitinf.offline.graph import load_model
-    from splitinf.offline.inputs import random_inputs, session_input_specs
-    from splitinf.offline.sessions import make_session
 
     rng = np.random.default_rng(0)
     if config.model == "resnet50":
@@ -165,7 +168,8 @@ def _prepare_model(config: BenchConfig, work: Path) -> _Prepared:
             "ResNet-50-like (splitinf.tools.models.resnet.build_resnet50, batch 1, random weights, 25.5 M parameters); "
             "fallback: the same network at width 0.25 (random weights)"
         )
-        return _Prepared("resnet50", path, fallback, work / "calibration.npz", work / "inputs.npz", description)
+        calibration, inputs = work / "calibration.npz", work / "inputs.npz"
+        return _Prepared("resnet50", path, fallback, calibration, inputs, description, inputs)
     if config.model == "digits":
         from splitinf.tools.models import digits_fallback_path, digits_main_path, load_digits_test
 
@@ -176,22 +180,42 @@ def _prepare_model(config: BenchConfig, work: Path) -> _Prepared:
         description = "the shipped digits pair (residual CNN, small fallback), held-out digits as calibration"
         return _Prepared(
             "digits_main", digits_main_path(), digits_fallback_path(), work / "calibration.npz",
-            work / "inputs.npz", description,
+            work / "inputs.npz", description, work / "inputs.npz",
         )  # fmt: skip
+    return _prepare_file(config, work)
+
+
+def _prepare_file(config: BenchConfig, work: Path) -> _Prepared:
+    """A model PATH on the user's samples, or random inputs at the user's shapes (model_inputs decides)."""
+    from splitinf.offline.graph import GraphView, load_model
+    from splitinf.offline.inputs import describe_shapes, model_inputs
+
     path = Path(config.model)
     model = load_model(path)  # ModelLoadError names a missing or broken file
     fallback_path = Path(config.fallback) if config.fallback else None
     if fallback_path is not None:
         load_model(fallback_path)
-    session = make_session(model, 1)
-    specs = session_input_specs(session)
-    samples = [random_inputs(specs, seed) for seed in range(config.calibration_samples + 1)]
-    stacked: dict[str, Any] = {n: np.concatenate([s[n] for s in samples[1:]]) for n in samples[0]}
-    first: dict[str, Any] = dict(samples[0])
-    np.savez(work / "calibration.npz", **stacked)
-    np.savez(work / "inputs.npz", **first)
-    description = f"{path} (random inputs)"
-    return _Prepared(path.stem, path, fallback_path, work / "calibration.npz", work / "inputs.npz", description)
+    inputs = model_inputs(
+        GraphView(model).input_specs(),
+        samples=config.samples,
+        shapes=config.shapes,
+        count=config.calibration_samples + 1,
+    )
+    sets = list(inputs.samples)
+    calibration = sets[1:] or sets
+
+    def stacked(chosen: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+        # one entry per sample on a new first axis: the one layout scalar inputs have too
+        return {name: np.stack([s[name] for s in chosen]) for name in chosen[0]}
+
+    np.savez(work / "calibration.npz", **stacked(calibration))
+    np.savez(work / "inputs.npz", **dict[str, Any](sets[0]))
+    np.savez(work / "profile_inputs.npz", **stacked(sets[:1]))
+    description = f"{path} ({inputs.source} inputs: {describe_shapes(sets[0])})"
+    return _Prepared(
+        path.stem, path, fallback_path, work / "calibration.npz", work / "inputs.npz", description,
+        work / "profile_inputs.npz",
+    )  # fmt: skip
 
 
 def choose_cuts(cuts: Sequence[Any], max_cuts: int) -> list[str]:
@@ -467,6 +491,7 @@ def _make_plan(
         fallback=str(prepared.fallback) if prepared.fallback else None,
         cuts=list(cut_ids),
         codecs=list(config.codecs),
+        samples=str(prepared.profile_inputs),
         repeats=config.profile_repeats,
         warmup=config.profile_warmup,
         output=str(device_profile),
@@ -477,6 +502,7 @@ def _make_plan(
         _python(
             "splitinf", "profile", str(prepared.path), "-o", str(server_profile), "--threads", "0",
             "--cuts", ",".join(cut_ids), "--codecs", ",".join(config.codecs),
+            "--samples", str(prepared.profile_inputs),
             "--repeats", str(config.profile_repeats), "--warmup", str(config.profile_warmup),
         ),
         "the server profile",
@@ -672,8 +698,7 @@ class _Measurements:
         offload = [o for o in self.splits if o.cut_id == self.input_cut]
         option = next((o for o in offload if o.codec == "fp32"), offload[0] if offload else self.splits[0])
         head = make_session(str(self.plan.path(option.head or "")), 1)
-        with np.load(self.prepared.inputs, allow_pickle=False) as data:
-            feed = {k: data[k] for k in data.files}
+        feed = self.prepared.feeds()
         names = [o.name for o in head.get_outputs()]
         wire = dict(zip(names, head.run(names, feed), strict=True))
         levels = _throughput(
@@ -686,7 +711,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark; write bench.json, bench.md and bench.svg into ``config.out``."""
     from splitinf.contract.files import sha256_file, write_json_atomic
     from splitinf.errors import OutputError
-    from splitinf.offline.graph import enumerate_cuts, find_cut, load_model
+    from splitinf.offline.graph import GraphView, load_model
     from splitinf.tools.faults import FaultProxy
 
     if config.link != "proxy":
@@ -708,10 +733,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     progress(f"preparing {config.model}")
     prepared = _prepare_model(config, work)
-    model = load_model(prepared.path)
-    cuts = enumerate_cuts(model)
+    # the cuts at the measured input's shapes, as the profiles enumerate them (ids differ with shapes)
+    view = GraphView(load_model(prepared.path), prepared.feeds())
+    cuts = view.cuts()
     if config.cuts:
-        cut_ids = list(dict.fromkeys([cuts[0].id] + [find_cut(model, c).id for c in config.cuts]))
+        cut_ids = list(dict.fromkeys([cuts[0].id] + [view.find(c).id for c in config.cuts]))
     else:
         cut_ids = choose_cuts(cuts, config.max_cuts)
     progress(f"candidate cuts: {', '.join(cut_ids)}")
@@ -774,6 +800,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             for side, summary in plan.profiles.items()
             if side in ("device", "server")
         }
+        notes.extend(f"Plan note: {n}" for n in plan.profiles.get("evaluated", {}).get("notes", []))
         notes.append(
             "Candidates measured: every profiled (cut, codec) option within the planner's accuracy floor (the "
             "plan is made with --hold-all, so each has its head and tail) and the local model. The planned option is "

@@ -39,6 +39,7 @@ __all__ = [
     "chain_cnn",
     "constant_weights_model",
     "densenet_like",
+    "dynamic_cnn",
     "if_model",
     "inception_block",
     "int8_identity",
@@ -142,6 +143,21 @@ def residual_cnn(seed: int = 0, blocks: int = 2) -> onnx.ModelProto:
     h = b.op("Flatten", b.op("GlobalAveragePool", [h]), axis=1)[0]
     b.op("Gemm", [h, b.weight("fc_w", [10, 8]), b.weight("fc_b", [10], 0.1)], out=["y"], transB=1)
     return b.model([_vi("x", ["N", 3, 16, 16])], [_vi("y", ["N", 10])], "residual_cnn")
+
+
+def dynamic_cnn(opset: int | None = None) -> onnx.ModelProto:
+    """residual_cnn with a dynamic image size (N, 3, H, W); ``opset`` declares it at an older opset
+    (its ops are the same there), like models exported years ago."""
+    model = residual_cnn()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for dim, name in ((dims[2], "H"), (dims[3], "W")):
+        dim.Clear()
+        dim.dim_param = name
+    if opset is not None:
+        model.opset_import[0].version = opset
+        model.ir_version = 4
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def inception_block(seed: int = 0) -> onnx.ModelProto:
