@@ -109,7 +109,10 @@ def test_profile_times_every_requested_cut_and_codec() -> None:
         fp32 = cut["codecs"]["fp32"]
         for part in ("head", "tail", "serialize", "deserialize"):
             timing = fp32[part]
-            assert 0 < timing["min"] <= timing["median"] <= timing["p90"] and timing["repeats"] == 3
+            assert 0 <= timing["min"] <= timing["median"] <= timing["p90"] and timing["repeats"] == 3
+        assert fp32["head"]["median"] > 0 and ("encode" in fp32) == (cut["id"] == cut_ids[0])  # input: a passthrough
+        assert fp32["tail"]["median"] > 0
+        assert cut["codecs"]["fp16"]["encode"]["median"] > 0 and cut["codecs"]["int8"]["decode"]["median"] > 0
         assert fp32["wire_bytes"] == cut["bytes"]
         assert cut["codecs"]["fp16"]["wire_bytes"] * 2 == fp32["wire_bytes"]
         assert cut["codecs"]["int8"]["wire_bytes"] * 4 == fp32["wire_bytes"]
