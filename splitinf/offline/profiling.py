@@ -674,23 +674,33 @@ class _Results:
         return found
 
     def head(self, cut: Cut) -> Timing:
-        reach = self.layout.reach[cut.id]
-        return _scaled(self.summed("head", reach), _ratio_at(self.head_anchors, reach))
+        return self.scaled("head")[self.layout.reach[cut.id]]
 
     def tail(self, cut: Cut) -> Timing:
-        reach = self.layout.reach[cut.id]
-        return _scaled(self.summed("tail", reach), _ratio_at(self.tail_anchors, reach))
+        return self.scaled("tail")[self.layout.reach[cut.id]]
 
-    @property
-    def head_anchors(self) -> list[tuple[int, float]]:
-        return self._anchors.setdefault("head", self.anchors("head"))
-
-    @property
-    def tail_anchors(self) -> list[tuple[int, float]]:
-        return self._anchors.setdefault("tail", self.anchors("tail"))
+    def scaled(self, part: str) -> dict[int, Timing]:
+        """Per chain position of a cut, the scaled sum for ``part``; never less than that of a head (tail) it
+        contains, which noise between the anchors could otherwise give."""
+        if part not in self._scaled:
+            anchors = self.anchors(part)
+            reaches = sorted({self.layout.reach[c.id] for c in self.layout.cuts}, reverse=part == "tail")
+            floor = Timing(0.0, 0.0, 0.0, self.repeats)
+            table = {}
+            for reach in reaches:
+                timing = _scaled(self.summed(part, reach), _ratio_at(anchors, reach))
+                floor = Timing(
+                    max(timing.median, floor.median),
+                    max(timing.p90, floor.p90),
+                    max(timing.min, floor.min),
+                    timing.repeats,
+                )
+                table[reach] = floor
+            self._scaled[part] = table
+        return self._scaled[part]
 
     def __post_init__(self) -> None:
-        self._anchors: dict[str, list[tuple[int, float]]] = {}
+        self._scaled: dict[str, dict[int, Timing]] = {}
 
     def codec_entry(self, cut: Cut, codec: str) -> dict[str, Any]:
         layout = self.layout
