@@ -19,7 +19,9 @@ apart cost more than inside one graph (a run's fixed overhead, fusions and buffe
 their boundaries), so a few whole heads (tails on the server) and the full model are timed too:
 the sums are scaled by the whole/summed ratio, interpolated along the chain between those anchors.
 ``check`` reports each whole part's ``error`` (raw sum against it) and ``held_out_error`` (the
-scaled sum estimated from the other anchors: the error to expect at the cuts not checked).
+scaled sum estimated from the other anchors: the error to expect at the cuts not checked), on the
+fastest runs (``min``), as the scale is computed: a long run is likelier than a short one to be
+slowed by other load on the machine, which would bias a ratio of medians.
 
 Each part gets warm-up runs, then repeats summarised by median and p90, in two or more separate
 passes over everything; it keeps its quietest pass (other load comes in bursts).
@@ -37,8 +39,9 @@ Profile JSON (format 2; format 1, from before roles, reads as role ``both``)::
      "inputs": {"source": "samples", "inputs": {"x": {"dtype": "float32", "shape": [1, 3, 320, 448]}}},
      "model_seconds": <timing>,   # the full model: the local option, and the tail from the input
      "segments": [{"end": "c3", "nodes": 4, "seconds": <timing>}, ...],
-     "check": {"parts": [{"cut": "c7", "part": "head", "whole": 0.012, "summed": 0.0124, "error": 0.033}],
-               "max_abs_error": 0.033},
+     "check": {"parts": [{"cut": "c7", "part": "head", "whole": 0.012, "summed": 0.0124, "error": 0.033,
+                          "held_out_error": -0.02}],
+               "max_abs_error": 0.033, "max_abs_held_out_error": 0.02},
      "cuts": [{"id": "c3", "bytes": 2048,
                "codecs": {"fp16": {"head": <timing>, "encode": <timing>, "serialize": <timing>,
                                    "wire_bytes": 1024}}}, ...],   # server: tail, decode, deserialize
@@ -661,16 +664,17 @@ class _Results:
 
     def anchors(self, part: str) -> list[tuple[int, float]]:
         """(chain position, whole/summed) where a whole part was timed: the checked cuts, and the full model
-        (the head after every segment, the tail from the input)."""
+        (the head after every segment, the tail from the input). Of the fastest runs: the ratio is the graph's
+        (run overheads, fusions), and a long run is likelier than a short one to be slowed by other load."""
         layout = self.layout
         found = []
         for cut in layout.checks:
-            summed = self.summed(part, layout.reach[cut.id]).median
+            summed = self.summed(part, layout.reach[cut.id]).min
             if summed > 0:
-                found.append((layout.reach[cut.id], self.best("check", cut.id, part).median / summed))
+                found.append((layout.reach[cut.id], self.best("check", cut.id, part).min / summed))
         ends = {"head": len(layout.segments), "tail": 0}
         if all(layout.segment_timed(k) for k in range(len(layout.segments))):
-            found.append((ends[part], self.best("model").median / self.summed(part, ends[part]).median))
+            found.append((ends[part], self.best("model").min / self.summed(part, ends[part]).min))
         return found
 
     def head(self, cut: Cut) -> Timing:
@@ -727,7 +731,7 @@ class _Results:
             anchors = self.anchors(part)
             for cut in layout.checks:
                 reach = layout.reach[cut.id]
-                whole, summed = self.best("check", cut.id, part).median, self.summed(part, reach).median
+                whole, summed = self.best("check", cut.id, part).min, self.summed(part, reach).min
                 others = [a for a in anchors if a[0] != reach]
                 estimate = summed * _ratio_at(others, reach) if others else summed
                 parts.append(
