@@ -426,6 +426,13 @@ def _layout(
         cut_codecs[cut.id], note = applicable_codecs(cut, usable)
         notes.extend([note] if note else [])
     segments, reach = chain_segments(view, cuts, to_outputs=True)
+    for cut in cuts:
+        chained = set().union(*(s.nodes for s in segments[: reach[cut.id]]))
+        if chained != view.head_nodes_for(cut.names):
+            notes.append(
+                f"cut {cut.id}: its head is not a prefix of the chain through the other cuts (a cut given by "
+                "tensor names off the enumeration): its head time counts nodes it does not run"
+            )
     layout = _Layout(
         model=model,
         view=view,

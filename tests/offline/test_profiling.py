@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +306,39 @@ def test_plan_takes_role_profiles_and_refuses_them_swapped(tmp_path: Path, capsy
     with pytest.raises(PlanError, match="role"):
         check_role({"role": "device"}, role="server", source="p.json")
     check_role({}, role="server", source="old.json")  # format 1, from before roles: it timed both sides
+
+
+def test_ctrl_c_keeps_the_parts_and_the_same_command_resumes(tmp_path: Path) -> None:
+    model_path = tmp_path / "res.onnx"
+    onnx.save_model(models.residual_cnn(), model_path)
+    out = tmp_path / "p.json"
+    command = [sys.executable, "-m", "splitinf", "profile", str(model_path), "-o", str(out), "--threads", "1",
+               "--codecs", "fp32", "--repeats", "300", "--warmup", "0", "--passes", "1"]  # fmt: skip
+    journal = journal_path(out)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (journal.is_file() and len(journal.read_text().splitlines()) >= 4):
+        assert child.poll() is None and time.monotonic() < deadline, "no parts were journaled"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    if child.returncode == 0:
+        pytest.skip("the profile finished before the interrupt landed")
+    assert child.returncode == 130 and "Traceback" not in err
+    assert "rerun the same command to resume" in err and str(journal) in err
+    kept = len(journal.read_text().splitlines()) - 1
+    assert kept >= 3 and not out.exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True, env=env)
+    assert f"{kept} parts resumed" in resumed.stdout and load_profile(out)["resumed_parts"] == kept
+
+
+def test_a_cut_off_the_chain_is_named_in_the_notes() -> None:
+    # two branches: neither head contains the other, so one's head cannot be a sum of chain segments
+    cut_ids = ["relu_0+relu_4", "relu_0+relu_1"]
+    profile = profile_model(
+        models.inception_block(), name="inc", sha256="abc", threads=1, cut_ids=cut_ids, codecs=("fp32",),
+        repeats=1, warmup=0, passes=1, role="device", inputs=None,
+    )  # fmt: skip
+    off_chain = [note for note in profile["notes"] if "not a prefix of the chain" in note]
+    assert len(off_chain) == 1 and cut_ids[1] in off_chain[0]
