@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--passes", type=int, default=2, help="separate sweeps; each part keeps its quietest (default 2)"
     )
     parser.add_argument("--fallback", help="also time this small fallback model (device role)")
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="also time each head with weights and the fallback as int8 variants, for `plan --quantize int8`",
+    )
     parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no tty")
     add_input_options(parser, "real inputs to time on (the first); .npz keyed by input name")
     parser.set_defaults(handler=run)
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             samples=args.samples,
             shapes=input_shapes(args),
             role=args.role,
+            quantize=args.quantize,
         )
     except KeyboardInterrupt:
         kept = journal_path(args.output)

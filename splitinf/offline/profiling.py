@@ -44,9 +44,14 @@ Profile JSON (format 2; format 1, from before roles, reads as role ``both``)::
                "max_abs_error": 0.033, "max_abs_held_out_error": 0.02},
      "cuts": [{"id": "c3", "bytes": 2048,
                "codecs": {"fp16": {"head": <timing>, "encode": <timing>, "serialize": <timing>,
-                                   "wire_bytes": 1024}}}, ...],   # server: tail, decode, deserialize
+                                   "wire_bytes": 1024,
+                                   "int8_head": <timing>}}}, ...],   # server: tail, decode, deserialize
      "notes": ["cut ids: no codec fp16/int8, its int64 tensors travel as they are (fp32)"],
-     "fallback": {"name": "small", "sha256": "...", "seconds": <timing>}}
+     "fallback": {"name": "small", "sha256": "...", "seconds": <timing>, "int8_seconds": <timing>}}
+
+``int8_head`` and ``int8_seconds`` (``--quantize int8``, device): the head with int8 weights
+(:mod:`splitinf.offline.quantize`) and the same codec, summed from the segments' int8 twins and
+scaled by whole int8 heads; a head without weights has none.
 
 A summed timing adds its parts' medians, p90s and minimums. ``inputs`` are the shapes everything
 was timed at (the user's samples or ``--shape``, else random inputs with dynamic dimensions 1:
@@ -89,6 +94,7 @@ from splitinf.offline.codecs import (
 from splitinf.offline.graph import Cut, GraphView, load_model, spec_value_info
 from splitinf.offline.inputs import InputSet
 from splitinf.offline.partition import split_model
+from splitinf.offline.quantize import has_weights, parse_quantize, quantize_method, quantize_model
 from splitinf.offline.segments import Segment, chain_segments, segment_model
 from splitinf.offline.sessions import make_session
 
@@ -332,7 +338,14 @@ class _Layout:
     tails: bool  # the server's parts
     checks: list[Cut]
     fallback: bool
+    # with --quantize int8, per segment whether it has weights to quantize (the device then times its int8 twin)
+    int8_segments: list[bool] = field(default_factory=list)
+    int8_fallback: bool = False
     wire_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def int8_head(self, cut: Cut) -> bool:
+        """Whether the head at ``cut`` has an int8 twin: with --quantize, on the device, with weights."""
+        return self.heads and any(self.int8_segments[: self.reach[cut.id]])
 
     @property
     def segments_run(self) -> int:
@@ -367,11 +380,18 @@ class _Layout:
         keys += [k for cut in self.cuts if self.reach[cut.id] == 0 for k in self.cut_keys(cut)]
         for index in range(self.segments_run):
             keys += [("segment", str(index))] if self.segment_timed(index) else []
+            keys += (
+                [("segment", str(index), "int8")]
+                if self.heads and self.int8_segments[index : index + 1] == [True]
+                else []
+            )
             keys += [k for cut in self.cuts if self.reach[cut.id] == index + 1 for k in self.cut_keys(cut)]
         for cut in self.checks:
             keys += [("check", cut.id, "head")] if self.heads else []
+            keys += [("check", cut.id, "int8_head")] if self.int8_head(cut) else []
             keys += [("check", cut.id, "tail")] if self.tails else []
-        return keys + ([("fallback",)] if self.fallback and self.heads else [])
+        keys += [("fallback",)] if self.fallback and self.heads else []
+        return keys + ([("fallback", "int8")] if self.int8_fallback and self.heads else [])
 
 
 def _part_name(pass_index: int, key: Sequence[str]) -> str:
@@ -415,8 +435,9 @@ def _layout(
     codecs: Sequence[str],
     role: str,
     *,
-    fallback: bool,
+    fallback: onnx.ModelProto | None,
     threads: int | None,
+    quantize: str | None,
 ) -> tuple[_Layout, list[str]]:
     view = GraphView(model, inputs.first)
     cuts = view.cuts() if not cut_ids else [view.find(c) for c in cut_ids]
@@ -443,8 +464,11 @@ def _layout(
         heads=role in ("device", "both"),
         tails=role in ("server", "both"),
         checks=_checked_cuts(cuts, reach, _CHECKED_CUTS),
-        fallback=fallback,
+        fallback=fallback is not None,
     )
+    if quantize and layout.heads:
+        layout.int8_segments = [has_weights(segment_model(view, segment)) for segment in segments]
+        layout.int8_fallback = fallback is not None and has_weights(fallback)
     return layout, notes
 
 
@@ -571,28 +595,46 @@ class _Pass:
         values.update(zip(names, inputs_.run_checked(session, feed, f"segment {index + 1}"), strict=True))
         if layout.segment_timed(index):
             self.time(("segment", str(index)), partial(session.run, None, feed))
+        if layout.int8_segments[index : index + 1] == [True] and self.pending(("segment", str(index), "int8")):
+            del session
+            # calibrated on this one input: the int8 kernels take as long whatever the scales
+            method = quantize_method(layout.model)  # the whole head's choice, not each segment's own
+            int8 = quantize_model(segment_model(layout.view, layout.segments[index]), [feed], method=method)
+            session = make_session(int8.model, self.threads)
+            self.time(("segment", str(index), "int8"), partial(session.run, None, feed))
 
     def checks(self, sample: Mapping[str, np.ndarray], kept: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-        """Whole heads (and tails) at the checked cuts, timed as they were before segments."""
+        """Whole heads (their int8 twins) and tails at the checked cuts, timed as they were before segments."""
         layout = self.layout
         for cut in layout.checks:
-            wanted = [p for p in ("head", "tail") if (p == "head" and layout.heads) or (p == "tail" and layout.tails)]
-            if not any(self.pending(("check", cut.id, p)) for p in wanted):
+            wanted = [k for k in self.layout.keys() if k[:2] == ("check", cut.id) and self.pending(k)]
+            if not wanted:
                 continue
             partition = split_model(layout.model, cut)
-            parts = {part: getattr(partition, part).SerializeToString() for part in wanted}
+            parts = {}
+            for _, _, part in wanted:
+                if part == "int8_head":
+                    int8 = quantize_model(partition.head, [sample], method=quantize_method(layout.model))
+                    parts[part] = int8.model.SerializeToString()
+                else:
+                    parts[part] = getattr(partition, part).SerializeToString()
             del partition  # one serialised part at a time beside the source model, not whole partitions
-            for part, values in (("head", sample), ("tail", kept.get(cut.id, {}))):
-                if part in parts:
-                    session = make_session(parts.pop(part), self.threads)
-                    feed = {i.name: values[i.name] for i in session.get_inputs()}
-                    self.time(("check", cut.id, part), partial(session.run, None, feed))
-                    del session
+            for part in list(parts):
+                session = make_session(parts.pop(part), self.threads)
+                values = kept.get(cut.id, {}) if part == "tail" else sample
+                feed = {i.name: values[i.name] for i in session.get_inputs()}
+                self.time(("check", cut.id, part), partial(session.run, None, feed))
+                del session
 
     def fallback(self, small: onnx.ModelProto, inputs: InputSet, seed: int) -> None:
         if self.layout.heads and self.pending(("fallback",)):
             session = make_session(small, self.threads)
             self.time(("fallback",), partial(session.run, None, _fallback_feeds(session, inputs, seed)))
+        if self.layout.int8_fallback and self.pending(("fallback", "int8")):
+            session = make_session(small, self.threads)
+            feeds = _fallback_feeds(session, inputs, seed)
+            session = make_session(quantize_model(small, [feeds]).model, self.threads)
+            self.time(("fallback", "int8"), partial(session.run, None, feeds))
 
 
 def _last_uses(layout: _Layout) -> dict[str, int]:
@@ -661,13 +703,19 @@ class _Results:
     def best(self, *key: str) -> Timing:
         return _quietest([self.journal.done[_part_name(p, key)] for p in range(self.passes)])
 
-    def segment(self, index: int) -> Timing:
+    def segment(self, index: int, part: str = "head") -> Timing:
+        """A segment's time; for ``int8_head`` its int8 twin's where it has weights to quantize."""
+        if part == "int8_head" and self.layout.int8_segments[index : index + 1] == [True]:
+            return self.best("segment", str(index), "int8")
         return self.best("segment", str(index))
 
     def summed(self, part: str, reach: int) -> Timing:
-        """The raw sum of the segments before (head) or after (tail) chain position ``reach``."""
-        indices = range(reach) if part == "head" else range(reach, len(self.layout.segments))
-        return Timing.total([self.segment(k) for k in indices], self.repeats)
+        """The raw sum of the segments before (head, int8_head) or after (tail) chain position ``reach``."""
+        indices = range(reach, len(self.layout.segments)) if part == "tail" else range(reach)
+        return Timing.total([self.segment(k, part) for k in indices], self.repeats)
+
+    def timed(self, *key: str) -> bool:
+        return _part_name(0, key) in self.journal.done
 
     def anchors(self, part: str) -> list[tuple[int, float]]:
         """(chain position, whole/summed) where a whole part was timed: the checked cuts, and the full model
@@ -675,17 +723,17 @@ class _Results:
         (run overheads, fusions), and a long run is likelier than a short one to be slowed by other load."""
         layout = self.layout
         found = []
-        for cut in layout.checks:
+        for cut in [c for c in layout.checks if self.timed("check", c.id, part)]:
             summed = self.summed(part, layout.reach[cut.id]).min
             if summed > 0:
                 found.append((layout.reach[cut.id], self.best("check", cut.id, part).min / summed))
         ends = {"head": len(layout.segments), "tail": 0}
-        if all(layout.segment_timed(k) for k in range(len(layout.segments))):
+        if part in ends and self.timed("model") and all(layout.segment_timed(k) for k in range(len(layout.segments))):
             found.append((ends[part], self.best("model").min / self.summed(part, ends[part]).min))
         return found
 
-    def head(self, cut: Cut) -> Timing:
-        return self.scaled("head")[self.layout.reach[cut.id]]
+    def head(self, cut: Cut, part: str = "head") -> Timing:
+        return self.scaled(part)[self.layout.reach[cut.id]]
 
     def tail(self, cut: Cut) -> Timing:
         return self.scaled("tail")[self.layout.reach[cut.id]]
@@ -696,6 +744,8 @@ class _Results:
         if part not in self._scaled:
             anchors = self.anchors(part)
             reaches = sorted({self.layout.reach[c.id] for c in self.layout.cuts}, reverse=part == "tail")
+            if part == "int8_head":
+                reaches = [r for r in reaches if any(self.layout.int8_segments[:r])]
             floor = Timing(0.0, 0.0, 0.0, self.repeats)
             table = {}
             for reach in reaches:
@@ -721,6 +771,8 @@ class _Results:
             entry["head"] = Timing.total([self.head(cut), *encode_], self.repeats).to_json()
             entry.update({"encode": encode_[0].to_json()} if encode_ else {})
             entry["serialize"] = self.best(cut.id, codec, "serialize").to_json()
+            if layout.int8_head(cut):  # the int8 twin feeds the same codec op
+                entry["int8_head"] = Timing.total([self.head(cut, "int8_head"), *encode_], self.repeats).to_json()
         if layout.tails:
             decode = [self.best(cut.id, codec, "decode")] if codec != "fp32" else []
             entry["tail"] = Timing.total([*decode, self.tail(cut)], self.repeats).to_json()
@@ -734,9 +786,9 @@ class _Results:
         estimated without it, from the other anchors (``held_out_error``: the error to expect elsewhere)."""
         layout = self.layout
         parts: list[dict[str, Any]] = []
-        for part in [p for p, on in (("head", layout.heads), ("tail", layout.tails)) if on]:
+        for part in ("head", "int8_head", "tail"):
             anchors = self.anchors(part)
-            for cut in layout.checks:
+            for cut in [c for c in layout.checks if self.timed("check", c.id, part)]:
                 reach = layout.reach[cut.id]
                 whole, summed = self.best("check", cut.id, part).min, self.summed(part, reach).min
                 others = [a for a in anchors if a[0] != reach]
@@ -788,6 +840,7 @@ def profile_model(
     on_part: Callable[[str], None] | None = None,
     stream: IO[str] | None = None,
     model_file: str | os.PathLike[str] | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Time what ``role`` runs of the model at each cut per codec (and the fallback); return the profile.
 
@@ -799,6 +852,9 @@ def profile_model(
     the parts are appended to as they are measured, and resumed from (see the module docstring);
     ``on_part`` is called with each part's name once it is recorded. ``model_file``: the file ``model`` was
     read from, which the full model's session then opens (sparing a serialised copy in memory).
+    With ``quantize="int8"`` the device also times the int8 twin (:mod:`splitinf.offline.quantize`) of
+    each segment with weights and of the fallback: ``int8_head`` per cut and codec (scaled by whole int8
+    heads at the checked cuts), ``int8_seconds`` for the fallback.
     """
     if passes < 1:
         raise PlanError(f"passes must be at least 1, got {passes}")
@@ -807,8 +863,10 @@ def profile_model(
     codecs = parse_codecs(codecs)
     if inputs is None:
         inputs = inputs_.model_inputs(GraphView(model).input_specs(), seed=seed)
-    layout, notes = _layout(model, inputs, cut_ids, codecs, role, fallback=fallback is not None, threads=threads)
-    settings = {"repeats": repeats, "warmup": warmup, "passes": passes, "codecs": list(codecs)}
+    quantize = parse_quantize(quantize)
+    small = None if fallback is None else fallback[0]
+    layout, notes = _layout(model, inputs, cut_ids, codecs, role, fallback=small, threads=threads, quantize=quantize)
+    settings = {"repeats": repeats, "warmup": warmup, "passes": passes, "codecs": list(codecs), "quantize": quantize}
     key = _journal_key(layout, sha256, inputs, settings, fallback[2] if fallback else None, threads)
     parts = _Journal(None if journal is None else Path(journal), key)
     keys = layout.keys()
@@ -859,6 +917,8 @@ def profile_model(
             "sha256": fallback[2],
             "seconds": results.best("fallback").to_json(),
         }
+        if layout.int8_fallback:
+            profile["fallback"]["int8_seconds"] = results.best("fallback", "int8").to_json()
     return profile
 
 
@@ -878,6 +938,7 @@ def profile_file(
     shapes: Mapping[str, Sequence[int]] | None = None,
     role: str = "both",
     on_part: Callable[[str], None] | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Profile the model file (and the fallback file) on ``samples`` (a path) or at ``shapes`` and
     write the profile JSON; the file wrapper. Parts are kept in :func:`journal_path` as they are
@@ -909,6 +970,7 @@ def profile_file(
         journal=journal_path(target),
         on_part=on_part,
         model_file=model,
+        quantize=quantize,
     )
     write_json_atomic(target, profile)
     journal_path(target).unlink(missing_ok=True)

@@ -342,3 +342,20 @@ def test_a_cut_off_the_chain_is_named_in_the_notes() -> None:
     )  # fmt: skip
     off_chain = [note for note in profile["notes"] if "not a prefix of the chain" in note]
     assert len(off_chain) == 1 and cut_ids[1] in off_chain[0]
+
+
+def test_quantize_int8_times_the_int8_twins_of_heads_with_weights_and_of_the_fallback() -> None:
+    profile = profile_model(
+        models.residual_cnn(), name="res", sha256="abc", threads=1, codecs=("fp32", "fp16"), repeats=2, warmup=0,
+        passes=1, role="device", quantize="int8", fallback=(models.chain_cnn(), "small", "f00"),
+    )  # fmt: skip
+    assert profile["settings"]["quantize"] == "int8" and profile["fallback"]["int8_seconds"]["median"] > 0
+    first, *rest = profile["cuts"]
+    assert all("int8_head" not in entry for entry in first["codecs"].values())  # the input cut: no weights
+    for cut in rest:
+        for entry in cut["codecs"].values():
+            assert entry["int8_head"]["median"] > 0
+    assert any(p["part"] == "int8_head" for p in profile["check"]["parts"])
+    plain, _ = _small_profile("device")
+    assert all("int8_head" not in e for c in plain["cuts"] for e in c["codecs"].values())
+    assert "int8_seconds" not in plain["fallback"]
