@@ -1,5 +1,14 @@
-"""``splitinf profile MODEL.onnx -o PROFILE.json [--shape NAME=DIMS ...] [--samples NPZ]``: time each
-cut's head and tail on this machine, on the user's inputs (the profile records their shapes)."""
+"""``splitinf profile MODEL.onnx -o PROFILE.json [--role device|server|both] [--shape NAME=DIMS ...]
+[--samples NPZ]``: time on this machine what it runs of each cut, on the user's inputs (the profile
+records their shapes).
+
+``--role device`` (on the Pi) times the heads, the codecs' encoding, building the request, the full
+model and the fallback; ``--role server`` the tails, decoding and parsing the request. The default,
+``both``, times everything and gives a profile either side accepts: one machine, or the old
+behaviour. `splitinf plan` takes a device-role profile as ``--device`` and a server-role one as
+``--server`` and refuses them swapped. Parts are kept in ``PROFILE.json.partial`` as they are
+measured: after Ctrl-C or a crash, the same command resumes.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +21,23 @@ from splitinf.cli.options import add_input_options, input_shapes
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "profile",
-        help="time the model's heads and tails on this machine (run it on the device and on the server)",
+        help="time the model's heads (--role device) or tails (--role server) on this machine",
         description=(
-            "Time the full model and each candidate cut's head and tail (with each wire codec) on this "
-            "machine, with warm-up and repeats, and write a profile for `splitinf plan`."
+            "Time the model on this machine for `splitinf plan`: the segments between candidate cuts (a head is "
+            "the sum of those before its cut, a tail of those after), each wire codec's own op, the request's "
+            "(de)serialisation, and a few whole heads or tails to check the sums. Parts are kept in "
+            "OUTPUT.partial as they are measured; rerun the same command to resume."
         ),
     )
     parser.add_argument("model", help="the ONNX model")
     parser.add_argument("-o", "--output", required=True, help="where to write the profile JSON")
+    parser.add_argument(
+        "--role",
+        choices=("device", "server", "both"),
+        default="both",
+        help="device: heads, encoding, the full model and the fallback (run it on the Pi); server: tails and "
+        "decoding (run it on the server); both (default): everything, a profile either side accepts",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -28,12 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--cuts", default="", help="comma-separated cut ids to time (default: every cut)")
     parser.add_argument("--codecs", default="fp32,fp16,int8", help="wire codecs to time (default fp32,fp16,int8)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per head/tail (default 20)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per part (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     parser.add_argument(
-        "--passes", type=int, default=2, help="separate sweeps; each item keeps its quietest (default 2)"
+        "--passes", type=int, default=2, help="separate sweeps; each part keeps its quietest (default 2)"
     )
-    parser.add_argument("--fallback", help="also time this small fallback model")
+    parser.add_argument("--fallback", help="also time this small fallback model (device role)")
     parser.add_argument(
         "--quantize",
         choices=("none", "int8"),
@@ -41,31 +59,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also time each head with weights and the fallback as int8 variants, for `plan --quantize int8`",
     )
     parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no tty")
-    add_input_options(parser, "real inputs to time on (the first; up to 8 calibrate int8); .npz keyed by input name")
+    add_input_options(parser, "real inputs to time on (the first); .npz keyed by input name")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitinf.offline.profiling import profile_file
+    from splitinf.offline.profiling import journal_path, profile_file
 
-    profile = profile_file(
-        args.model,
-        args.output,
-        threads=args.threads,
-        cut_ids=[c.strip() for c in args.cuts.split(",") if c.strip()] or None,
-        codecs=args.codecs,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        passes=args.passes,
-        fallback=args.fallback,
-        progress=args.progress or sys.stderr.isatty(),
-        samples=args.samples,
-        shapes=input_shapes(args),
-        quantize=args.quantize,
-    )
+    try:
+        profile = profile_file(
+            args.model,
+            args.output,
+            threads=args.threads,
+            cut_ids=[c.strip() for c in args.cuts.split(",") if c.strip()] or None,
+            codecs=args.codecs,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            passes=args.passes,
+            fallback=args.fallback,
+            progress=args.progress or sys.stderr.isatty(),
+            samples=args.samples,
+            shapes=input_shapes(args),
+            role=args.role,
+            quantize=args.quantize,
+        )
+    except KeyboardInterrupt:
+        kept = journal_path(args.output)
+        if kept.is_file():
+            print(
+                f"\nsplitinf profile: interrupted; the parts timed so far are kept in {kept}: "
+                "rerun the same command to resume",
+                file=sys.stderr,
+            )
+        raise
     for note in profile["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    full_ms = profile["model_seconds"]["median"] * 1e3
     at = ", ".join(f"{n}={'x'.join(map(str, i['shape'])) or '()'}" for n, i in profile["inputs"]["inputs"].items())
-    print(f"wrote {args.output}: {len(profile['cuts'])} cuts at {at}, full model {full_ms:.3f} ms")
+    resumed = f", {profile['resumed_parts']} parts resumed" if profile["resumed_parts"] else ""
+    check = profile["check"]
+    checked = (
+        f"; segment sums within {check['max_abs_error']:.1%} of {len(check['parts'])} whole parts"
+        if check["parts"]
+        else ""
+    )
+    seconds = profile["model_seconds"]["median"] * 1e3
+    what = "full model" if profile["role"] != "server" else "all tails from the first cut"
+    print(
+        f"wrote {args.output} ({profile['role']} role): {len(profile['cuts'])} cuts at {at}, {what} "
+        f"{seconds:.3f} ms{checked}{resumed}"
+    )
     return 0

@@ -166,7 +166,10 @@ def select_candidates(
 
 
 def check_profile(profile: Mapping[str, Any], *, role: str, model_sha256: str, source: str) -> None:
-    """Refuse a profile of another model (sha256 mismatch), naming both hashes and the fix."""
+    """Refuse a profile of another model (sha256 mismatch), naming both hashes and the fix, or of the other side."""
+    from splitinf.offline.profiling import check_role
+
+    check_role(profile, role=role, source=source)
     found = str(profile.get("model", {}).get("sha256", ""))
     if found != model_sha256:
         raise PlanError(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -17,8 +23,11 @@ from splitinf.offline.graph import enumerate_cuts
 from splitinf.offline.profiling import (
     ProgressBar,
     Timing,
+    check_role,
+    journal_path,
     load_profile,
     machine_info,
+    profile_file,
     profile_model,
     time_callable,
 )
@@ -67,9 +76,22 @@ def test_progress_bar_draws_only_when_enabled() -> None:
         bar.step(f"item {k}")
     text = stream.getvalue()
     assert "[##......] 1/4 item 0" in text and "[########] 4/4 item 3" in text and text.endswith("\n")
+    assert "ETA" in text.split("\r")[1] and "ETA" not in text.split("\r")[-1]
     quiet = io.StringIO()
     ProgressBar(2, enabled=False, stream=quiet).step("x")
     assert quiet.getvalue() == ""
+
+
+def test_progress_eta_is_the_parts_left_times_the_median_part() -> None:
+    clock = FakeClock([1.0, 1.0, 100.0, 1.0])
+    stream = io.StringIO()
+    bar = ProgressBar(10, enabled=True, stream=stream, clock=clock)
+    for _ in range(3):
+        clock.advance()
+        bar.step("part")
+    # 3 steps of 1 s, 1 s and 100 s: the median (1 s) times the 7 left, not the mean (34 s)
+    assert bar.eta_s() == 7.0
+    assert stream.getvalue().rstrip().endswith("1m42s, ETA 0m07s")
 
 
 def test_session_options_pin_the_thread_count() -> None:
@@ -109,7 +131,10 @@ def test_profile_times_every_requested_cut_and_codec() -> None:
         fp32 = cut["codecs"]["fp32"]
         for part in ("head", "tail", "serialize", "deserialize"):
             timing = fp32[part]
-            assert 0 < timing["min"] <= timing["median"] <= timing["p90"] and timing["repeats"] == 3
+            assert 0 <= timing["min"] <= timing["median"] <= timing["p90"] and timing["repeats"] == 3
+        assert fp32["head"]["median"] > 0 and ("encode" in fp32) == (cut["id"] == cut_ids[0])  # input: a passthrough
+        assert fp32["tail"]["median"] > 0
+        assert cut["codecs"]["fp16"]["encode"]["median"] > 0 and cut["codecs"]["int8"]["decode"]["median"] > 0
         assert fp32["wire_bytes"] == cut["bytes"]
         assert cut["codecs"]["fp16"]["wire_bytes"] * 2 == fp32["wire_bytes"]
         assert cut["codecs"]["int8"]["wire_bytes"] * 4 == fp32["wire_bytes"]
@@ -155,3 +180,182 @@ def test_load_profile_names_what_is_wrong(tmp_path: Path) -> None:
     other.write_text(json.dumps({"format": 1}))
     with pytest.raises(PlanError, match="not a splitinf profile"):
         load_profile(other)
+
+
+def _small_profile(role: str) -> tuple[dict[str, Any], list[list[str]]]:
+    """A profile of a residual CNN, and the key of each part it timed (the part names without the pass)."""
+    timed: list[str] = []
+    profile = profile_model(
+        models.residual_cnn(),
+        name="res",
+        sha256="abc",
+        threads=1,
+        codecs=("fp32", "fp16", "int8"),
+        repeats=2,
+        warmup=0,
+        passes=1,
+        role=role,
+        on_part=timed.append,
+        fallback=(models.chain_cnn(), "small", "f00"),
+    )
+    return profile, [json.loads(part)[1:] for part in timed]
+
+
+def test_a_device_profile_times_only_what_runs_on_the_device() -> None:
+    profile, timed = _small_profile("device")
+    assert profile["role"] == "device" and "fallback" in profile
+    assert {"model", "segment", "check", "fallback"} <= {key[0] for key in timed}
+    kinds = {key[-1] for key in timed}
+    assert not kinds & {"decode", "deserialize", "tail"}
+    for cut in profile["cuts"]:
+        for codec, entry in cut["codecs"].items():
+            assert {"head", "serialize", "wire_bytes"} <= set(entry) and not {"tail", "deserialize"} & set(entry)
+            assert ("encode" in entry) == (codec != "fp32" or cut is profile["cuts"][0])
+    assert all(p["part"] == "head" for p in profile["check"]["parts"])
+
+
+def test_a_server_profile_times_only_the_tails() -> None:
+    profile, timed = _small_profile("server")
+    assert profile["role"] == "server" and "fallback" not in profile and ["fallback"] not in timed
+    kinds = {key[-1] for key in timed}
+    assert not kinds & {"encode", "serialize", "head"}
+    for cut in profile["cuts"]:
+        for codec, entry in cut["codecs"].items():
+            assert {"tail", "deserialize", "wire_bytes"} <= set(entry) and not {"head", "serialize"} & set(entry)
+            assert ("decode" in entry) == (codec != "fp32")
+    check = profile["check"]
+    assert check["parts"] and all(p["part"] == "tail" for p in check["parts"])
+    assert all({"whole", "summed", "error", "held_out_error"} <= set(p) for p in check["parts"])
+
+
+def test_heads_are_segment_sums_anchored_on_the_whole_model() -> None:
+    profile, _ = _small_profile("both")
+    segments = profile["segments"]
+    assert len(segments) >= 3 and all(s["seconds"]["median"] > 0 for s in segments)
+    cuts = profile["cuts"]
+    last = cuts[-1]["codecs"]["fp32"]
+    # the head through every segment is scaled to the full model it runs (or to a longer check head, if noise
+    # made one slower: a head is never faster than one it contains)
+    model = profile["model_seconds"]["median"]
+    assert last["head"]["median"] >= model * (1 - 1e-9) and cuts[0]["codecs"]["fp32"]["tail"]["median"] >= model * (
+        1 - 1e-9
+    )
+    heads = [c["codecs"]["fp32"]["head"]["median"] for c in cuts[1:]]
+    tails = [c["codecs"]["fp32"]["tail"]["median"] for c in cuts]
+    assert heads == sorted(heads) and tails == sorted(tails, reverse=True)
+
+
+def test_an_interrupted_profile_resumes_timing_only_the_parts_left(tmp_path: Path) -> None:
+    model_path = tmp_path / "res.onnx"
+    onnx.save_model(models.residual_cnn(), model_path)
+    out = tmp_path / "p.json"
+    args = {"threads": 1, "codecs": "fp32,fp16", "repeats": 2, "warmup": 0, "passes": 2}
+    first: list[str] = []
+
+    def crash_after_seven(part: str) -> None:
+        first.append(part)
+        if len(first) == 7:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        profile_file(model_path, out, on_part=crash_after_seven, **args)  # type: ignore[arg-type]
+    journal = journal_path(out)
+    assert not out.exists() and len(journal.read_text().splitlines()) == 1 + 7
+    with journal.open("a") as torn:
+        torn.write('{"part": "[1, "segm')  # a line cut short by the crash
+    second: list[str] = []
+    profile = profile_file(model_path, out, on_part=second.append, **args)  # type: ignore[arg-type]
+    assert profile["resumed_parts"] == 7
+    assert not set(first) & set(second) and len(second) > 7
+    assert load_profile(out)["cuts"] and not journal.exists()
+    everything: list[str] = []
+    profile_file(model_path, out, on_part=everything.append, **args)  # type: ignore[arg-type]
+    assert sorted(everything) == sorted(first + second)
+
+
+def test_a_journal_of_other_settings_is_not_resumed(tmp_path: Path) -> None:
+    model_path = tmp_path / "res.onnx"
+    onnx.save_model(models.residual_cnn(), model_path)
+    out = tmp_path / "p.json"
+    counted: list[str] = []
+
+    def crash_after_three(part: str) -> None:
+        counted.append(part)
+        if len(counted) == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):
+        profile_file(model_path, out, threads=1, codecs="fp32", repeats=2, warmup=0, on_part=crash_after_three)
+    profile = profile_file(model_path, out, threads=1, codecs="fp32", repeats=3, warmup=0)
+    assert profile["resumed_parts"] == 0 and profile["settings"]["repeats"] == 3
+
+
+def test_plan_takes_role_profiles_and_refuses_them_swapped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_path = tmp_path / "res.onnx"
+    onnx.save_model(models.residual_cnn(), model_path)
+    common = ["--threads", "1", "--codecs", "fp32,fp16", "--repeats", "2", "--warmup", "0", "--passes", "1"]
+    for role in ("device", "server"):
+        assert main(["profile", str(model_path), "-o", str(tmp_path / f"{role}.json"), "--role", role, *common]) == 0
+    assert "(device role)" in capsys.readouterr().out
+    plan = ["plan", str(model_path), "--codecs", "fp32,fp16"]
+    device, server = str(tmp_path / "device.json"), str(tmp_path / "server.json")
+    assert main([*plan, "--device", device, "--server", server, "-o", str(tmp_path / "plan")]) == 0
+    assert main([*plan, "--device", server, "--server", device, "-o", str(tmp_path / "swapped")]) == 2
+    err = capsys.readouterr().err
+    assert "--role server" in err and "give it as --server" in err and "Traceback" not in err
+    with pytest.raises(PlanError, match="role"):
+        check_role({"role": "device"}, role="server", source="p.json")
+    check_role({}, role="server", source="old.json")  # format 1, from before roles: it timed both sides
+
+
+def test_ctrl_c_keeps_the_parts_and_the_same_command_resumes(tmp_path: Path) -> None:
+    model_path = tmp_path / "res.onnx"
+    onnx.save_model(models.residual_cnn(), model_path)
+    out = tmp_path / "p.json"
+    command = [sys.executable, "-m", "splitinf", "profile", str(model_path), "-o", str(out), "--threads", "1",
+               "--codecs", "fp32", "--repeats", "300", "--warmup", "0", "--passes", "1"]  # fmt: skip
+    journal = journal_path(out)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (journal.is_file() and len(journal.read_text().splitlines()) >= 4):
+        assert child.poll() is None and time.monotonic() < deadline, "no parts were journaled"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    if child.returncode == 0:
+        pytest.skip("the profile finished before the interrupt landed")
+    assert child.returncode == 130 and "Traceback" not in err
+    assert "rerun the same command to resume" in err and str(journal) in err
+    kept = len(journal.read_text().splitlines()) - 1
+    assert kept >= 3 and not out.exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True, env=env)
+    assert f"{kept} parts resumed" in resumed.stdout and load_profile(out)["resumed_parts"] == kept
+
+
+def test_a_cut_off_the_chain_is_named_in_the_notes() -> None:
+    # two branches: neither head contains the other, so one's head cannot be a sum of chain segments
+    cut_ids = ["relu_0+relu_4", "relu_0+relu_1"]
+    profile = profile_model(
+        models.inception_block(), name="inc", sha256="abc", threads=1, cut_ids=cut_ids, codecs=("fp32",),
+        repeats=1, warmup=0, passes=1, role="device", inputs=None,
+    )  # fmt: skip
+    off_chain = [note for note in profile["notes"] if "not a prefix of the chain" in note]
+    assert len(off_chain) == 1 and cut_ids[1] in off_chain[0]
+
+
+def test_quantize_int8_times_the_int8_twins_of_heads_with_weights_and_of_the_fallback() -> None:
+    profile = profile_model(
+        models.residual_cnn(), name="res", sha256="abc", threads=1, codecs=("fp32", "fp16"), repeats=2, warmup=0,
+        passes=1, role="device", quantize="int8", fallback=(models.chain_cnn(), "small", "f00"),
+    )  # fmt: skip
+    assert profile["settings"]["quantize"] == "int8" and profile["fallback"]["int8_seconds"]["median"] > 0
+    first, *rest = profile["cuts"]
+    assert all("int8_head" not in entry for entry in first["codecs"].values())  # the input cut: no weights
+    for cut in rest:
+        for entry in cut["codecs"].values():
+            assert entry["int8_head"]["median"] > 0
+    assert any(p["part"] == "int8_head" for p in profile["check"]["parts"])
+    plain, _ = _small_profile("device")
+    assert all("int8_head" not in e for c in plain["cuts"] for e in c["codecs"].values())
+    assert "int8_seconds" not in plain["fallback"]

@@ -109,7 +109,7 @@ def test_convolutional_and_gemm_models_are_quantized_statically() -> None:
 
 
 def test_static_quantization_needs_samples_and_bad_values_are_refused() -> None:
-    with pytest.raises(PlanError, match="--calibration"):
+    with pytest.raises(PlanError, match="--samples"):
         quantize_model(load_model(digits_main_path()), [])
     with pytest.raises(PlanError, match="lack the input"):
         quantize_model(load_model(digits_main_path()), [{"x": np.zeros((1, 1, 8, 8), np.float32)}])

@@ -42,10 +42,13 @@ class _GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
 
-    def conv(self, x: str, name: str, c_in: int, c_out: int, kernel: int, stride: int = 1, gain: float = 1.0) -> str:
+    def conv(
+        self, x: str, name: str, c_in: int, c_out: int, kernel: int, stride: int = 1, gain: float = 1.0, group: int = 1
+    ) -> str:
         # He initialisation keeps ReLU activations at a stable scale through depth.
-        std = gain * math.sqrt(2.0 / (c_in * kernel * kernel))
-        weight = self.rng.standard_normal((c_out, c_in, kernel, kernel), dtype=np.float32) * np.float32(std)
+        std = gain * math.sqrt(2.0 / (c_in // group * kernel * kernel))
+        shape = (c_out, c_in // group, kernel, kernel)
+        weight = self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
         bias = self.rng.standard_normal(c_out, dtype=np.float32) * np.float32(_BIAS_STD)
         self.initializers.append(numpy_helper.from_array(weight, f"{name}.weight"))
         self.initializers.append(numpy_helper.from_array(bias, f"{name}.bias"))
@@ -59,6 +62,7 @@ class _GraphBuilder:
                 kernel_shape=[kernel, kernel],
                 strides=[stride, stride],
                 pads=[pad, pad, pad, pad],
+                group=group,
             )
         )
         return name
