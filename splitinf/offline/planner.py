@@ -12,9 +12,14 @@ point. Which held option answers a request is not decided here: the device appli
 :func:`splitinf.contract.plan.choose_option` to its live estimates, and the report marks what that
 rule picks within the plan's budget.
 
+Cuts whose head exceeds ``--max-device-share`` of the model are not weighed. The device holds each
+weight once: the plan directory holds the model cut into segments at the held cuts, and each
+option's head is a list of segment files plus its codec's own graph (:mod:`splitinf.offline.segments`).
+
 The pure core comes first. :func:`plan_model` at the end is the I/O wrapper that ``splitinf plan``
-runs, in named steps: read the sources and samples, evaluate every (cut, codec) option, select the
-ones to hold, write the plan directory.
+runs, in named steps: read the sources and samples, evaluate every (cut, codec) option (one cut's
+models in memory at a time, a progress bar with an ETA on request), select the ones to hold, write
+the plan directory.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from splitinf.offline.codecs import Encoded
+    from splitinf.offline.codecs import Encoded, QuantParams
+    from splitinf.offline.device_share import DeviceShare
+    from splitinf.offline.segments import ChainFiles
 
 __all__ = [
     "DEFAULT_BANDWIDTHS_BPS",
@@ -80,12 +87,12 @@ DEFAULT_RTTS_S = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def option_names(model_name: str, cut_id: str, codec: str) -> tuple[str, str, str]:
-    """(option id, head path in the plan directory, tail model name) for a split option."""
+    """(option id, path of its codec graph in the plan directory, tail model name) for a split option."""
     safe_cut = re.sub(r"[^A-Za-z0-9_.-]", "_", cut_id)
     safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
     return (
         f"split:{cut_id}:{codec}",
-        f"device/heads/split-{safe_cut}-{codec}.onnx",
+        f"device/codecs/{safe_cut}-{codec}.onnx",
         f"{safe_model}.{safe_cut}.{codec}",
     )
 
@@ -302,7 +309,8 @@ class _Evaluated:
     cut_ids: list[str]
     input_cut: str
     splits: list[Option]
-    encoded: Mapping[str, Encoded]
+    quant: Mapping[str, Mapping[str, QuantParams]]  # per option id: its codec's scales, to rebuild it when written
+    refused: Mapping[str, float]  # cut id -> its head's share of the model, for cuts over --max-device-share
     local: Option | None
     fallback: Option | None
     min_accuracy: float | None
@@ -399,6 +407,16 @@ def _profiled_cuts(sources: _Sources) -> tuple[dict[str, Any], str, list[str]]:
     return cuts, input_cut, [c for c in cut_ids if not set(cuts[c].names) <= graph_outputs]
 
 
+def _within_share(
+    cuts: Mapping[str, Any], cut_ids: Sequence[str], share: DeviceShare | None
+) -> tuple[list[str], dict[str, float]]:
+    """The cuts whose head is within ``share`` of the model, and the share of each one refused."""
+    if share is None:
+        return list(cut_ids), {}
+    refused = {c: share.of(cuts[c]) for c in cut_ids if not share.allows(cuts[c])}
+    return [c for c in cut_ids if c not in refused], refused
+
+
 class _Evaluator:
     """Measures options on the samples: accuracy (labels, or top-1 agreement with the full model) and fidelity."""
 
@@ -431,14 +449,13 @@ class _Evaluator:
             accuracy = fidelity[samples.held_key]["top1_agreement"]
         else:
             accuracy = self.accuracy(wire_codecs.run_encoded(encoded, samples.evaluation, self.threads)[0])
-        option_id, head_path, tail_model = option_names(sources.name, cut_id, codec)
+        option_id, _, tail_model = option_names(sources.name, cut_id, codec)
         option = Option(
             id=option_id,
             kind="split",
             cut_id=cut_id,
             codec=codec,
-            head=head_path,
-            tail_model=tail_model,
+            tail_model=tail_model,  # its head's files are named when the held options are written
             wire=encoded.wire,
             wire_bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
             head_seconds=float(dev["head"]["median"]),
@@ -477,7 +494,7 @@ class _Evaluator:
         return Option(
             id="fallback",
             kind="fallback",
-            model="device/fallback.onnx",
+            model=("device/fallback.onnx",),
             seconds=seconds,
             accuracy=self.accuracy(run_model(sources.fallback, self.samples.evaluation)),
             fidelity={"seconds_source": seconds_source},
@@ -492,30 +509,42 @@ def _evaluate(
     max_accuracy_drop: float,
     include_local: bool,
     threads: int | None,
+    share: DeviceShare | None = None,
+    progress: bool = False,
 ) -> _Evaluated:
-    """Every (profiled cut, codec) option, the local model and the fallback, priced and measured."""
+    """Every (profiled cut, codec) option within the device share, the local model and the fallback, priced
+    and measured; one cut's models in memory at a time (the held ones are rebuilt when written)."""
     from splitinf.offline.partition import split_model
+    from splitinf.offline.profiling import ProgressBar
 
-    cuts, input_cut, cut_ids = _profiled_cuts(sources)
+    cuts, input_cut, profiled = _profiled_cuts(sources)
+    cut_ids, refused = _within_share(cuts, profiled, share)
+    include_local = include_local and (share is None or share.allows_whole_model)
     evaluator = _Evaluator(sources, samples, threads)
     local_accuracy = evaluator.local_accuracy()
     splits: list[Option] = []
-    encoded: dict[str, Encoded] = {}
+    quant: dict[str, Mapping[str, QuantParams]] = {}
+    bar = ProgressBar(len(cut_ids) * len(codecs), enabled=progress)
     for cut_id in cut_ids:
         partition = split_model(sources.model, cuts[cut_id])
         for codec in codecs:
-            option, encoded[option.id] = evaluator.split_option(partition, cut_id, codec)
+            option, encoded = evaluator.split_option(partition, cut_id, codec)
             splits.append(option)
+            quant[option.id] = encoded.quant
+            del encoded
+            bar.step(option.id)
+        del partition
     local = None
     if include_local:
         seconds = float(sources.device["model_seconds"]["median"])
-        local = Option(id="local", kind="local", model="device/local.onnx", seconds=seconds, accuracy=local_accuracy)
+        local = Option(id="local", kind="local", seconds=seconds, accuracy=local_accuracy)  # its files: when written
     return _Evaluated(
         codecs=codecs,
         cut_ids=cut_ids,
         input_cut=input_cut,
         splits=splits,
-        encoded=encoded,
+        quant=quant,
+        refused=refused,
         local=local,
         fallback=evaluator.fallback_option(),
         min_accuracy=None if local_accuracy is None else local_accuracy - max_accuracy_drop,
@@ -536,13 +565,24 @@ def _select(
     )
 
 
-def _write_split(build: Path, sources: _Sources, option: Option, encoded: Encoded) -> Option:
-    """The head into ``device/heads``, the tail (with its manifest) into the ``server`` repository."""
-    from splitinf.offline.partition import save_model, write_to_repository
+def _write_split(
+    build: Path, sources: _Sources, option: Option, quant: Mapping[str, QuantParams], chain: ChainFiles
+) -> Option:
+    """The option's codec graph into ``device/codecs`` (its head: the chain's segments up to its cut, then
+    that graph), the tail (with its manifest) into the ``server`` repository."""
+    from splitinf.offline.codecs import encode
+    from splitinf.offline.graph import find_cut
+    from splitinf.offline.partition import save_model, split_model, write_to_repository
+    from splitinf.offline.segments import codec_model
 
-    assert option.head is not None and option.tail_model is not None
-    head_sha = save_model(encoded.head, build / option.head)
-    assert option.cut_id is not None and option.codec is not None
+    assert option.cut_id is not None and option.codec is not None and option.tail_model is not None
+    partition = split_model(sources.model, find_cut(sources.model, option.cut_id))
+    encoded = encode(partition, option.codec, quant)
+    head = list(chain.up_to(option.cut_id))
+    codec_graph = codec_model(partition.head, encoded.head)
+    if codec_graph is not None:
+        _, codec_path, _ = option_names(sources.name, option.cut_id, option.codec)
+        head.append((codec_path, save_model(codec_graph, build / codec_path)))
     manifest = build_manifest(
         source_name=sources.name,
         source_sha256=sources.sha256,
@@ -553,30 +593,52 @@ def _write_split(build: Path, sources: _Sources, option: Option, encoded: Encode
         wire=encoded.wire,
         opset=[(o.domain, o.version) for o in encoded.tail.opset_import],
         ir_version=encoded.tail.ir_version,
-        parts={"head": {"file": option.head, "sha256": head_sha}},
+        parts={f"head.{i}": {"file": path, "sha256": sha} for i, (path, sha) in enumerate(head)},
     )
     tail_path = write_to_repository(encoded.tail, build / "server", option.tail_model, "1", manifest)
-    return dataclasses.replace(option, head_sha256=head_sha, tail_version="1", tail_sha256=sha256_file(tail_path))
+    return dataclasses.replace(
+        option,
+        head=tuple(path for path, _ in head),
+        head_sha256=tuple(sha for _, sha in head),
+        tail_version="1",
+        tail_sha256=sha256_file(tail_path),
+    )
 
 
 def _write_models(build: Path, sources: _Sources, evaluated: _Evaluated, held: Sequence[Option]) -> tuple[Option, ...]:
-    """Every held option's files; returns the options with the sha256 of what was written."""
+    """Every held option's files, each weight once: the model as segments between the held cuts (and on to
+    the outputs when the local option is held), codec graphs, tails; returns the options with their files."""
+    from splitinf.offline.graph import GraphView
     from splitinf.offline.partition import save_model
+    from splitinf.offline.segments import OUTPUTS_END, write_chain
 
-    written = [_write_split(build, sources, option, evaluated.encoded[option.id]) for option in held]
+    view = GraphView(sources.model)
+    held_cuts = [view.find(cut_id) for cut_id in dict.fromkeys(o.cut_id for o in held if o.cut_id is not None)]
+    chain = write_chain(build, view, held_cuts, to_outputs=evaluated.local is not None)
+    del view
+    written = [_write_split(build, sources, option, evaluated.quant[option.id], chain) for option in held]
     if evaluated.local is not None:
+        files = chain.up_to(OUTPUTS_END)
         written.append(
-            dataclasses.replace(evaluated.local, sha256=save_model(sources.model, build / "device" / "local.onnx"))
+            dataclasses.replace(
+                evaluated.local, model=tuple(p for p, _ in files), sha256=tuple(sha for _, sha in files)
+            )
         )
     if evaluated.fallback is not None and sources.fallback is not None:
         written.append(
-            dataclasses.replace(evaluated.fallback, sha256=save_model(sources.fallback, build / "device/fallback.onnx"))
+            dataclasses.replace(
+                evaluated.fallback, sha256=(save_model(sources.fallback, build / "device/fallback.onnx"),)
+            )
         )
     return tuple(written)
 
 
 def _evaluated_record(
-    samples: _Samples, evaluated: _Evaluated, held: Sequence[Option], grid: tuple[Sequence[float], Sequence[float]]
+    samples: _Samples,
+    evaluated: _Evaluated,
+    held: Sequence[Option],
+    grid: tuple[Sequence[float], Sequence[float]],
+    share: DeviceShare | None,
 ) -> dict[str, Any]:
     """plan.json's account of what was weighed: codecs, cuts, samples, and every option not held."""
     held_ids = {o.id for o in held}
@@ -590,6 +652,8 @@ def _evaluated_record(
         "held_out_samples": len(samples.held),
         "accuracy": "labels" if samples.labels is not None else "top-1 agreement with the full model",
         "min_accuracy": evaluated.min_accuracy,
+        "max_device_share": None if share is None else str(share),
+        "refused_by_device_share": dict(evaluated.refused),
         "not_held": [
             {
                 "id": o.id,
@@ -625,6 +689,8 @@ def plan_model(
     include_local: bool = True,
     hold_all: bool = False,
     threads: int | None = 1,
+    max_device_share: DeviceShare | None = None,
+    progress: bool = False,
 ) -> Plan:
     """Build the plan directory ``output`` from a model, its two profiles and sample inputs (the I/O wrapper).
 
@@ -634,7 +700,12 @@ def plan_model(
     ``hold_all``) and writes the layout of :mod:`splitinf.contract.plan` with ``report.md`` and
     ``latency.svg`` (choices marked within ``budget_s``). Samples: an .npz with one array per model
     input, stacked on axis 0, optionally ``labels``. Returns the plan as loaded back from ``output``.
+
+    ``max_device_share`` refuses cuts whose head is a larger share of the model
+    (:mod:`splitinf.offline.device_share`; without ``include_local`` it defaults to
+    ``NO_LOCAL_DEFAULT``). ``progress`` draws a bar with an ETA on stderr, one step per option weighed.
     """
+    from splitinf.offline.device_share import NO_LOCAL_DEFAULT
     from splitinf.offline.plan_report import latency_svg, report_markdown
 
     if max_candidates < 0:
@@ -644,6 +715,7 @@ def plan_model(
     sources = _read_sources(model, device_profile, server_profile, fallback)
     codec_names = _codec_names(codecs, calibrated=calibration is not None)
     samples = _read_plan_samples(sources, calibration, held_out)
+    share = max_device_share if max_device_share is not None or include_local else NO_LOCAL_DEFAULT
     evaluated = _evaluate(
         sources,
         samples,
@@ -651,6 +723,8 @@ def plan_model(
         max_accuracy_drop=max_accuracy_drop,
         include_local=include_local,
         threads=threads,
+        share=share,
+        progress=progress,
     )
     held = evaluated.splits if hold_all else _select(evaluated, bandwidths, rtts, max_candidates)
     target = Path(output)
@@ -665,7 +739,7 @@ def plan_model(
             profiles={
                 "device": _profile_summary(sources.device, sources.device_source),
                 "server": _profile_summary(sources.server, sources.server_source),
-                "evaluated": _evaluated_record(samples, evaluated, held, (bandwidths, rtts)),
+                "evaluated": _evaluated_record(samples, evaluated, held, (bandwidths, rtts), share),
             },
         )
         write_json_atomic(build / "plan.json", plan.to_json())

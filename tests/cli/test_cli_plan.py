@@ -19,7 +19,9 @@ from onnx import TensorProto, helper
 from splitinf.cli import main
 from splitinf.contract.files import sha256_file, write_json_atomic
 from splitinf.contract.plan import Option, expected_latency, load_plan
+from splitinf.edge.chain import SessionPool
 from splitinf.offline.profiling import profile_model
+from splitinf.ort import SessionSettings
 from splitinf.tools.testing import graphs as models
 
 # The device profile is this machine's, slowed down by this factor: a stand-in for a Pi, so
@@ -130,7 +132,8 @@ def test_the_plan_loads_with_device_and_server_files_checked(plan_dir: Path, set
         assert option.tail_model == f"chain.{option.cut_id}.{option.codec}".replace("/", "_")
         manifest = json.loads((plan_dir / "server" / option.tail_model / "1" / "manifest.json").read_text())
         assert manifest["parts"]["tail"]["sha256"] == option.tail_sha256
-        assert manifest["parts"]["head"]["sha256"] == option.head_sha256
+        head_parts = [manifest["parts"][f"head.{i}"] for i in range(len(option.head))]
+        assert [(p["file"], p["sha256"]) for p in head_parts] == list(option.device_files)
         assert manifest["codec"] == option.codec and manifest["source"]["sha256"] == plan.model_sha256
         assert manifest["cut"]["id"] == option.cut_id
         assert option.wire_bytes > 0 and option.head_seconds > 0 and option.tail_seconds > 0
@@ -142,20 +145,28 @@ def test_held_heads_and_tails_reproduce_the_full_model(plan_dir: Path, setup: Se
     x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
     full = ort.InferenceSession(str(setup.model), providers=["CPUExecutionProvider"])
     expected = full.run(None, {"x": x})[0]
+    files = SessionPool(plan.path, SessionSettings())
     for option in plan.split_options:
-        assert option.head is not None
-        head = ort.InferenceSession(str(plan.path(option.head)), providers=["CPUExecutionProvider"])
+        head = files.chain(option.id, option.head)
         tail_path = plan.path(f"server/{option.tail_model}/1/model.onnx")
         tail = ort.InferenceSession(str(tail_path), providers=["CPUExecutionProvider"])
-        wire = dict(zip([o.name for o in head.get_outputs()], head.run(None, {"x": x}), strict=True))
+        values = head.run({"x": x})
+        wire = {t.name: values[t.name] for t in option.wire}
         assert [(w.name, w.dtype) for w in option.wire] == [(k, v.dtype.name) for k, v in wire.items()]
         assert sum(v.nbytes for v in wire.values()) == option.wire_bytes
         got = tail.run(None, wire)[0]
         tolerance = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.1}[option.codec or "fp32"]
         assert np.abs(got - expected).max() <= tolerance * max(np.abs(expected).max(), 1.0)
     local = plan.local
-    assert local is not None and local.model is not None
-    assert sha256_file(plan.path(local.model)) == local.sha256
+    assert local is not None
+    assert [sha256_file(plan.path(f)) for f in local.model] == list(local.sha256)
+    np.testing.assert_allclose(files.chain("local", local.model).run({"x": x})["y"], expected, rtol=1e-5, atol=1e-6)
+    # each weight once: every segment is opened once however many heads run it, and the heads are prefixes
+    # of the local model's chain (plus at most a codec graph)
+    assert len(files) == len({f for o in plan.options if o.kind != "fallback" for f in o.device_files})
+    for option in plan.split_options:
+        segments = [f for f in option.head if f.startswith("device/segments/")]
+        assert list(local.model[: len(segments)]) == segments and len(option.head) - len(segments) <= 1
 
 
 def test_the_plan_matches_or_beats_sending_the_input_at_every_grid_point(plan_dir: Path) -> None:

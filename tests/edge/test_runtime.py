@@ -307,7 +307,7 @@ def test_metrics_endpoint_reports_paths_fallbacks_and_modes(plan_dir: Path) -> N
 
 
 def test_plan_with_a_tampered_head_is_refused(plan_dir: Path) -> None:
-    head = next((plan_dir / "device/heads").iterdir())
+    head = next((plan_dir / "device/segments").iterdir())
     head.write_bytes(head.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="sha256"):
         Runtime(plan_dir, device_config(None))
