@@ -1,0 +1,149 @@
+"""Weights once on the device, and planning that fits: the ResNet-50-like model, measured.
+
+    python benchmarks/bench_device_memory.py [--cuts 6] [--repeats 3] [--work DIR] [--hold-all]
+
+Builds the ResNet-50-like model (splitinf.tools.models.resnet.build_resnet50, random weights) and its
+width-0.25 fallback, profiles ``--cuts`` cuts (the input cut and others spread along the model; one
+profile serves as device and server profile: this is about sizes and memory, not about which cut
+wins), then runs ``splitinf plan`` under ``/usr/bin/time -v`` and prints:
+
+- the plan's peak RSS and wall time (issue 13's target: under 1 GB);
+- the device part's size (the plan's ``device/`` folder) against ``model.onnx`` + ``fallback.onnx``
+  (target: at most 1.15x), beside what the same options would weigh as one head file each;
+- the resident memory (VmRSS after loading and one run of every option) of the device runtime with
+  the plan loaded against onnxruntime running the full model alone, each in its own subprocess,
+  median of ``--repeats`` (target: at most 1.2x).
+
+Every command run is printed first; the machine may be shared, so compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from splitinf.offline.graph import enumerate_cuts
+from splitinf.tools.models.resnet import build_resnet50
+
+# One child process per measurement: the interpreter, onnxruntime and the model, nothing else of ours.
+FULL_MODEL_RSS = """
+import sys, numpy as np
+from splitinf.ort import SessionSettings, open_session
+session = open_session(sys.argv[1], SessionSettings().with_threads(1))
+session.run(None, {"image": np.zeros((1, 3, 224, 224), np.float32)})
+print([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1])
+"""
+RUNTIME_RSS = """
+import sys
+from splitinf.edge.config import DeviceConfig
+from splitinf.edge.runtime import Runtime
+runtime = Runtime(sys.argv[1], DeviceConfig(intra_op_threads=1), background_probes=False)  # warm: every option ran
+print([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1])
+"""
+
+
+def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    print("$", " ".join(command), flush=True)
+    return subprocess.run(command, check=True, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+
+def spread_cuts(model: onnx.ModelProto, count: int) -> list[str]:
+    """The input cut and ``count - 1`` single-tensor cuts spread evenly over the rest of the model."""
+    cuts = enumerate_cuts(model)
+    singles = [c for c in cuts[1:-1] if len(c.tensors) == 1]
+    picks = [singles[round(i * (len(singles) - 1) / max(count - 2, 1))] for i in range(count - 1)]
+    return [cuts[0].id] + list(dict.fromkeys(c.id for c in picks))
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def median_rss_kb(script: str, argument: Path, repeats: int) -> float:
+    values = [int(run([sys.executable, "-c", script, str(argument)]).stdout.split()[-1]) for _ in range(repeats)]
+    return statistics.median(values)
+
+
+def prepare(work: Path, cuts: int) -> tuple[Path, Path, Path, list[str]]:
+    model_path, fallback_path, samples = work / "model.onnx", work / "fallback.onnx", work / "calibration.npz"
+    model = build_resnet50(batch=1, seed=0)
+    onnx.save_model(model, str(model_path))
+    onnx.save_model(build_resnet50(batch=1, seed=1, width=0.25), str(fallback_path))
+    images = np.random.default_rng(0).standard_normal((8, 1, 3, 224, 224)).astype(np.float32)
+    np.savez(samples, image=images)
+    return model_path, fallback_path, samples, spread_cuts(model, cuts)
+
+
+def plan_with_time(command: list[str]) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of the plan command, from GNU time's report."""
+    start = time.perf_counter()
+    result = run(["/usr/bin/time", "-v", *command])
+    wall = time.perf_counter() - start
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))  # type: ignore[union-attr]
+    progress = [line for line in re.split(r"[\r\n]", result.stderr) if "ETA" in line or "elapsed" in line]
+    if progress:
+        print("  progress, last line:", progress[-1].strip())
+    print(" ", result.stdout.strip())
+    return peak_kb / 1024, wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cuts", type=int, default=6, help="cuts profiled and weighed, the input cut included")
+    parser.add_argument("--repeats", type=int, default=3, help="subprocesses per RSS figure (median)")
+    parser.add_argument("--hold-all", action="store_true", help="hold every option (the most heads a plan holds)")
+    parser.add_argument("--work", help="keep the model, profiles and plan here (default: a temporary folder)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="splitinf-devmem-") as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        model, fallback, samples, cut_ids = prepare(work, args.cuts)
+        splitinf = [sys.executable, "-m", "splitinf"]
+        profile = work / "profile.json"
+        run([*splitinf, "profile", str(model), "-o", str(profile), "--cuts", ",".join(cut_ids),
+             "--repeats", "3", "--warmup", "1", "--passes", "1", "--fallback", str(fallback)])  # fmt: skip
+        plan_dir = work / "plan"
+        plan_command = [*splitinf, "plan", str(model), "--device", str(profile), "--server", str(profile),
+                        "--fallback", str(fallback), "--calibration", str(samples), "--progress", "-o", str(plan_dir)]  # fmt: skip
+        peak_mb, plan_s = plan_with_time(plan_command + (["--hold-all"] if args.hold_all else []))
+        plan = json.loads((plan_dir / "plan.json").read_text())
+        device_files = {f for o in plan["options"] for f in (o.get("head") or o.get("model") or [])}
+        source_bytes = model.stat().st_size + fallback.stat().st_size
+        device_bytes = folder_bytes(plan_dir / "device")
+        one_file_each = sum(
+            sum((plan_dir / f).stat().st_size for f in (o.get("head") or o.get("model") or []))
+            for o in plan["options"]
+        )
+        full_kb = median_rss_kb(FULL_MODEL_RSS, model, args.repeats)
+        runtime_kb = median_rss_kb(RUNTIME_RSS, plan_dir, args.repeats)
+    held = [o["id"] for o in plan["options"]]
+    print()
+    print(f"model: ResNet-50-like, {model.stat().st_size / 1e6:.1f} MB; fallback {fallback.stat().st_size / 1e6:.1f} MB")
+    print(f"cuts weighed: {len(cut_ids)}; options held: {len(held)} ({', '.join(held)})")
+    print(f"plan: peak RSS {peak_mb:.0f} MB (target < 1024), {plan_s:.0f} s")
+    print(
+        f"device part: {device_bytes / 1e6:.1f} MB in {len(device_files)} files; model + fallback "
+        f"{source_bytes / 1e6:.1f} MB; ratio {device_bytes / source_bytes:.3f} (target <= 1.15); "
+        f"as one file per option it would be {one_file_each / 1e6:.1f} MB ({one_file_each / source_bytes:.2f}x)"
+    )
+    print(
+        f"resident memory (VmRSS, median of {args.repeats}): device runtime with the plan {runtime_kb / 1024:.0f} MB; "
+        f"onnxruntime with the full model alone {full_kb / 1024:.0f} MB; ratio {runtime_kb / full_kb:.3f} (target <= 1.2)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
