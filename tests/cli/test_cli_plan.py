@@ -380,3 +380,61 @@ def test_a_fallback_missing_from_the_device_profile_is_timed_here_and_says_so(se
     fallback = load_plan(tmp_path / "p").fallback
     assert fallback is not None and fallback.seconds > 0
     assert "planning machine" in fallback.fidelity["seconds_source"]
+
+
+def _shares(full: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    from splitinf.offline.graph import enumerate_cuts
+
+    return {c.id: (c.head_flops / c.total_flops, c.head_params / c.total_params) for c in enumerate_cuts(full)}
+
+
+@pytest.mark.parametrize(
+    ("flags", "measure", "limit", "local"),
+    [
+        (["--max-device-share", "0.5"], 0, 0.5, False),
+        (["--max-device-share", "params:0.3"], 1, 0.3, False),
+        (["--no-local"], 1, 0.5, False),  # --no-local alone caps heads at half the parameters
+        (["--no-local", "--max-device-share", "flops:0.9"], 0, 0.9, False),
+        (["--max-device-share", "1"], 0, 1.0, True),
+    ],
+)
+def test_the_device_share_caps_every_held_head(
+    setup: Setup, tmp_path: Path, flags: list[str], measure: int, limit: float, local: bool
+) -> None:
+    out = tmp_path / "plan"
+    assert (
+        main(_plan_args(setup, out, "--fallback", str(setup.fallback), "--codecs", "fp32", "--hold-all", *flags)) == 0
+    )
+    plan = load_plan(out, check_files=("device", "server"))
+    shares = _shares(setup.full)
+    evaluated = plan.profiles["evaluated"]
+    held = {o.cut_id for o in plan.split_options}
+    assert held and all(shares[c][measure] <= limit for c in held if c is not None)
+    refused = evaluated["refused_by_device_share"]
+    assert all(share > limit for share in refused.values()) and all(shares[c][measure] > limit for c in refused)
+    assert set(evaluated["cuts"]) | set(refused) >= {c for c, s in shares.items() if s[0] < 1.0} - {"y"}
+    assert (plan.local is not None) is local
+    if limit < 1.0:
+        assert refused, "the chain model has cuts past any cap below 1: some must be refused"
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "gpu:0.5", "half"])
+def test_a_bad_device_share_is_a_usage_error(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    assert main(_plan_args(setup, tmp_path / "p", "--max-device-share", value)) == 2
+    assert "--max-device-share" in _one_line_error(capsys)
+
+
+def test_plan_progress_shows_each_option_with_an_eta_only_when_asked(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_plan_args(setup, tmp_path / "quiet", "--codecs", "fp32,fp16")) == 0
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here
+    assert main(_plan_args(setup, tmp_path / "shown", "--codecs", "fp32,fp16", "--progress")) == 0
+    err = capsys.readouterr().err
+    evaluated = load_plan(tmp_path / "shown").profiles["evaluated"]["options"]
+    frames = [f for f in err.split("\r") if f.strip()]
+    assert len(frames) == evaluated and err.endswith("\n")
+    assert all("ETA" in f for f in frames[:-1]) and "elapsed" in frames[-1] and "ETA" not in frames[-1]
+    assert f"{evaluated}/{evaluated} split:" in frames[-1]
