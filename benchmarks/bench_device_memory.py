@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -98,6 +99,53 @@ def plan_with_time(command: list[str]) -> tuple[float, float]:
     return peak_kb / 1024, wall
 
 
+def measure(work: Path, args: argparse.Namespace) -> dict[str, object]:
+    """Profile, plan, size and load the plan in ``work``; the figures to print."""
+    model, fallback, samples, cut_ids = prepare(work, args.cuts)
+    splitinf = [sys.executable, "-m", "splitinf"]
+    profile, plan_dir = work / "profile.json", work / "plan"
+    run([*splitinf, "profile", str(model), "-o", str(profile), "--cuts", ",".join(cut_ids),
+         "--repeats", "3", "--warmup", "1", "--passes", "1", "--fallback", str(fallback)])  # fmt: skip
+    plan_command = [*splitinf, "plan", str(model), "--device", str(profile), "--server", str(profile),
+                    "--fallback", str(fallback), "--calibration", str(samples), "--progress",
+                    "-o", str(plan_dir)]  # fmt: skip
+    peak_mb, plan_s = plan_with_time(plan_command + (["--hold-all"] if args.hold_all else []))
+    plan = json.loads((plan_dir / "plan.json").read_text())
+    files = [o.get("head") or o.get("model") or [] for o in plan["options"]]
+    return {
+        "model_mb": model.stat().st_size / 1e6,
+        "fallback_mb": fallback.stat().st_size / 1e6,
+        "cuts": len(cut_ids),
+        "held": [o["id"] for o in plan["options"]],
+        "peak_mb": peak_mb,
+        "plan_s": plan_s,
+        "source_bytes": model.stat().st_size + fallback.stat().st_size,
+        "device_bytes": folder_bytes(plan_dir / "device"),
+        "device_files": len({f for option_files in files for f in option_files}),
+        "one_file_each": sum((plan_dir / f).stat().st_size for option_files in files for f in option_files),
+        "full_kb": median_rss_kb(FULL_MODEL_RSS, model, args.repeats),
+        "runtime_kb": median_rss_kb(RUNTIME_RSS, plan_dir, args.repeats),
+    }
+
+
+def report(f: dict[str, Any], repeats: int) -> None:
+    source, device, each = f["source_bytes"], f["device_bytes"], f["one_file_each"]
+    print()
+    print(f"model: ResNet-50-like, {f['model_mb']:.1f} MB; fallback {f['fallback_mb']:.1f} MB")
+    print(f"cuts weighed: {f['cuts']}; options held: {len(f['held'])} ({', '.join(f['held'])})")
+    print(f"plan: peak RSS {f['peak_mb']:.0f} MB (target < 1024), {f['plan_s']:.0f} s")
+    print(
+        f"device part: {device / 1e6:.1f} MB in {f['device_files']} files; model + fallback {source / 1e6:.1f} MB; "
+        f"ratio {device / source:.3f} (target <= 1.15); as one file per option it would be "
+        f"{each / 1e6:.1f} MB ({each / source:.2f}x)"
+    )
+    print(
+        f"resident memory (VmRSS, median of {repeats}): device runtime with the plan "
+        f"{f['runtime_kb'] / 1024:.0f} MB; onnxruntime with the full model alone {f['full_kb'] / 1024:.0f} MB; "
+        f"ratio {f['runtime_kb'] / f['full_kb']:.3f} (target <= 1.2)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuts", type=int, default=6, help="cuts profiled and weighed, the input cut included")
@@ -108,39 +156,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="splitinf-devmem-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        model, fallback, samples, cut_ids = prepare(work, args.cuts)
-        splitinf = [sys.executable, "-m", "splitinf"]
-        profile = work / "profile.json"
-        run([*splitinf, "profile", str(model), "-o", str(profile), "--cuts", ",".join(cut_ids),
-             "--repeats", "3", "--warmup", "1", "--passes", "1", "--fallback", str(fallback)])  # fmt: skip
-        plan_dir = work / "plan"
-        plan_command = [*splitinf, "plan", str(model), "--device", str(profile), "--server", str(profile),
-                        "--fallback", str(fallback), "--calibration", str(samples), "--progress", "-o", str(plan_dir)]  # fmt: skip
-        peak_mb, plan_s = plan_with_time(plan_command + (["--hold-all"] if args.hold_all else []))
-        plan = json.loads((plan_dir / "plan.json").read_text())
-        device_files = {f for o in plan["options"] for f in (o.get("head") or o.get("model") or [])}
-        source_bytes = model.stat().st_size + fallback.stat().st_size
-        device_bytes = folder_bytes(plan_dir / "device")
-        one_file_each = sum(
-            sum((plan_dir / f).stat().st_size for f in (o.get("head") or o.get("model") or []))
-            for o in plan["options"]
-        )
-        full_kb = median_rss_kb(FULL_MODEL_RSS, model, args.repeats)
-        runtime_kb = median_rss_kb(RUNTIME_RSS, plan_dir, args.repeats)
-    held = [o["id"] for o in plan["options"]]
-    print()
-    print(f"model: ResNet-50-like, {model.stat().st_size / 1e6:.1f} MB; fallback {fallback.stat().st_size / 1e6:.1f} MB")
-    print(f"cuts weighed: {len(cut_ids)}; options held: {len(held)} ({', '.join(held)})")
-    print(f"plan: peak RSS {peak_mb:.0f} MB (target < 1024), {plan_s:.0f} s")
-    print(
-        f"device part: {device_bytes / 1e6:.1f} MB in {len(device_files)} files; model + fallback "
-        f"{source_bytes / 1e6:.1f} MB; ratio {device_bytes / source_bytes:.3f} (target <= 1.15); "
-        f"as one file per option it would be {one_file_each / 1e6:.1f} MB ({one_file_each / source_bytes:.2f}x)"
-    )
-    print(
-        f"resident memory (VmRSS, median of {args.repeats}): device runtime with the plan {runtime_kb / 1024:.0f} MB; "
-        f"onnxruntime with the full model alone {full_kb / 1024:.0f} MB; ratio {runtime_kb / full_kb:.3f} (target <= 1.2)"
-    )
+        figures = measure(work, args)
+    report(figures, args.repeats)
     return 0
 
 
