@@ -12,7 +12,9 @@ wins), then runs ``splitinf plan`` under ``/usr/bin/time -v`` and prints:
   (target: at most 1.15x), beside what the same options would weigh as one head file each;
 - the resident memory (VmRSS after loading and one run of every option) of the device runtime with
   the plan loaded against onnxruntime running the full model alone, each in its own subprocess,
-  median of ``--repeats`` (target: at most 1.2x).
+  median of ``--repeats`` (target: at most 1.2x);
+- what holding each weight once costs in time: each held fp32 head run as its chain of segments
+  against the same head as one file (split_model's), paired runs in this process.
 
 Every command run is printed first; the machine may be shared, so compare the ratios.
 """
@@ -99,6 +101,37 @@ def plan_with_time(command: list[str]) -> tuple[float, float]:
     return peak_kb / 1024, wall
 
 
+def chain_over_single_head(plan_dir: Path, model_path: Path, rounds: int = 20) -> dict[str, tuple[int, float]]:
+    """Per held fp32 cut with segments: (files, median over paired rounds of chain time / single-file head time),
+    the price of holding each weight once (session boundaries, onnxruntime's blocked layout reordered at each)."""
+    from splitinf.contract.plan import load_plan
+    from splitinf.edge.chain import SessionPool
+    from splitinf.offline.graph import find_cut, load_model
+    from splitinf.offline.partition import split_model
+    from splitinf.ort import SessionSettings, open_session
+
+    plan, model = load_plan(plan_dir), load_model(model_path)
+    settings = SessionSettings().with_threads(1)
+    pool = SessionPool(plan.path, settings)
+    feeds = {"image": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    ratios: dict[str, tuple[int, float]] = {}
+    for option in plan.split_options:
+        if option.codec != "fp32" or not option.head or option.cut_id is None:
+            continue
+        chain = pool.chain(option.id, option.head)
+        head = open_session(split_model(model, find_cut(model, option.cut_id)).head.SerializeToString(), settings)
+        paired = []
+        for i in range(rounds + 2):
+            start = time.perf_counter()
+            chain.run(feeds)
+            middle = time.perf_counter()
+            head.run(None, feeds)
+            if i >= 2:  # warm-up
+                paired.append((middle - start) / (time.perf_counter() - middle))
+        ratios[option.cut_id] = (len(option.head), statistics.median(paired))
+    return ratios
+
+
 def measure(work: Path, args: argparse.Namespace) -> dict[str, object]:
     """Profile, plan, size and load the plan in ``work``; the figures to print."""
     model, fallback, samples, cut_ids = prepare(work, args.cuts)
@@ -125,6 +158,7 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, object]:
         "one_file_each": sum((plan_dir / f).stat().st_size for option_files in files for f in option_files),
         "full_kb": median_rss_kb(FULL_MODEL_RSS, model, args.repeats),
         "runtime_kb": median_rss_kb(RUNTIME_RSS, plan_dir, args.repeats),
+        "latency": chain_over_single_head(plan_dir, model),
     }
 
 
@@ -144,6 +178,8 @@ def report(f: dict[str, Any], repeats: int) -> None:
         f"{f['runtime_kb'] / 1024:.0f} MB; onnxruntime with the full model alone {f['full_kb'] / 1024:.0f} MB; "
         f"ratio {f['runtime_kb'] / f['full_kb']:.3f} (target <= 1.2)"
     )
+    shown = ", ".join(f"{cut} ({files} files) {ratio:.3f}" for cut, (files, ratio) in f["latency"].items())
+    print(f"head latency as a chain / as one file (fp32, median of paired runs): {shown or 'no fp32 head held'}")
 
 
 def main() -> int:
