@@ -41,6 +41,7 @@ __all__ = [
     "Partition",
     "VerifyReport",
     "export_partition",
+    "part_model",
     "save_model",
     "split_model",
     "verify_partition",
@@ -72,14 +73,16 @@ class VerifyReport:
 # ----------------------------------------------------------------------------- split
 
 
-def _part(
+def part_model(
     view: GraphView,
     nodes: set[int],
     inputs: Sequence[onnx.ValueInfoProto],
     outputs: Sequence[onnx.ValueInfoProto],
     suffix: str,
-    cut: Cut,
+    cut_id: str,
 ) -> onnx.ModelProto:
+    """A model running the dynamic ``nodes`` of ``view`` from ``inputs`` to ``outputs``, with the constants
+    they need; its metadata ``splitinf.cut`` is ``cut_id``. A head, a tail, or a segment between two cuts."""
     source = view.model
     # graph outputs that are constants are computed (or stored) by the tail itself
     const_nodes, initializer_names = view.constant_closure(nodes, [o.name for o in outputs])
@@ -122,7 +125,7 @@ def _part(
     model.functions.extend(source.functions)
     model.metadata_props.extend(p for p in source.metadata_props if p.key != "splitinf.cut")
     entry = model.metadata_props.add()
-    entry.key, entry.value = "splitinf.cut", cut.id
+    entry.key, entry.value = "splitinf.cut", cut_id
     model.graph.CopyFrom(graph)
     return model
 
@@ -151,8 +154,8 @@ def _split(view: GraphView, cut: Cut) -> Partition:
         return originals[name]
 
     cut_infos = [info(n) for n in names]
-    head = _part(view, head_nodes, view.inputs, cut_infos, "head", cut)
-    tail = _part(view, tail_nodes, cut_infos, list(view.model.graph.output), "tail", cut)
+    head = part_model(view, head_nodes, view.inputs, cut_infos, "head", cut.id)
+    tail = part_model(view, tail_nodes, cut_infos, list(view.model.graph.output), "tail", cut.id)
     return Partition(cut=cut, head=head, tail=tail)
 
 

@@ -144,23 +144,50 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-class ProgressBar:
-    """A one-line progress bar on a stream (stderr); silent when not enabled."""
+def _clock_text(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
-    def __init__(self, total: int, *, enabled: bool, stream: IO[str] | None = None, width: int = 30) -> None:
+
+class ProgressBar:
+    """A one-line progress bar on a stream (stderr) with the time taken and an ETA (the mean step time so
+    far times the steps left); silent when not enabled."""
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        enabled: bool,
+        stream: IO[str] | None = None,
+        width: int = 30,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = max(total, 1)
         self.done = 0
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
+        self.clock = clock
+        self.started = clock()
+
+    def eta_s(self) -> float:
+        """Seconds left at the mean pace so far."""
+        if self.done == 0:
+            return 0.0
+        return (self.clock() - self.started) / self.done * max(self.total - self.done, 0)
 
     def step(self, label: str) -> None:
         self.done += 1
         if not self.enabled:
             return
-        filled = self.width * self.done // self.total
+        filled = self.width * min(self.done, self.total) // self.total
         bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[:40]:<40}")
+        elapsed = _clock_text(self.clock() - self.started)
+        timing = (
+            f"{elapsed} elapsed" if self.done >= self.total else f"{elapsed} elapsed, ETA {_clock_text(self.eta_s())}"
+        )
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[:40]:<40} {timing}")
         if self.done >= self.total:
             self.stream.write("\n")
         self.stream.flush()

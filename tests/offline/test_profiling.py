@@ -155,3 +155,15 @@ def test_load_profile_names_what_is_wrong(tmp_path: Path) -> None:
     other.write_text(json.dumps({"format": 1}))
     with pytest.raises(PlanError, match="not a splitinf profile"):
         load_profile(other)
+
+
+def test_progress_bar_eta_is_the_mean_step_time_times_the_steps_left() -> None:
+    now = [100.0]
+    stream = io.StringIO()
+    bar = ProgressBar(5, enabled=True, stream=stream, clock=lambda: now[0])
+    now[0] += 20.0
+    bar.step("a")
+    now[0] += 40.0
+    bar.step("b")  # 60 s for 2 steps: 30 s each, 3 left
+    assert bar.eta_s() == pytest.approx(90.0)
+    assert stream.getvalue().endswith("1m00s elapsed, ETA 1m30s")
