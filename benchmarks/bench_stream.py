@@ -59,8 +59,8 @@ def build_plan(root: Path) -> Path:
             accuracy=0.99,
             cut_id=cut.id,
             codec="fp32",
-            head="device/heads/mid.onnx",
-            head_sha256=head_sha,
+            head=("device/heads/mid.onnx",),  # one file: a chain of one
+            head_sha256=(head_sha,),
             tail_model="wide.mid",
             tail_sha256=tail_sha,
             wire=cut.tensors,
@@ -70,8 +70,8 @@ def build_plan(root: Path) -> Path:
             id="fallback",
             kind="fallback",
             accuracy=0.5,
-            model="device/fallback.onnx",
-            sha256=fallback_sha,
+            model=("device/fallback.onnx",),
+            sha256=(fallback_sha,),
             seconds=1e-4,
         ),
     )

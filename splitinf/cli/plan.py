@@ -65,7 +65,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_BUDGET_S * 1e3,
         help="latency budget per request the report's planned choices fit (default 250, the device's default)",
     )
-    parser.add_argument("--no-local", action="store_true", help="the full model does not fit on the device")
+    parser.add_argument(
+        "--no-local",
+        action="store_true",
+        help="the full model does not fit on the device (heads are then capped at params:0.5 unless "
+        "--max-device-share says otherwise)",
+    )
+    parser.add_argument(
+        "--max-device-share",
+        metavar="F",
+        help="refuse cuts whose head holds more than this fraction of the model's FLOPs (0.5 or flops:0.5) "
+        "or of its parameters (params:0.5); below 1 the full model is not held either",
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help="show the progress bar (with an ETA) even when stderr is no tty"
+    )
     parser.add_argument(
         "--hold-all",
         action="store_true",
@@ -94,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from splitinf.errors import UsageError
+    from splitinf.offline.device_share import parse_device_share
     from splitinf.offline.planner import plan_model
 
     if args.max_candidates < 0:
@@ -120,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         hold_all=args.hold_all,
         threads=args.threads,
         shapes=input_shapes(args),
+        max_device_share=None if args.max_device_share is None else parse_device_share(args.max_device_share),
+        progress=args.progress or sys.stderr.isatty(),
     )
     held = [o.id for o in plan.split_options]
     evaluated = plan.profiles.get("evaluated", {}).get("options", len(held))

@@ -13,6 +13,10 @@ a model repository (``MODEL/1/model.onnx``) and by ``splitinf plan`` for each ta
                "tail": {"file": "tail.onnx", "sha256": "...",
                         "data": {"file": "tail.onnx.data", "sha256": "..."}}},   (weights saved apart)
      "verify": {...}}                                      (optional: the check against the source)
+
+A plan's tail names the device files of its head instead of one ``head``: ``head.0``, ``head.1``, ...
+(the segments up to the cut, then the codec graph), each with its path in the plan directory and sha256;
+an int8 head sharing the tail is one file, ``head_int8``.
 """
 
 from __future__ import annotations

@@ -10,14 +10,20 @@ A plan directory::
 
     PLANDIR/
       plan.json
-      device/heads/<option>.onnx      heads of the candidate cuts (device side)
+      device/segments/NN-<cut>.onnx   the model cut at the candidate cuts: segment k runs from cut k-1 to cut k
+      device/codecs/<cut>-<codec>.onnx  a codec's own small graph (Cast, QuantizeLinear) at a cut
       device/fallback.onnx            the small full model (device side)
-      device/local.onnx               the full model, when it fits on the device (optional)
       server/<tail_model>/1/model.onnx  tails in a V2 (Triton-layout) model repository
 
-``plan.json`` (format 1)::
+Each weight is on the device once: a split option's head is the segments up to its cut then its
+codec graph, and the local option (the full model, when it fits on the device) is every segment
+plus the last one to the outputs. A device model is an ordered list of ONNX files run as a chain
+over one name -> tensor map: each file takes its inputs by name from the plan's inputs and the
+earlier files' outputs (:mod:`splitinf.edge.chain`).
 
-    {"format": 1,
+``plan.json`` (format 2)::
+
+    {"format": 2,
      "model": {"name": "digits", "sha256": "<sha256 of the source ONNX file>"},
      "inputs":  [{"name": "x", "dtype": "float32", "shape": [1, 1, 8, 8]}],
      "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, 10]}],
@@ -36,21 +42,28 @@ without it load with ``{}`` (no check).
 An option is one way to answer a request::
 
     {"id": "split:c12:fp16", "kind": "split", "cut_id": "c12", "codec": "fp16",
-     "head": "device/heads/split-c12-fp16.onnx", "head_sha256": "...",
+     "head": ["device/segments/01-c7.onnx", "device/segments/02-c12.onnx", "device/codecs/c12-fp16.onnx"],
+     "head_sha256": ["...", "...", "..."],
      "tail_model": "digits.c12.fp16.<sha256[:12]>", "tail_version": "1", "tail_sha256": "...",
      "wire": [{"name": ..., "dtype": ..., "shape": [...]}],
      "wire_bytes": 1234, "response_bytes": 40, "head_seconds": 0.0012, "tail_seconds": 0.0004,
      "serialize_seconds": 0.00002, "accuracy": 0.97, "fidelity": {...},
      "precision": "fp32", "device_bytes": 52000}
-    {"id": "local", "kind": "local", "model": "device/local.onnx", "sha256": "...",
-     "seconds": 0.02, "accuracy": 0.98, "precision": "fp32", "device_bytes": 155000}
-    {"id": "fallback", "kind": "fallback", "model": "device/fallback.onnx", "sha256": "...",
+    {"id": "split:c12:fp16:int8head", "kind": "split", ..., "head": ["device/heads/split-c12-fp16-int8head.onnx"],
+     "head_sha256": ["..."], "tail_model": "digits.c12.fp16.<sha256[:12]>", ..., "precision": "int8", ...}
+    {"id": "local", "kind": "local", "model": ["device/segments/01-c7.onnx", ..., "device/segments/03-outputs.onnx"],
+     "sha256": ["...", ...], "seconds": 0.02, "accuracy": 0.98, "precision": "fp32", "device_bytes": 155000}
+    {"id": "fallback", "kind": "fallback", "model": ["device/fallback.onnx"], "sha256": ["..."],
      "seconds": 0.002, "accuracy": 0.91, "precision": "int8", "device_bytes": 3000}
 
-Full offload (send the input) is a ``split`` option whose cut is the graph inputs. ``precision`` is
-that of the model the device runs (a split option's head, a local or fallback option's model;
-"fp32" or "int8"), separate from the wire ``codec``; ``device_bytes`` is that model file's size
-(0 when unknown). An int8 head's option id ends in ``:int8head`` (``split:c12:fp16:int8head``).
+Full offload (send the input) is a ``split`` option whose cut is the graph inputs; at fp32 its head
+is the empty list (the inputs are the wire). Format 1 plans (one ``head``/``model`` file as a
+string, its sha256 a string) still load, as chains of one file. ``precision`` is that of the model
+the device runs (a split option's head, a local or fallback option's model; "fp32" or "int8"),
+separate from the wire ``codec``; ``device_bytes`` is the sum of the sizes of the option's files
+(segments shared with other options counted in each; 0 when unknown). An fp32 head is segments of
+the model plus its codec's graph; an int8 head is one file of its own (its weights are quantized),
+its option id ending in ``:int8head`` (``split:c12:fp16:int8head``), its tail its fp32 twin's.
 """
 
 from __future__ import annotations
@@ -80,7 +93,8 @@ __all__ = [
     "load_plan",
 ]
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
+_READABLE_FORMATS = (1, 2)  # format 1: one head file per option (each carrying its own weights)
 DEFAULT_BUDGET_S = 0.25  # seconds per request: the device's default budget and the plan's
 # How much accuracy (top-1, or agreement with the full model) an option may lose and still be held.
 DEFAULT_MAX_ACCURACY_DROP = 0.01
@@ -98,8 +112,8 @@ class Option:
     # split options
     cut_id: str | None = None
     codec: str | None = None
-    head: str | None = None
-    head_sha256: str | None = None
+    head: tuple[str, ...] = ()  # the files the device runs in order to make the wire tensors
+    head_sha256: tuple[str | None, ...] = ()
     tail_model: str | None = None
     tail_version: str = "1"
     tail_sha256: str | None = None
@@ -110,17 +124,35 @@ class Option:
     tail_seconds: float = 0.0
     serialize_seconds: float = 0.0
     # local and fallback options
-    model: str | None = None
-    sha256: str | None = None
+    model: tuple[str, ...] = ()  # the files the device runs in order to make the outputs
+    sha256: tuple[str | None, ...] = ()
     seconds: float = 0.0
     fidelity: Mapping[str, Any] = field(default_factory=dict)
     # the model the device runs (head or whole model): its precision and file size
     precision: str = "fp32"
     device_bytes: int = 0
 
+    def __post_init__(self) -> None:
+        # one file given as a string is a chain of one (iterating the string would give its characters)
+        for name in ("head", "head_sha256", "model", "sha256"):
+            value = getattr(self, name)
+            if value is None or isinstance(value, str):
+                object.__setattr__(self, name, () if value is None else (value,))
+            elif not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        for files, digests in ((self.head, self.head_sha256), (self.model, self.sha256)):
+            if digests and len(digests) != len(files):
+                raise PlanError(f"option {self.id!r} lists {len(files)} files but {len(digests)} sha256 values")
+
     @property
     def is_remote(self) -> bool:
         return self.kind == "split"
+
+    @property
+    def device_files(self) -> tuple[tuple[str, str | None], ...]:
+        """(path in the plan directory, sha256) of each file the device runs for this option, in order."""
+        files, digests = (self.head, self.head_sha256) if self.kind == "split" else (self.model, self.sha256)
+        return tuple(zip(files, digests or (None,) * len(files), strict=True))
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -134,8 +166,8 @@ class Option:
             data.update(
                 cut_id=self.cut_id,
                 codec=self.codec,
-                head=self.head,
-                head_sha256=self.head_sha256,
+                head=list(self.head),
+                head_sha256=list(self.head_sha256),
                 tail_model=self.tail_model,
                 tail_version=self.tail_version,
                 tail_sha256=self.tail_sha256,
@@ -147,7 +179,7 @@ class Option:
                 serialize_seconds=self.serialize_seconds,
             )
         else:
-            data.update(model=self.model, sha256=self.sha256, seconds=self.seconds)
+            data.update(model=list(self.model), sha256=list(self.sha256), seconds=self.seconds)
         if self.fidelity:
             data["fidelity"] = dict(self.fidelity)
         return data
@@ -171,8 +203,8 @@ class Option:
                     **common,
                     cut_id=str(data["cut_id"]),
                     codec=str(data.get("codec") or "fp32"),
-                    head=str(data["head"]),
-                    head_sha256=data.get("head_sha256"),
+                    head=_files(data["head"]),
+                    head_sha256=_digests(data.get("head_sha256")),
                     tail_model=str(data["tail_model"]),
                     tail_version=str(data.get("tail_version") or "1"),
                     tail_sha256=data.get("tail_sha256"),
@@ -186,8 +218,8 @@ class Option:
                 )
             return cls(
                 **common,
-                model=str(data["model"]),
-                sha256=data.get("sha256"),
+                model=_files(data["model"]),
+                sha256=_digests(data.get("sha256")),
                 seconds=float(data.get("seconds", 0.0)),
             )
         except KeyError as exc:
@@ -201,6 +233,25 @@ def content_addressed_name(base: str, sha256: str) -> str:
     """A tail's model name that carries its content, ``<base>.<first 12 hex digits of its sha256>``:
     a server answers to it only when it was given that very file (see ``splitinf.edge.identity``)."""
     return f"{base}.{sha256[:TAIL_NAME_SHA256_CHARS]}"
+
+
+def _files(value: Any) -> tuple[str, ...]:
+    """A device model in plan.json: a list of files (format 2) or one file (format 1)."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PlanError(f"a device model must be a list of file paths, got {value!r}; re-run `splitinf plan`")
+    return tuple(value)
+
+
+def _digests(value: Any) -> tuple[str | None, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        raise PlanError(f"sha256 values must be a list, got {value!r}; re-run `splitinf plan`")
+    return tuple(None if v is None else str(v) for v in value)
 
 
 def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float) -> float:
@@ -310,9 +361,10 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], root: Path | None = None) -> Plan:
-        if data.get("format") != PLAN_FORMAT:
+        if data.get("format") not in _READABLE_FORMATS:
             raise PlanError(
-                f"plan format {data.get('format')!r} is not supported (expected {PLAN_FORMAT}); "
+                f"plan format {data.get('format')!r} is not supported (this version reads formats "
+                f"{', '.join(map(str, _READABLE_FORMATS))}); "
                 "re-run `splitinf plan` with this version"
             )
         try:

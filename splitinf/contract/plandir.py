@@ -1,6 +1,8 @@
 """The plan directory as a jail: what the device may open, checked before anything opens it.
 
-``check_plan_files`` (``load_plan`` calls it for the sides it checks) refuses with a PlanError:
+``check_plan_files`` (``load_plan`` calls it for the sides it checks) checks every file of every
+option (each segment and codec graph of a head, each file of the local model's chain, once however
+many options share it) and refuses with a PlanError:
 
 - a file path that is absolute, has a ``..`` part, or resolves (symlinks followed) outside the
   plan directory;
@@ -55,7 +57,11 @@ def check_plan_files(plan: Plan, sides: Sequence[str] = ("device",), *, unsigned
         raise PlanError("this plan was not loaded from a directory, so it has no files to check")
     if unsigned:
         log.warning("plan %s is marked unsigned: its files without a sha256 are loaded unchecked", plan.root)
+    checked: set[tuple[str, str | None]] = set()  # a segment shared by several options is checked once
     for option, relative, expected in _plan_files(plan, sides):
+        if (relative, expected) in checked:
+            continue
+        checked.add((relative, expected))
         path = _inside(plan.root, relative, option)
         if not path.is_file():
             raise PlanError(f"the plan's option {option.id!r} needs {path}, which is missing")
@@ -76,10 +82,7 @@ def check_plan_files(plan: Plan, sides: Sequence[str] = ("device",), *, unsigned
 def _plan_files(plan: Plan, sides: Sequence[str]) -> Iterator[tuple[Option, str, str | None]]:
     for option in plan.options:
         if "device" in sides:
-            relative, expected = (
-                (option.head, option.head_sha256) if option.kind == "split" else (option.model, option.sha256)
-            )
-            if relative is not None:
+            for relative, expected in option.device_files:
                 yield option, relative, expected
         if "server" in sides and option.kind == "split":
             yield option, f"server/{option.tail_model}/{option.tail_version}/model.onnx", option.tail_sha256

@@ -1,8 +1,9 @@
 """The device runtime: head -> policy -> tail server, or a model on the device (fallback or local).
 
-``Runtime`` loads a plan directory (every head, the fallback and the local model
-as warm onnxruntime sessions), asks the policy engine which option answers each
-request, runs it, and feeds what it saw back into the estimates and the policy.
+``Runtime`` loads a plan directory (every file of every head, the fallback and the
+local model as warm onnxruntime sessions, each file once: :mod:`splitinf.edge.chain`),
+asks the policy engine which option answers each request, runs it, and feeds what it
+saw back into the estimates and the policy.
 
 Guarantees:
 
@@ -46,6 +47,7 @@ import tenacity
 
 from splitinf.contract.plan import Option, Plan, load_plan
 from splitinf.contract.tensors import ShapeWatch, TensorSpec, check_tensors, shown_shape
+from splitinf.edge.chain import Chain, SessionPool
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.estimate import NetworkEstimator
 from splitinf.edge.identity import TailIdentity
@@ -61,7 +63,7 @@ from splitinf.errors import (
     RemoteUnavailableError,
     TransportError,
 )
-from splitinf.ort import SessionSettings, open_session, quiet_run_options
+from splitinf.ort import SessionSettings, quiet_run_options
 
 __all__ = ["EVENTS_LOGGER", "LatencyBreakdown", "Runtime", "RuntimeResult", "check_inputs"]
 
@@ -191,11 +193,12 @@ class Runtime:
         self.metrics = metrics if metrics is not None else DeviceMetrics()
         # The settings `splitinf profile` timed the heads with, so the plan's costs are this runtime's.
         settings = SessionSettings().with_threads(self.config.intra_op_threads)
-        self._sessions: dict[str, Any] = {}
-        for option in self.plan.options:
-            relative = option.head if option.is_remote else option.model
-            assert relative is not None  # Option.from_json requires it
-            self._sessions[option.id] = open_session(self.plan.path(relative), settings)
+        # each file once: the options' heads and the local model share the plan's segments
+        self._files = SessionPool(self.plan.path, settings)
+        self._chains: dict[str, Chain] = {
+            option.id: self._files.chain(option.id, [path for path, _ in option.device_files])
+            for option in self.plan.options
+        }
         self._warm_up()
         self._lock = threading.Lock()
         self.estimator = NetworkEstimator(
@@ -237,14 +240,10 @@ class Runtime:
         for allocations; a model that rejects zeros (silero-vad's sample rate) is warmed by its first request."""
         feeds = self.plan.zero_inputs()
         for option in self.plan.options:
-            session = self._sessions[option.id]
-            if set(feeds) != {i.name for i in session.get_inputs()}:
-                raise PlanError(
-                    f"option {option.id!r}: its model takes {[i.name for i in session.get_inputs()]}, "
-                    f"the plan's inputs are {sorted(feeds)}; re-run `splitinf plan`"
-                )
+            chain = self._chains[option.id]
+            chain.check(feeds, self._wire_names(option) if option.is_remote else [t.name for t in self.plan.outputs])
             try:
-                session.run(None, feeds, quiet_run_options())
+                chain.run(feeds, quiet_run_options())
             except Exception as exc:  # onnxruntime's own error types: the model, not the plan, refuses zeros
                 reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
                 log.warning("option %s does not run on zeros (%s); its first request warms it up", option.id, reason)
@@ -324,16 +323,14 @@ class Runtime:
 
     # -- inference ---------------------------------------------------------------------------------
 
-    def _run_session(self, option_id: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self._sessions[option_id]
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+    def _wire_names(self, option: Option) -> list[str]:
+        # plans that list no wire tensors send whatever the head makes
+        return [t.name for t in option.wire] or self._chains[option.id].output_names
 
     def _run_on_device(self, option: Option, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
         start = time.perf_counter()
-        outputs = self._run_session(option.id, inputs)
-        wanted = [s.name for s in self.plan.outputs]
-        return {n: outputs[n] for n in wanted if n in outputs} or outputs, time.perf_counter() - start
+        values = self._chains[option.id].run(inputs)
+        return {s.name: values[s.name] for s in self.plan.outputs}, time.perf_counter() - start
 
     def _call_remote(self, option: Option, wire: dict[str, np.ndarray], deadline: float, attempts: list[int]) -> Any:
         """The remote call with the single retry layer; ``attempts[0]`` counts the calls made."""
@@ -397,8 +394,8 @@ class Runtime:
             )
 
         head_start = time.perf_counter()
-        wire_all = self._run_session(option.id, checked)
-        wire = {t.name: wire_all[t.name] for t in option.wire} if option.wire else wire_all
+        values = self._chains[option.id].run(checked)
+        wire = {name: values[name] for name in self._wire_names(option)}
         head_s = time.perf_counter() - head_start
         counter = [0]
         try:

@@ -163,15 +163,24 @@ def _planned_section(plan: Plan) -> list[str]:
 
 
 def _device_size(plan: Plan) -> list[str]:
-    """What the device holds: the bytes of each held model file, by kind and precision."""
+    """What the device holds, by kind and precision: each file once (heads share the model's segments, and
+    the local model runs them all), counted under the first option that runs it. An option's own
+    ``device_bytes`` counts every file it runs, so those of options sharing segments do not add up."""
     sizes: dict[str, int] = {}
+    seen: set[str] = set()
     for option in plan.options:
         key = f"{'heads' if option.kind == 'split' else option.kind} ({option.precision})"
-        sizes[key] = sizes.get(key, 0) + option.device_bytes
+        if plan.root is None:
+            size = option.device_bytes
+        else:
+            new = [f for f, _ in option.device_files if f not in seen]
+            seen.update(new)
+            size = sum(plan.path(f).stat().st_size for f in new)
+        sizes[key] = sizes.get(key, 0) + size
     if not any(sizes.values()):
         return []
     parts = ", ".join(f"{key} {size / 1e6:.3f} MB" for key, size in sizes.items())
-    return ["", f"Device part: {sum(sizes.values()) / 1e6:.3f} MB ({parts})."]
+    return ["", f"Device part: {sum(sizes.values()) / 1e6:.3f} MB, each file once ({parts})."]
 
 
 def _fallback_section(plan: Plan) -> list[str]:

@@ -12,24 +12,31 @@ point. Which held option answers a request is not decided here: the device appli
 :func:`splitinf.contract.plan.choose_option` to its live estimates, and the report marks what that
 rule picks within the plan's budget.
 
+Cuts whose head exceeds ``--max-device-share`` of the model are not weighed. The device holds each
+weight once: the plan directory holds the model cut into segments at the held cuts, and each fp32
+option's head is a list of segment files plus its codec's own graph (:mod:`splitinf.offline.segments`).
+
 With ``--quantize int8`` every head with weights also gets an int8 variant
 (:mod:`splitinf.offline.quantize`), priced by the device profile's ``int8_head`` timings: an option
 of its own (``split:CUT:CODEC:int8head``) under the same accuracy floor and the same rule, sharing
-its fp32 twin's tail. The fallback gets one too; one fallback is held (:func:`_choose_fallback`).
+its fp32 twin's tail. Its head is one file of its own (a chain of one: quantized weights are not the
+segments' weights). The fallback gets one too; one fallback is held (:func:`_choose_fallback`).
 
 The pure core comes first. :func:`plan_model` at the end is the I/O wrapper that ``splitinf plan``
-runs, in named steps: read the sources and samples, evaluate every (cut, codec) option, select the
-ones to hold, write the plan directory.
+runs, in named steps: read the sources and samples, evaluate every (cut, codec) option (one cut's
+models in memory at a time, a progress bar with an ETA on request), select the ones to hold, write
+the plan directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,8 +62,10 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from splitinf.offline.codecs import Encoded
+    from splitinf.offline.codecs import Encoded, QuantParams
+    from splitinf.offline.device_share import DeviceShare
     from splitinf.offline.quantize import QuantizedModel
+    from splitinf.offline.segments import ChainFiles
 
 __all__ = [
     "DEFAULT_BANDWIDTHS_BPS",
@@ -91,18 +100,20 @@ DEFAULT_RTTS_S = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def option_names(model_name: str, cut_id: str, codec: str, precision: str = "fp32") -> tuple[str, str, str]:
-    """(option id, head path in the plan directory, tail model name) for a split option.
+    """(option id, path of its device file, tail model name) for a split option.
 
-    An int8 head's option and file carry ``int8head``; its tail is the fp32 head's (the same model,
-    as the tail stays fp32 and the wire the same), so the two share one tail model. The plan written
-    names the tail after its content too (``content_addressed_name``).
+    The file of an fp32 option is its codec's graph (its head: the chain's segments up to the cut, then
+    that graph). An int8 head's option and file carry ``int8head`` and the file is the whole int8 head;
+    its tail is the fp32 head's (the same model, as the tail stays fp32 and the wire the same), so the
+    two share one tail model. The plan written names the tail after its content too
+    (``content_addressed_name``).
     """
     safe_cut = re.sub(r"[^A-Za-z0-9_.-]", "_", cut_id)
     safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
     suffix = "" if precision == "fp32" else f"{precision}head"
     return (
         f"split:{cut_id}:{codec}" + (f":{suffix}" if suffix else ""),
-        f"device/heads/split-{safe_cut}-{codec}" + (f"-{suffix}" if suffix else "") + ".onnx",
+        f"device/heads/split-{safe_cut}-{codec}-{suffix}.onnx" if suffix else f"device/codecs/{safe_cut}-{codec}.onnx",
         f"{safe_model}.{safe_cut}.{codec}",
     )
 
@@ -337,7 +348,10 @@ class _Evaluated:
     cut_ids: list[str]
     input_cut: str
     splits: list[Option]
-    encoded: Mapping[str, Encoded]
+    quant: Mapping[str, Mapping[str, QuantParams]]  # per option id: its codec's scales, to rebuild it when written
+    refused: Mapping[str, float]  # cut id -> its head's share of the model, for cuts over --max-device-share
+    # cut id -> sha256 of its int8 head as measured: the held ones are quantized again when written, and checked
+    int8_heads: Mapping[str, str]
     local: Option | None
     fallbacks: list[_Fallback]  # the fp32 fallback, then its int8 variant (with --quantize)
     fallback: _Fallback | None  # the one held: see _choose_fallback
@@ -458,6 +472,16 @@ def _profiled_cuts(sources: _Sources, feeds: Mapping[str, np.ndarray]) -> tuple[
     return cuts, input_cut, [c for c in cut_ids if not set(cuts[c].names) <= graph_outputs]
 
 
+def _within_share(
+    cuts: Mapping[str, Any], cut_ids: Sequence[str], share: DeviceShare | None
+) -> tuple[list[str], dict[str, float]]:
+    """The cuts whose head is within ``share`` of the model, and the share of each one refused."""
+    if share is None:
+        return list(cut_ids), {}
+    refused = {c: share.of(cuts[c]) for c in cut_ids if not share.allows(cuts[c])}
+    return [c for c in cut_ids if c not in refused], refused
+
+
 class _Evaluator:
     """Measures options on the samples: accuracy (labels, or top-1 agreement with the full model) and fidelity."""
 
@@ -507,14 +531,13 @@ class _Evaluator:
             accuracy = fidelity[samples.held_key]["top1_agreement"]
         else:
             accuracy = self.accuracy(wire_codecs.run_encoded(encoded, samples.evaluation, self.threads)[0])
-        option_id, head_path, tail_model = option_names(sources.name, cut_id, codec, precision)
+        option_id, _, tail_model = option_names(sources.name, cut_id, codec, precision)
         return Option(
             id=option_id,
             kind="split",
             cut_id=cut_id,
             codec=codec,
-            head=head_path,
-            tail_model=tail_model,
+            tail_model=tail_model,  # its head's files are named when the held options are written
             wire=encoded.wire,
             wire_bytes=int(fidelity["bytes_per_sample"] or encoded.bytes_per_sample),
             head_seconds=float(head_timing["median"]),
@@ -525,7 +548,7 @@ class _Evaluator:
             accuracy=accuracy,
             fidelity=fidelity,
             precision=precision,
-            device_bytes=encoded.head.ByteSize(),
+            device_bytes=encoded.head.ByteSize(),  # the head in one file; the sum of its files once written
         )
 
     def local_accuracy(self) -> float | None:
@@ -552,7 +575,7 @@ class _Evaluator:
                 Option(
                     id="fallback",
                     kind="fallback",
-                    model="device/fallback.onnx",
+                    model=("device/fallback.onnx",),
                     seconds=self._fallback_seconds(sources.fallback, timed.get("seconds") if profiled else None),
                     accuracy=self.accuracy(fp32_outputs),
                     fidelity={"seconds_source": "device profile" if profiled else _MEASURED_HERE},
@@ -582,7 +605,7 @@ class _Evaluator:
         option = Option(
             id="fallback",
             kind="fallback",
-            model="device/fallback.onnx",
+            model=("device/fallback.onnx",),
             seconds=self._fallback_seconds(quantized.model, int8_timing),
             accuracy=self.accuracy(int8_outputs),
             fidelity=fidelity,
@@ -624,25 +647,32 @@ def _choose_fallback(fallbacks: Sequence[_Fallback], max_accuracy_drop: float) -
 
 
 def _cut_options(
-    evaluator: _Evaluator, partition: Any, codecs: Sequence[str], quantize: str | None
-) -> list[tuple[Option, Encoded]]:
-    """A cut's options: each codec with the fp32 head, and with ``quantize`` also with the int8 head
-    (same codec, same wire scales, so the same tail) when the head has weights to quantize."""
+    evaluator: _Evaluator, partition: Any, codecs: Sequence[str], quantize: str | None, int8_heads: dict[str, str]
+) -> Iterator[list[tuple[Option, Mapping[str, QuantParams]]]]:
+    """A cut's options, one codec at a time (one codec's models in memory): the fp32 head, and with
+    ``quantize`` also the int8 head (same codec, same wire scales, so the same tail) when the head has
+    weights to quantize; each with its codec's scales. Records the int8 head's sha256 in ``int8_heads``."""
     from splitinf.offline.codecs import encode
     from splitinf.offline.quantize import quantized_partition
 
     cut_id = partition.cut.id
     int8 = quantized_partition(partition, evaluator.samples.calibration) if quantize else None
-    options = []
+    if int8 is not None:
+        int8_heads[cut_id] = _model_sha256(int8[1].model)
     for codec in codecs:
         encoded = evaluator.encode(partition, codec)
-        options.append((evaluator.split_option(encoded, cut_id), encoded))
+        options = [(evaluator.split_option(encoded, cut_id), encoded.quant)]
         if int8 is not None:
             int8_encoded = encode(int8[0], codec, encoded.quant)
             if int8_encoded.wire != encoded.wire:
                 raise PlanError(f"the int8 head of cut {cut_id} changed the wire tensors; plan without --quantize")
-            options.append((evaluator.split_option(int8_encoded, cut_id, int8[1]), int8_encoded))
-    return options
+            options.append((evaluator.split_option(int8_encoded, cut_id, int8[1]), encoded.quant))
+        del encoded
+        yield options
+
+
+def _model_sha256(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
 
 
 def _cut_codecs(sources: _Sources, cut: Any, codecs: Sequence[str], notes: list[str]) -> list[str]:
@@ -676,17 +706,26 @@ def _evaluate(
     max_accuracy_drop: float,
     include_local: bool,
     threads: int | None,
+    share: DeviceShare | None = None,
+    progress: bool = False,
 ) -> _Evaluated:
-    """Every (profiled cut, codec, head precision) option, the local model and the fallback(s), priced and measured."""
+    """Every (profiled cut, codec, head precision) option within the device share, the local model and the
+    fallback(s), priced and measured; one codec's models in memory at a time (the held ones are rebuilt when
+    written)."""
     from splitinf.offline.codecs import for_codec
     from splitinf.offline.partition import split_model
+    from splitinf.offline.profiling import ProgressBar
 
-    cuts, input_cut, cut_ids = _profiled_cuts(sources, samples.inputs.first)
+    cuts, input_cut, profiled = _profiled_cuts(sources, samples.inputs.first)
+    cut_ids, refused = _within_share(cuts, profiled, share)
+    include_local = include_local and (share is None or share.allows_whole_model)
     evaluator = _Evaluator(sources, samples, threads)
     local_accuracy = evaluator.local_accuracy()
     splits: list[Option] = []
-    encoded: dict[str, Encoded] = {}
+    quant: dict[str, Mapping[str, QuantParams]] = {}
+    int8_heads: dict[str, str] = {}
     notes: list[str] = []
+    bar = ProgressBar(len(cut_ids) * len(codecs), enabled=progress)
     for cut_id in cut_ids:
         partition = split_model(sources.model, cuts[cut_id])
         for codec in _cut_codecs(sources, cuts[cut_id], codecs, notes):
@@ -694,21 +733,20 @@ def _evaluate(
             if ready is None:
                 notes.append(str(note))
                 continue
-            for option, encoded[option.id] in _cut_options(evaluator, ready, (codec,), quantize):
-                splits.append(option)
+            for options in _cut_options(evaluator, ready, (codec,), quantize, int8_heads):
+                for option, quant[option.id] in options:
+                    splits.append(option)
+                bar.step(options[0][0].id)
+        del partition
     # every split answers with the model's outputs, which cross the link back: bytes at the plan's shapes
     response_bytes = sum(int(v.nbytes) for v in samples.reference["calibration"][0].values())
     splits = [dataclasses.replace(o, response_bytes=response_bytes) for o in splits]
     local = None
     if include_local:
         seconds = float(sources.device["model_seconds"]["median"])
+        # its files (the whole chain) are named when written; its size until then: the model's
         local = Option(
-            id="local",
-            kind="local",
-            model="device/local.onnx",
-            seconds=seconds,
-            accuracy=local_accuracy,
-            device_bytes=sources.model.ByteSize(),
+            id="local", kind="local", seconds=seconds, accuracy=local_accuracy, device_bytes=sources.model.ByteSize()
         )
     fallbacks = evaluator.fallback_options(quantize)
     return _Evaluated(
@@ -717,7 +755,9 @@ def _evaluate(
         cut_ids=cut_ids,
         input_cut=input_cut,
         splits=splits,
-        encoded=encoded,
+        quant=quant,
+        refused=refused,
+        int8_heads=int8_heads,
         local=local,
         fallbacks=fallbacks,
         fallback=_choose_fallback(fallbacks, max_accuracy_drop),
@@ -741,68 +781,173 @@ def _select(
 
 
 def _write_split(
-    build: Path, sources: _Sources, options: Sequence[Option], encoded: Mapping[str, Encoded]
+    build: Path,
+    sources: _Sources,
+    partition: Any,
+    int8_partition: Any | None,
+    options: Sequence[Option],
+    quant: Mapping[str, QuantParams],
+    chain: ChainFiles,
 ) -> list[Option]:
-    """Options sharing one tail (a cut and codec, fp32 and int8 heads): each head into ``device/heads``,
-    the tail (with its manifest naming every head: ``head``, ``head_int8``) once into the ``server`` repository."""
-    from splitinf.offline.partition import save_model, write_to_repository
+    """Options sharing one tail (a cut and codec; fp32 and int8 heads), rebuilt from ``partition`` and the
+    codec's scales: an fp32 head is the chain's segments up to its cut then its codec's graph (in
+    ``device/codecs``), an int8 head one file of its own (in ``device/heads``, from ``int8_partition``);
+    the tail once into the ``server`` repository, its manifest naming the fp32 head's files ``head.0``,
+    ``head.1``, ... and the int8 head ``head_int8``."""
+    from splitinf.offline.codecs import encode
+    from splitinf.offline.partition import write_to_repository
 
     option = options[0]
-    assert option.tail_model is not None and all(o.head is not None for o in options)
-    assert option.cut_id is not None and option.codec is not None
-    head_shas = {o.id: save_model(encoded[o.id].head, build / str(o.head)) for o in options}
-    encoded_one = encoded[option.id]
+    assert option.cut_id is not None and option.codec is not None and option.tail_model is not None
+    encoded = encode(partition, option.codec, quant)
+    heads: dict[str, list[tuple[str, str]]] = {}
+    parts: dict[str, dict[str, str]] = {}
+    for o in options:
+        if o.precision == "fp32":
+            heads[o.id] = _fp32_head_files(build, sources, partition, encoded, chain)
+            parts |= {f"head.{i}": {"file": path, "sha256": sha} for i, (path, sha) in enumerate(heads[o.id])}
+        else:
+            assert int8_partition is not None
+            heads[o.id] = _int8_head_files(build, sources, int8_partition, o, quant)
+            parts[f"head_{o.precision}"] = {"file": heads[o.id][0][0], "sha256": heads[o.id][0][1]}
     manifest = build_manifest(
         source_name=sources.name,
         source_sha256=sources.sha256,
         cut_id=option.cut_id,
-        cut_tensors=encoded_one.cut.tensors,
-        cut_bytes=int(encoded_one.cut.bytes_per_sample),
+        cut_tensors=encoded.cut.tensors,
+        cut_bytes=int(encoded.cut.bytes_per_sample),
         codec=option.codec,
-        wire=encoded_one.wire,
-        opset=[(o.domain, o.version) for o in encoded_one.tail.opset_import],
-        ir_version=encoded_one.tail.ir_version,
-        # "head": the first held head (the fp32 one when held); its int8 twin beside it is "head_int8"
-        parts={
-            ("head" if i == 0 else f"head_{o.precision}"): {"file": o.head, "sha256": head_shas[o.id]}
-            for i, o in enumerate(options)
-        },
+        wire=encoded.wire,
+        opset=[(o.domain, o.version) for o in encoded.tail.opset_import],
+        ir_version=encoded.tail.ir_version,
+        parts=parts,
     )
-    tail_path = write_to_repository(encoded_one.tail, build / "server", option.tail_model, "1", manifest)
+    tail_path = write_to_repository(encoded.tail, build / "server", option.tail_model, "1", manifest)
     tail_sha = sha256_file(tail_path)
     tail_model = content_addressed_name(option.tail_model, tail_sha)
     (build / "server" / option.tail_model).rename(build / "server" / tail_model)
     return [
         dataclasses.replace(
-            o, head_sha256=head_shas[o.id], tail_model=tail_model, tail_version="1", tail_sha256=tail_sha
+            o,
+            head=tuple(path for path, _ in heads[o.id]),
+            head_sha256=tuple(sha for _, sha in heads[o.id]),
+            device_bytes=_files_bytes(build, heads[o.id]),
+            tail_model=tail_model,
+            tail_version="1",
+            tail_sha256=tail_sha,
         )
         for o in options
     ]
 
 
-def _write_models(build: Path, sources: _Sources, evaluated: _Evaluated, held: Sequence[Option]) -> tuple[Option, ...]:
-    """Every held option's files; returns the options with the sha256 of what was written."""
+def _fp32_head_files(
+    build: Path, sources: _Sources, partition: Any, encoded: Encoded, chain: ChainFiles
+) -> list[tuple[str, str]]:
+    """(path, sha256) of an fp32 head's files: the chain's segments up to its cut, then its codec's graph
+    (written here; none for fp32 on the wire)."""
+    from splitinf.offline.partition import save_model
+    from splitinf.offline.segments import codec_model
+
+    cut_id = partition.cut.id
+    head = list(chain.up_to(cut_id))
+    codec_graph = codec_model(partition.head, encoded.head)
+    if codec_graph is not None:
+        _, codec_path, _ = option_names(sources.name, cut_id, encoded.codec)
+        head.append((codec_path, save_model(codec_graph, build / codec_path)))
+    return head
+
+
+def _int8_head_files(
+    build: Path, sources: _Sources, int8_partition: Any, option: Option, quant: Mapping[str, QuantParams]
+) -> list[tuple[str, str]]:
+    """(path, sha256) of an int8 head: one file, the quantized head with its codec (a chain of one)."""
+    from splitinf.offline.codecs import encode
     from splitinf.offline.partition import save_model
 
-    by_tail: dict[str | None, list[Option]] = {}
+    assert option.cut_id is not None and option.codec is not None
+    _, path, _ = option_names(sources.name, option.cut_id, option.codec, option.precision)
+    return [(path, save_model(encode(int8_partition, option.codec, quant).head, build / path))]
+
+
+def _files_bytes(build: Path, files: Sequence[tuple[str, str]]) -> int:
+    """What a chain of files costs the device on its own: the sum of their sizes (segments it shares with
+    other options are counted in each; the plan's device part counts each file once)."""
+    return sum((build / path).stat().st_size for path, _ in files)
+
+
+def _requantized_head(partition: Any, samples: _Samples, measured_sha256: str | None) -> Any:
+    """The partition with its int8 head, quantized again as when it was measured (calibration is min/max on
+    the same samples, so the same head), and checked against the sha256 recorded then."""
+    from splitinf.offline.quantize import quantized_partition
+
+    int8 = quantized_partition(partition, samples.calibration)
+    if int8 is None or _model_sha256(int8[1].model) != measured_sha256:
+        raise PlanError(
+            f"quantizing the head of cut {partition.cut.id} again gave another int8 head than the one measured; "
+            "onnxruntime's quantizer is not deterministic on this machine: plan without --quantize"
+        )
+    return int8[0]
+
+
+def _write_models(
+    build: Path, sources: _Sources, samples: _Samples, evaluated: _Evaluated, held: Sequence[Option]
+) -> tuple[Option, ...]:
+    """Every held option's files, each fp32 weight once: the model as segments between the held fp32 cuts (and
+    on to the outputs when the local option is held), codec graphs, int8 heads, tails, the fallback; one cut's
+    models in memory at a time. Returns the options with their files."""
+    from splitinf.offline.codecs import for_codec
+    from splitinf.offline.graph import GraphView
+    from splitinf.offline.partition import save_model, split_model
+    from splitinf.offline.segments import OUTPUTS_END, write_chain
+
+    view = GraphView(sources.model, samples.inputs.first)  # the cut ids are those at the plan's shapes
+    fp32_cuts = dict.fromkeys(o.cut_id for o in held if o.cut_id is not None and o.precision == "fp32")
+    chain = write_chain(
+        build, view, [view.find(cut_id) for cut_id in fp32_cuts], to_outputs=evaluated.local is not None
+    )
+    by_cut: dict[str, dict[str, list[Option]]] = {}
     for option in held:
-        by_tail.setdefault(option.tail_model, []).append(option)
-    written = {o.id: o for group in by_tail.values() for o in _write_split(build, sources, group, evaluated.encoded)}
+        assert option.cut_id is not None and option.tail_model is not None
+        by_cut.setdefault(option.cut_id, {}).setdefault(option.tail_model, []).append(option)
+    written: dict[str, Option] = {}
+    for cut_id, groups in by_cut.items():
+        partition = split_model(sources.model, view.find(cut_id))
+        int8 = None
+        if any(o.precision != "fp32" for group in groups.values() for o in group):
+            int8 = _requantized_head(partition, samples, evaluated.int8_heads.get(cut_id))
+        for group in groups.values():
+            # the codec's form of the parts, as evaluated (an old opset converted for an 8-bit codec)
+            ready, note = for_codec(partition, str(group[0].codec), samples.inputs.first, None)
+            if ready is None:
+                raise PlanError(f"cut {cut_id}: {note}")
+            for option in _write_split(build, sources, ready, int8, group, evaluated.quant[group[0].id], chain):
+                written[option.id] = option
+        del partition, int8
+    del view
     result = [written[o.id] for o in held]
     if evaluated.local is not None:
+        files = chain.up_to(OUTPUTS_END)
         result.append(
-            dataclasses.replace(evaluated.local, sha256=save_model(sources.model, build / "device" / "local.onnx"))
+            dataclasses.replace(
+                evaluated.local,
+                model=tuple(p for p, _ in files),
+                sha256=tuple(sha for _, sha in files),
+                device_bytes=_files_bytes(build, files),
+            )
         )
     fallback = evaluated.fallback
     if fallback is not None:
-        result.append(
-            dataclasses.replace(fallback.option, sha256=save_model(fallback.model, build / "device/fallback.onnx"))
-        )
+        path = "device/fallback.onnx"
+        result.append(dataclasses.replace(fallback.option, sha256=(save_model(fallback.model, build / path),)))
     return tuple(result)
 
 
 def _evaluated_record(
-    samples: _Samples, evaluated: _Evaluated, held: Sequence[Option], grid: tuple[Sequence[float], Sequence[float]]
+    samples: _Samples,
+    evaluated: _Evaluated,
+    held: Sequence[Option],
+    grid: tuple[Sequence[float], Sequence[float]],
+    share: DeviceShare | None,
 ) -> dict[str, Any]:
     """plan.json's account of what was weighed: codecs, cuts, samples, and every option not held."""
     held_ids = {o.id for o in held}
@@ -823,6 +968,8 @@ def _evaluated_record(
         ],
         "notes": list(dict.fromkeys(evaluated.notes)),
         "shape_warnings": samples.warnings,
+        "max_device_share": None if share is None else str(share),
+        "refused_by_device_share": dict(evaluated.refused),
         "not_held": [
             {
                 "id": o.id,
@@ -862,6 +1009,8 @@ def plan_model(
     hold_all: bool = False,
     threads: int | None = 1,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    max_device_share: DeviceShare | None = None,
+    progress: bool = False,
 ) -> Plan:
     """Build the plan directory ``output`` from a model, its two profiles and sample inputs (the I/O wrapper).
 
@@ -878,7 +1027,13 @@ def plan_model(
     of its own, weighed like the others and kept out by the same accuracy floor), and an int8
     variant of the fallback, held instead of the fp32 one when as accurate (:func:`_choose_fallback`).
     The device profile must then hold int8 timings (``splitinf profile --quantize int8``).
+
+    ``max_device_share`` refuses cuts whose head is a larger share of the model
+    (:mod:`splitinf.offline.device_share`; without ``include_local`` it defaults to
+    ``NO_LOCAL_DEFAULT``). ``progress`` draws a bar with an ETA on stderr, one step per (cut, codec)
+    weighed (its int8 head with it).
     """
+    from splitinf.offline.device_share import NO_LOCAL_DEFAULT
     from splitinf.offline.plan_report import latency_svg, report_markdown
     from splitinf.offline.quantize import parse_quantize, quantize_method
 
@@ -895,6 +1050,7 @@ def plan_model(
             "(an .npz of real inputs)"
         )
     samples = _read_plan_samples(sources, calibration, held_out, shapes)
+    share = max_device_share if max_device_share is not None or include_local else NO_LOCAL_DEFAULT
     evaluated = _evaluate(
         sources,
         samples,
@@ -903,6 +1059,8 @@ def plan_model(
         max_accuracy_drop=max_accuracy_drop,
         include_local=include_local,
         threads=threads,
+        share=share,
+        progress=progress,
     )
     held = evaluated.splits if hold_all else _select(evaluated, bandwidths, rtts, max_candidates)
     target = Path(output)
@@ -912,14 +1070,15 @@ def plan_model(
             model_sha256=sources.sha256,
             inputs=sources.inputs,
             outputs=sources.outputs,
-            options=_write_models(build, sources, evaluated, held),
+            options=_write_models(build, sources, samples, evaluated, held),
             budget_s=budget_s,
             inputs_at=samples.inputs.to_json(),
             profiles={
                 "device": _profile_summary(sources.device, sources.device_source),
                 "server": _profile_summary(sources.server, sources.server_source),
-                "evaluated": _evaluated_record(samples, evaluated, held, (bandwidths, rtts)),
+                "evaluated": _evaluated_record(samples, evaluated, held, (bandwidths, rtts), share),
             },
+            root=build,  # for the report, which sizes the files written
         )
         write_json_atomic(build / "plan.json", plan.to_json())
         (build / "report.md").write_text(report_markdown(plan, reference_rtt_s))

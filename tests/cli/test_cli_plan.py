@@ -19,7 +19,9 @@ from onnx import TensorProto, helper
 from splitinf.cli import main
 from splitinf.contract.files import sha256_file, write_json_atomic
 from splitinf.contract.plan import Option, content_addressed_name, expected_latency, load_plan
+from splitinf.edge.chain import SessionPool
 from splitinf.offline.profiling import profile_model
+from splitinf.ort import SessionSettings
 from splitinf.tools.testing import graphs as models
 
 # The device profile is this machine's, slowed down by this factor: a stand-in for a Pi, so
@@ -132,7 +134,8 @@ def test_the_plan_loads_with_device_and_server_files_checked(plan_dir: Path, set
         assert option.tail_model == content_addressed_name(base, option.tail_sha256)
         manifest = json.loads((plan_dir / "server" / option.tail_model / "1" / "manifest.json").read_text())
         assert manifest["parts"]["tail"]["sha256"] == option.tail_sha256
-        assert manifest["parts"]["head"]["sha256"] == option.head_sha256
+        head_parts = [manifest["parts"][f"head.{i}"] for i in range(len(option.head))]
+        assert [(p["file"], p["sha256"]) for p in head_parts] == list(option.device_files)
         assert manifest["codec"] == option.codec and manifest["source"]["sha256"] == plan.model_sha256
         assert manifest["cut"]["id"] == option.cut_id
         assert option.wire_bytes > 0 and option.head_seconds > 0 and option.tail_seconds > 0
@@ -144,20 +147,28 @@ def test_held_heads_and_tails_reproduce_the_full_model(plan_dir: Path, setup: Se
     x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
     full = ort.InferenceSession(str(setup.model), providers=["CPUExecutionProvider"])
     expected = full.run(None, {"x": x})[0]
+    files = SessionPool(plan.path, SessionSettings())
     for option in plan.split_options:
-        assert option.head is not None
-        head = ort.InferenceSession(str(plan.path(option.head)), providers=["CPUExecutionProvider"])
+        head = files.chain(option.id, option.head)
         tail_path = plan.path(f"server/{option.tail_model}/1/model.onnx")
         tail = ort.InferenceSession(str(tail_path), providers=["CPUExecutionProvider"])
-        wire = dict(zip([o.name for o in head.get_outputs()], head.run(None, {"x": x}), strict=True))
+        values = head.run({"x": x})
+        wire = {t.name: values[t.name] for t in option.wire}
         assert [(w.name, w.dtype) for w in option.wire] == [(k, v.dtype.name) for k, v in wire.items()]
         assert sum(v.nbytes for v in wire.values()) == option.wire_bytes
         got = tail.run(None, wire)[0]
         tolerance = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.1}[option.codec or "fp32"]
         assert np.abs(got - expected).max() <= tolerance * max(np.abs(expected).max(), 1.0)
     local = plan.local
-    assert local is not None and local.model is not None
-    assert sha256_file(plan.path(local.model)) == local.sha256
+    assert local is not None
+    assert [sha256_file(plan.path(f)) for f in local.model] == list(local.sha256)
+    np.testing.assert_allclose(files.chain("local", local.model).run({"x": x})["y"], expected, rtol=1e-5, atol=1e-6)
+    # each weight once: every segment is opened once however many heads run it, and the heads are prefixes
+    # of the local model's chain (plus at most a codec graph)
+    assert len(files) == len({f for o in plan.options if o.kind != "fallback" for f in o.device_files})
+    for option in plan.split_options:
+        segments = [f for f in option.head if f.startswith("device/segments/")]
+        assert list(local.model[: len(segments)]) == segments and len(option.head) - len(segments) <= 1
 
 
 def test_the_plan_matches_or_beats_sending_the_input_at_every_grid_point(plan_dir: Path) -> None:
@@ -371,3 +382,61 @@ def test_a_fallback_missing_from_the_device_profile_is_timed_here_and_says_so(se
     fallback = load_plan(tmp_path / "p").fallback
     assert fallback is not None and fallback.seconds > 0
     assert "planning machine" in fallback.fidelity["seconds_source"]
+
+
+def _shares(full: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    from splitinf.offline.graph import enumerate_cuts
+
+    return {c.id: (c.head_flops / c.total_flops, c.head_params / c.total_params) for c in enumerate_cuts(full)}
+
+
+@pytest.mark.parametrize(
+    ("flags", "measure", "limit", "local"),
+    [
+        (["--max-device-share", "0.5"], 0, 0.5, False),
+        (["--max-device-share", "params:0.3"], 1, 0.3, False),
+        (["--no-local"], 1, 0.5, False),  # --no-local alone caps heads at half the parameters
+        (["--no-local", "--max-device-share", "flops:0.9"], 0, 0.9, False),
+        (["--max-device-share", "1"], 0, 1.0, True),
+    ],
+)
+def test_the_device_share_caps_every_held_head(
+    setup: Setup, tmp_path: Path, flags: list[str], measure: int, limit: float, local: bool
+) -> None:
+    out = tmp_path / "plan"
+    assert (
+        main(_plan_args(setup, out, "--fallback", str(setup.fallback), "--codecs", "fp32", "--hold-all", *flags)) == 0
+    )
+    plan = load_plan(out, check_files=("device", "server"))
+    shares = _shares(setup.full)
+    evaluated = plan.profiles["evaluated"]
+    held = {o.cut_id for o in plan.split_options}
+    assert held and all(shares[c][measure] <= limit for c in held if c is not None)
+    refused = evaluated["refused_by_device_share"]
+    assert all(share > limit for share in refused.values()) and all(shares[c][measure] > limit for c in refused)
+    assert set(evaluated["cuts"]) | set(refused) >= {c for c, s in shares.items() if s[0] < 1.0} - {"y"}
+    assert (plan.local is not None) is local
+    if limit < 1.0:
+        assert refused, "the chain model has cuts past any cap below 1: some must be refused"
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "gpu:0.5", "half"])
+def test_a_bad_device_share_is_a_usage_error(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    assert main(_plan_args(setup, tmp_path / "p", "--max-device-share", value)) == 2
+    assert "--max-device-share" in _one_line_error(capsys)
+
+
+def test_plan_progress_shows_each_option_with_an_eta_only_when_asked(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_plan_args(setup, tmp_path / "quiet", "--codecs", "fp32,fp16")) == 0
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here
+    assert main(_plan_args(setup, tmp_path / "shown", "--codecs", "fp32,fp16", "--progress")) == 0
+    err = capsys.readouterr().err
+    evaluated = load_plan(tmp_path / "shown").profiles["evaluated"]["options"]
+    frames = [f for f in err.split("\r") if f.strip()]
+    assert len(frames) == evaluated and err.endswith("\n")
+    assert all("ETA" in f for f in frames[:-1]) and "elapsed" in frames[-1] and "ETA" not in frames[-1]
+    assert f"{evaluated}/{evaluated} split:" in frames[-1]

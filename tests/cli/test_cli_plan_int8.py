@@ -13,8 +13,10 @@ import pytest
 
 from splitinf.cli import main
 from splitinf.contract.plan import Option, load_plan
+from splitinf.edge.chain import SessionPool
 from splitinf.offline.graph import enumerate_cuts, load_model
 from splitinf.offline.planner import _choose_fallback, _Fallback, select_candidates
+from splitinf.ort import SessionSettings
 from splitinf.tools.models import digits_fallback_path, digits_main_path, load_digits_test
 
 
@@ -72,10 +74,13 @@ def test_the_plan_holds_int8_head_options_that_agree_with_fp32(int8_plan: Path) 
     for option in int8:
         twin = plan.option(option.id.removesuffix(":int8head"))
         assert option.id == f"split:{option.cut_id}:{option.codec}:int8head" and twin.precision == "fp32"
-        assert option.head is not None and option.head.endswith("-int8head.onnx")
+        assert len(option.head) == 1 and option.head[0].endswith("-int8head.onnx")  # one file of its own
         assert option.tail_model == twin.tail_model and option.tail_sha256 == twin.tail_sha256  # one fp32 tail
         assert option.wire == twin.wire and option.wire_bytes == twin.wire_bytes
-        assert 0 < option.device_bytes < twin.device_bytes and option.head_seconds > 0
+        assert option.device_bytes == plan.path(option.head[0]).stat().st_size and option.head_seconds > 0
+        # the fp32 head: the chain's segments then its codec's graph, its size theirs added up
+        assert twin.device_bytes == sum(plan.path(f).stat().st_size for f in twin.head)
+        assert 0 < option.device_bytes < twin.device_bytes
         assert option.fidelity["quantization"]["method"] == "static"
         assert option.fidelity["quantization"]["format"] == "QDQ"
         for key in ("calibration", "held_out"):
@@ -83,8 +88,9 @@ def test_the_plan_holds_int8_head_options_that_agree_with_fp32(int8_plan: Path) 
         assert option.accuracy is not None and twin.accuracy is not None
         assert option.accuracy >= twin.accuracy - 0.01
         manifest = json.loads((plan.path(f"server/{option.tail_model}/1/manifest.json")).read_text())
-        assert manifest["parts"]["head_int8"] == {"file": option.head, "sha256": option.head_sha256}
-        assert manifest["parts"]["head"] == {"file": twin.head, "sha256": twin.head_sha256}
+        assert manifest["parts"]["head_int8"] == {"file": option.head[0], "sha256": option.head_sha256[0]}
+        fp32_parts = [manifest["parts"][f"head.{i}"] for i in range(len(twin.head))]
+        assert [(p["file"], p["sha256"]) for p in fp32_parts] == list(twin.device_files)
 
 
 def test_an_int8_head_and_the_fp32_tail_answer_like_the_full_model(int8_plan: Path) -> None:
@@ -94,7 +100,7 @@ def test_an_int8_head_and_the_fp32_tail_answer_like_the_full_model(int8_plan: Pa
     full = ort.InferenceSession(str(digits_main_path()), providers=["CPUExecutionProvider"])
     expected = np.concatenate([full.run(None, {"image": image[None]})[0] for image in batch]).argmax(axis=1)
     for option in (o for o in plan.split_options if o.precision == "int8"):
-        head = ort.InferenceSession(str(plan.path(str(option.head))), providers=["CPUExecutionProvider"])
+        head = ort.InferenceSession(str(plan.path(option.head[0])), providers=["CPUExecutionProvider"])
         tail = ort.InferenceSession(
             str(plan.path(f"server/{option.tail_model}/1/model.onnx")), providers=["CPUExecutionProvider"]
         )
@@ -137,6 +143,46 @@ def test_the_report_shows_head_and_wire_precision_apart_and_the_chart_marks_int8
     assert len(int8_ids) == 2 and marked == int8_ids
     legend = [t.text or "" for t in svg.iter(f"{ns}text")]
     assert all(any(text.startswith(f"{i} [int8]") for text in legend) for i in int8_ids)
+
+
+def test_quantize_max_device_share_and_progress_work_together(
+    digits: Digits, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cuts = enumerate_cuts(load_model(digits_main_path()))
+    profiled = [cuts[0], cuts[3], cuts[-3]]  # as the digits fixture profiles
+    weighted = sorted((c for c in profiled if c.head_flops > 0), key=lambda c: c.head_flops)
+    early, late = weighted[0], weighted[-1]
+    limit = (early.head_flops + late.head_flops) / 2 / late.total_flops
+    argv = _plan(digits, tmp_path / "p", "--calibration", str(digits.samples), "--quantize", "int8", "--hold-all")
+    assert main([*argv, "--max-device-share", f"flops:{limit}", "--progress"]) == 0
+    plan = load_plan(tmp_path / "p", check_files=("device", "server"))
+    evaluated = plan.profiles["evaluated"]
+    assert late.id in evaluated["refused_by_device_share"] and plan.local is None  # the whole model is over it
+    assert {o.cut_id for o in plan.split_options} == {"image", early.id}  # no int8 head of a refused cut either
+    assert {o.id for o in plan.split_options if o.precision == "int8"} == {
+        f"split:{early.id}:{codec}:int8head" for codec in ("fp32", "int8")
+    }
+    # one progress step per (cut, codec), the int8 head weighed with its fp32 twin
+    frames = [f for f in capsys.readouterr().err.split("\r") if f.strip()]
+    assert len(frames) == 2 * 2 and "ETA" in frames[0] and "4/4" in frames[-1]
+    # the device runs every head as a chain: fp32 heads over the shared segments, int8 heads one file each
+    images, _ = load_digits_test()
+    full = ort.InferenceSession(str(digits_main_path()), providers=["CPUExecutionProvider"])
+    files = SessionPool(plan.path, SessionSettings())
+    for option in plan.split_options:
+        tail = ort.InferenceSession(
+            str(plan.path(f"server/{option.tail_model}/1/model.onnx")), providers=["CPUExecutionProvider"]
+        )
+        head = files.chain(option.id, option.head)
+        agree = []
+        for image in images[:40]:
+            values = head.run({"image": image[None]})
+            got = tail.run(None, {t.name: values[t.name] for t in option.wire})[0]
+            agree.append(got.argmax() == full.run(None, {"image": image[None]})[0].argmax())
+        assert np.mean(agree) >= 0.95, option.id
+    report = (tmp_path / "p" / "report.md").read_text()
+    unique = {f for o in plan.options for f, _ in o.device_files}
+    assert f"Device part: {sum(plan.path(f).stat().st_size for f in unique) / 1e6:.3f} MB, each file once" in report
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:

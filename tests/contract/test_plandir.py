@@ -20,9 +20,10 @@ from splitinf.contract.plandir import external_data_locations
 from splitinf.edge.runtime import Runtime
 from splitinf.errors import IntegrityError, PlanError
 from splitinf.tools.testing.graphs import if_model, mlp, residual_cnn
-from splitinf.tools.testing.plans import MLP_FALLBACK, write_mlp_plan_dir
+from splitinf.tools.testing.plans import write_mlp_plan_dir
 
 SHA_KEYS = ("sha256", "head_sha256", "tail_sha256")
+OTHER_MODEL = mlp(batch=1, seed=99, sizes=(16, 8, 4))  # not one the plan wrote
 
 
 @pytest.fixture
@@ -40,6 +41,24 @@ def split_option(data: dict[str, Any], cut: str = "relu_0") -> dict[str, Any]:
     return next(o for o in data["options"] if o.get("cut_id") == cut)
 
 
+def first_head_file(plan_dir: Path) -> str:
+    """The relu_0 head's first segment, which the later heads and the local model share."""
+    return str(split_option(json.loads((plan_dir / "plan.json").read_text()))["head"][0])
+
+
+def set_sha256(plan_dir: Path, relative: str, sha: str) -> None:
+    """Record ``sha`` for ``relative`` in every option that runs it."""
+
+    def change(data: dict[str, Any]) -> None:
+        for option in data["options"]:
+            for files, digests in (("head", "head_sha256"), ("model", "sha256")):
+                for index, name in enumerate(option.get(files) or ()):
+                    if name == relative:
+                        option[digests][index] = sha
+
+    edit_plan(plan_dir, change)
+
+
 def test_a_plan_without_sha256_fields_is_refused_unless_marked_unsigned(
     plan_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -49,7 +68,7 @@ def test_a_plan_without_sha256_fields_is_refused_unless_marked_unsigned(
                 option.pop(key, None)
 
     edit_plan(plan_dir, strip)
-    onnx.save(mlp(batch=1, seed=99, sizes=(16, 8, 4)), plan_dir / "device" / "fallback.onnx")  # not the planner's
+    onnx.save(OTHER_MODEL, plan_dir / "device" / "fallback.onnx")  # not the planner's
     with pytest.raises(PlanError, match=r"no sha256.*unsigned"):
         load_plan(plan_dir)
     with pytest.raises(PlanError, match="no sha256"):
@@ -60,15 +79,32 @@ def test_a_plan_without_sha256_fields_is_refused_unless_marked_unsigned(
     assert [r for r in caplog.records if "unsigned" in r.getMessage()], caplog.text
 
 
-def test_a_signed_plan_still_catches_a_changed_file(plan_dir: Path) -> None:
-    onnx.save(MLP_FALLBACK, plan_dir / "device" / "local.onnx")
-    with pytest.raises(IntegrityError, match="sha256"):
+@pytest.mark.parametrize("which", ["fallback", "first segment", "last segment", "codec"])
+def test_a_signed_plan_still_catches_a_changed_file(plan_dir: Path, which: str) -> None:
+    data = json.loads((plan_dir / "plan.json").read_text())
+    local = next(o for o in data["options"] if o["kind"] == "local")
+    if which == "codec":  # a codec graph is a file of the head like a segment
+        codec = "device/codecs/relu_0-fp16.onnx"
+        (plan_dir / codec).parent.mkdir()
+        onnx.save(OTHER_MODEL, plan_dir / codec)
+        edit_plan(
+            plan_dir, lambda d: (split_option(d)["head"].append(codec), split_option(d)["head_sha256"].append("0" * 64))
+        )
+        target = codec
+    else:
+        target = {
+            "fallback": "device/fallback.onnx",
+            "first segment": local["model"][0],
+            "last segment": local["model"][-1],
+        }[which]
+        onnx.save(OTHER_MODEL, plan_dir / target)
+    with pytest.raises(IntegrityError, match=f"{target}.*sha256"):
         load_plan(plan_dir)
 
 
 @pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])
 def test_a_head_outside_the_plan_directory_is_refused(plan_dir: Path, tmp_path: Path, where: str) -> None:
-    head = plan_dir / split_option(json.loads((plan_dir / "plan.json").read_text()))["head"]
+    head = plan_dir / first_head_file(plan_dir)
     outside = tmp_path / "elsewhere" / "head.onnx"
     outside.parent.mkdir()
     shutil.copy(head, outside)  # the same bytes: the sha256 matches, the place does not
@@ -77,14 +113,14 @@ def test_a_head_outside_the_plan_directory_is_refused(plan_dir: Path, tmp_path: 
         head.symlink_to(outside)
     else:
         path = str(outside) if where == "absolute" else "../elsewhere/head.onnx"
-        edit_plan(plan_dir, lambda data: split_option(data).update(head=path))
+        edit_plan(plan_dir, lambda data: split_option(data)["head"].__setitem__(0, path))
     with pytest.raises(PlanError, match="outside the plan directory"):
         load_plan(plan_dir)
 
 
 def _with_external_data(plan_dir: Path, location: str, *, link_to: Path | None = None) -> Path:
     """Rewrite the relu_0 head with its weights in external data at ``location``; the plan's sha256 follows."""
-    head_rel = split_option(json.loads((plan_dir / "plan.json").read_text()))["head"]
+    head_rel = first_head_file(plan_dir)
     head_path = plan_dir / head_rel
     model = onnx.load(head_path)
     convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
@@ -100,8 +136,7 @@ def _with_external_data(plan_dir: Path, location: str, *, link_to: Path | None =
                 if entry.key == "location":
                     entry.value = location
         head_path.write_bytes(model.SerializeToString())  # onnx.save refuses such paths; an attacker would not
-    sha = sha256_file(head_path)
-    edit_plan(plan_dir, lambda data: split_option(data).update(head_sha256=sha))
+    set_sha256(plan_dir, head_rel, sha256_file(head_path))
     return head_path
 
 
@@ -118,15 +153,14 @@ def test_external_data_outside_the_head_folder_is_a_plan_error(plan_dir: Path, t
         _with_external_data(plan_dir, "link.bin", link_to=tmp_path / "secret.bin")
     elif location == "absolute":
         _with_external_data(plan_dir, "weights.bin")
-        head = plan_dir / split_option(json.loads((plan_dir / "plan.json").read_text()))["head"]
+        head = plan_dir / first_head_file(plan_dir)
         model = onnx.load(head, load_external_data=False)
         for tensor in model.graph.initializer:
             for entry in tensor.external_data:
                 if entry.key == "location":
                     entry.value = str(head.parent / "weights.bin")  # absolute, even though it is inside
         head.write_bytes(model.SerializeToString())
-        sha = sha256_file(head)
-        edit_plan(plan_dir, lambda data: split_option(data).update(head_sha256=sha))
+        set_sha256(plan_dir, first_head_file(plan_dir), sha256_file(head))
     else:
         _with_external_data(plan_dir, location)
     with pytest.raises(PlanError, match="external data"):

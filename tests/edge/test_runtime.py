@@ -36,6 +36,7 @@ from splitinf.tools.testing.plans import (
     MLP_FULL,
     run_mlp,
     write_mlp_plan_dir,
+    write_plan_dir,
 )
 
 FULL, FALLBACK, CUTS = MLP_FULL, MLP_FALLBACK, MLP_CUTS
@@ -291,7 +292,7 @@ def test_metrics_endpoint_reports_paths_fallbacks_and_modes(plan_dir: Path) -> N
 
 
 def test_plan_with_a_tampered_head_is_refused(plan_dir: Path) -> None:
-    head = next((plan_dir / "device/heads").iterdir())
+    head = next((plan_dir / "device/segments").iterdir())
     head.write_bytes(head.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="sha256"):
         Runtime(plan_dir, device_config(None))
@@ -495,3 +496,53 @@ def test_checked_inputs_keep_a_scalar_scalar_and_make_the_rest_contiguous() -> N
     strided = np.zeros((4, 4), np.float32).T
     checked = check_inputs(specs, {"x": strided, "sr": np.array(16000, np.int64)})
     assert checked["sr"].shape == () and checked["x"].flags.c_contiguous
+
+
+def as_format_1(plan_dir: Path, model: Any) -> Path:
+    """Rewrite a plan as format 1 wrote it: one head file per split option, carrying its own weights."""
+    import json
+
+    data = json.loads((plan_dir / "plan.json").read_text())
+    for option in data["options"]:
+        if option["kind"] == "split":
+            head = split_model(model, find_cut(model, option["cut_id"])).head
+            relative = f"device/heads/split-{option['cut_id']}-fp32.onnx"
+            option.update(head=relative, head_sha256=save_model(head, plan_dir / relative))
+        elif option["kind"] == "local":
+            option.update(model="device/local.onnx", sha256=save_model(model, plan_dir / "device/local.onnx"))
+        else:
+            option.update(model=option["model"][0], sha256=option["sha256"][0])
+    data["format"] = 1
+    write_json_atomic(plan_dir / "plan.json", data)
+    return plan_dir
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_chained_heads_answer_as_format_1_single_heads_and_the_full_model(tmp_path: Path, cut: str) -> None:
+    chained = only_cut(tmp_path, cut)
+    single = as_format_1(only_cut(tmp_path / "old", cut), FULL)
+    srv, port = create_server(ServerConfig(repo=chained / "server", port=0, metrics_port=None))
+    try:
+        with (
+            Runtime(chained, device_config(f"127.0.0.1:{port}"), background_probes=False) as new,
+            Runtime(single, device_config(f"127.0.0.1:{port}"), background_probes=False) as old,
+        ):
+            for seed in range(3):
+                a, b = new.infer(sample(seed)), old.infer(sample(seed))
+                assert a.kind == b.kind == "split" and a.option_id == b.option_id
+                np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6, atol=1e-7)
+                np.testing.assert_allclose(a.outputs["y"], run_model(FULL, sample(seed)["x"]), rtol=1e-5, atol=1e-6)
+    finally:
+        srv.stop(grace=0)
+
+
+def test_the_local_model_runs_as_the_whole_chain(tmp_path: Path) -> None:
+    plan_dir = tmp_path / "plan"
+    write_plan_dir(plan_dir, FULL, FALLBACK, dict.fromkeys(CUTS, (0.001, 0.001)), name="mlp", local_seconds=0.0001)
+    plan = Plan.from_json(__import__("json").loads((plan_dir / "plan.json").read_text()))
+    local = plan.local
+    assert local is not None and len(local.model) == len(CUTS)  # a segment per cut after the input, then the rest
+    with Runtime(plan_dir, device_config(None), background_probes=False) as runtime:
+        result = runtime.infer(sample(4))
+        assert result.kind == "local"
+        np.testing.assert_allclose(result.outputs["y"], run_model(FULL, sample(4)["x"]), rtol=1e-5, atol=1e-6)

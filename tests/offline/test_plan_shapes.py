@@ -13,7 +13,8 @@ import pytest
 
 from splitinf.cli import main
 from splitinf.contract.plan import Plan, load_plan
-from splitinf.ort import open_session
+from splitinf.edge.chain import SessionPool
+from splitinf.ort import SessionSettings
 from splitinf.tools.testing.graphs import dynamic_cnn
 
 FAST_PROFILE = ["--repeats", "2", "--warmup", "0", "--passes", "1"]
@@ -103,6 +104,6 @@ def test_int8_on_an_opset_9_model_is_converted_or_skipped_never_a_failure(tmp_pa
     int8 = [o for o in held.split_options if o.codec == "int8"]
     assert all(o.wire[0].dtype == "int8" for o in int8)
     if int8:  # a converted head runs (QuantizeLinear needs opset 10)
-        head = open_session(held.path(str(int8[-1].head)))
-        (wire,) = head.run(None, {"x": np.zeros((1, 3, 16, 16), np.float32)})
+        head = SessionPool(held.path, SessionSettings()).chain(int8[-1].id, int8[-1].head)
+        wire = head.run({"x": np.zeros((1, 3, 16, 16), np.float32)})[int8[-1].wire[0].name]
         assert wire.dtype == np.int8

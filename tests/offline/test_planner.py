@@ -47,7 +47,7 @@ def test_log_grid_spans_the_range() -> None:
 def test_best_option_is_the_least_expected_latency() -> None:
     offload = split("input", "fp32", 0.0, 0.001, 100_000)
     mid = split("c1", "fp32", 0.004, 0.0005, 1_000)
-    local = Option(id="local", kind="local", model="device/local.onnx", seconds=0.02)
+    local = Option(id="local", kind="local", model=("device/segments/01-outputs.onnx",), seconds=0.02)
     # 100 kbit/s: offload takes 8 s, mid 0.08 s + rtt -> local; 1 Gbit/s: sending the input is cheapest
     assert best_option([offload, mid, local], 1e5, 0.001) is local
     assert best_option([offload, mid, local], 1e9, 0.001) is offload
@@ -84,5 +84,5 @@ def test_options_below_the_accuracy_floor_are_not_held() -> None:
 def test_option_names_are_safe_for_files_and_model_names() -> None:
     option_id, head, tail = option_names("my model", "a/b:c", "fp16")
     assert option_id == "split:a/b:c:fp16"
-    assert head == "device/heads/split-a_b_c-fp16.onnx"
+    assert head == "device/codecs/a_b_c-fp16.onnx"
     assert tail == "my_model.a_b_c.fp16"

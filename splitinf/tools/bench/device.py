@@ -49,6 +49,12 @@ class _Device:
             self._sessions[path] = make_session(path, self.threads)
         return self._sessions[path]
 
+    def chain(self, paths: list[str]) -> Any:
+        """An option's device files run in order as the runtime runs them, each file's session opened once."""
+        from splitinf.edge.chain import Chain
+
+        return Chain(" -> ".join(paths), [self.session(p) for p in paths], paths)
+
     def client(self, target: str) -> Any:
         from splitinf.edge.client import InferenceClient
 
@@ -106,13 +112,13 @@ class _Device:
         return {"output": cmd["output"], "seconds": time.perf_counter() - start}
 
     def local(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        session = self.session(cmd["model"])
+        model = self.chain(cmd["model"])
         feed = _load_inputs(cmd["inputs"])
         samples = []
         started = time.perf_counter()
         for i in range(int(cmd.get("warmup", 1)) + int(cmd["requests"])):
             t0 = time.perf_counter()
-            session.run(None, feed)
+            model.run(feed)
             elapsed = time.perf_counter() - t0
             if i >= int(cmd.get("warmup", 1)):
                 samples.append({"total_s": elapsed, "head_s": 0.0, "call_s": 0.0, "server_s": 0.0})
@@ -130,15 +136,14 @@ class _Device:
         warmup = int(cmd.get("warmup", 1))
         results: dict[str, Any] = {}
         for option in cmd["options"]:
-            head = self.session(option["head"])
-            names = [o.name for o in head.get_outputs()]
-            wire_names = option.get("wire") or names
+            head = self.chain(option["head"])
+            wire_names = option.get("wire") or head.output_names
             samples: list[dict[str, Any]] = []
             errors: list[str] = []
             started = time.perf_counter()
             for i in range(warmup + int(cmd["requests"])):
                 t0 = time.perf_counter()
-                wire_all = dict(zip(names, head.run(names, feed), strict=True))
+                wire_all = head.run(feed)
                 wire = {n: wire_all[n] for n in wire_names}
                 t1 = time.perf_counter()
                 try:
@@ -176,10 +181,9 @@ class _Device:
         cases = []
         try:
             for case in cmd["cases"]:
-                head = self.session(case["head"])
-                names = [o.name for o in head.get_outputs()]
-                wire_all = dict(zip(names, head.run(names, feed), strict=True))
-                wire = {n: wire_all[n] for n in (case.get("wire") or names)}
+                head = self.chain(case["head"])
+                wire_all = head.run(feed)
+                wire = {n: wire_all[n] for n in (case.get("wire") or head.output_names)}
                 v2: list[float] = []
                 bare: list[float] = []
                 sizes = (0, 0)

@@ -549,7 +549,7 @@ class _Measurements:
     def _option_spec(self, option: Any) -> dict[str, Any]:
         return {
             "id": option.id,
-            "head": str(self.plan.path(option.head or "")),
+            "head": [str(self.plan.path(f)) for f in option.head],
             "tail_model": option.tail_model,
             "tail_version": option.tail_version,
             "wire": [t.name for t in option.wire],
@@ -562,7 +562,7 @@ class _Measurements:
         self.progress(f"local model on the device ({self.config.requests} runs)")
         reply = self.device.call(
             "local",
-            model=str(self.plan.path(local.model or "")),
+            model=[str(self.plan.path(f)) for f in local.model],
             inputs=str(self.prepared.inputs),
             requests=self.config.requests,
             warmup=self.config.warmup,
@@ -692,15 +692,16 @@ class _Measurements:
 
     def throughput(self) -> dict[str, Any]:
         """Concurrent clients straight to the server with the full-offload fp32 request (the whole model)."""
+        from splitinf.edge.chain import Chain
         from splitinf.offline.sessions import make_session
 
         self.progress("tail-server throughput")
         offload = [o for o in self.splits if o.cut_id == self.input_cut]
         option = next((o for o in offload if o.codec == "fp32"), offload[0] if offload else self.splits[0])
-        head = make_session(str(self.plan.path(option.head or "")), 1)
+        head = Chain(option.id, [make_session(str(self.plan.path(f)), 1) for f in option.head], option.head)
         feed = self.prepared.feeds()
-        names = [o.name for o in head.get_outputs()]
-        wire = dict(zip(names, head.run(names, feed), strict=True))
+        values = head.run(feed)
+        wire = {name: values[name] for name in [t.name for t in option.wire] or head.output_names}
         levels = _throughput(
             self.server_address, option.tail_model or "", wire, self.config.concurrency, self.config.throughput_s
         )

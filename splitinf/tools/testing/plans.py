@@ -2,9 +2,10 @@
 
 ``splitinf plan`` measures profiles and calibrates codecs; a test that is about the
 runtime, the policy or the network wants a plan whose costs it chooses itself.
-``write_plan_dir`` splits a model at the given cuts (fp32), writes the heads, the
-tails (as a V2 model repository under ``server/``), the fallback and optionally the
-full model, and a ``plan.json`` in the layout ``splitinf.contract.plan`` documents.
+``write_plan_dir`` splits a model at the given cuts (fp32), writes the device's chain of
+segments (each weight once, as ``splitinf plan`` does), the tails (as a V2 model repository
+under ``server/``), the fallback and optionally the full model (the segments on to the
+outputs), and a ``plan.json`` in the layout ``splitinf.contract.plan`` documents.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import onnx
 from splitinf.contract.files import write_json_atomic
 from splitinf.contract.manifest import MANIFEST_FORMAT
 from splitinf.contract.plan import Option, Plan, content_addressed_name
-from splitinf.offline.graph import find_cut
+from splitinf.offline.graph import GraphView
 from splitinf.offline.partition import save_model, split_model, write_to_repository
 from splitinf.offline.planner import io_specs, option_names
+from splitinf.offline.segments import OUTPUTS_END, write_chain
 from splitinf.ort import open_session
 from splitinf.tools.testing.graphs import mlp
 
@@ -49,7 +51,7 @@ def split_option(
         accuracy=accuracy,
         cut_id=name,
         codec="fp32",
-        head=f"device/heads/{name}.onnx",
+        head=(f"device/segments/{name}.onnx",),
         tail_model=f"m.{name}",
         wire_bytes=nbytes,
         head_seconds=head_s,
@@ -77,18 +79,21 @@ def write_plan_dir(
     as the local option. ``served_tails`` deploys another model in place of a cut's tail while
     the plan keeps the true tail's sha256: a server holding a tail from another partition.
     """
+    view = GraphView(model)
+    found = {cut_name: view.find(cut_name) for cut_name in cuts}
+    chain = write_chain(root, view, list(found.values()), to_outputs=local_seconds is not None)
     options: list[Option] = []
     for cut_name, (head_seconds, tail_seconds) in cuts.items():
-        cut = find_cut(model, cut_name)
+        cut = found[cut_name]
         part = split_model(model, cut)
-        option_id, head_rel, base_name = option_names(name, cut.id, "fp32")
-        head_sha = save_model(part.head, root / head_rel)
+        option_id, _, base_name = option_names(name, cut.id, "fp32")
         tail_sha = hashlib.sha256(part.tail.SerializeToString()).hexdigest()  # what save_model writes
         tail_name = content_addressed_name(base_name, tail_sha)  # as the planner names tails
         # The server's copy is signed (manifest.json) as `splitinf split --repo` signs it;
         # the plan keeps the true tail's sha256.
         served = (served_tails or {}).get(cut_name, part.tail)
         write_to_repository(served, root / "server", tail_name, "1", manifest={"format": MANIFEST_FORMAT})
+        head = chain.up_to(cut.id)
         options.append(
             Option(
                 id=option_id,
@@ -96,8 +101,8 @@ def write_plan_dir(
                 accuracy=accuracy,
                 cut_id=cut.id,
                 codec="fp32",
-                head=head_rel,
-                head_sha256=head_sha,
+                head=tuple(path for path, _ in head),
+                head_sha256=tuple(sha for _, sha in head),
                 tail_model=tail_name,
                 tail_sha256=tail_sha,
                 wire=cut.tensors,
@@ -107,14 +112,14 @@ def write_plan_dir(
             )
         )
     if local_seconds is not None:
-        sha = save_model(model, root / "device" / "local.onnx")
+        files = chain.up_to(OUTPUTS_END)
         options.append(
             Option(
                 id="local",
                 kind="local",
                 accuracy=accuracy,
-                model="device/local.onnx",
-                sha256=sha,
+                model=tuple(path for path, _ in files),
+                sha256=tuple(sha for _, sha in files),
                 seconds=local_seconds,
             )
         )
@@ -124,8 +129,8 @@ def write_plan_dir(
             id="fallback",
             kind="fallback",
             accuracy=fallback_accuracy,
-            model="device/fallback.onnx",
-            sha256=sha,
+            model=("device/fallback.onnx",),
+            sha256=(sha,),
             seconds=fallback_seconds,
         )
     )
