@@ -51,22 +51,18 @@ Example ``device.toml`` (every key optional; ``edge/device.toml`` has them all):
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from splitinf.contract.config_schema import given, load_toml
 from splitinf.contract.secrets import read_token
 from splitinf.edge.identity import TAIL_IDENTITY_MODES, TailIdentityMode
 from splitinf.edge.policy import PolicyConfig
 from splitinf.edge.tls import ClientTLS
 from splitinf.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["DeviceConfig", "load_device_config"]
 
@@ -116,118 +112,104 @@ class DeviceConfig:
         return dataclasses.replace(self, **given) if given else self
 
 
-_TOP = {"server", "budget_ms", "metrics_port", "metrics_host", "intra_op_threads", "stream_workers", "tail_identity"}
-_SECTIONS = {"tls", "auth", "network", "policy"}
-_NETWORK = {
-    "prior_rtt_ms",
-    "prior_bandwidth_mbps",
-    "probe_timeout_ms",
-    "light_probe_interval_s",
-    "retry_attempts",
-    "retry_backoff_ms",
-    "retry_backoff_max_ms",
-}
+class _TLSTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
 
 
-def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, path: Path) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+class _AuthTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    token_file: str | None = None
 
 
-def _number(table: Mapping[str, Any], key: str, where: str, path: Path) -> float:
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{path}: {where}{key} must be a number, got {value!r}")
-    return float(value)
+class _NetworkTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    prior_rtt_ms: float | None = None
+    prior_bandwidth_mbps: float | None = None
+    probe_timeout_ms: float | None = None
+    light_probe_interval_s: float | None = None
+    retry_attempts: int | None = None
+    retry_backoff_ms: float | None = None
+    retry_backoff_max_ms: float | None = None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path} does not exist; see edge/device.toml for an example") from exc
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+class _PolicyTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """PolicyConfig's fields but budget_s (it comes from budget_ms); a test keeps the two in step."""
+
+    window_s: float | None = None
+    min_calls: int | None = None
+    failure_rate: float | None = None
+    slow_call_rate: float | None = None
+    trip_after_failures: int | None = None
+    open_s: float | None = None
+    open_multiplier: float | None = None
+    open_max_s: float | None = None
+    half_open_probes: int | None = None
+    probe_interval_s: float | None = None
+    stabilisation_s: float | None = None
+    min_dwell_s: float | None = None
+    flap_window_s: float | None = None
+    flap_limit: int | None = None
+    quarantine_s: float | None = None
 
 
-def _top_level(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if "server" in data:
-        kwargs["server"] = str(data["server"])
-    if "budget_ms" in data:
-        kwargs["budget_s"] = _number(data, "budget_ms", "", path) / 1000
-    if "metrics_port" in data:
-        port = int(_number(data, "metrics_port", "", path))
-        kwargs["metrics_port"] = None if port < 0 else port
-    for key in ("metrics_host", "tail_identity"):
-        if key in data:
-            kwargs[key] = str(data[key])
-    for key in ("intra_op_threads", "stream_workers"):
-        if key in data:
-            kwargs[key] = int(_number(data, key, "", path))
-    return kwargs
+class _DeviceFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """device.toml's keys and the type each must have (``splitinf.contract.config_schema``)."""
+
+    server: str | None = None
+    budget_ms: float | None = None
+    metrics_port: int | None = None
+    metrics_host: str | None = None
+    intra_op_threads: int | None = None
+    stream_workers: int | None = None
+    tail_identity: str | None = None
+    tls: _TLSTable | None = None
+    auth: _AuthTable | None = None
+    network: _NetworkTable | None = None
+    policy: _PolicyTable | None = None
 
 
-def _security(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """``tls`` and ``token`` from the [tls] and [auth] tables; their files are relative to the config file."""
-    base = path.parent
-    kwargs: dict[str, Any] = {}
-    tls = data.get("tls")
-    if tls is not None:
-        _check_keys(tls, {"ca", "cert", "key", "server_name"}, "[tls]", path)
-        kwargs["tls"] = ClientTLS(
-            ca_file=base / tls["ca"] if "ca" in tls else None,
-            cert_file=base / tls["cert"] if "cert" in tls else None,
-            key_file=base / tls["key"] if "key" in tls else None,
-            server_name=tls.get("server_name"),
-        )
-    auth = data.get("auth")
-    if auth is not None:
-        _check_keys(auth, {"token_file"}, "[auth]", path)
-        if "token_file" in auth:
-            kwargs["token"] = read_token(base / auth["token_file"])
-    return kwargs
-
-
-# [network] key -> (DeviceConfig field, factor to its unit)
-_NETWORK_SCALE = {
+# File key -> (DeviceConfig field, factor from the file's unit to the field's)
+_SCALED = {
+    "budget_ms": ("budget_s", 1e-3),
     "prior_rtt_ms": ("prior_rtt_s", 1e-3),
     "prior_bandwidth_mbps": ("prior_bandwidth_bps", 1e6),
     "probe_timeout_ms": ("probe_timeout_s", 1e-3),
-    "light_probe_interval_s": ("light_probe_interval_s", 1.0),
     "retry_backoff_ms": ("retry_backoff_s", 1e-3),
     "retry_backoff_max_ms": ("retry_backoff_max_s", 1e-3),
 }
 
 
-def _network(network: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    _check_keys(network, _NETWORK, "[network]", path)
-    kwargs: dict[str, Any] = {
-        name: _number(network, key, "network.", path) * factor
-        for key, (name, factor) in _NETWORK_SCALE.items()
-        if key in network
-    }
-    if "retry_attempts" in network:
-        kwargs["retry_attempts"] = int(_number(network, "retry_attempts", "network.", path))
+def _security(file: _DeviceFile, base: Path) -> dict[str, Any]:
+    """``tls`` (an empty [tls] too: system roots) and ``token``; their files are relative to the config file."""
+    kwargs: dict[str, Any] = {}
+    if file.tls is not None:
+        tls = file.tls
+        kwargs["tls"] = ClientTLS(
+            ca_file=base / tls.ca if tls.ca is not None else None,
+            cert_file=base / tls.cert if tls.cert is not None else None,
+            key_file=base / tls.key if tls.key is not None else None,
+            server_name=tls.server_name,
+        )
+    if file.auth is not None and file.auth.token_file is not None:
+        kwargs["token"] = read_token(base / file.auth.token_file)
     return kwargs
-
-
-def _policy(policy: Mapping[str, Any], budget_s: float, path: Path) -> PolicyConfig:
-    fields = {f.name: f for f in dataclasses.fields(PolicyConfig)}
-    _check_keys(policy, set(fields) - {"budget_s"}, "[policy]", path)
-    policy_kwargs: dict[str, Any] = {}
-    for key in policy:
-        value = _number(policy, key, "policy.", path)
-        policy_kwargs[key] = int(value) if fields[key].type in ("int", int) else value
-    return PolicyConfig(budget_s=budget_s, **policy_kwargs)
 
 
 def load_device_config(path: str | Path) -> DeviceConfig:
     """Read a device TOML file; relative paths in it are relative to the file."""
     path = Path(path)
-    data = _read_toml(path)
-    _check_keys(data, _TOP | _SECTIONS, "the top level", path)
-    kwargs = _top_level(data, path) | _security(data, path) | _network(data.get("network", {}), path)
-    kwargs["policy"] = _policy(data.get("policy", {}), kwargs.get("budget_s", DeviceConfig.budget_s), path)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; see edge/device.toml for an example")
+    file = load_toml(path, _DeviceFile)
+    kwargs = _security(file, path.parent)
+    values = given(msgspec.structs.replace(file, tls=None, auth=None, policy=None))
+    for key, (name, factor) in _SCALED.items():
+        if key in values:
+            kwargs[name] = values.pop(key) * factor
+    if values.get("metrics_port", 0) < 0:
+        values["metrics_port"] = None
+    kwargs.update(values)
+    policy = given(file.policy) if file.policy is not None else {}
+    kwargs["policy"] = PolicyConfig(budget_s=kwargs.get("budget_s", DeviceConfig.budget_s), **policy)
     return DeviceConfig(**kwargs)
