@@ -27,7 +27,7 @@ from splitinf.errors import (
     RemoteTimeoutError,
     RemoteUnavailableError,
 )
-from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
+from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER, QUEUE_NS_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.protocol.tensors import decode_response_outputs, encode_request
@@ -89,6 +89,8 @@ class InferResult:
     response_bytes: int
     round_trip_s: float
     model_version: str = ""
+    # the time the request queued on the server (``splitinf_queue_ns``); None when the server does not say
+    server_queue_s: float | None = None
 
 
 @contextlib.contextmanager
@@ -114,6 +116,14 @@ def _parameter(response: pb.ModelInferResponse, key: str) -> Any:
     parameter = response.parameters[key]
     choice = parameter.WhichOneof("parameter_choice")
     return getattr(parameter, choice) if choice else None
+
+
+def _seconds(response: pb.ModelInferResponse, key: str) -> float | None:
+    """A time parameter in nanoseconds as seconds; None when absent or not a number (a server of another kind)."""
+    value = _parameter(response, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return value / 1e9
 
 
 class InferenceClient:
@@ -196,13 +206,13 @@ class InferenceClient:
             arrays = decode_response_outputs(response)
         except InferenceError as exc:
             raise RemoteMismatchError(f"undecodable answer from {self.target}: {exc}", responded=True) from exc
-        compute_ns = _parameter(response, COMPUTE_NS_PARAMETER)
         return InferResult(
             outputs=arrays,
-            server_compute_s=(compute_ns or 0) / 1e9,
+            server_compute_s=_seconds(response, COMPUTE_NS_PARAMETER) or 0.0,
             model_sha256=_parameter(response, MODEL_SHA256_PARAMETER),
             request_bytes=request_bytes,
             response_bytes=response.ByteSize(),
             round_trip_s=round_trip_s,
             model_version=response.model_version,
+            server_queue_s=_seconds(response, QUEUE_NS_PARAMETER),
         )

@@ -73,6 +73,17 @@ class DeviceMetrics:
         self.quarantines = Counter(
             "splitinf_device_quarantines", "Split options set aside after a mismatched answer", ["option"], registry=r
         )
+        self.cost_correction = Gauge(
+            "splitinf_device_cost_correction_ratio",
+            "Observed over profiled time by kind of part (head, tail, local, fallback), as decisions use it",
+            ["part"],
+            registry=r,
+        )
+        self.server_queue = Gauge(
+            "splitinf_device_server_queue_seconds",
+            "The server's queue time as decisions use it (its splitinf_queue_ns, smoothed; 0 when not reported)",
+            registry=r,
+        )
         if _cpu_temperature_celsius(thermal_root) is not None:
             temperature = Gauge(
                 "splitinf_device_cpu_temperature_celsius", "SoC temperature (thermal throttling slows a Pi)", registry=r

@@ -42,9 +42,10 @@ from typing import Any
 import numpy as np
 import tenacity
 
-from splitinf.contract.plan import Option, Plan, load_plan
+from splitinf.contract.plan import Correction, Option, Plan, expected_latency, load_plan
 from splitinf.contract.tensors import TensorSpec, check_tensors, shown_shape
 from splitinf.edge.config import DeviceConfig
+from splitinf.edge.correction import PARTS, CorrectionConfig, CostCorrector
 from splitinf.edge.estimate import NetworkEstimator
 from splitinf.edge.metrics import DeviceMetrics
 from splitinf.edge.policy import Event, Mode, Policy
@@ -69,7 +70,8 @@ events_log = logging.getLogger(EVENTS_LOGGER)
 
 @dataclass(frozen=True)
 class LatencyBreakdown:
-    """Seconds spent per stage; ``network_s`` is the round trip minus the server's compute time.
+    """Seconds spent per stage; ``network_s`` is the round trip minus ``server_s``, the server's compute
+    time plus its queue time where it reports one (``splitinf_queue_ns``).
 
     The stages add up to ``total_s``: ``wait_s`` is the rest, time in no model and on no answered
     round trip (connecting, a failed or timed-out call, retry backoff, encoding and checking tensors).
@@ -185,6 +187,7 @@ class Runtime:
         clock: Callable[[], float] = time.monotonic,
         background_probes: bool = True,
         metrics: DeviceMetrics | None = None,
+        correction: CorrectionConfig | None = None,
     ):
 
         self.config = config or DeviceConfig()
@@ -208,6 +211,9 @@ class Runtime:
             window_s=self.config.policy.window_s,
         )
         self.policy = Policy(self.plan, self.config.policy, clock)
+        # observed/profiled time per kind of part and the server's queue time (edge/correction.py)
+        self.corrector = CostCorrector(correction or CorrectionConfig(window_s=self.config.policy.window_s))
+        self._last_choice: str | None = None
         self._recent_events: deque[Event] = deque(maxlen=256)
         self._client = client
         self._owns_client = False
@@ -293,6 +299,7 @@ class Runtime:
         for event in published:
             self._recent_events.append(event)
             fields = event.as_log_fields()
+            fields["correction"] = self.corrector.correction(self.clock()).to_json()
             level = logging.WARNING if event.new == Mode.FALLBACK.value else logging.INFO
             events_log.log(level, json.dumps(fields, sort_keys=True))
             if event.kind == "mode":
@@ -302,6 +309,53 @@ class Runtime:
         if published:
             self.metrics.set_mode(self.policy.mode.value, self.policy.breaker.value)
         return published
+
+    def _correction(self, now: float) -> Correction:
+        """The cost correction in force now, also shown as gauges; call with the lock held."""
+        correction = self.corrector.correction(now)
+        for part in PARTS:
+            self.metrics.cost_correction.labels(part=part).set(getattr(correction, part))
+        self.metrics.server_queue.set(correction.server_queue_s)
+        return correction
+
+    def _observe_part(self, part: str, observed_s: float, profiled_s: float) -> None:
+        with self._lock:
+            self.corrector.observe(part, observed_s, profiled_s, self.clock())
+
+    def _note_choice(
+        self, option: Option, mode: Mode, correction: Correction, bandwidth_bps: float, rtt_s: float
+    ) -> None:
+        """One JSON line when the option answering requests changes (a cut, a codec, local); call with the lock held."""
+        if option.id == self._last_choice:
+            return
+        fields = {
+            "event": "option_change",
+            "from": self._last_choice,
+            "to": option.id,
+            "mode": mode.value,
+            "expected_s": round(expected_latency(option, bandwidth_bps, rtt_s, correction), 6),
+            "correction": correction.to_json(),
+        }
+        self._last_choice = option.id
+        events_log.info(json.dumps(fields, sort_keys=True))
+
+    def _observe_answer(self, option: Option, result: Any, *, retried: bool, shared: bool) -> None:
+        """Feed a tail's answer into the estimates and the cost correction; call with the lock held.
+
+        The server's queue time (when it reports it) is the server's, not the network's."""
+        now = self.clock()
+        if result.server_compute_s > 0:
+            self.corrector.observe("tail", result.server_compute_s, option.tail_seconds, now)
+        queue_s = result.server_queue_s
+        if queue_s is not None:
+            self.corrector.observe_queue(queue_s, now)
+        self._observe(
+            round_trip_s=result.round_trip_s,
+            server_s=result.server_compute_s + (queue_s or 0.0),
+            nbytes=result.request_bytes + result.response_bytes,
+            retried=retried,
+            shared=shared,
+        )
 
     def _observe(self, *, round_trip_s: float, server_s: float, nbytes: int, retried: bool, shared: bool) -> None:
         """Feed a completed call into the estimates; call with the lock held."""
@@ -329,8 +383,10 @@ class Runtime:
     def _run_on_device(self, option: Option, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
         start = time.perf_counter()
         outputs = self._run_session(option.id, inputs)
+        elapsed = time.perf_counter() - start
+        self._observe_part(option.kind, elapsed, option.seconds)
         wanted = [s.name for s in self.plan.outputs]
-        return {n: outputs[n] for n in wanted if n in outputs} or outputs, time.perf_counter() - start
+        return {n: outputs[n] for n in wanted if n in outputs} or outputs, elapsed
 
     def _call_remote(self, option: Option, wire: dict[str, np.ndarray], deadline: float, attempts: list[int]) -> Any:
         """The remote call with the single retry layer; ``attempts[0]`` counts the calls made."""
@@ -376,8 +432,12 @@ class Runtime:
         start = time.perf_counter()
         deadline = time.monotonic() + budget
         with self._lock:
-            decision = self.policy.decide(self.estimator.snapshot(self.clock()), budget)
+            now = self.clock()
+            estimates = self.estimator.snapshot(now)
+            correction = self._correction(now)
+            decision = self.policy.decide(estimates, budget, correction)
             events = list(self._publish(decision.events))
+            self._note_choice(decision.option, decision.mode, correction, estimates.bandwidth_bps, estimates.rtt_s)
         option = decision.option
         if not option.is_remote or self._client is None:
             if option.is_remote:  # no server configured at all
@@ -391,6 +451,7 @@ class Runtime:
         wire_all = self._run_session(option.id, checked)
         wire = {t.name: wire_all[t.name] for t in option.wire} if option.wire else wire_all
         head_s = time.perf_counter() - head_start
+        self._observe_part("head", head_s, option.head_seconds)
         counter = [0]
         try:
             with self._link.use() as link:
@@ -436,19 +497,14 @@ class Runtime:
             )
         attempts = counter[0]
         self.server_reached = True
-        network_s = max(result.round_trip_s - result.server_compute_s, 0.0)
+        server_s = result.server_compute_s + (result.server_queue_s or 0.0)
+        network_s = max(result.round_trip_s - server_s, 0.0)
         self.metrics.sent_bytes.inc(result.request_bytes)
         self.metrics.received_bytes.inc(result.response_bytes)
         with self._lock:
-            self._observe(
-                round_trip_s=result.round_trip_s,
-                server_s=result.server_compute_s,
-                nbytes=result.request_bytes + result.response_bytes,
-                retried=attempts > 1,
-                shared=link.shared,
-            )
+            self._observe_answer(option, result, retried=attempts > 1, shared=link.shared)
             events += self._publish(self.policy.record(option.id, ok=True, latency_s=time.perf_counter() - start))
-        breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=result.server_compute_s)
+        breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=server_s)
         outputs = {s.name: result.outputs[s.name] for s in self.plan.outputs}
         return self._finish(
             outputs,
@@ -534,7 +590,7 @@ class Runtime:
             return None
         now = self.clock()
         with self._lock:
-            self._publish(self.policy.tick(self.estimator.snapshot(now)))
+            self._publish(self.policy.tick(self.estimator.snapshot(now), self._correction(now)))
             half_open = self.policy.probe_due()
             option = self.policy.probe_option() if half_open else None
             if half_open:
@@ -610,13 +666,7 @@ class Runtime:
                 _check_answer(option, self.plan, result.outputs, result.model_sha256)
                 ok = True
                 with self._lock:
-                    self._observe(
-                        round_trip_s=result.round_trip_s,
-                        server_s=result.server_compute_s,
-                        nbytes=result.request_bytes + result.response_bytes,
-                        retried=False,
-                        shared=link.shared,
-                    )
+                    self._observe_answer(option, result, retried=False, shared=link.shared)
         except TransportError as exc:
             reason = f"probe_{_reason(exc)}"
             if isinstance(exc, RemoteMismatchError) and option is not None:

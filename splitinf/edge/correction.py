@@ -1,0 +1,119 @@
+"""Live correction of the plan's costs: how the machines run now against their profiles.
+
+Pure: no I/O, no threads; every method takes ``now`` from the caller's clock.
+
+A profile describes a machine at the moment it was taken; a Pi that throttles at 80 C or a tail
+server loaded by many devices is a different machine an hour later. The runtime times every
+part it runs (each head, the local and the fallback model) and the server reports each tail's
+compute time (``splitinf_compute_ns``) and, where it offers it, the time the request queued
+before its tail ran (``splitinf_queue_ns``). ``CostCorrector`` turns these into a
+:class:`splitinf.contract.plan.Correction`, which the one decision rule
+(:func:`splitinf.contract.plan.choose_option`) applies to every option.
+
+- Per kind of part (head, tail, local, fallback) a sample is the ratio
+  ``(observed + floor) / (profiled + floor)``. The floor (1 ms by default) keeps parts shorter
+  than timer and scheduler noise (a full-offload head is a copy) from swinging the ratio, while
+  a 10 ms head that takes 60 ms reads ~5.5. The kind's factor is the median of its samples of
+  the last ``window_s`` seconds, with a level-shift detector (:class:`WindowedMedian`): three
+  samples all 1.5x away from the older median replace it, so a throttled Pi is followed within
+  a few requests, and one slow request (a GC pause) moves nothing.
+- The server's queue time adds, it does not scale: a request waiting 50 ms behind other devices'
+  requests waits 50 ms whatever its tail costs. It is smoothed the same way, in seconds.
+- Windows are time-based (a Pi sends few requests). A part the device stops using (a tail on a
+  loaded server it now avoids) gets no samples: once its newest sample is older than the window,
+  the factor relaxes back to the profile over ``relax_s`` (geometrically, the queue time
+  linearly), so the device tries the part again and measures whether the load has passed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from splitinf.contract.plan import Correction
+from splitinf.edge.estimate import WindowedMedian
+
+__all__ = ["PARTS", "CorrectionConfig", "CostCorrector"]
+
+PARTS = ("head", "tail", "local", "fallback")
+
+
+@dataclass(frozen=True)
+class CorrectionConfig:
+    window_s: float = 30.0
+    max_samples: int = 15
+    shift_samples: int = 3
+    shift_factor: float = 1.5
+    floor_s: float = 0.001  # added to observed and profiled time: shorter parts are timing noise
+    relax_s: float = 30.0  # once stale, back to the profile over this long
+    min_factor: float = 0.05
+    max_factor: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not (self.window_s > 0 and self.relax_s > 0 and self.floor_s >= 0):
+            raise ValueError("window_s and relax_s must be > 0, floor_s >= 0")
+        if not 0 < self.min_factor <= 1 <= self.max_factor:
+            raise ValueError("need 0 < min_factor <= 1 <= max_factor")
+
+
+class CostCorrector:
+    """Smoothed observed/profiled ratios per kind of part, and the server's queue time."""
+
+    def __init__(self, config: CorrectionConfig | None = None) -> None:
+        self.config = cfg = config or CorrectionConfig()
+
+        def series() -> WindowedMedian:
+            return WindowedMedian(
+                window_s=cfg.window_s,
+                max_samples=cfg.max_samples,
+                shift_samples=cfg.shift_samples,
+                shift_factor=cfg.shift_factor,
+            )
+
+        self._ratios = {part: series() for part in PARTS}
+        self._queue = series()
+
+    def observe(self, part: str, observed_s: float, profiled_s: float, now: float) -> bool:
+        """One run of a part of kind ``part``; False (ignored) when there is no profile to compare with."""
+        if part not in self._ratios:
+            raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
+        if not (profiled_s > 0 and math.isfinite(observed_s) and observed_s >= 0):
+            return False
+        floor = self.config.floor_s
+        ratio = (observed_s + floor) / (profiled_s + floor)
+        self._ratios[part].add(min(max(ratio, self.config.min_factor), self.config.max_factor), now)
+        return True
+
+    def observe_queue(self, queue_s: float, now: float) -> None:
+        """The time a request waited on the server before its tail ran (as the server reports it)."""
+        if math.isfinite(queue_s) and queue_s >= 0:
+            self._queue.add(queue_s, now)
+
+    def _staleness(self, series: WindowedMedian, now: float) -> float:
+        """0 while the series has samples in its window, rising to 1 over ``relax_s`` after."""
+        if series.last_sample_at is None:
+            return 1.0
+        over = now - series.last_sample_at - self.config.window_s
+        return min(max(over / self.config.relax_s, 0.0), 1.0)
+
+    def factor(self, part: str, now: float) -> float:
+        series = self._ratios[part]
+        value = series.estimate(now)
+        if value is None:
+            return 1.0
+        return float(value ** (1.0 - self._staleness(series, now)))
+
+    def queue_s(self, now: float) -> float:
+        value = self._queue.estimate(now)
+        if value is None:
+            return 0.0
+        return value * (1.0 - self._staleness(self._queue, now))
+
+    def correction(self, now: float) -> Correction:
+        return Correction(
+            head=self.factor("head", now),
+            tail=self.factor("tail", now),
+            local=self.factor("local", now),
+            fallback=self.factor("fallback", now),
+            server_queue_s=self.queue_s(now),
+        )
