@@ -175,25 +175,40 @@ class Option:
 class Correction:
     """How the machines run now against their profiles: what the device has observed.
 
-    Each factor is a smoothed ratio of observed to profiled time for one kind of part (1.0: as
-    profiled); ``server_queue_s`` is the time a request waits on the server before its tail
+    Each factor is a smoothed ratio of observed to profiled time (1.0: as profiled). Heads and
+    tails have one per split option the device has run lately (``heads``/``tails``, by option
+    id), and one per kind (``head``/``tail``) for the options it has not: a throttled Pi slows
+    every head. ``server_queue_s`` is the time a request waits on the server before its tail
     runs (the server reports it, ``splitinf_queue_ns``), which no profile holds. The device keeps
     these live (:mod:`splitinf.edge.correction`); the planner and reports use :data:`AS_PROFILED`.
     """
 
-    head: float = 1.0  # the device's heads (and so the device's CPU as a split option sees it)
-    tail: float = 1.0  # the server's tails (its compute time, as it reports it)
+    head: float = 1.0
+    tail: float = 1.0
     local: float = 1.0
     fallback: float = 1.0
     server_queue_s: float = 0.0
+    heads: Mapping[str, float] = field(default_factory=dict)
+    tails: Mapping[str, float] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, float]:
+    def head_factor(self, option_id: str) -> float:
+        return self.heads.get(option_id, self.head)
+
+    def tail_factor(self, option_id: str) -> float:
+        return self.tails.get(option_id, self.tail)
+
+    def to_json(self) -> dict[str, Any]:
+        def rounded(factors: Mapping[str, float]) -> dict[str, float]:
+            return {key: round(value, 4) for key, value in sorted(factors.items())}
+
         return {
             "head": round(self.head, 4),
             "tail": round(self.tail, 4),
             "local": round(self.local, 4),
             "fallback": round(self.fallback, 4),
             "server_queue_s": round(self.server_queue_s, 6),
+            "heads": rounded(self.heads),
+            "tails": rounded(self.tails),
         }
 
 
@@ -215,12 +230,12 @@ def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float, correct
         return math.inf
     transfer = option.wire_bytes * 8.0 / bandwidth_bps
     return (
-        option.head_seconds * correction.head
+        option.head_seconds * correction.head_factor(option.id)
         + option.serialize_seconds
         + transfer
         + rtt_s
         + correction.server_queue_s
-        + option.tail_seconds * correction.tail
+        + option.tail_seconds * correction.tail_factor(option.id)
     )
 
 

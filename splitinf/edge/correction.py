@@ -10,13 +10,16 @@ before its tail ran (``splitinf_queue_ns``). ``CostCorrector`` turns these into 
 :class:`splitinf.contract.plan.Correction`, which the one decision rule
 (:func:`splitinf.contract.plan.choose_option`) applies to every option.
 
-- Per kind of part (head, tail, local, fallback) a sample is the ratio
-  ``(observed + floor) / (profiled + floor)``. The floor (1 ms by default) keeps parts shorter
-  than timer and scheduler noise (a full-offload head is a copy) from swinging the ratio, while
-  a 10 ms head that takes 60 ms reads ~5.5. The kind's factor is the median of its samples of
-  the last ``window_s`` seconds, with a level-shift detector (:class:`WindowedMedian`): three
-  samples all 1.5x away from the older median replace it, so a throttled Pi is followed within
-  a few requests, and one slow request (a GC pause) moves nothing.
+- A sample is the ratio ``(observed + floor) / (profiled + floor)``. The floor (1 ms by default)
+  keeps parts shorter than timer and scheduler noise (a full-offload head is a copy) from
+  swinging the ratio, while a 10 ms head that takes 60 ms reads ~5.5. A factor is the median of
+  the samples of the last ``window_s`` seconds, with a level-shift detector
+  (:class:`WindowedMedian`): three samples all 1.5x away from the older median replace it, so a
+  throttled Pi is followed within a few requests, and one slow request (a GC pause) moves nothing.
+- Heads and tails are followed per split option (two tails of one server are not slowed alike:
+  a 1 ms tail and a 50 ms one), and per kind over every option: an option the device has not
+  run within the window is priced with its kind's factor, since a throttled Pi slows every
+  head and a busy server every tail. The local and the fallback model are one each.
 - The server's queue time adds, it does not scale: a request waiting 50 ms behind other devices'
   requests waits 50 ms whatever its tail costs. It is smoothed the same way, in seconds.
 - Windows are time-based (a Pi sends few requests). A part the device stops using (a tail on a
@@ -57,31 +60,41 @@ class CorrectionConfig:
 
 
 class CostCorrector:
-    """Smoothed observed/profiled ratios per kind of part, and the server's queue time."""
+    """Smoothed observed/profiled ratios per kind of part and per split option, and the server's queue time."""
 
     def __init__(self, config: CorrectionConfig | None = None) -> None:
-        self.config = cfg = config or CorrectionConfig()
+        self.config = config or CorrectionConfig()
+        # (part, option id) -> ratios; option id None: the kind's, over all its options
+        self._ratios: dict[tuple[str, str | None], WindowedMedian] = {}
+        self._queue = self._series()
 
-        def series() -> WindowedMedian:
-            return WindowedMedian(
-                window_s=cfg.window_s,
-                max_samples=cfg.max_samples,
-                shift_samples=cfg.shift_samples,
-                shift_factor=cfg.shift_factor,
-            )
+    def _series(self) -> WindowedMedian:
+        cfg = self.config
+        return WindowedMedian(
+            window_s=cfg.window_s,
+            max_samples=cfg.max_samples,
+            shift_samples=cfg.shift_samples,
+            shift_factor=cfg.shift_factor,
+        )
 
-        self._ratios = {part: series() for part in PARTS}
-        self._queue = series()
-
-    def observe(self, part: str, observed_s: float, profiled_s: float, now: float) -> bool:
-        """One run of a part of kind ``part``; False (ignored) when there is no profile to compare with."""
-        if part not in self._ratios:
+    def observe(
+        self, part: str, observed_s: float, profiled_s: float, now: float, option_id: str | None = None
+    ) -> bool:
+        """One run of a part (of split option ``option_id`` for a head or a tail); False (ignored)
+        when there is no profile to compare with."""
+        if part not in PARTS:
             raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
         if not (profiled_s > 0 and math.isfinite(observed_s) and observed_s >= 0):
             return False
         floor = self.config.floor_s
-        ratio = (observed_s + floor) / (profiled_s + floor)
-        self._ratios[part].add(min(max(ratio, self.config.min_factor), self.config.max_factor), now)
+        ratio = min(max((observed_s + floor) / (profiled_s + floor), self.config.min_factor), self.config.max_factor)
+        keys = (
+            [(part, None)] if option_id is None or part not in ("head", "tail") else [(part, None), (part, option_id)]
+        )
+        for key in keys:
+            if key not in self._ratios:
+                self._ratios[key] = self._series()
+            self._ratios[key].add(ratio, now)
         return True
 
     def observe_queue(self, queue_s: float, now: float) -> None:
@@ -97,11 +110,21 @@ class CostCorrector:
         return min(max(over / self.config.relax_s, 0.0), 1.0)
 
     def factor(self, part: str, now: float) -> float:
-        series = self._ratios[part]
-        value = series.estimate(now)
-        if value is None:
+        """The kind's factor (all options of a head or a tail), relaxed towards 1 once stale."""
+        series = self._ratios.get((part, None))
+        value = None if series is None else series.estimate(now)
+        if series is None or value is None:
             return 1.0
         return float(value ** (1.0 - self._staleness(series, now)))
+
+    def _fresh_by_option(self, part: str, now: float) -> dict[str, float]:
+        """Per option, the factors with samples in the window (the others take the kind's)."""
+        fresh = {}
+        for (kind, option_id), series in self._ratios.items():
+            value = series.estimate(now)
+            if kind == part and option_id is not None and value is not None and self._staleness(series, now) == 0:
+                fresh[option_id] = value
+        return fresh
 
     def queue_s(self, now: float) -> float:
         value = self._queue.estimate(now)
@@ -116,4 +139,6 @@ class CostCorrector:
             local=self.factor("local", now),
             fallback=self.factor("fallback", now),
             server_queue_s=self.queue_s(now),
+            heads=self._fresh_by_option("head", now),
+            tails=self._fresh_by_option("tail", now),
         )

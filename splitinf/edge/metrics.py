@@ -75,8 +75,9 @@ class DeviceMetrics:
         )
         self.cost_correction = Gauge(
             "splitinf_device_cost_correction_ratio",
-            "Observed over profiled time by kind of part (head, tail, local, fallback), as decisions use it",
-            ["part"],
+            "Observed over profiled time, as decisions use it: by kind of part (head, tail, local, fallback;"
+            " option empty) and for the heads and tails of the split options run lately (by option id)",
+            ["part", "option"],
             registry=r,
         )
         self.server_queue = Gauge(

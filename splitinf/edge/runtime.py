@@ -313,14 +313,18 @@ class Runtime:
     def _correction(self, now: float) -> Correction:
         """The cost correction in force now, also shown as gauges; call with the lock held."""
         correction = self.corrector.correction(now)
+        self.metrics.cost_correction.clear()  # options no longer run lately take their kind's factor
         for part in PARTS:
-            self.metrics.cost_correction.labels(part=part).set(getattr(correction, part))
+            self.metrics.cost_correction.labels(part=part, option="").set(getattr(correction, part))
+        for part, factors in (("head", correction.heads), ("tail", correction.tails)):
+            for option_id, factor in factors.items():
+                self.metrics.cost_correction.labels(part=part, option=option_id).set(factor)
         self.metrics.server_queue.set(correction.server_queue_s)
         return correction
 
-    def _observe_part(self, part: str, observed_s: float, profiled_s: float) -> None:
+    def _observe_part(self, part: str, observed_s: float, profiled_s: float, option_id: str | None = None) -> None:
         with self._lock:
-            self.corrector.observe(part, observed_s, profiled_s, self.clock())
+            self.corrector.observe(part, observed_s, profiled_s, self.clock(), option_id)
 
     def _note_choice(
         self, option: Option, mode: Mode, correction: Correction, bandwidth_bps: float, rtt_s: float
@@ -345,7 +349,7 @@ class Runtime:
         The server's queue time (when it reports it) is the server's, not the network's."""
         now = self.clock()
         if result.server_compute_s > 0:
-            self.corrector.observe("tail", result.server_compute_s, option.tail_seconds, now)
+            self.corrector.observe("tail", result.server_compute_s, option.tail_seconds, now, option.id)
         queue_s = result.server_queue_s
         if queue_s is not None:
             self.corrector.observe_queue(queue_s, now)
@@ -451,7 +455,7 @@ class Runtime:
         wire_all = self._run_session(option.id, checked)
         wire = {t.name: wire_all[t.name] for t in option.wire} if option.wire else wire_all
         head_s = time.perf_counter() - head_start
-        self._observe_part("head", head_s, option.head_seconds)
+        self._observe_part("head", head_s, option.head_seconds, option.id)
         counter = [0]
         try:
             with self._link.use() as link:

@@ -97,3 +97,19 @@ def test_the_policy_decides_with_the_correction() -> None:
     # the whole server so loaded that no split fits the budget: the device answers itself
     decision = policy.decide(estimates, correction=Correction(head=4.0, server_queue_s=1.0))
     assert decision.option is fallback and policy.mode is Mode.FALLBACK
+
+
+def test_heads_and_tails_are_followed_per_option_and_unseen_options_take_their_kinds_factor() -> None:
+    corrector = CostCorrector(CONFIG)
+    for t in range(3):  # the whole model on a loaded server: 5x its profile
+        corrector.observe("tail", 0.050, 0.010, now=float(t), option_id="offload")
+    for t in range(3, 6):  # a light tail on the same server: as profiled
+        corrector.observe("tail", 0.0005, 0.0005, now=float(t), option_id="late")
+    correction = corrector.correction(6.0)
+    assert correction.tail_factor("offload") == pytest.approx(51 / 11)
+    assert correction.tail_factor("late") == pytest.approx(1.0)
+    assert correction.tail_factor("never_run") == correction.tail
+    assert correction.head_factor("late") == 1.0
+    # once its samples leave the window an option takes its kind's factor, which relaxes to the profile
+    assert "offload" not in corrector.correction(20.0).tails
+    assert corrector.correction(40.0).tail_factor("offload") == 1.0

@@ -1,0 +1,228 @@
+"""Live correction with real machines: a device whose CPU quota drops mid-run, a server whose does.
+
+Each test runs the device runtime in its own process (tests/edge/live_device.py), a real
+onnxruntime head and a real tail server over real sockets, and lowers a cgroup CPU quota
+(splitinf.tools.bench.cgroup) between requests: the device's in the first test, the tail
+server's in the second. The plan offers two splits of one model: OFFLOAD (cut at the input:
+nothing on the device, the whole model on the server, 128 kB on the wire) and LATE (the heavy
+layer on the device, 16 kB on the wire, a tail of microseconds). Needs root and a cgroup cpu
+controller (CI runs as root); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from splitinf.errors import UsageError
+from splitinf.offline.graph import find_cut
+from splitinf.offline.partition import split_model
+from splitinf.ort import SessionSettings, open_session
+from splitinf.tools.bench.cgroup import CpuCgroup, create_cpu_cgroup
+from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
+from splitinf.tools.testing.graphs import mlp
+from splitinf.tools.testing.plans import write_plan_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LIVE_DEVICE = Path(__file__).with_name("live_device.py")
+# batch 512: 64 -> 16384 (the heavy layer, ~8 ms on one core) -> 8 -> 4
+MODEL = mlp(batch=512, sizes=(64, 16384, 8, 4))
+FALLBACK = mlp(batch=512, seed=7, sizes=(64, 8, 4))
+OFFLOAD, LATE = "split:x:fp32", "split:relu_1:fp32"
+THROTTLED_CPUS = 0.05
+# The quota's granularity is 1 ms, so 0.05 CPU needs a period of 20 ms or more; a longer one makes the
+# throttled device stall in longer bursts (up to a period), which it takes for a slower network.
+PERIOD_US = 20_000
+
+
+def _cgroup(cpus: float) -> CpuCgroup:
+    try:
+        return create_cpu_cgroup(cpus, period_us=PERIOD_US)
+    except UsageError as exc:
+        pytest.skip(f"no cgroup CPU quota here: {exc}")
+
+
+def _set_cpus(group: CpuCgroup, cpus: float) -> None:
+    """Change a live cgroup's quota (what a Pi's thermal throttling or a busy server does to a process)."""
+    quota = max(1000, round(cpus * group.period_us))
+    if group.version == 1:
+        (group.path / "cpu.cfs_quota_us").write_text(str(quota))
+    else:
+        (group.path / "cpu.max").write_text(f"{quota} {group.period_us}")
+
+
+def _median_run_s(model: Any, feed_shape: tuple[int, ...], runs: int = 7) -> float:
+    session = open_session(model.SerializeToString(), SessionSettings().with_threads(1))
+    feed = {session.get_inputs()[0].name: np.zeros(feed_shape, np.float32)}
+    session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[runs // 2]
+
+
+@pytest.fixture(scope="module")
+def timings() -> tuple[float, float]:
+    """The heavy head's and the whole model's single-thread run time on this machine now."""
+    head = split_model(MODEL, find_cut(MODEL, "relu_1")).head
+    return _median_run_s(head, (512, 64)), _median_run_s(MODEL, (512, 64))
+
+
+class LiveDevice:
+    def __init__(self, plan_dir: Path, target: str, prior_bandwidth_bps: float, group: CpuCgroup | None) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        self.process = subprocess.Popen(
+            [sys.executable, str(LIVE_DEVICE), str(plan_dir), target, str(prior_bandwidth_bps)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=group.join_preexec() if group is not None else None,
+        )
+        assert json.loads(self._line()) == {"ready": True}
+
+    def _line(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise AssertionError(f"the device process exited ({self.process.wait()})")
+        return line
+
+    def request(self) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        answer: dict[str, Any] = json.loads(self._line())
+        return answer
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _first(answers: list[dict[str, Any]], option: str) -> int | None:
+    return next((i for i, a in enumerate(answers) if a["option"] == option), None)
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Callable[[], object]]]:
+    """Undo steps, run last first."""
+    steps: list[Callable[[], object]] = []
+    yield steps
+    for step in reversed(steps):
+        step()
+
+
+def test_a_throttled_device_moves_to_offloading_within_a_few_requests(
+    tmp_path: Path, timings: tuple[float, float], start_v2_server: Any, cleanup: list[Callable[[], object]]
+) -> None:
+    head_s, full_s = timings
+    # The server's profile is taken as 4x slower than it runs here, so that LATE is clearly the choice
+    # at first (its costs as profiled) and OFFLOAD clearly once the device runs its head ~20x slower.
+    write_plan_dir(
+        tmp_path,
+        MODEL,
+        FALLBACK,
+        {"x": (0.0, 4 * full_s), "relu_1": (head_s, 0.0005)},
+        name="mlp",
+        fallback_accuracy=0.5,
+    )
+    server = start_v2_server(repo=tmp_path / "server")
+    proxy = FaultProxy(server.target, settings=FaultSettings(upstream=DirectionFaults(rate_kbit=100_000)))
+    proxy.start()
+    cleanup.append(proxy.stop)
+    group = _cgroup(2.0)  # as many CPUs as the machine has: no limit yet
+    cleanup.append(group.remove)
+    device = LiveDevice(tmp_path, proxy.address, 100e6, group)
+    cleanup.append(device.close)
+
+    before = [device.request() for _ in range(6)]
+    assert before[-1]["option"] == LATE, [
+        (a["option"], a["correction"]["heads"], a["bandwidth_bps"] // 1e6) for a in before
+    ]
+
+    _set_cpus(group, THROTTLED_CPUS)
+    after = [device.request() for _ in range(8)]
+    moved = _first(after, OFFLOAD)
+    assert moved is not None and moved <= 5, after  # within a few requests
+    assert after[-1]["option"] == OFFLOAD, after
+    assert after[moved]["correction"]["head"] > 4, after[moved]
+    assert group.stats().get("nr_throttled", 0) > 0
+
+
+def test_a_loaded_server_moves_the_work_back_to_the_device(
+    tmp_path: Path, timings: tuple[float, float], cleanup: list[Callable[[], object]]
+) -> None:
+    head_s, full_s = timings
+    # The device's profile is taken as 8x slower than it runs here: OFFLOAD is the choice while the
+    # server is idle, LATE once the server runs its tails ~20x slower.
+    write_plan_dir(
+        tmp_path,
+        MODEL,
+        FALLBACK,
+        {"x": (0.0, full_s), "relu_1": (8 * head_s, 0.0005)},
+        name="mlp",
+        fallback_accuracy=0.5,
+    )
+    group = _cgroup(2.0)
+    cleanup.append(group.remove)
+    server = _start_server(tmp_path / "server", group)
+    cleanup.append(server.close)
+    device = LiveDevice(tmp_path, server.target, 1e9, None)
+    cleanup.append(device.close)
+
+    before = [device.request() for _ in range(6)]
+    assert before[-1]["option"] == OFFLOAD, before
+
+    _set_cpus(group, THROTTLED_CPUS)
+    after = [device.request() for _ in range(8)]
+    moved = _first(after, LATE)
+    assert moved is not None and moved <= 5, after
+    assert after[-1]["option"] == LATE, after
+    assert after[moved]["correction"]["tail"] > 3, after[moved]
+
+
+class _ServerProcess:
+    def __init__(self, process: subprocess.Popen[str], target: str) -> None:
+        self.process, self.target = process, target
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _start_server(repo: Path, group: CpuCgroup) -> _ServerProcess:
+    """``splitinf serve`` (one onnxruntime thread per session) as a process inside ``group``."""
+    argv = [sys.executable, "-m", "splitinf", "serve", "--repo", str(repo), "--port", "0", "--metrics-port", "-1"]
+    process = subprocess.Popen(
+        [*argv, "--threads", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        preexec_fn=group.join_preexec(),
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("serving on "):
+            return _ServerProcess(process, line.split()[2])
+    raise AssertionError(f"the tail server exited ({process.wait()}) before serving")
