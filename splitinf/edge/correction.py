@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from splitinf.contract.plan import Correction
+from splitinf.contract.plan import AS_PROFILED, Correction
 from splitinf.edge.estimate import WindowedMedian
 
 __all__ = ["PARTS", "CorrectionConfig", "CostCorrector"]
@@ -51,6 +51,7 @@ class CorrectionConfig:
     relax_s: float = 30.0  # once stale, back to the profile over this long
     min_factor: float = 0.05
     max_factor: float = 100.0
+    enabled: bool = True  # False: decide on the profiles as planned (a static plan, for comparison)
 
     def __post_init__(self) -> None:
         if not (self.window_s > 0 and self.relax_s > 0 and self.floor_s >= 0):
@@ -133,6 +134,8 @@ class CostCorrector:
         return value * (1.0 - self._staleness(self._queue, now))
 
     def correction(self, now: float) -> Correction:
+        if not self.config.enabled:
+            return AS_PROFILED
         return Correction(
             head=self.factor("head", now),
             tail=self.factor("tail", now),

@@ -51,15 +51,6 @@ def _cgroup(cpus: float) -> CpuCgroup:
         pytest.skip(f"no cgroup CPU quota here: {exc}")
 
 
-def _set_cpus(group: CpuCgroup, cpus: float) -> None:
-    """Change a live cgroup's quota (what a Pi's thermal throttling or a busy server does to a process)."""
-    quota = max(1000, round(cpus * group.period_us))
-    if group.version == 1:
-        (group.path / "cpu.cfs_quota_us").write_text(str(quota))
-    else:
-        (group.path / "cpu.max").write_text(f"{quota} {group.period_us}")
-
-
 def _median_run_s(model: Any, feed_shape: tuple[int, ...], runs: int = 7) -> float:
     session = open_session(model.SerializeToString(), SessionSettings().with_threads(1))
     feed = {session.get_inputs()[0].name: np.zeros(feed_shape, np.float32)}
@@ -157,7 +148,7 @@ def test_a_throttled_device_moves_to_offloading_within_a_few_requests(
         (a["option"], a["correction"]["heads"], a["bandwidth_bps"] // 1e6) for a in before
     ]
 
-    _set_cpus(group, THROTTLED_CPUS)
+    group.set_cpus(THROTTLED_CPUS)
     after = [device.request() for _ in range(8)]
     moved = _first(after, OFFLOAD)
     assert moved is not None and moved <= 5, after  # within a few requests
@@ -190,7 +181,7 @@ def test_a_loaded_server_moves_the_work_back_to_the_device(
     before = [device.request() for _ in range(6)]
     assert before[-1]["option"] == OFFLOAD, before
 
-    _set_cpus(group, THROTTLED_CPUS)
+    group.set_cpus(THROTTLED_CPUS)
     after = [device.request() for _ in range(8)]
     moved = _first(after, LATE)
     assert moved is not None and moved <= 5, after
