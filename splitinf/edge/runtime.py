@@ -17,6 +17,11 @@ Guarantees:
 - A tail that is not the plan's (its ``splitinf_model_sha256`` differs from the
   option's ``tail_sha256``), or that answers with the wrong tensors, is never
   trusted: the request falls back and the option is quarantined.
+- Every decision prices the options with their profiled times corrected by what the device
+  observes (``splitinf.edge.correction``): each head, the local and fallback models as they
+  run here, each tail as the server reports its compute (and queue) time. The correction is
+  in the metrics (``splitinf_device_cost_correction_ratio``) and in the JSON event lines: an
+  ``option_change`` line whenever the answering option changes, and every mode change.
 - Probes run on a background thread, one at a time with a short deadline, so they
   never delay a user request: half-open probes (a small request to the tail with
   the fewest bytes) while PROBING, ServerReady probes while not splitting or when

@@ -6,7 +6,8 @@ onnxruntime head and a real tail server over real sockets, and lowers a cgroup C
 server's in the second. The plan offers two splits of one model: OFFLOAD (cut at the input:
 nothing on the device, the whole model on the server, 128 kB on the wire) and LATE (the heavy
 layer on the device, 16 kB on the wire, a tail of microseconds). Needs root and a cgroup cpu
-controller (CI runs as root); skipped with the reason otherwise.
+controller (CI runs as root); skipped with the reason otherwise. The last test (in process, no
+cgroup) checks that the correction shows in the device's metrics and JSON event lines.
 """
 
 from __future__ import annotations
@@ -217,3 +218,32 @@ def _start_server(repo: Path, group: CpuCgroup) -> _ServerProcess:
         if line.startswith("serving on "):
             return _ServerProcess(process, line.split()[2])
     raise AssertionError(f"the tail server exited ({process.wait()}) before serving")
+
+
+def test_the_correction_is_in_the_metrics_and_in_the_json_event_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from splitinf.cloud.app import create_server
+    from splitinf.cloud.config import ServerConfig
+    from splitinf.edge.config import DeviceConfig
+    from splitinf.edge.runtime import EVENTS_LOGGER, Runtime
+    from splitinf.tools.testing.plans import write_mlp_plan_dir
+
+    plan_dir = write_mlp_plan_dir(tmp_path, local=False)
+    server, port = create_server(ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None))
+    config = DeviceConfig(server=f"127.0.0.1:{port}", budget_s=2.0, retry_attempts=1, prior_bandwidth_bps=1e9)
+    x = {"x": np.zeros((1, 16), np.float32)}
+    with caplog.at_level("INFO", logger=EVENTS_LOGGER), Runtime(plan_dir, config, background_probes=False) as runtime:
+        split = runtime.infer(x)
+        server.stop(grace=0)
+        assert runtime.infer(x).kind == "fallback"
+        runtime.infer(x)  # decided with the correction gauges refreshed
+        value = runtime.metrics.registry.get_sample_value
+        assert value("splitinf_device_cost_correction_ratio", {"part": "head", "option": ""}) is not None
+        assert value("splitinf_device_cost_correction_ratio", {"part": "tail", "option": split.option_id}) is not None
+        assert value("splitinf_device_server_queue_seconds") == 0.0  # this server does not report its queue
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == EVENTS_LOGGER]
+    chosen = next(line for line in lines if line["event"] == "option_change")
+    assert chosen["to"] == split.option_id and chosen["correction"]["head"] > 0
+    mode = next(line for line in lines if line["event"] == "mode_change")
+    assert mode["to"] == "fallback" and set(mode["correction"]) >= {"head", "tail", "server_queue_s", "tails"}
