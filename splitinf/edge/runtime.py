@@ -50,7 +50,7 @@ import tenacity
 from splitinf.contract.plan import Correction, Option, Plan, expected_latency, load_plan
 from splitinf.contract.tensors import TensorSpec, check_tensors, shown_shape
 from splitinf.edge.config import DeviceConfig
-from splitinf.edge.correction import PARTS, CorrectionConfig, CostCorrector
+from splitinf.edge.correction import CorrectionConfig, CostCorrector
 from splitinf.edge.estimate import NetworkEstimator
 from splitinf.edge.metrics import DeviceMetrics
 from splitinf.edge.policy import Event, Mode, Policy
@@ -219,6 +219,7 @@ class Runtime:
         # observed/profiled time per kind of part and the server's queue time (edge/correction.py)
         self.corrector = CostCorrector(correction or CorrectionConfig(window_s=self.config.policy.window_s))
         self._last_choice: str | None = None
+        self.metrics.watch_correction(self.current_correction)
         self._recent_events: deque[Event] = deque(maxlen=256)
         self._client = client
         self._owns_client = False
@@ -315,17 +316,10 @@ class Runtime:
             self.metrics.set_mode(self.policy.mode.value, self.policy.breaker.value)
         return published
 
-    def _correction(self, now: float) -> Correction:
-        """The cost correction in force now, also shown as gauges; call with the lock held."""
-        correction = self.corrector.correction(now)
-        self.metrics.cost_correction.clear()  # options no longer run lately take their kind's factor
-        for part in PARTS:
-            self.metrics.cost_correction.labels(part=part, option="").set(getattr(correction, part))
-        for part, factors in (("head", correction.heads), ("tail", correction.tails)):
-            for option_id, factor in factors.items():
-                self.metrics.cost_correction.labels(part=part, option=option_id).set(factor)
-        self.metrics.server_queue.set(correction.server_queue_s)
-        return correction
+    def current_correction(self) -> Correction:
+        """The cost correction decisions use now (the metrics read it at scrape time)."""
+        with self._lock:
+            return self.corrector.correction(self.clock())
 
     def _observe_part(self, part: str, observed_s: float, profiled_s: float, option_id: str | None = None) -> None:
         with self._lock:
@@ -443,7 +437,7 @@ class Runtime:
         with self._lock:
             now = self.clock()
             estimates = self.estimator.snapshot(now)
-            correction = self._correction(now)
+            correction = self.corrector.correction(now)
             decision = self.policy.decide(estimates, budget, correction)
             events = list(self._publish(decision.events))
             self._note_choice(decision.option, decision.mode, correction, estimates.bandwidth_bps, estimates.rtt_s)
@@ -599,7 +593,7 @@ class Runtime:
             return None
         now = self.clock()
         with self._lock:
-            self._publish(self.policy.tick(self.estimator.snapshot(now), self._correction(now)))
+            self._publish(self.policy.tick(self.estimator.snapshot(now), self.corrector.correction(now)))
             half_open = self.policy.probe_due()
             option = self.policy.probe_option() if half_open else None
             if half_open:
