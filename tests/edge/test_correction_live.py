@@ -29,6 +29,7 @@ from splitinf.offline.graph import find_cut
 from splitinf.offline.partition import split_model
 from splitinf.ort import SessionSettings, open_session
 from splitinf.tools.bench.cgroup import CpuCgroup, create_cpu_cgroup
+from splitinf.tools.bench.harness import _stop
 from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 from splitinf.tools.testing.graphs import mlp
 from splitinf.tools.testing.plans import write_plan_dir
@@ -99,13 +100,12 @@ class LiveDevice:
         return answer
 
     def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        _stop(self.process)
+
+
+def _write_plan(root: Path, *, offload_tail_s: float, late_head_s: float) -> None:
+    cuts = {"x": (0.0, offload_tail_s), "relu_1": (late_head_s, 0.0005)}
+    write_plan_dir(root, MODEL, FALLBACK, cuts, name="mlp", fallback_accuracy=0.5)
 
 
 def _first(answers: list[dict[str, Any]], option: str) -> int | None:
@@ -127,14 +127,7 @@ def test_a_throttled_device_moves_to_offloading_within_a_few_requests(
     head_s, full_s = timings
     # The server's profile is taken as 4x slower than it runs here, so that LATE is clearly the choice
     # at first (its costs as profiled) and OFFLOAD clearly once the device runs its head ~20x slower.
-    write_plan_dir(
-        tmp_path,
-        MODEL,
-        FALLBACK,
-        {"x": (0.0, 4 * full_s), "relu_1": (head_s, 0.0005)},
-        name="mlp",
-        fallback_accuracy=0.5,
-    )
+    _write_plan(tmp_path, offload_tail_s=4 * full_s, late_head_s=head_s)
     server = start_v2_server(repo=tmp_path / "server")
     proxy = FaultProxy(server.target, settings=FaultSettings(upstream=DirectionFaults(rate_kbit=100_000)))
     proxy.start()
@@ -164,19 +157,12 @@ def test_a_loaded_server_moves_the_work_back_to_the_device(
     head_s, full_s = timings
     # The device's profile is taken as 8x slower than it runs here: OFFLOAD is the choice while the
     # server is idle, LATE once the server runs its tails ~20x slower.
-    write_plan_dir(
-        tmp_path,
-        MODEL,
-        FALLBACK,
-        {"x": (0.0, full_s), "relu_1": (8 * head_s, 0.0005)},
-        name="mlp",
-        fallback_accuracy=0.5,
-    )
+    _write_plan(tmp_path, offload_tail_s=full_s, late_head_s=8 * head_s)
     group = _cgroup(2.0)
     cleanup.append(group.remove)
-    server = _start_server(tmp_path / "server", group)
-    cleanup.append(server.close)
-    device = LiveDevice(tmp_path, server.target, 1e9, None)
+    server, target = _start_server(tmp_path / "server", group)
+    cleanup.append(lambda: _stop(server))
+    device = LiveDevice(tmp_path, target, 1e9, None)
     cleanup.append(device.close)
 
     before = [device.request() for _ in range(6)]
@@ -190,20 +176,7 @@ def test_a_loaded_server_moves_the_work_back_to_the_device(
     assert after[moved]["correction"]["tail"] > 3, after[moved]
 
 
-class _ServerProcess:
-    def __init__(self, process: subprocess.Popen[str], target: str) -> None:
-        self.process, self.target = process, target
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def _start_server(repo: Path, group: CpuCgroup) -> _ServerProcess:
+def _start_server(repo: Path, group: CpuCgroup) -> tuple[subprocess.Popen[str], str]:
     """``splitinf serve`` (one onnxruntime thread per session) as a process inside ``group``."""
     argv = [sys.executable, "-m", "splitinf", "serve", "--repo", str(repo), "--port", "0", "--metrics-port", "-1"]
     process = subprocess.Popen(
@@ -216,7 +189,7 @@ def _start_server(repo: Path, group: CpuCgroup) -> _ServerProcess:
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("serving on "):
-            return _ServerProcess(process, line.split()[2])
+            return process, line.split()[2]
     raise AssertionError(f"the tail server exited ({process.wait()}) before serving")
 
 
