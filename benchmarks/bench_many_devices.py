@@ -11,9 +11,10 @@ A device starts unlimited (imports and session warm-up) and gets its quota once 
 
 The plan holds two splits of one model (an MLP whose first layer is ~8 ms on one core) and a
 fallback: OFFLOAD (cut at the input: 128 kB up, the whole model on the server) and LATE (the
-heavy layer on the device, 16 kB up, a tail of microseconds). Its profiles are those of an idle
-server and of the emulated Pi (the head's time here / the device's CPUs), so the plan picks
-OFFLOAD: right for one device, wrong once N devices share the server. ``static`` decides on
+heavy layer on the device, 16 kB up, a tail of microseconds). Its profiles are taken first, each
+model in a process limited as it will run (the head at ``--device-cpus``, the whole model at
+``--server-cpus``): the idle server and the emulated Pi. So the plan picks OFFLOAD: right for
+one device, wrong once N devices share the server. ``static`` decides on
 the profiles as planned (the runtime before live correction: only its network estimates move,
 and a server's queue, which it takes for a slower link, moves them too); ``corrected`` on the
 profiles corrected live (splitinf.edge.correction).
@@ -42,6 +43,7 @@ import numpy as np
 MODEL_SIZES = (64, 16384, 8, 4)
 BATCH = 512
 OFFLOAD, LATE = "split:x:fp32", "split:relu_1:fp32"
+PERIOD_US = 20_000  # CFS period of every cgroup here
 
 
 def worker(plan_dir: str, target: str, mode: str, seconds: float) -> int:
@@ -73,39 +75,83 @@ def worker(plan_dir: str, target: str, mode: str, seconds: float) -> int:
     return 0
 
 
-def _write_plan(root: Path, device_cpus: float) -> dict[str, float]:
-    from splitinf.offline.graph import find_cut
-    from splitinf.offline.partition import split_model
-    from splitinf.ort import SessionSettings, open_session
+def _write_plan(root: Path, device_head_s: float, server_full_s: float) -> None:
     from splitinf.tools.testing.graphs import mlp
     from splitinf.tools.testing.plans import write_plan_dir
 
     model = mlp(batch=BATCH, sizes=MODEL_SIZES)
     fallback = mlp(batch=BATCH, seed=7, sizes=(MODEL_SIZES[0], 8, MODEL_SIZES[-1]))
+    cuts = {"x": (0.0, server_full_s), "relu_1": (device_head_s, 0.0001)}
+    write_plan_dir(root, model, fallback, cuts, name="mlp", fallback_accuracy=0.5, fallback_seconds=0.005)
 
-    def median_s(part: Any) -> float:
-        session = open_session(part.SerializeToString(), SessionSettings().with_threads(1))
-        feed = {session.get_inputs()[0].name: np.zeros((BATCH, MODEL_SIZES[0]), np.float32)}
-        times = []
-        for _ in range(10):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - start)
-        return min(times)  # the machine's speed, not the load other work puts on it now
 
-    head_s = median_s(split_model(model, find_cut(model, "relu_1")).head)
-    full_s = median_s(model)
-    profile = {"device_head_s": head_s / device_cpus, "server_full_s": full_s}
-    write_plan_dir(
-        root,
-        model,
-        fallback,
-        {"x": (0.0, profile["server_full_s"]), "relu_1": (profile["device_head_s"], 0.0001)},
-        name="mlp",
-        fallback_accuracy=0.5,
-        fallback_seconds=0.001 / device_cpus,
+def profile_worker(model_path: str) -> int:
+    """Time one model, one onnxruntime thread, once "go" arrives (the quota is set by then)."""
+    from splitinf.ort import SessionSettings, open_session
+
+    session = open_session(model_path, SessionSettings().with_threads(1))
+    feed = {"x": np.zeros((BATCH, MODEL_SIZES[0]), np.float32)}
+    session.run(None, feed)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"median_s": statistics.median(times)}), flush=True)
+    return 0
+
+
+def _start_limited(argv: list[str], cpus: float, groups: list[tuple[Any, float]], limit: bool) -> subprocess.Popen[str]:
+    """A process in a new cgroup, unlimited until ``_ready_then_go`` gives it ``cpus`` (imports and
+    warm-up at full speed); the cgroup and its quota to come are appended to ``groups``."""
+    from splitinf.errors import UsageError
+    from splitinf.tools.bench.cgroup import create_cpu_cgroup
+
+    group = None
+    if limit:
+        try:
+            group = create_cpu_cgroup(2.0, period_us=PERIOD_US)
+            groups.append((group, cpus))
+        except UsageError:
+            group = None
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=group.join_preexec() if group is not None else None,
     )
-    return profile
+
+
+def _ready_then_go(processes: list[subprocess.Popen[str]], groups: list[tuple[Any, float]]) -> None:
+    for process in processes:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"a worker exited before it was ready ({process.wait()})")
+    for group, cpus in groups:
+        group.set_cpus(cpus)
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+
+
+def _profile(model_path: Path, cpus: float, limit: bool) -> float:
+    """The model's median time in a process limited to ``cpus``: a profile taken on the machine as it serves."""
+    groups: list[tuple[Any, float]] = []
+    process = _start_limited([sys.executable, __file__, "--profile-worker", str(model_path)], cpus, groups, limit)
+    try:
+        _ready_then_go([process], groups)
+        out, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for group, _ in groups:
+            group.remove()
+    return float(json.loads(out.strip().splitlines()[-1])["median_s"])
 
 
 def _serve(repo: Path, group: Any) -> tuple[Any, str]:
@@ -121,44 +167,20 @@ def _serve(repo: Path, group: Any) -> tuple[Any, str]:
 
 
 def _run_devices(n: int, mode: str, args: argparse.Namespace, plan_dir: Path, target: str) -> dict[str, Any]:
-    from splitinf.errors import UsageError
-    from splitinf.tools.bench.cgroup import create_cpu_cgroup
     from splitinf.tools.faults.proxy import DirectionFaults, FaultProxy, FaultSettings
 
-    proxies, groups, devices = [], [], []
+    proxies: list[Any] = []
+    groups: list[tuple[Any, float]] = []
+    devices: list[subprocess.Popen[str]] = []
     try:
         for _ in range(n):
             proxy = FaultProxy(
                 target, settings=FaultSettings(upstream=DirectionFaults(rate_kbit=args.rate_mbit * 1000))
             )
             proxies.append(proxy.start())
-            group = None
-            if not args.no_cpu_limit:
-                try:
-                    group = create_cpu_cgroup(2.0, period_us=20_000)  # unlimited until the device is ready
-                    groups.append(group)
-                except UsageError:
-                    group = None
             argv = [sys.executable, __file__, "--worker", str(plan_dir), proxy.address, mode, str(args.seconds)]
-            devices.append(
-                subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                    preexec_fn=group.join_preexec() if group is not None else None,
-                )
-            )
-        for device in devices:
-            assert device.stdout is not None
-            if device.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"a device exited before it was ready ({device.wait()})")
-        for group in groups:
-            group.set_cpus(args.device_cpus)
-        for device in devices:
-            assert device.stdin is not None
-            device.stdin.write("go\n")
-            device.stdin.flush()
+            devices.append(_start_limited(argv, args.device_cpus, groups, not args.no_cpu_limit))
+        _ready_then_go(devices, groups)
         results = []
         for device in devices:
             out, _ = device.communicate(timeout=args.seconds + 120)
@@ -170,7 +192,7 @@ def _run_devices(n: int, mode: str, args: argparse.Namespace, plan_dir: Path, ta
                 device.wait()
         for proxy in proxies:
             proxy.stop()
-        for group in groups:
+        for group, _ in groups:
             group.remove()
     return _summary(results, args.seconds, limited=bool(groups))
 
@@ -206,11 +228,15 @@ def main() -> int:
     parser.add_argument("--rate-mbit", type=float, default=50.0, help="each device's uplink cap")
     parser.add_argument("--no-cpu-limit", action="store_true", help="plain processes, no cgroup quotas")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile_worker:
+        return profile_worker(args.profile_worker)
     if args.worker:
         plan_dir, target, mode, seconds = args.worker
         return worker(plan_dir, target, mode, float(seconds))
 
+    from splitinf.contract.plan import load_plan
     from splitinf.errors import UsageError
     from splitinf.tools.bench.cgroup import create_cpu_cgroup
     from splitinf.tools.bench.harness import _stop
@@ -219,7 +245,7 @@ def main() -> int:
     server_group = None
     if not args.no_cpu_limit:
         try:
-            server_group = create_cpu_cgroup(args.server_cpus, period_us=20_000)
+            server_group = create_cpu_cgroup(args.server_cpus, period_us=PERIOD_US)
         except UsageError as exc:
             print(f"no cgroup CPU quota here ({exc}): devices and server run as plain processes", flush=True)
     emulation = (
@@ -232,12 +258,14 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         plan_dir = Path(tmp) / "plan"
-        profile = _write_plan(plan_dir, args.device_cpus)
-        print(
-            f"profiles: device head {profile['device_head_s'] * 1e3:.1f} ms, "
-            f"server whole model {profile['server_full_s'] * 1e3:.1f} ms",
-            flush=True,
-        )
+        _write_plan(plan_dir, 1.0, 1.0)  # the files to profile
+        limit = server_group is not None
+        head_file = load_plan(plan_dir).option(LATE).head
+        assert head_file is not None
+        head_s = _profile(plan_dir / head_file, args.device_cpus, limit)
+        full_s = _profile(plan_dir / "source" / "model.onnx", args.server_cpus, limit)
+        _write_plan(plan_dir, head_s, full_s)
+        print(f"profiles (each in its cgroup): device head {head_s * 1e3:.1f} ms, server model {full_s * 1e3:.1f} ms")
         server, target = _serve(plan_dir / "server", server_group)
         try:
             for n in [int(x) for x in args.devices.split(",")]:

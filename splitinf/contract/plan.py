@@ -179,7 +179,8 @@ class Correction:
     tails have one per split option the device has run lately (``heads``/``tails``, by option
     id), and one per kind (``head``/``tail``) for the options it has not: a throttled Pi slows
     every head. ``server_queue_s`` is the time a request waits on the server before its tail
-    runs (the server reports it, ``splitinf_queue_ns``), which no profile holds. The device keeps
+    runs (the server reports it, ``splitinf_queue_ns``), which no profile holds: per option in
+    ``queues`` (a server queues per model, as Triton's instance groups do), else the server's. The device keeps
     these live (:mod:`splitinf.edge.correction`); the planner and reports use :data:`AS_PROFILED`.
     """
 
@@ -190,12 +191,16 @@ class Correction:
     server_queue_s: float = 0.0
     heads: Mapping[str, float] = field(default_factory=dict)
     tails: Mapping[str, float] = field(default_factory=dict)
+    queues: Mapping[str, float] = field(default_factory=dict)
 
     def head_factor(self, option_id: str) -> float:
         return self.heads.get(option_id, self.head)
 
     def tail_factor(self, option_id: str) -> float:
         return self.tails.get(option_id, self.tail)
+
+    def queue_s(self, option_id: str) -> float:
+        return self.queues.get(option_id, self.server_queue_s)
 
     def to_json(self) -> dict[str, Any]:
         def rounded(factors: Mapping[str, float]) -> dict[str, float]:
@@ -209,6 +214,7 @@ class Correction:
             "server_queue_s": round(self.server_queue_s, 6),
             "heads": rounded(self.heads),
             "tails": rounded(self.tails),
+            "queues_s": {key: round(value, 6) for key, value in sorted(self.queues.items())},
         }
 
 
@@ -234,7 +240,7 @@ def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float, correct
         + option.serialize_seconds
         + transfer
         + rtt_s
-        + correction.server_queue_s
+        + correction.queue_s(option.id)
         + option.tail_seconds * correction.tail_factor(option.id)
     )
 

@@ -55,11 +55,16 @@ class _CorrectionCollector(Collector):
             for option_id, factor in sorted(factors.items()):
                 ratio.add_metric([part, option_id], factor)
         yield ratio
-        yield GaugeMetricFamily(
+        queue = GaugeMetricFamily(
             "splitinf_device_server_queue_seconds",
-            "The server's queue time as decisions use it (its splitinf_queue_ns, smoothed; 0 when not reported)",
-            value=correction.server_queue_s,
+            "The server's queue time as decisions use it (its splitinf_queue_ns, smoothed; 0 when not reported):"
+            " over all options (option empty) and for the split options run lately",
+            labels=["option"],
         )
+        queue.add_metric([""], correction.server_queue_s)
+        for option_id, seconds in sorted(correction.queues.items()):
+            queue.add_metric([option_id], seconds)
+        yield queue
 
 
 class DeviceMetrics:

@@ -351,7 +351,7 @@ class Runtime:
             self.corrector.observe("tail", result.server_compute_s, option.tail_seconds, now, option.id)
         queue_s = result.server_queue_s
         if queue_s is not None:
-            self.corrector.observe_queue(queue_s, now)
+            self.corrector.observe_queue(queue_s, now, option.id)
         self._observe(
             round_trip_s=result.round_trip_s,
             server_s=result.server_compute_s + (queue_s or 0.0),

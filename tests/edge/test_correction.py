@@ -113,3 +113,17 @@ def test_heads_and_tails_are_followed_per_option_and_unseen_options_take_their_k
     # once its samples leave the window an option takes its kind's factor, which relaxes to the profile
     assert "offload" not in corrector.correction(20.0).tails
     assert corrector.correction(40.0).tail_factor("offload") == 1.0
+
+
+def test_the_servers_queue_is_followed_per_option_and_moves_the_choice_off_a_queued_tail() -> None:
+    corrector = CostCorrector(CONFIG)
+    for t in range(3):  # many devices send the whole model: its tail queues 200 ms; the light tail does not
+        corrector.observe_queue(0.200, now=float(t), option_id=OFFLOAD.id)
+        corrector.observe_queue(0.0, now=float(t) + 0.5, option_id=LATE.id)
+    correction = corrector.correction(3.0)
+    assert correction.queue_s(OFFLOAD.id) == pytest.approx(0.2) and correction.queue_s(LATE.id) == 0.0
+    assert correction.queue_s("never_run") == correction.server_queue_s == pytest.approx(0.1)
+    bandwidth, rtt = 100e6, 0.002
+    assert choose_option([OFFLOAD, LATE], bandwidth, rtt, 1.0, Correction(head=2.0))[0] is OFFLOAD  # type: ignore[index]
+    queued = Correction(head=2.0, queues=correction.queues)
+    assert choose_option([OFFLOAD, LATE], bandwidth, rtt, 1.0, queued)[0] is LATE  # type: ignore[index]
