@@ -215,6 +215,7 @@ def _summary(results: list[dict[str, Any]], seconds: float, limited: bool) -> di
         "answers": total,
         "server_per_s": served / seconds,
         "tail_factors": [r["correction"]["tails"] for r in results],
+        "queues_s": [r["correction"]["queues_s"] for r in results],
         "cpu_limited": limited,
     }
 

@@ -178,9 +178,10 @@ class Correction:
     Each factor is a smoothed ratio of observed to profiled time (1.0: as profiled). Heads and
     tails have one per split option the device has run lately (``heads``/``tails``, by option
     id), and one per kind (``head``/``tail``) for the options it has not: a throttled Pi slows
-    every head. ``server_queue_s`` is the time a request waits on the server before its tail
-    runs (the server reports it, ``splitinf_queue_ns``), which no profile holds: per option in
-    ``queues`` (a server queues per model, as Triton's instance groups do), else the server's. The device keeps
+    every head. ``queues`` hold, per split option run lately, the time its requests wait on the
+    server before their tail runs (the server reports it, ``splitinf_queue_ns``), which no
+    profile holds; a server queues per model (as Triton's instance groups do), so an option not
+    run lately is priced without a queue, as profiled, and the device finds out by trying it. The device keeps
     these live (:mod:`splitinf.edge.correction`); the planner and reports use :data:`AS_PROFILED`.
     """
 
@@ -188,7 +189,6 @@ class Correction:
     tail: float = 1.0
     local: float = 1.0
     fallback: float = 1.0
-    server_queue_s: float = 0.0
     heads: Mapping[str, float] = field(default_factory=dict)
     tails: Mapping[str, float] = field(default_factory=dict)
     queues: Mapping[str, float] = field(default_factory=dict)
@@ -200,7 +200,7 @@ class Correction:
         return self.tails.get(option_id, self.tail)
 
     def queue_s(self, option_id: str) -> float:
-        return self.queues.get(option_id, self.server_queue_s)
+        return self.queues.get(option_id, 0.0)
 
     def to_json(self) -> dict[str, Any]:
         def rounded(factors: Mapping[str, float]) -> dict[str, float]:
@@ -211,7 +211,6 @@ class Correction:
             "tail": round(self.tail, 4),
             "local": round(self.local, 4),
             "fallback": round(self.fallback, 4),
-            "server_queue_s": round(self.server_queue_s, 6),
             "heads": rounded(self.heads),
             "tails": rounded(self.tails),
             "queues_s": {key: round(value, 6) for key, value in sorted(self.queues.items())},

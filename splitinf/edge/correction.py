@@ -22,12 +22,13 @@ before its tail ran (``splitinf_queue_ns``). ``CostCorrector`` turns these into 
   head and a busy server every tail. The local and the fallback model are one each.
 - The server's queue time adds, it does not scale: a request waiting 50 ms behind other devices'
   requests waits 50 ms whatever its tail costs. It is smoothed the same way, in seconds, per
-  option (a server queues per model: a tail many devices use queues, a light one need not) and
-  over all of them for the options not run lately.
+  option: a server queues per model (a tail many devices use queues, a light one need not), so
+  an option not run within the window is priced without a queue and gets measured when tried.
 - Windows are time-based (a Pi sends few requests). A part the device stops using (a tail on a
-  loaded server it now avoids) gets no samples: once its newest sample is older than the window,
-  the factor relaxes back to the profile over ``relax_s`` (geometrically, the queue time
-  linearly), so the device tries the part again and measures whether the load has passed.
+  loaded server it now avoids) gets no samples: once its newest sample is older than the window
+  it takes its kind's factor, and a kind's factor without fresh samples relaxes back to the
+  profile over ``relax_s`` (geometrically), so the device tries the part again and measures
+  whether the load has passed.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class CostCorrector:
         self.config = config or CorrectionConfig()
         # (part, option id) -> ratios; option id None: the kind's, over all its options
         self._ratios: dict[tuple[str, str | None], WindowedMedian] = {}
-        self._queue: dict[str | None, WindowedMedian] = {}  # by option id; None: over all options
+        self._queue: dict[str | None, WindowedMedian] = {}  # by option id
 
     def _series(self) -> WindowedMedian:
         cfg = self.config
@@ -100,15 +101,13 @@ class CostCorrector:
             self._ratios[key].add(ratio, now)
         return True
 
-    def observe_queue(self, queue_s: float, now: float, option_id: str | None = None) -> None:
-        """The time a request (of split option ``option_id``) waited on the server before its tail
+    def observe_queue(self, queue_s: float, now: float, option_id: str) -> None:
+        """The time a request of split option ``option_id`` waited on the server before its tail
         ran, as the server reports it."""
-        if not (math.isfinite(queue_s) and queue_s >= 0):
-            return
-        for key in (None, option_id) if option_id is not None else (None,):
-            if key not in self._queue:
-                self._queue[key] = self._series()
-            self._queue[key].add(queue_s, now)
+        if math.isfinite(queue_s) and queue_s >= 0:
+            if option_id not in self._queue:
+                self._queue[option_id] = self._series()
+            self._queue[option_id].add(queue_s, now)
 
     def _staleness(self, series: WindowedMedian, now: float) -> float:
         """0 while the series has samples in its window, rising to 1 over ``relax_s`` after."""
@@ -137,14 +136,6 @@ class CostCorrector:
     def _by_option(self, part: str) -> dict[str | None, WindowedMedian]:
         return {option_id: series for (kind, option_id), series in self._ratios.items() if kind == part}
 
-    def queue_s(self, now: float) -> float:
-        """The server's queue time over all options, relaxed towards 0 once stale."""
-        series = self._queue.get(None)
-        value = None if series is None else series.estimate(now)
-        if series is None or value is None:
-            return 0.0
-        return value * (1.0 - self._staleness(series, now))
-
     def correction(self, now: float) -> Correction:
         if not self.config.enabled:
             return AS_PROFILED
@@ -153,7 +144,6 @@ class CostCorrector:
             tail=self.factor("tail", now),
             local=self.factor("local", now),
             fallback=self.factor("fallback", now),
-            server_queue_s=self.queue_s(now),
             heads=self._fresh(self._by_option("head"), now),
             tails=self._fresh(self._by_option("tail"), now),
             queues=self._fresh(self._queue, now),

@@ -57,11 +57,10 @@ class _CorrectionCollector(Collector):
         yield ratio
         queue = GaugeMetricFamily(
             "splitinf_device_server_queue_seconds",
-            "The server's queue time as decisions use it (its splitinf_queue_ns, smoothed; 0 when not reported):"
-            " over all options (option empty) and for the split options run lately",
+            "The server's queue time per split option run lately, as decisions use it (its splitinf_queue_ns,"
+            " smoothed; none for an option not run lately or a server that does not report it)",
             labels=["option"],
         )
-        queue.add_metric([""], correction.server_queue_s)
         for option_id, seconds in sorted(correction.queues.items()):
             queue.add_metric([option_id], seconds)
         yield queue

@@ -40,16 +40,16 @@ def test_the_floor_keeps_tiny_parts_from_swinging_the_ratio() -> None:
     assert corrector.factor("head", 3.0) < 1.2
 
 
-def test_a_stale_factor_relaxes_back_to_the_profile_and_the_queue_to_zero() -> None:
+def test_a_stale_factor_relaxes_back_to_the_profile_and_a_stale_queue_is_forgotten() -> None:
     corrector = CostCorrector(CONFIG)
     for t in range(3):
         corrector.observe("tail", 0.040, 0.010, now=float(t))
-        corrector.observe_queue(0.050, now=float(t))
+        corrector.observe_queue(0.050, now=float(t), option_id="offload")
     loaded = corrector.correction(2.0)
-    assert loaded.tail == pytest.approx(41 / 11) and loaded.server_queue_s == pytest.approx(0.05)
+    assert loaded.tail == pytest.approx(41 / 11) and loaded.queue_s("offload") == pytest.approx(0.05)
     assert corrector.correction(12.0) == loaded  # still within the window of the last sample
     half = corrector.correction(17.0)  # half the relaxation period after the window
-    assert half.tail == pytest.approx((41 / 11) ** 0.5) and half.server_queue_s == pytest.approx(0.025)
+    assert half.tail == pytest.approx((41 / 11) ** 0.5) and half.queue_s("offload") == 0.0  # to be measured again
     assert corrector.correction(30.0) == AS_PROFILED
 
 
@@ -63,7 +63,7 @@ def test_samples_without_a_profile_are_ignored_and_unknown_parts_refused() -> No
 def test_expected_latency_scales_each_part_and_adds_the_queue() -> None:
     split = split_option("c", 1000, 0.9, head_s=0.01, tail_s=0.02)
     base = expected_latency(split, 8e6, 0.005)
-    correction = Correction(head=3.0, tail=2.0, server_queue_s=0.1)
+    correction = Correction(head=3.0, tail=2.0, queues={split.id: 0.1})
     assert expected_latency(split, 8e6, 0.005, correction) == pytest.approx(base + 0.02 + 0.02 + 0.1)
     local = Option(id="local", kind="local", model="m.onnx", seconds=0.03)
     assert expected_latency(local, 8e6, 0.005, Correction(local=2.0)) == pytest.approx(0.06)
@@ -95,7 +95,8 @@ def test_the_policy_decides_with_the_correction() -> None:
     assert policy.decide(estimates).option is LATE
     assert policy.decide(estimates, correction=Correction(head=4.0)).option is OFFLOAD
     # the whole server so loaded that no split fits the budget: the device answers itself
-    decision = policy.decide(estimates, correction=Correction(head=4.0, server_queue_s=1.0))
+    queued = {OFFLOAD.id: 1.0, LATE.id: 1.0}
+    decision = policy.decide(estimates, correction=Correction(head=4.0, queues=queued))
     assert decision.option is fallback and policy.mode is Mode.FALLBACK
 
 
@@ -122,7 +123,7 @@ def test_the_servers_queue_is_followed_per_option_and_moves_the_choice_off_a_que
         corrector.observe_queue(0.0, now=float(t) + 0.5, option_id=LATE.id)
     correction = corrector.correction(3.0)
     assert correction.queue_s(OFFLOAD.id) == pytest.approx(0.2) and correction.queue_s(LATE.id) == 0.0
-    assert correction.queue_s("never_run") == correction.server_queue_s == pytest.approx(0.1)
+    assert correction.queue_s("never_run") == 0.0  # a server queues per model: this one is to be tried
     bandwidth, rtt = 100e6, 0.002
     assert choose_option([OFFLOAD, LATE], bandwidth, rtt, 1.0, Correction(head=2.0))[0] is OFFLOAD  # type: ignore[index]
     queued = Correction(head=2.0, queues=correction.queues)
