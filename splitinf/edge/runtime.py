@@ -342,23 +342,30 @@ class Runtime:
         self._last_choice = option.id
         events_log.info(json.dumps(fields, sort_keys=True))
 
-    def _observe_answer(self, option: Option, result: Any, *, retried: bool, shared: bool) -> None:
+    def _observe_answer(self, option: Option, result: Any, *, retried: bool, shared: bool) -> float:
         """Feed a tail's answer into the estimates and the cost correction; call with the lock held.
 
-        The server's queue time (when it reports it) is the server's, not the network's."""
+        Returns the server's share of the round trip, which the network's leaves out: its queue
+        time where it reports one, and its compute time as reported, or, from a server that does
+        not report it (a stock V2 server), the profile's as corrected by what it reported before."""
         now = self.clock()
-        if result.server_compute_s > 0:
-            self.corrector.observe("tail", result.server_compute_s, option.tail_seconds, now, option.id)
+        compute_s = result.server_compute_s
+        if compute_s > 0:
+            self.corrector.observe("tail", compute_s, option.tail_seconds, now, option.id)
+        else:
+            compute_s = option.tail_seconds * self.corrector.correction(now).tail_factor(option.id)
         queue_s = result.server_queue_s
         if queue_s is not None:
             self.corrector.observe_queue(queue_s, now, option.id)
+        server_s = compute_s + (queue_s or 0.0)
         self._observe(
             round_trip_s=result.round_trip_s,
-            server_s=result.server_compute_s + (queue_s or 0.0),
+            server_s=server_s,
             nbytes=result.request_bytes + result.response_bytes,
             retried=retried,
             shared=shared,
         )
+        return server_s
 
     def _observe(self, *, round_trip_s: float, server_s: float, nbytes: int, retried: bool, shared: bool) -> None:
         """Feed a completed call into the estimates; call with the lock held."""
@@ -500,13 +507,12 @@ class Runtime:
             )
         attempts = counter[0]
         self.server_reached = True
-        server_s = result.server_compute_s + (result.server_queue_s or 0.0)
-        network_s = max(result.round_trip_s - server_s, 0.0)
         self.metrics.sent_bytes.inc(result.request_bytes)
         self.metrics.received_bytes.inc(result.response_bytes)
         with self._lock:
-            self._observe_answer(option, result, retried=attempts > 1, shared=link.shared)
+            server_s = self._observe_answer(option, result, retried=attempts > 1, shared=link.shared)
             events += self._publish(self.policy.record(option.id, ok=True, latency_s=time.perf_counter() - start))
+        network_s = max(result.round_trip_s - server_s, 0.0)
         breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=server_s)
         outputs = {s.name: result.outputs[s.name] for s in self.plan.outputs}
         return self._finish(
