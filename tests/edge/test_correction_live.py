@@ -5,7 +5,7 @@ onnxruntime head and a real tail server over real sockets, and lowers a cgroup C
 (splitinf.tools.bench.cgroup) between requests: the device's in the first test, the tail
 server's in the second. The plan offers two splits of one model: OFFLOAD (cut at the input:
 nothing on the device, the whole model on the server, 128 kB on the wire) and LATE (the heavy
-layer on the device, 16 kB on the wire, a tail of microseconds). Needs root and a cgroup cpu
+layer on the device, 64 kB on the wire, a tail of microseconds). Needs root and a cgroup cpu
 controller (CI runs as root); skipped with the reason otherwise. The last test (in process, no
 cgroup) checks that the correction shows in the device's metrics and JSON event lines.
 """
@@ -36,8 +36,8 @@ from splitinf.tools.testing.plans import write_plan_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LIVE_DEVICE = Path(__file__).with_name("live_device.py")
-# batch 512: 64 -> 16384 (the heavy layer, ~8 ms on one core) -> 8 -> 4
-MODEL = mlp(batch=512, sizes=(64, 16384, 8, 4))
+# batch 512: 64 -> 16384 (the heavy layer, ~8 ms on one core) -> 32 -> 4
+MODEL = mlp(batch=512, sizes=(64, 16384, 32, 4))
 FALLBACK = mlp(batch=512, seed=7, sizes=(64, 8, 4))
 OFFLOAD, LATE = "split:x:fp32", "split:relu_1:fp32"
 THROTTLED_CPUS = 0.05
@@ -108,6 +108,15 @@ def _write_plan(root: Path, *, offload_tail_s: float, late_head_s: float) -> Non
     write_plan_dir(root, MODEL, FALLBACK, cuts, name="mlp", fallback_accuracy=0.5)
 
 
+def _settle(device: LiveDevice, option: str, at_least: int = 4, at_most: int = 12) -> list[dict[str, Any]]:
+    """Requests until ``option`` answers (a burst of other work on this shared machine can slow the
+    device for a while, and the correction follows it: that is not what a test here is about)."""
+    answers = [device.request() for _ in range(at_least)]
+    while answers[-1]["option"] != option and len(answers) < at_most:
+        answers.append(device.request())
+    return answers
+
+
 def _first(answers: list[dict[str, Any]], option: str) -> int | None:
     return next((i for i, a in enumerate(answers) if a["option"] == option), None)
 
@@ -137,15 +146,14 @@ def test_a_throttled_device_moves_to_offloading_within_a_few_requests(
     device = LiveDevice(tmp_path, proxy.address, 100e6, group)
     cleanup.append(device.close)
 
-    before = [device.request() for _ in range(6)]
-    assert before[-1]["option"] == LATE, [
-        (a["option"], a["correction"]["heads"], a["bandwidth_bps"] // 1e6) for a in before
-    ]
+    before = _settle(device, LATE)
+    assert before[-1]["option"] == LATE, [(a["option"], a["correction"]["heads"]) for a in before]
 
     group.set_cpus(THROTTLED_CPUS)
     after = [device.request() for _ in range(8)]
     moved = _first(after, OFFLOAD)
-    assert moved is not None and moved <= 5, after  # within a few requests
+    seen = [(a["option"], a["correction"]["heads"], round(a["bandwidth_bps"] / 1e6), a["total_s"]) for a in after]
+    assert moved is not None and moved <= 5, seen  # within a few requests
     assert after[-1]["option"] == OFFLOAD, after
     assert after[moved]["correction"]["head"] > 4, after[moved]
     assert group.stats().get("nr_throttled", 0) > 0
@@ -165,8 +173,8 @@ def test_a_loaded_server_moves_the_work_back_to_the_device(
     device = LiveDevice(tmp_path, target, 1e9, None)
     cleanup.append(device.close)
 
-    before = [device.request() for _ in range(6)]
-    assert before[-1]["option"] == OFFLOAD, before
+    before = _settle(device, OFFLOAD)
+    assert before[-1]["option"] == OFFLOAD, [(a["option"], a["correction"]["tails"]) for a in before]
 
     group.set_cpus(THROTTLED_CPUS)
     after = [device.request() for _ in range(8)]
