@@ -16,6 +16,8 @@ before its tail ran (``splitinf_queue_ns``). ``CostCorrector`` turns these into 
   the samples of the last ``window_s`` seconds, with a level-shift detector
   (:class:`WindowedMedian`): three samples all 1.5x away from the older median replace it, so a
   throttled Pi is followed within a few requests, and one slow request (a GC pause) moves nothing.
+  A value counts once three samples of the window hold it up: a device's first, slow request
+  (allocations, a cold cache) does not send it off an option it would then not try again.
 - Heads and tails are followed per split option (two tails of one server are not slowed alike:
   a 1 ms tail and a 50 ms one), and per kind over every option: an option the device has not
   run within the window is priced with its kind's factor, since a throttled Pi slows every
@@ -50,6 +52,7 @@ class CorrectionConfig:
     max_samples: int = 15
     shift_samples: int = 3
     shift_factor: float = 1.5
+    min_samples: int = 3  # a value counts once this many samples of the window hold it up
     floor_s: float = 0.001  # added to observed and profiled time: shorter parts are timing noise
     relax_s: float = 30.0  # once stale, back to the profile over this long
     min_factor: float = 0.05
@@ -61,6 +64,34 @@ class CorrectionConfig:
             raise ValueError("window_s and relax_s must be > 0, floor_s >= 0")
         if not 0 < self.min_factor <= 1 <= self.max_factor:
             raise ValueError("need 0 < min_factor <= 1 <= max_factor")
+        if not 1 <= self.min_samples <= self.max_samples:
+            raise ValueError("need 1 <= min_samples <= max_samples")
+
+
+class _Follower:
+    """One followed quantity: a :class:`WindowedMedian` whose estimate counts once it rests on
+    ``min_samples`` samples of the window (one slow request, or the first one, moves nothing)."""
+
+    def __init__(self, config: CorrectionConfig) -> None:
+        self.samples = WindowedMedian(
+            window_s=config.window_s,
+            max_samples=config.max_samples,
+            shift_samples=config.shift_samples,
+            shift_factor=config.shift_factor,
+        )
+        self.config = config
+        self.value: float | None = None  # the last estimate that counted, and when
+        self.at = -math.inf
+
+    def add(self, value: float, now: float) -> None:
+        self.samples.add(value, now)
+        if self.samples.count(now) >= self.config.min_samples:
+            self.value, self.at = self.samples.estimate(now), now
+
+    def staleness(self, now: float) -> float:
+        """0 while the value rests on samples in the window, rising to 1 over ``relax_s`` after."""
+        over = now - self.at - self.config.window_s
+        return min(max(over / self.config.relax_s, 0.0), 1.0)
 
 
 class CostCorrector:
@@ -69,17 +100,8 @@ class CostCorrector:
     def __init__(self, config: CorrectionConfig | None = None) -> None:
         self.config = config or CorrectionConfig()
         # (part, option id) -> ratios; option id None: the kind's, over all its options
-        self._ratios: dict[tuple[str, str | None], WindowedMedian] = {}
-        self._queue: dict[str | None, WindowedMedian] = {}  # by option id
-
-    def _series(self) -> WindowedMedian:
-        cfg = self.config
-        return WindowedMedian(
-            window_s=cfg.window_s,
-            max_samples=cfg.max_samples,
-            shift_samples=cfg.shift_samples,
-            shift_factor=cfg.shift_factor,
-        )
+        self._ratios: dict[tuple[str, str | None], _Follower] = {}
+        self._queue: dict[str | None, _Follower] = {}  # by option id
 
     def observe(
         self, part: str, observed_s: float, profiled_s: float, now: float, option_id: str | None = None
@@ -96,45 +118,33 @@ class CostCorrector:
             [(part, None)] if option_id is None or part not in ("head", "tail") else [(part, None), (part, option_id)]
         )
         for key in keys:
-            if key not in self._ratios:
-                self._ratios[key] = self._series()
-            self._ratios[key].add(ratio, now)
+            self._ratios.setdefault(key, _Follower(self.config)).add(ratio, now)
         return True
 
     def observe_queue(self, queue_s: float, now: float, option_id: str) -> None:
         """The time a request of split option ``option_id`` waited on the server before its tail
         ran, as the server reports it."""
         if math.isfinite(queue_s) and queue_s >= 0:
-            if option_id not in self._queue:
-                self._queue[option_id] = self._series()
-            self._queue[option_id].add(queue_s, now)
-
-    def _staleness(self, series: WindowedMedian, now: float) -> float:
-        """0 while the series has samples in its window, rising to 1 over ``relax_s`` after."""
-        if series.last_sample_at is None:
-            return 1.0
-        over = now - series.last_sample_at - self.config.window_s
-        return min(max(over / self.config.relax_s, 0.0), 1.0)
+            self._queue.setdefault(option_id, _Follower(self.config)).add(queue_s, now)
 
     def factor(self, part: str, now: float) -> float:
         """The kind's factor (all options of a head or a tail), relaxed towards 1 once stale."""
-        series = self._ratios.get((part, None))
-        value = None if series is None else series.estimate(now)
-        if series is None or value is None:
+        follower = self._ratios.get((part, None))
+        if follower is None or follower.value is None:
             return 1.0
-        return float(value ** (1.0 - self._staleness(series, now)))
+        return float(follower.value ** (1.0 - follower.staleness(now)))
 
-    def _fresh(self, by_option: dict[str | None, WindowedMedian], now: float) -> dict[str, float]:
-        """Per option, the values with samples in the window (the others take the value over all)."""
-        fresh = {}
-        for option_id, series in by_option.items():
-            value = series.estimate(now)
-            if option_id is not None and value is not None and self._staleness(series, now) == 0:
-                fresh[option_id] = value
-        return fresh
+    @staticmethod
+    def _fresh(by_option: dict[str | None, _Follower], now: float) -> dict[str, float]:
+        """Per option, the values resting on samples in the window (the others take the value over all)."""
+        return {
+            option_id: follower.value
+            for option_id, follower in by_option.items()
+            if option_id is not None and follower.value is not None and follower.staleness(now) == 0
+        }
 
-    def _by_option(self, part: str) -> dict[str | None, WindowedMedian]:
-        return {option_id: series for (kind, option_id), series in self._ratios.items() if kind == part}
+    def _by_option(self, part: str) -> dict[str | None, _Follower]:
+        return {option_id: follower for (kind, option_id), follower in self._ratios.items() if kind == part}
 
     def correction(self, now: float) -> Correction:
         if not self.config.enabled:

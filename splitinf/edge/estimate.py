@@ -162,6 +162,10 @@ class WindowedMedian:
             self._samples.clear()
             self._samples.extend(kept)
 
+    def count(self, now: float) -> int:
+        """How many samples are in the window."""
+        return sum(1 for at, _ in self._samples if now - at <= self.window_s)
+
     def estimate(self, now: float) -> float | None:
         """The median of the samples in the window; the last estimate when all are older (stale)."""
         recent = [v for at, v in self._samples if now - at <= self.window_s]

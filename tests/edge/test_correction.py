@@ -33,6 +33,15 @@ def test_a_throttled_device_is_followed_within_three_requests_and_one_outlier_is
     assert corrector.factor("head", 5.5) == pytest.approx(61 / 11)
 
 
+def test_a_first_slow_request_alone_moves_nothing() -> None:
+    corrector = CostCorrector(CONFIG)
+    corrector.observe("head", 0.100, 0.010, now=0.0, option_id="late")  # cold: allocations, caches
+    assert corrector.correction(0.0) == AS_PROFILED
+    for t in (1.0, 2.0):
+        corrector.observe("head", 0.010, 0.010, now=t, option_id="late")
+    assert corrector.correction(2.0).head_factor("late") == pytest.approx(1.0)  # the median of three
+
+
 def test_the_floor_keeps_tiny_parts_from_swinging_the_ratio() -> None:
     corrector = CostCorrector(CONFIG)
     for t in range(3):

@@ -215,7 +215,7 @@ def test_the_correction_is_in_the_metrics_and_in_the_json_event_lines(
     config = DeviceConfig(server=f"127.0.0.1:{port}", budget_s=2.0, retry_attempts=1, prior_bandwidth_bps=1e9)
     x = {"x": np.zeros((1, 16), np.float32)}
     with caplog.at_level("INFO", logger=EVENTS_LOGGER), Runtime(plan_dir, config, background_probes=False) as runtime:
-        split = runtime.infer(x)
+        split = [runtime.infer(x) for _ in range(3)][-1]  # a value counts once three samples hold it up
         server.stop(grace=0)
         assert runtime.infer(x).kind == "fallback"
         runtime.infer(x)  # decided with the correction gauges refreshed
