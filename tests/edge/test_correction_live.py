@@ -121,6 +121,18 @@ def _first(answers: list[dict[str, Any]], option: str) -> int | None:
     return next((i for i, a in enumerate(answers) if a["option"] == option), None)
 
 
+def _throttle_and_expect(device: LiveDevice, group: CpuCgroup, option: str) -> list[dict[str, Any]]:
+    """Lower ``group``'s quota; ``option`` must answer within a few requests and keep answering."""
+    group.set_cpus(THROTTLED_CPUS)
+    after = [device.request() for _ in range(8)]
+    moved = _first(after, option)
+    seen = [(a["option"], a["correction"]["heads"], a["correction"]["tails"], a["total_s"]) for a in after]
+    assert moved is not None and moved <= 5, seen  # within a few requests
+    assert after[-1]["option"] == option, seen
+    assert group.stats().get("nr_throttled", 0) > 0
+    return after
+
+
 @pytest.fixture
 def cleanup() -> Iterator[list[Callable[[], object]]]:
     """Undo steps, run last first."""
@@ -149,14 +161,8 @@ def test_a_throttled_device_moves_to_offloading_within_a_few_requests(
     before = _settle(device, LATE)
     assert before[-1]["option"] == LATE, [(a["option"], a["correction"]["heads"]) for a in before]
 
-    group.set_cpus(THROTTLED_CPUS)
-    after = [device.request() for _ in range(8)]
-    moved = _first(after, OFFLOAD)
-    seen = [(a["option"], a["correction"]["heads"], round(a["bandwidth_bps"] / 1e6), a["total_s"]) for a in after]
-    assert moved is not None and moved <= 5, seen  # within a few requests
-    assert after[-1]["option"] == OFFLOAD, after
-    assert after[moved]["correction"]["head"] > 4, after[moved]
-    assert group.stats().get("nr_throttled", 0) > 0
+    after = _throttle_and_expect(device, group, OFFLOAD)
+    assert after[_first(after, OFFLOAD) or 0]["correction"]["head"] > 4, after
 
 
 def test_a_loaded_server_moves_the_work_back_to_the_device(
@@ -176,12 +182,8 @@ def test_a_loaded_server_moves_the_work_back_to_the_device(
     before = _settle(device, OFFLOAD)
     assert before[-1]["option"] == OFFLOAD, [(a["option"], a["correction"]["tails"]) for a in before]
 
-    group.set_cpus(THROTTLED_CPUS)
-    after = [device.request() for _ in range(8)]
-    moved = _first(after, LATE)
-    assert moved is not None and moved <= 5, after
-    assert after[-1]["option"] == LATE, after
-    assert after[moved]["correction"]["tail"] > 3, after[moved]
+    after = _throttle_and_expect(device, group, LATE)
+    assert after[_first(after, LATE) or 0]["correction"]["tail"] > 3, after
 
 
 def _start_server(repo: Path, group: CpuCgroup) -> tuple[subprocess.Popen[str], str]:
