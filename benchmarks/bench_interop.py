@@ -12,7 +12,7 @@ The device reaches each through ``splitinf.tools.faults.FaultProxy`` capped at `
 median over ``--repeats`` runs, alternating the two settings below, with their range):
 
 - "device": today's runtime, which takes the tail's compute time from the answer or, where the
-  answer carries none, from the plan's profile (``splitinf.edge.tailtime``);
+  answer carries none, from the plan's profile (``splitinf.edge.correction``);
 - "compute as transfer": the same requests with the plan's tail time set to 0, i.e. what the
   runtime did before: every millisecond the server computed counts as transfer time.
 

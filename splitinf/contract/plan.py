@@ -82,9 +82,11 @@ from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import PlanError
 
 __all__ = [
+    "AS_PROFILED",
     "DEFAULT_BUDGET_S",
     "DEFAULT_MAX_ACCURACY_DROP",
     "PLAN_FORMAT",
+    "Correction",
     "Option",
     "Plan",
     "choose_option",
@@ -254,30 +256,94 @@ def _digests(value: Any) -> tuple[str | None, ...]:
     return tuple(None if v is None else str(v) for v in value)
 
 
-def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float) -> float:
+@dataclass(frozen=True)
+class Correction:
+    """How the machines run now against their profiles: what the device has observed.
+
+    Each factor is a smoothed ratio of observed to profiled time (1.0: as profiled). Heads and
+    tails have one per split option the device has run lately (``heads``/``tails``, by option
+    id), and one per kind (``head``/``tail``) for the options it has not: a throttled Pi slows
+    every head. ``queues`` hold, per split option run lately, the time its requests wait on the
+    server before their tail runs (the server reports it, ``splitinf_queue_ns``), which no
+    profile holds; a server queues per model (as Triton's instance groups do), so an option not
+    run lately is priced without a queue, as profiled, and the device finds out by trying it. The device keeps
+    these live (:mod:`splitinf.edge.correction`); the planner and reports use :data:`AS_PROFILED`.
+    """
+
+    head: float = 1.0
+    tail: float = 1.0
+    local: float = 1.0
+    fallback: float = 1.0
+    heads: Mapping[str, float] = field(default_factory=dict)
+    tails: Mapping[str, float] = field(default_factory=dict)
+    queues: Mapping[str, float] = field(default_factory=dict)
+
+    def head_factor(self, option_id: str) -> float:
+        return self.heads.get(option_id, self.head)
+
+    def tail_factor(self, option_id: str) -> float:
+        return self.tails.get(option_id, self.tail)
+
+    def queue_s(self, option_id: str) -> float:
+        return self.queues.get(option_id, 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        def rounded(factors: Mapping[str, float]) -> dict[str, float]:
+            return {key: round(value, 4) for key, value in sorted(factors.items())}
+
+        return {
+            "head": round(self.head, 4),
+            "tail": round(self.tail, 4),
+            "local": round(self.local, 4),
+            "fallback": round(self.fallback, 4),
+            "heads": rounded(self.heads),
+            "tails": rounded(self.tails),
+            "queues_s": {key: round(value, 6) for key, value in sorted(self.queues.items())},
+        }
+
+
+AS_PROFILED = Correction()
+
+
+def expected_latency(option: Option, bandwidth_bps: float, rtt_s: float, correction: Correction = AS_PROFILED) -> float:
     """The cost model: expected seconds to answer one request with ``option``.
 
-    split: head on the device + serialisation + bytes / bandwidth + round trip + tail on the server,
-    the bytes being the request's and the answer's (a detector's output map weighs as much as its input).
-    local/fallback: the model's run time on the device (the network plays no part).
+    split: head on the device + serialisation + bytes / bandwidth + round trip + the server's
+    queue + tail on the server, the bytes being the request's and the answer's (a detector's output
+    map weighs as much as its input). local/fallback: the model's run time on the device (the network
+    plays no part). ``correction`` scales the profiled times to the machines as they run now.
     """
-    if option.kind != "split":
-        return option.seconds
+    if option.kind == "local":
+        return option.seconds * correction.local
+    if option.kind == "fallback":
+        return option.seconds * correction.fallback
     if bandwidth_bps <= 0:
         return math.inf
     transfer = (option.wire_bytes + option.response_bytes) * 8.0 / bandwidth_bps
-    return option.head_seconds + option.serialize_seconds + transfer + rtt_s + option.tail_seconds
+    return (
+        option.head_seconds * correction.head_factor(option.id)
+        + option.serialize_seconds
+        + transfer
+        + rtt_s
+        + correction.queue_s(option.id)
+        + option.tail_seconds * correction.tail_factor(option.id)
+    )
 
 
 def choose_option(
-    options: Sequence[Option], bandwidth_bps: float, rtt_s: float, budget_s: float
+    options: Sequence[Option],
+    bandwidth_bps: float,
+    rtt_s: float,
+    budget_s: float,
+    correction: Correction = AS_PROFILED,
 ) -> tuple[Option, float] | None:
     """The decision rule: the most accurate option expected within ``budget_s`` (ties go to the faster).
 
-    Returns the option and its :func:`expected_latency`, or None when none is expected to fit
-    (the device then answers from its fallback). An option without a measured accuracy counts as 0.
+    Returns the option and its :func:`expected_latency` (under ``correction``), or None when none
+    is expected to fit (the device then answers from its fallback). An option without a measured
+    accuracy counts as 0.
     """
-    scored = [(o, expected_latency(o, bandwidth_bps, rtt_s)) for o in options]
+    scored = [(o, expected_latency(o, bandwidth_bps, rtt_s, correction)) for o in options]
     fitting = [(o, s) for o, s in scored if s <= budget_s]
     if not fitting:
         return None
@@ -321,14 +387,20 @@ class Plan:
     def local(self) -> Option | None:
         return next((o for o in self.options if o.kind == "local"), None)
 
-    def planned(self, bandwidth_bps: float, rtt_s: float, budget_s: float | None = None) -> tuple[Option, float] | None:
+    def planned(
+        self,
+        bandwidth_bps: float,
+        rtt_s: float,
+        budget_s: float | None = None,
+        correction: Correction = AS_PROFILED,
+    ) -> tuple[Option, float] | None:
         """What a healthy device answers with at these estimates: :func:`choose_option` over every
         option, else the fallback; None only for a plan without a fallback. ``budget_s`` defaults
         to the plan's."""
         budget = self.budget_s if budget_s is None else budget_s
-        chosen = choose_option(self.options, bandwidth_bps, rtt_s, budget)
+        chosen = choose_option(self.options, bandwidth_bps, rtt_s, budget, correction)
         if chosen is None and self.fallback is not None:
-            return self.fallback, expected_latency(self.fallback, bandwidth_bps, rtt_s)
+            return self.fallback, expected_latency(self.fallback, bandwidth_bps, rtt_s, correction)
         return chosen
 
     def zero_inputs(self) -> dict[str, np.ndarray]:

@@ -27,14 +27,15 @@ from splitinf.errors import (
     RemoteTimeoutError,
     RemoteUnavailableError,
 )
-from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
+from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER, QUEUE_NS_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
-from splitinf.protocol.tensors import decode_response_outputs, encode_request
+from splitinf.protocol.tensors import EncodedInferRequest, decode_response_outputs, encode_infer_request
 
 __all__ = ["ChannelOptions", "InferResult", "InferenceClient", "transport_errors"]
 
 MIB = 1024 * 1024
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 # Statuses meaning "no answer came": the request may not have reached a model.
 _UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
@@ -89,6 +90,8 @@ class InferResult:
     response_bytes: int
     round_trip_s: float
     model_version: str = ""
+    # the time the request queued on the server (``splitinf_queue_ns``); None when the server does not say
+    server_queue_s: float | None = None
 
 
 @contextlib.contextmanager
@@ -116,6 +119,14 @@ def _parameter(response: pb.ModelInferResponse, key: str) -> Any:
     return getattr(parameter, choice) if choice else None
 
 
+def _seconds(response: pb.ModelInferResponse, key: str) -> float | None:
+    """A time parameter in nanoseconds as seconds; None when absent or not a number (a server of another kind)."""
+    value = _parameter(response, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return value / 1e9
+
+
 class InferenceClient:
     """A V2 client over one channel. Thread-safe; ``close()`` when done (or use ``with``)."""
 
@@ -136,6 +147,12 @@ class InferenceClient:
         else:
             self._channel = grpc.insecure_channel(target, channel_options, compression)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        # ModelInfer with requests serialized from the arrays' buffers (one copy of the tensors, not three)
+        self._model_infer = self._channel.unary_unary(
+            MODEL_INFER_METHOD,
+            request_serializer=EncodedInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
         self._metadata = bearer_metadata(token) if token else ()
 
     def __enter__(self) -> InferenceClient:
@@ -189,25 +206,25 @@ class InferenceClient:
 
         Whether the answer is the right one (its tensors, the tail's sha256) is the caller's to judge.
         """
-        request = encode_request(
+        request = encode_infer_request(
             pb.ModelInferRequest(model_name=model_name, model_version=version, id=request_id), inputs
         )
         request_bytes = request.ByteSize()
         started = time.perf_counter()
         with transport_errors(f"ModelInfer {model_name!r} on {self.target}"):
-            response: pb.ModelInferResponse = self._stub.ModelInfer(request, timeout=timeout_s, metadata=self._metadata)
+            response: pb.ModelInferResponse = self._model_infer(request, timeout=timeout_s, metadata=self._metadata)
         round_trip_s = time.perf_counter() - started
         try:
             arrays = decode_response_outputs(response)
         except InferenceError as exc:
             raise RemoteMismatchError(f"undecodable answer from {self.target}: {exc}", responded=True) from exc
-        compute_ns = _parameter(response, COMPUTE_NS_PARAMETER)
         return InferResult(
             outputs=arrays,
-            server_compute_s=(compute_ns or 0) / 1e9,
+            server_compute_s=_seconds(response, COMPUTE_NS_PARAMETER) or 0.0,
             model_sha256=_parameter(response, MODEL_SHA256_PARAMETER),
             request_bytes=request_bytes,
             response_bytes=response.ByteSize(),
             round_trip_s=round_trip_s,
             model_version=response.model_version,
+            server_queue_s=_seconds(response, QUEUE_NS_PARAMETER),
         )

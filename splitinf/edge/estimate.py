@@ -54,6 +54,7 @@ __all__ = [
     "Estimates",
     "NetworkEstimator",
     "RttEstimator",
+    "WindowedMedian",
 ]
 
 
@@ -112,14 +113,15 @@ class RttEstimator:
         self._rto_s = self._clamp(self._rto_s * 2)
 
 
-class BandwidthEstimator:
-    """Median of the bandwidth samples of the last ``window_s`` seconds (at most ``max_samples``).
+class WindowedMedian:
+    """Median of the samples of the last ``window_s`` seconds (at most ``max_samples``).
 
-    The median ignores one or two outliers, but on its own it would follow a real change of
-    the link only once the new samples are the majority of the window (up to 8 of 15). So a
-    level shift is detected: when the newest ``shift_samples`` samples all lie more than
-    ``shift_factor`` times away from the older samples' median, on the same side, the older
-    samples describe a link that is gone and are dropped.
+    The median ignores one or two outliers, but on its own it would follow a real change only
+    once the new samples are the majority of the window (up to 8 of 15). So a level shift is
+    detected: when the newest ``shift_samples`` samples all lie more than ``shift_factor``
+    times away from the older samples' median, on the same side, the older samples describe a
+    machine or link that is gone and are dropped. When every sample is older than the window
+    the last estimate stays (stale: ``last_sample_at`` says how stale).
     """
 
     def __init__(
@@ -141,35 +143,45 @@ class BandwidthEstimator:
         self._last: float | None = None
         self.last_sample_at: float | None = None
 
-    def observe(self, bits: float, transfer_s: float, *, now: float) -> bool:
-        if bits <= 0 or transfer_s <= 0 or not math.isfinite(transfer_s):
-            return False
-        self._samples.append((now, bits / transfer_s))
+    def add(self, value: float, now: float) -> None:
+        self._samples.append((now, value))
         self._forget_before_a_level_shift(now)
         self.last_sample_at = now
         self._last = self.estimate(now)
-        return True
 
     def _forget_before_a_level_shift(self, now: float) -> None:
-        in_window = [bps for at, bps in self._samples if now - at <= self.window_s]
+        in_window = [v for at, v in self._samples if now - at <= self.window_s]
         newest, older = in_window[-self.shift_samples :], in_window[: -self.shift_samples]
         if not older:
             return
         reference = statistics.median(older)
-        if all(b * self.shift_factor < reference for b in newest) or all(
-            b > reference * self.shift_factor for b in newest
+        if all(v * self.shift_factor < reference for v in newest) or all(
+            v > reference * self.shift_factor for v in newest
         ):
             kept = list(self._samples)[-self.shift_samples :]
             self._samples.clear()
             self._samples.extend(kept)
 
+    def count(self, now: float) -> int:
+        """How many samples are in the window."""
+        return sum(1 for at, _ in self._samples if now - at <= self.window_s)
+
     def estimate(self, now: float) -> float | None:
         """The median of the samples in the window; the last estimate when all are older (stale)."""
-        recent = sorted(bps for at, bps in self._samples if now - at <= self.window_s)
+        recent = [v for at, v in self._samples if now - at <= self.window_s]
         if not recent:
             return self._last
-        mid = len(recent) // 2
-        return recent[mid] if len(recent) % 2 else (recent[mid - 1] + recent[mid]) / 2
+        return float(statistics.median(recent))
+
+
+class BandwidthEstimator(WindowedMedian):
+    """Bandwidth samples (bits over transfer seconds) smoothed by :class:`WindowedMedian`."""
+
+    def observe(self, bits: float, transfer_s: float, *, now: float) -> bool:
+        if bits <= 0 or transfer_s <= 0 or not math.isfinite(transfer_s):
+            return False
+        self.add(bits / transfer_s, now)
+        return True
 
 
 class _WindowedMin:

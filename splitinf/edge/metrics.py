@@ -5,8 +5,14 @@ Names follow Prometheus conventions: ``splitinf_device_`` prefix, base units, ``
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Callable, Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from splitinf.contract.plan import Correction
+from splitinf.edge.correction import PARTS
 from splitinf.edge.policy import Mode
 
 __all__ = ["DEVICE_LATENCY_BUCKETS_S", "DeviceMetrics"]
@@ -27,6 +33,37 @@ def _cpu_temperature_celsius(thermal_root: str = "/sys/class/thermal") -> float 
         except (OSError, ValueError):
             continue
     return None
+
+
+class _CorrectionCollector(Collector):
+    """``splitinf_device_cost_correction_ratio`` and ``splitinf_device_server_queue_seconds``."""
+
+    def __init__(self, current: Callable[[], Correction]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterator[Metric]:
+        correction = self._current()
+        ratio = GaugeMetricFamily(
+            "splitinf_device_cost_correction_ratio",
+            "Observed over profiled time, as decisions use it: by kind of part (head, tail, local, fallback;"
+            " option empty) and for the heads and tails of the split options run lately (by option id)",
+            labels=["part", "option"],
+        )
+        for part in PARTS:
+            ratio.add_metric([part, ""], getattr(correction, part))
+        for part, factors in (("head", correction.heads), ("tail", correction.tails)):
+            for option_id, factor in sorted(factors.items()):
+                ratio.add_metric([part, option_id], factor)
+        yield ratio
+        queue = GaugeMetricFamily(
+            "splitinf_device_server_queue_seconds",
+            "The server's queue time per split option run lately, as decisions use it (its splitinf_queue_ns,"
+            " smoothed; none for an option not run lately or a server that does not report it)",
+            labels=["option"],
+        )
+        for option_id, seconds in sorted(correction.queues.items()):
+            queue.add_metric([option_id], seconds)
+        yield queue
 
 
 class DeviceMetrics:
@@ -78,6 +115,10 @@ class DeviceMetrics:
                 "splitinf_device_cpu_temperature_celsius", "SoC temperature (thermal throttling slows a Pi)", registry=r
             )
             temperature.set_function(lambda: _cpu_temperature_celsius(thermal_root) or float("nan"))
+
+    def watch_correction(self, current: Callable[[], Correction]) -> None:
+        """Show the cost correction as decisions use it, read at scrape time (nothing per request)."""
+        self.registry.register(_CorrectionCollector(current))
 
     def set_mode(self, mode: str, breaker: str) -> None:
         for name in Mode:

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from splitinf.contract.plan import DEFAULT_BUDGET_S, Option, Plan, choose_option
+from splitinf.contract.plan import AS_PROFILED, DEFAULT_BUDGET_S, Correction, Option, Plan, choose_option
 from splitinf.edge.estimate import Estimates
 from splitinf.errors import ConfigError, PlanError
 
@@ -227,7 +227,7 @@ class Policy:
 
     # -- time-driven transitions -------------------------------------------------------------------
 
-    def tick(self, estimates: Estimates | None = None) -> list[Event]:
+    def tick(self, estimates: Estimates | None = None, correction: Correction = AS_PROFILED) -> list[Event]:
         """Transitions that come with time: FALLBACK -> PROBING, PROBING -> SPLIT."""
         now = self.clock()
         cfg = self.config
@@ -245,7 +245,10 @@ class Policy:
                 and now >= self._flap_allowed_at()
             ):
                 usable = self.usable_split_options(now)
-                if choose_option(usable, estimates.bandwidth_bps, estimates.rtt_s, cfg.budget_s) is not None:
+                if (
+                    choose_option(usable, estimates.bandwidth_bps, estimates.rtt_s, cfg.budget_s, correction)
+                    is not None
+                ):
                     events.append(self._transition(Mode.SPLIT, "stable", now))
                 else:
                     events.append(self._trip("predicted_over_budget", now, grow=False))
@@ -253,13 +256,17 @@ class Policy:
 
     # -- decisions ---------------------------------------------------------------------------------
 
-    def decide(self, estimates: Estimates, budget_s: float | None = None) -> Decision:
+    def decide(
+        self, estimates: Estimates, budget_s: float | None = None, correction: Correction = AS_PROFILED
+    ) -> Decision:
+        """The option for the next request: the plan's rule at ``estimates``, with the profiled
+        times scaled by ``correction`` (what the device has observed of itself and the server)."""
         budget = self.config.budget_s if budget_s is None else budget_s
-        events = self.tick(estimates)
+        events = self.tick(estimates, correction)
         now = self.clock()
 
         def pick(options: Sequence[Option]) -> Option | None:
-            chosen = choose_option(options, estimates.bandwidth_bps, estimates.rtt_s, budget)
+            chosen = choose_option(options, estimates.bandwidth_bps, estimates.rtt_s, budget, correction)
             return None if chosen is None else chosen[0]
 
         if self._mode is Mode.SPLIT:

@@ -18,8 +18,13 @@ Guarantees:
 - A tail that is not the plan's (``splitinf.edge.identity``: its metadata or its
   ``splitinf_model_sha256`` differ from the plan's), or that answers with the wrong
   tensors, is never trusted: the request falls back and the option is quarantined.
-- The network's share of a round trip leaves out the tail's compute time: reported by
-  the server, or expected from the plan's profile (``splitinf.edge.tailtime``).
+- Every decision prices the options with their profiled times corrected by what the device
+  observes (``splitinf.edge.correction``): each head, the local and fallback models as they
+  run here, each tail as the server reports its compute (and queue) time, or as profiled when
+  a server (Triton, KServe, MLServer) reports none, so the tail's compute is never counted as
+  network time. The correction is in the metrics (``splitinf_device_cost_correction_ratio``) and
+  in the JSON event lines: an ``option_change`` line whenever the answering option changes, and
+  every mode change.
 - Probes run on a background thread, one at a time with a short deadline, so they
   never delay a user request: half-open probes (a small request to the tail with
   the fewest bytes) while PROBING, ServerReady probes while not splitting or when
@@ -45,15 +50,15 @@ from typing import Any
 import numpy as np
 import tenacity
 
-from splitinf.contract.plan import Option, Plan, load_plan
+from splitinf.contract.plan import Correction, Option, Plan, expected_latency, load_plan
 from splitinf.contract.tensors import ShapeWatch, TensorSpec, check_tensors, shown_shape
 from splitinf.edge.chain import Chain, SessionPool
 from splitinf.edge.config import DeviceConfig
+from splitinf.edge.correction import CorrectionConfig, CostCorrector
 from splitinf.edge.estimate import NetworkEstimator
 from splitinf.edge.identity import TailIdentity
 from splitinf.edge.metrics import DeviceMetrics
 from splitinf.edge.policy import Event, Mode, Policy
-from splitinf.edge.tailtime import TailTime
 from splitinf.errors import (
     InputError,
     PlanError,
@@ -75,7 +80,8 @@ events_log = logging.getLogger(EVENTS_LOGGER)
 
 @dataclass(frozen=True)
 class LatencyBreakdown:
-    """Seconds spent per stage; ``network_s`` is the round trip minus the server's compute time.
+    """Seconds spent per stage; ``network_s`` is the round trip minus ``server_s``, the server's compute
+    time plus its queue time where it reports one (``splitinf_queue_ns``).
 
     The stages add up to ``total_s``: ``wait_s`` is the rest, time in no model and on no answered
     round trip (connecting, a failed or timed-out call, retry backoff, encoding and checking tensors).
@@ -182,6 +188,7 @@ class Runtime:
         clock: Callable[[], float] = time.monotonic,
         background_probes: bool = True,
         metrics: DeviceMetrics | None = None,
+        correction: CorrectionConfig | None = None,
     ):
 
         self.config = config or DeviceConfig()
@@ -207,6 +214,10 @@ class Runtime:
             window_s=self.config.policy.window_s,
         )
         self.policy = Policy(self.plan, self.config.policy, clock)
+        # observed/profiled time per kind of part and the server's queue time (edge/correction.py)
+        self.corrector = CostCorrector(correction or CorrectionConfig(window_s=self.config.policy.window_s))
+        self._last_choice: str | None = None
+        self.metrics.watch_correction(self.current_correction)
         self._recent_events: deque[Event] = deque(maxlen=256)
         self._client = client
         self._owns_client = False
@@ -218,7 +229,6 @@ class Runtime:
         if self._client is None:
             log.warning("no server configured: every request is answered on the device")
         self.identity = TailIdentity(self.plan, self.config.tail_identity, self._client)
-        self.tail_time = TailTime()
         self._last_light_probe = -float("inf")
         self.server_reached = False  # any call or probe answered by the server since start
         self._link = _LinkTracker()
@@ -295,6 +305,7 @@ class Runtime:
         for event in published:
             self._recent_events.append(event)
             fields = event.as_log_fields()
+            fields["correction"] = self.corrector.correction(self.clock()).to_json()
             level = logging.WARNING if event.new == Mode.FALLBACK.value else logging.INFO
             events_log.log(level, json.dumps(fields, sort_keys=True))
             if event.kind == "mode":
@@ -304,6 +315,57 @@ class Runtime:
         if published:
             self.metrics.set_mode(self.policy.mode.value, self.policy.breaker.value)
         return published
+
+    def current_correction(self) -> Correction:
+        """The cost correction decisions use now (the metrics read it at scrape time)."""
+        with self._lock:
+            return self.corrector.correction(self.clock())
+
+    def _observe_part(self, part: str, observed_s: float, profiled_s: float, option_id: str | None = None) -> None:
+        with self._lock:
+            self.corrector.observe(part, observed_s, profiled_s, self.clock(), option_id)
+
+    def _note_choice(
+        self, option: Option, mode: Mode, correction: Correction, bandwidth_bps: float, rtt_s: float
+    ) -> None:
+        """One JSON line when the option answering requests changes (a cut, a codec, local); call with the lock held."""
+        if option.id == self._last_choice:
+            return
+        fields = {
+            "event": "option_change",
+            "from": self._last_choice,
+            "to": option.id,
+            "mode": mode.value,
+            "expected_s": round(expected_latency(option, bandwidth_bps, rtt_s, correction), 6),
+            "correction": correction.to_json(),
+        }
+        self._last_choice = option.id
+        events_log.info(json.dumps(fields, sort_keys=True))
+
+    def _observe_answer(self, option: Option, result: Any, *, retried: bool, shared: bool) -> float:
+        """Feed a tail's answer into the estimates and the cost correction; call with the lock held.
+
+        Returns the server's share of the round trip, which the network's leaves out: its queue
+        time where it reports one, and its compute time as reported, or, from a server that does
+        not report it (a stock V2 server), the profile's as corrected by what it reported before."""
+        now = self.clock()
+        compute_s = result.server_compute_s
+        if compute_s > 0:
+            self.corrector.observe("tail", compute_s, option.tail_seconds, now, option.id)
+        else:
+            compute_s = option.tail_seconds * self.corrector.correction(now).tail_factor(option.id)
+        queue_s = result.server_queue_s
+        if queue_s is not None:
+            self.corrector.observe_queue(queue_s, now, option.id)
+        server_s = compute_s + (queue_s or 0.0)
+        self._observe(
+            round_trip_s=result.round_trip_s,
+            server_s=server_s,
+            nbytes=result.request_bytes + result.response_bytes,
+            retried=retried,
+            shared=shared,
+        )
+        return server_s
 
     def _observe(self, *, round_trip_s: float, server_s: float, nbytes: int, retried: bool, shared: bool) -> None:
         """Feed a completed call into the estimates; call with the lock held."""
@@ -330,7 +392,9 @@ class Runtime:
     def _run_on_device(self, option: Option, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
         start = time.perf_counter()
         values = self._chains[option.id].run(inputs)
-        return {s.name: values[s.name] for s in self.plan.outputs}, time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self._observe_part(option.kind, elapsed, option.seconds)
+        return {s.name: values[s.name] for s in self.plan.outputs}, elapsed
 
     def _call_remote(self, option: Option, wire: dict[str, np.ndarray], deadline: float, attempts: list[int]) -> Any:
         """The remote call with the single retry layer; ``attempts[0]`` counts the calls made."""
@@ -382,8 +446,12 @@ class Runtime:
         start = time.perf_counter()
         deadline = time.monotonic() + budget
         with self._lock:
-            decision = self.policy.decide(self.estimator.snapshot(self.clock()), budget)
+            now = self.clock()
+            estimates = self.estimator.snapshot(now)
+            correction = self.corrector.correction(now)
+            decision = self.policy.decide(estimates, budget, correction)
             events = list(self._publish(decision.events))
+            self._note_choice(decision.option, decision.mode, correction, estimates.bandwidth_bps, estimates.rtt_s)
         option = decision.option
         if not option.is_remote or self._client is None:
             if option.is_remote:  # no server configured at all
@@ -397,6 +465,7 @@ class Runtime:
         values = self._chains[option.id].run(checked)
         wire = {name: values[name] for name in self._wire_names(option)}
         head_s = time.perf_counter() - head_start
+        self._observe_part("head", head_s, option.head_seconds, option.id)
         counter = [0]
         try:
             with self._link.use() as link:
@@ -444,19 +513,12 @@ class Runtime:
             )
         attempts = counter[0]
         self.server_reached = True
-        server_s = self.tail_time.server_seconds(option, result.server_compute_s)
-        network_s = max(result.round_trip_s - server_s, 0.0)
         self.metrics.sent_bytes.inc(result.request_bytes)
         self.metrics.received_bytes.inc(result.response_bytes)
         with self._lock:
-            self._observe(
-                round_trip_s=result.round_trip_s,
-                server_s=server_s,
-                nbytes=result.request_bytes + result.response_bytes,
-                retried=attempts > 1,
-                shared=link.shared,
-            )
+            server_s = self._observe_answer(option, result, retried=attempts > 1, shared=link.shared)
             events += self._publish(self.policy.record(option.id, ok=True, latency_s=time.perf_counter() - start))
+        network_s = max(result.round_trip_s - server_s, 0.0)
         breakdown = LatencyBreakdown(head_s=head_s, network_s=network_s, server_s=server_s)
         outputs = {s.name: result.outputs[s.name] for s in self.plan.outputs}
         return self._finish(
@@ -543,7 +605,7 @@ class Runtime:
             return None
         now = self.clock()
         with self._lock:
-            self._publish(self.policy.tick(self.estimator.snapshot(now)))
+            self._publish(self.policy.tick(self.estimator.snapshot(now), self.corrector.correction(now)))
             half_open = self.policy.probe_due()
             option = self.policy.probe_option() if half_open else None
             if half_open:
@@ -625,13 +687,7 @@ class Runtime:
                 self.identity.check_answer(option, result.outputs, result.model_sha256)
                 ok = True
                 with self._lock:
-                    self._observe(
-                        round_trip_s=result.round_trip_s,
-                        server_s=self.tail_time.server_seconds(option, result.server_compute_s),
-                        nbytes=result.request_bytes + result.response_bytes,
-                        retried=False,
-                        shared=link.shared,
-                    )
+                    self._observe_answer(option, result, retried=False, shared=link.shared)
         except TransportError as exc:
             reason = f"probe_{_reason(exc)}"
             if isinstance(exc, RemoteMismatchError) and option is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "COMPUTE_NS_PARAMETER",
     "DATATYPE_TO_NUMPY",
     "MODEL_SHA256_PARAMETER",
+    "QUEUE_NS_PARAMETER",
     "array_from_raw",
     "datatype_of",
     "decode_request_inputs",
@@ -35,5 +36,9 @@ __all__ = [
 # request (int64 ns) and the sha256 of the model.onnx that answered (string).
 COMPUTE_NS_PARAMETER = "splitinf_compute_ns"
 MODEL_SHA256_PARAMETER = "splitinf_model_sha256"
+# The time the request waited on the server between arriving and its tail starting (int64 ns:
+# admission and the batch queue). Optional: the device corrects its costs by it where a server
+# reports it (splitinf.edge.correction) and does without it where not.
+QUEUE_NS_PARAMETER = "splitinf_queue_ns"
 # The call metadata that carries the bearer token, as Triton and KServe gateways use it.
 AUTHORIZATION_HEADER = "authorization"

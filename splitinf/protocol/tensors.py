@@ -28,12 +28,14 @@ from splitinf.protocol import grpc_service_pb2 as pb
 
 __all__ = [
     "DATATYPE_TO_NUMPY",
+    "EncodedInferRequest",
     "EncodedInferResponse",
     "ParsedInferRequest",
     "array_from_raw",
     "datatype_of",
     "decode_request_inputs",
     "decode_response_outputs",
+    "encode_infer_request",
     "encode_infer_response",
     "encode_request",
     "encode_response_outputs",
@@ -163,13 +165,10 @@ def encode_request(
     inputs: Mapping[str, np.ndarray],
     outputs: Iterable[str] = (),
 ) -> pb.ModelInferRequest:
-    """Fill ``request`` with ``inputs`` as raw contents and the requested output names."""
-    for name, value in inputs.items():
-        array = np.asarray(value)
-        request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        request.raw_input_contents.append(_raw_bytes(array))
-    for name in outputs:
-        request.outputs.add(name=name)
+    """Fill ``request`` with ``inputs`` as raw contents and the requested output names (a protobuf
+    message; :func:`encode_infer_request` is the same without copying the tensors into it)."""
+    encoded = encode_infer_request(request, inputs, outputs)
+    request.raw_input_contents.extend(bytes(raw) for raw in encoded.raw_input_contents)
     return request
 
 
@@ -373,6 +372,56 @@ def encode_infer_response(response: pb.ModelInferResponse, outputs: Mapping[str,
         response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
         views.append(_raw_view(array))
     return EncodedInferResponse(response, views)
+
+
+_RAW_INPUT_CONTENTS_TAG_BYTE = bytes([_RAW_INPUT_CONTENTS_TAG])
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedInferRequest:
+    """A ``ModelInferRequest`` whose raw input tensors were not copied into protobuf.
+
+    The device's side of :class:`EncodedInferResponse`: protobuf would copy each tensor three
+    times (``tobytes``, into the message, into the serialized bytes); ``SerializeToString``
+    copies it once, straight from the arrays' buffers. Its bytes are what protobuf writes for the
+    whole message (``raw_input_contents``, field 7, is the last field of ``ModelInferRequest``).
+    """
+
+    message: pb.ModelInferRequest
+    raw_input_contents: Sequence[memoryview]
+
+    def SerializeToString(self) -> bytes:  # protobuf's name, so code that serializes messages takes this too
+        chunks: list[bytes | memoryview] = [self.message.SerializeToString()]
+        for raw in self.raw_input_contents:
+            chunks += [_RAW_INPUT_CONTENTS_TAG_BYTE, _varint_bytes(raw.nbytes), raw]
+        return b"".join(chunks)
+
+    def ByteSize(self) -> int:  # protobuf's name: the serialized size, without serializing
+        raw = sum(1 + len(_varint_bytes(view.nbytes)) + view.nbytes for view in self.raw_input_contents)
+        return self.message.ByteSize() + raw
+
+    def to_message(self) -> pb.ModelInferRequest:
+        """The whole request as a protobuf message (copies the tensors)."""
+        request = pb.ModelInferRequest()
+        request.CopyFrom(self.message)
+        request.raw_input_contents.extend(bytes(raw) for raw in self.raw_input_contents)
+        return request
+
+
+def encode_infer_request(
+    request: pb.ModelInferRequest, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] = ()
+) -> EncodedInferRequest:
+    """``request`` (without raw contents) plus ``inputs`` and the requested output names, the
+    tensors' bytes not copied (a view of each array; a copy only for one that is not contiguous
+    or not in the wire byte order)."""
+    views = []
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        views.append(_raw_view(array))
+    for name in outputs:
+        request.outputs.add(name=name)
+    return EncodedInferRequest(request, views)
 
 
 def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import pytest
 from splitinf.cloud.repository import sha256_bytes
 from splitinf.edge.client import ChannelOptions, InferenceClient
 from splitinf.errors import RemoteMismatchError, RemoteRejectedError, RemoteTimeoutError, RemoteUnavailableError
+from splitinf.protocol import COMPUTE_NS_PARAMETER, QUEUE_NS_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.tools.testing.graphs import mlp
@@ -84,6 +85,12 @@ class WrongAnswers(pb_grpc.GRPCInferenceServiceServicer):
         if request.model_name == "garbled":
             response.outputs.add(name="y", datatype="FP32", shape=[2, 4])
             response.raw_output_contents.append(b"\0" * 5)
+        if request.model_name == "queued":  # a server that says how long the request waited
+            response.parameters[COMPUTE_NS_PARAMETER].int64_param = 2_000_000
+            response.parameters[QUEUE_NS_PARAMETER].int64_param = 30_000_000
+        if request.model_name == "odd":  # a server of another kind, with parameters of other types
+            response.parameters[COMPUTE_NS_PARAMETER].string_param = "fast"
+            response.parameters[QUEUE_NS_PARAMETER].bool_param = True
         return response
 
 
@@ -133,3 +140,12 @@ def test_channel_options_are_data() -> None:
     assert options["grpc.max_reconnect_backoff_ms"] <= 2000
     assert "grpc.service_config" not in options
     assert '"round_robin"' in dict(ChannelOptions(load_balancing="round_robin").grpc_options())["grpc.service_config"]
+
+
+def test_the_servers_queue_time_is_read_where_reported_and_tolerated_where_not(wrong_server: str) -> None:
+    with InferenceClient(wrong_server) as client:
+        queued = client.infer("queued", {"x": X}, timeout_s=5)
+        assert queued.server_queue_s == pytest.approx(0.03) and queued.server_compute_s == pytest.approx(0.002)
+        assert client.infer("empty", {"x": X}, timeout_s=5).server_queue_s is None
+        odd = client.infer("odd", {"x": X}, timeout_s=5)
+        assert odd.server_queue_s is None and odd.server_compute_s == 0.0

@@ -16,7 +16,6 @@ from splitinf.contract.plan import Option, Plan, content_addressed_name
 from splitinf.contract.tensors import TensorSpec
 from splitinf.edge.config import DeviceConfig, load_device_config
 from splitinf.edge.identity import TailIdentity, metadata_differences
-from splitinf.edge.tailtime import TailTime
 from splitinf.errors import ConfigError, RemoteMismatchError
 from splitinf.protocol import grpc_service_pb2 as pb
 
@@ -143,11 +142,3 @@ def test_tail_identity_is_a_device_config_key(tmp_path: Path) -> None:
     path.write_text('tail_identity = "name"\n')
     with pytest.raises(ConfigError, match=r"tail_identity must be one of \['metadata', 'sha256'\]"):
         load_device_config(path)
-
-
-def test_compute_time_comes_from_the_answer_or_the_profile() -> None:
-    tail_time = TailTime(alpha=1.0)
-    assert tail_time.server_seconds(OPTION, 0.0) == pytest.approx(0.004)  # not reported: the profile
-    assert tail_time.server_seconds(OPTION, 0.008) == pytest.approx(0.008)  # reported: as reported
-    # a tail that ran twice as long as profiled while reported is expected to go on doing so
-    assert tail_time.server_seconds(OPTION, 0.0) == pytest.approx(0.008)

@@ -53,6 +53,15 @@ class CpuCgroup:
     def procs_file(self) -> Path:
         return self.path / "cgroup.procs"
 
+    def set_cpus(self, cpus: float) -> None:
+        """Change the quota of the live cgroup (a Pi throttling, a server given less of the machine)."""
+        quota_us = max(1000, int(round(cpus * self.period_us)))
+        if self.version == 1:
+            _write(self.path / "cpu.cfs_quota_us", str(quota_us))
+        else:
+            _write(self.path / "cpu.max", f"{quota_us} {self.period_us}")
+        self.quota_us = quota_us
+
     def join_preexec(self) -> Callable[[], None]:
         """A ``preexec_fn`` for ``subprocess.Popen``: the child moves itself in before exec."""
         procs = str(self.procs_file)
