@@ -54,6 +54,7 @@ class InferOutcome:
     outputs: dict[str, np.ndarray]
     compute_ns: int
     request_bytes: int = 0
+    queue_ns: int = 0  # from arrival to the model run starting (admission, instance slot, batch queue)
 
 
 class DataPlane:
@@ -232,7 +233,7 @@ class DataPlane:
             series.queue_seconds.observe(queue_ns / 1e9)
             series.request_bytes.inc(request_bytes)
             series.response_bytes.inc(sum(a.nbytes for a in outputs.values()))
-        return InferOutcome(model, outputs, compute_ns, request_bytes)
+        return InferOutcome(model, outputs, compute_ns, request_bytes, queue_ns)
 
     def release_memory_after(self, outcome: InferOutcome) -> Callable[[], None] | None:
         """What to call once ``outcome``'s call has ended (its buffers freed) so a large request's

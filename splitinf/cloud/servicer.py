@@ -19,7 +19,7 @@ from splitinf.cloud.errors import answers_errors, lenient, status_of
 from splitinf.cloud.statistics import StatisticsSnapshot
 from splitinf.cloud.streams import StreamRegistry
 from splitinf.errors import InferenceError, InvalidRequestError
-from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER
+from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER, QUEUE_NS_PARAMETER
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.protocol.services import SERVICE_NAME, tensor_metadata
@@ -144,6 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model_name=outcome.model.name, model_version=outcome.model.version, id=message.id
         )
         response.parameters[COMPUTE_NS_PARAMETER].int64_param = outcome.compute_ns
+        response.parameters[QUEUE_NS_PARAMETER].int64_param = outcome.queue_ns
         response.parameters[MODEL_SHA256_PARAMETER].string_param = outcome.model.sha256
         return encode_infer_response(response, outcome.outputs)
 

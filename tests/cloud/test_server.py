@@ -26,7 +26,7 @@ from splitinf.cloud.repository import load_repository, sha256_bytes
 from splitinf.cloud.servicer import InferenceServicer
 from splitinf.contract.files import sha256_file
 from splitinf.errors import ConfigError, IntegrityError
-from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER, encode_request
+from splitinf.protocol import COMPUTE_NS_PARAMETER, MODEL_SHA256_PARAMETER, QUEUE_NS_PARAMETER, encode_request
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import grpc_service_pb2_grpc as pb_grpc
 from splitinf.protocol.tensors import decode_response_outputs
@@ -103,6 +103,7 @@ def test_model_infer_equals_onnxruntime_and_reports_compute_and_sha(
     assert response.model_name == "mlp" and response.model_version == "1" and response.id == "req-1"
     np.testing.assert_allclose(decode_response_outputs(response)["y"], run_directly(mlp(), x=x)[0], rtol=1e-6)
     assert response.parameters[COMPUTE_NS_PARAMETER].int64_param > 0
+    assert QUEUE_NS_PARAMETER in response.parameters and response.parameters[QUEUE_NS_PARAMETER].int64_param >= 0
     expected_sha = sha256_bytes(mlp().SerializeToString())
     assert response.parameters[MODEL_SHA256_PARAMETER].string_param == expected_sha
 

@@ -56,6 +56,7 @@ def test_stock_tritonclient_infer_equals_onnxruntime(start_v2_server: StartV2Ser
         np.testing.assert_allclose(everything.as_numpy("y1"), y1, rtol=1e-6, atol=1e-7)
         response = everything.get_response()
         assert response.parameters["splitinf_compute_ns"].int64_param > 0
+        assert "splitinf_queue_ns" in response.parameters
         with pytest.raises(tritonclient_grpc.InferenceServerException, match="StatusCode.NOT_FOUND"):
             client.infer("ghost", inputs)
     finally:
