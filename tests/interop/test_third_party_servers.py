@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 from splitinf.contract.plan import load_plan
+from splitinf.edge.chain import SessionPool
 from splitinf.edge.client import InferenceClient
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.policy import Mode
 from splitinf.edge.runtime import Runtime
 from splitinf.errors import RemoteMismatchError
-from splitinf.ort import open_session
+from splitinf.ort import SessionSettings
 from splitinf.tools.testing.device import FAST_POLICY
 from splitinf.tools.testing.graphs import mlp
 from splitinf.tools.testing.plans import (
@@ -78,14 +79,16 @@ def test_every_tail_answers_like_the_full_model(kind: str, tmp_path: Path, third
     plan_dir = write_mlp_plan_dir(tmp_path / "plan", local=False)
     plan = load_plan(plan_dir)
     server = third_party_server(kind, plan_dir)
+    heads = SessionPool(plan.path, SessionSettings())
     with InferenceClient(server.target) as client:
         for option in plan.split_options:
             assert option.tail_model is not None and option.tail_sha256 is not None
             assert option.tail_model.endswith(option.tail_sha256[:12])  # content-addressed
-            head = open_session(plan.path(str(option.head)))
+            head = heads.chain(option.id, option.head)  # the device's segments up to the cut (none at the input)
             for seed in range(3):
                 x = sample(seed)["x"]
-                wire = dict(zip([o.name for o in head.get_outputs()], head.run(None, {"x": x}), strict=True))
+                values = head.run({"x": x})
+                wire = {t.name: values[t.name] for t in option.wire}
                 result = client.infer(option.tail_model, wire, timeout_s=5, version=option.tail_version)
                 assert result.model_sha256 is None and result.server_compute_s == 0.0  # a stock server
                 np.testing.assert_allclose(result.outputs["y"], run_mlp(MLP_FULL, x), rtol=1e-5, atol=1e-6)
