@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from splitinf.cli.options import add_input_options, input_shapes
 
@@ -72,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--base",
         help="with --server: a server-role profile of the same model for the cuts the server does not hold",
     )
+    parser.add_argument("--token-file", help="with --server: file holding the bearer token the server requires")
+    parser.add_argument("--tls-ca", help="with --server: connect over TLS, trusting this CA file")
     parser.add_argument(
         "--min-requests",
         type=int,
@@ -85,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_live(args: argparse.Namespace) -> int:
     from splitinf.contract.files import write_json_atomic
+    from splitinf.contract.secrets import read_token
+    from splitinf.edge.client import InferenceClient
+    from splitinf.edge.tls import ClientTLS
     from splitinf.errors import UsageError
     from splitinf.tools.liveprofile import live_server_profile
 
@@ -92,7 +98,14 @@ def run_live(args: argparse.Namespace) -> int:
         raise UsageError("--server reads the server's tails; it cannot make a device profile")
     if args.min_requests < 1:
         raise UsageError("--min-requests must be at least 1")
-    profile = live_server_profile(args.model, args.server, min_requests=args.min_requests, base=args.base)
+    with InferenceClient(
+        args.server,
+        tls=ClientTLS(ca_file=Path(args.tls_ca)) if args.tls_ca else None,
+        token=read_token(args.token_file) if args.token_file else None,
+    ) as client:
+        profile = live_server_profile(
+            args.model, args.server, client=client, min_requests=args.min_requests, base=args.base
+        )
     write_json_atomic(args.output, profile)
     tails = sum(len(c.get("codecs", {})) for c in profile["cuts"])
     print(f"wrote {args.output} (server role, live from {args.server}): {tails} cut/codec entries")

@@ -77,3 +77,20 @@ def test_a_device_role_live_profile_is_refused(tmp_path: Path, capsys: pytest.Ca
     status = main(["profile", str(tmp_path), "--server", "127.0.0.1:1", "--role", "device", "-o", "x.json"])
     assert status == 2
     assert "device profile" in capsys.readouterr().err
+
+
+def test_live_profile_of_a_server_requiring_a_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan_dir = write_mlp_plan_dir(tmp_path / "plan", cuts=("relu_0",), local=False)
+    srv, port = create_server(ServerConfig(repo=plan_dir / "server", port=0, metrics_port=None, token="s3cret"))
+    try:
+        token_file = tmp_path / "token.txt"
+        token_file.write_text("s3cret\n")
+        out = tmp_path / "live.json"
+        args = ["profile", str(plan_dir), "--server", f"127.0.0.1:{port}", "-o", str(out), "--min-requests", "2"]
+        assert main(args) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err.upper()
+        assert main([*args, "--token-file", str(token_file)]) == 0
+    finally:
+        srv.stop(grace=0)
+    (entry,) = load_profile(out)["cuts"]
+    assert entry["codecs"]["fp32"]["tail"]["repeats"] == 2
