@@ -8,12 +8,17 @@ model and the fallback; ``--role server`` the tails, decoding and parsing the re
 behaviour. `splitinf plan` takes a device-role profile as ``--device`` and a server-role one as
 ``--server`` and refuses them swapped. Parts are kept in ``PROFILE.json.partial`` as they are
 measured: after Ctrl-C or a crash, the same command resumes.
+
+``splitinf profile PLAN_DIR --server HOST:PORT -o PROFILE.json [--base SERVER_PROFILE.json]``: a
+server-role profile read from the running tail server instead (:mod:`splitinf.tools.liveprofile`):
+each of the plan's tails as the server runs it, with its own settings and load.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from splitinf.cli.options import add_input_options, input_shapes
 
@@ -29,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "OUTPUT.partial as they are measured; rerun the same command to resume."
         ),
     )
-    parser.add_argument("model", help="the ONNX model")
+    parser.add_argument("model", help="the ONNX model (with --server: the plan directory the server serves)")
     parser.add_argument("-o", "--output", required=True, help="where to write the profile JSON")
     parser.add_argument(
         "--role",
@@ -58,14 +63,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="none",
         help="also time each head with weights and the fallback as int8 variants, for `plan --quantize int8`",
     )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="read the tails' times from this running tail server's statistics (the model argument is then the "
+        "plan directory it serves) instead of timing them here; the profile has the server role",
+    )
+    parser.add_argument(
+        "--base",
+        help="with --server: a server-role profile of the same model for the cuts the server does not hold",
+    )
+    parser.add_argument("--token-file", help="with --server: file holding the bearer token the server requires")
+    parser.add_argument("--tls-ca", help="with --server: connect over TLS, trusting this CA file")
+    parser.add_argument(
+        "--min-requests",
+        type=int,
+        default=20,
+        help="with --server: a tail that ran fewer requests first gets this many of zeros (default 20)",
+    )
     parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no tty")
     add_input_options(parser, "real inputs to time on (the first); .npz keyed by input name")
     parser.set_defaults(handler=run)
 
 
+def run_live(args: argparse.Namespace) -> int:
+    from splitinf.contract.files import write_json_atomic
+    from splitinf.contract.secrets import read_token
+    from splitinf.edge.client import InferenceClient
+    from splitinf.edge.tls import ClientTLS
+    from splitinf.errors import UsageError
+    from splitinf.tools.liveprofile import live_server_profile
+
+    if args.role == "device":
+        raise UsageError("--server reads the server's tails; it cannot make a device profile")
+    if args.min_requests < 1:
+        raise UsageError("--min-requests must be at least 1")
+    with InferenceClient(
+        args.server,
+        tls=ClientTLS(ca_file=Path(args.tls_ca)) if args.tls_ca else None,
+        token=read_token(args.token_file) if args.token_file else None,
+    ) as client:
+        profile = live_server_profile(
+            args.model, args.server, client=client, min_requests=args.min_requests, base=args.base
+        )
+    write_json_atomic(args.output, profile)
+    tails = sum(len(c.get("codecs", {})) for c in profile["cuts"])
+    print(f"wrote {args.output} (server role, live from {args.server}): {tails} cut/codec entries")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from splitinf.offline.profiling import journal_path, profile_file
 
+    if args.server:
+        return run_live(args)
     try:
         profile = profile_file(
             args.model,

@@ -102,6 +102,15 @@ class DataPlane:
         self._run_times = {
             (name, version): RunTimes() for name, versions in self.models.items() for version in versions
         }
+        for name, versions in self.models.items():
+            for version, model in versions.items():
+                run_times = self._run_times[(name, version)]
+                for seconds in model.warm_up_seconds:  # timed at load: known before the first request
+                    run_times.record(seconds)
+                if metrics is not None:
+                    metrics.typical_compute_seconds.labels(model=name, version=version).set_function(
+                        run_times.typical_s
+                    )
         if metrics is not None:
             # Read when scraped, instead of inc()/dec() under a lock on every call.
             metrics.inflight.set_function(lambda: self._inflight)

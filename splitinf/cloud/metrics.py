@@ -70,6 +70,12 @@ class ServerMetrics:
         self.inflight = Gauge(
             "splitinf_inflight_requests", "Inference requests admitted and not yet answered", registry=self.registry
         )
+        self.typical_compute_seconds = Gauge(
+            "splitinf_typical_compute_seconds",
+            "Median onnxruntime time of a model's recent executions, timed from load on (what deadlines are judged by)",
+            ["model", "version"],
+            registry=self.registry,
+        )
         self._by_model: dict[str, ModelSeries] = {}
 
     def model(self, name: str) -> ModelSeries:

@@ -193,6 +193,14 @@ class InferenceClient:
             )
         return response
 
+    def model_statistics(self, name: str, timeout_s: float, version: str = "") -> pb.ModelStatisticsResponse:
+        """The server's (Triton's) per-version counters for ``name``: inferences, compute time."""
+        with transport_errors(f"ModelStatistics {name!r} on {self.target}"):
+            response: pb.ModelStatisticsResponse = self._stub.ModelStatistics(
+                pb.ModelStatisticsRequest(name=name, version=version), timeout=timeout_s, metadata=self._metadata
+            )
+        return response
+
     def infer(
         self,
         model_name: str,
