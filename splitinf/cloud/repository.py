@@ -35,7 +35,7 @@ from splitinf.cloud.model_config import read_model_config as read_config_pbtxt
 from splitinf.cloud.model_files import check_model_files, inside
 from splitinf.contract.tensors import TensorSpec, check_tensors
 from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
-from splitinf.ort import SessionSettings, check_providers, open_session, session_options
+from splitinf.ort import SessionSettings, check_providers, open_session, quiet_run_options, session_options
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import model_config_pb2 as mc
 from splitinf.protocol.tensors import DATATYPE_TO_NUMPY, decode_request_inputs, encode_request
@@ -171,12 +171,19 @@ class LoadedModel:
 
         The zeros take the wire's path (protobuf bytes -> numpy views over them), not just
         ``np.zeros``: warming only onnxruntime left every later call on a 0.8 MB tensor
-        about twice as slow (benchmarks/bench_server.py).
+        about twice as slow (benchmarks/bench_server.py). A model that refuses zeros (silero-vad's
+        tails) is served all the same: one warning, and its first request warms it up.
         """
         sample = {spec.name: spec.zeros() for spec in self.inputs}
         request = encode_request(pb.ModelInferRequest(model_name=self.name), sample)
         inputs = decode_request_inputs(pb.ModelInferRequest.FromString(request.SerializeToString()))
-        self.run(inputs)
+        try:
+            self.session.run(list(self._output_names), dict(inputs), quiet_run_options())
+        except Exception as exc:  # onnxruntime's own error types: the model, not the repository, refuses zeros
+            reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            log.warning("%s version %s does not run on zeros (%s); its first request warms it up", self.name,
+                        self.version, reason)  # fmt: skip
+            return
         timed = []
         for _ in range(WARM_UP_TIMED_RUNS):
             started = time.perf_counter()
