@@ -6,35 +6,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from splitinf.cloud.app import create_server
 from splitinf.cloud.config import ServerConfig
 from splitinf.contract.manifest import MANIFEST_FORMAT
 from splitinf.edge.client import InferenceClient
 from splitinf.offline.partition import write_to_repository
-
-
-def refuses_zeros() -> onnx.ModelProto:
-    """y = x + sum(range(0, 4, k)): onnxruntime refuses a Range whose step is 0."""
-    nodes = [
-        helper.make_node("Range", ["zero", "four", "k"], ["r"]),
-        helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceSum", ["rf"], ["s"], keepdims=0),
-        helper.make_node("Add", ["x", "s"], ["y"]),
-    ]
-    inputs = [
-        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-        helper.make_tensor_value_info("k", TensorProto.INT64, []),
-    ]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]
-    graph = helper.make_graph(nodes, "ranged", inputs, outputs)
-    graph.initializer.extend(
-        [helper.make_tensor("zero", TensorProto.INT64, [], [0]), helper.make_tensor("four", TensorProto.INT64, [], [4])]
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+from splitinf.tools.testing.graphs import refuses_zeros
 
 
 def test_a_tail_that_refuses_zeros_loads_with_one_warning_and_answers(

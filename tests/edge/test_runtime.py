@@ -458,29 +458,10 @@ def test_inputs_at_other_shapes_than_planned_warn_once(tmp_path: Path, caplog: p
 def test_a_model_that_rejects_zeros_starts_with_a_warning_and_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
+    from splitinf.tools.testing.graphs import refuses_zeros
     from splitinf.tools.testing.plans import write_plan_dir
 
-    # y = x + sum(range(0, 4, k)): onnxruntime refuses a Range with step 0, so zeros cannot warm it up
-    ints = {n: helper.make_tensor(n, TensorProto.INT64, [], [v]) for n, v in (("zero", 0), ("four", 4))}
-    nodes = [
-        helper.make_node("Range", ["zero", "four", "k"], ["r"]),
-        helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceSum", ["rf"], ["s"], keepdims=0),
-        helper.make_node("Add", ["x", "s"], ["y"]),
-    ]
-    inputs = [
-        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-        helper.make_tensor_value_info("k", TensorProto.INT64, []),
-    ]
-    graph = helper.make_graph(
-        nodes, "ranged", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]
-    )
-    graph.initializer.extend(ints.values())
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
+    model = refuses_zeros()
     write_plan_dir(tmp_path, model, model, {"k,x": (1e-4, 1e-4)}, local_seconds=1e-4)
     with caplog.at_level("WARNING", "splitinf.edge.runtime"), Runtime(tmp_path, device_config(None)) as runtime:
         assert "does not run on zeros" in caplog.text

@@ -35,6 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
+    "refuses_zeros",
     "OPSET",
     "chain_cnn",
     "constant_weights_model",
@@ -376,3 +377,26 @@ def matmul_chain(matmuls: int, size: int = 512) -> onnx.ModelProto:
     nodes = [helper.make_node("MatMul", [a, "w"], [b]) for a, b in zip(names, names[1:], strict=False)]
     graph = helper.make_graph(nodes, "matmul_chain", [_vi("x", [size, size])], [_vi("y", [size, size])], [weight])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+def refuses_zeros() -> onnx.ModelProto:
+    """``y = x + sum(range(0, 4, k))`` with ``x`` [N, 4] float and ``k`` a scalar int64: onnxruntime refuses
+    a Range whose step is 0, so zeros cannot warm it up (as silero-vad refuses a zero sample rate)."""
+    nodes = [
+        helper.make_node("Range", ["zero", "four", "k"], ["r"]),
+        helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["rf"], ["s"], keepdims=0),
+        helper.make_node("Add", ["x", "s"], ["y"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+        helper.make_tensor_value_info("k", TensorProto.INT64, []),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]
+    graph = helper.make_graph(nodes, "ranged", inputs, outputs)
+    graph.initializer.extend(
+        [helper.make_tensor("zero", TensorProto.INT64, [], [0]), helper.make_tensor("four", TensorProto.INT64, [], [4])]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
