@@ -15,17 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from splitinf.contract.files import sha256_file
+from splitinf.contract.files import resolves_inside, sha256_file, stays_inside
 from splitinf.contract.manifest import MANIFEST_FILE, check_part
 from splitinf.contract.plandir import external_data_locations
 from splitinf.errors import ConfigError, IntegrityError
 
-__all__ = ["ModelFiles", "check_model_files", "inside"]
-
-
-def inside(path: Path, root: Path) -> bool:
-    """Whether ``path``, symlinks followed, is ``root`` (already resolved) or lies under it."""
-    return path.resolve().is_relative_to(root)
+__all__ = ["ModelFiles", "check_model_files"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +38,7 @@ def _data_files(model_file: Path, version_dir: Path) -> dict[str, Path]:
     for location in sorted(external_data_locations(model_file)):
         relative = PurePath(location)
         target = version_dir / relative
-        if relative.is_absolute() or ".." in relative.parts or not inside(target, version_dir):
+        if not stays_inside(version_dir, location):
             raise IntegrityError(
                 f"refusing to load {model_file}: it names external data {location!r} outside its "
                 f"version folder {version_dir}; keep data files beside model.onnx (re-export with `splitinf split`)"
@@ -63,7 +58,7 @@ def check_model_files(model_file: Path, repo_root: Path, *, allow_unsigned: bool
     """
     version_dir = model_file.parent
     for path in (version_dir.parent, version_dir, model_file):
-        if not inside(path, repo_root):
+        if not resolves_inside(path, repo_root):
             raise ConfigError(
                 f"refusing to load {model_file}: {path} is a symlink to {path.resolve()}, outside the repository "
                 f"{repo_root}; copy the model into the repository instead"
@@ -71,7 +66,7 @@ def check_model_files(model_file: Path, repo_root: Path, *, allow_unsigned: bool
     data = _data_files(model_file, version_dir.resolve())
     files = ModelFiles(model_file, sha256_file(model_file), {name: sha256_file(p) for name, p in data.items()})
     manifest_path = version_dir / MANIFEST_FILE
-    if manifest_path.is_file() and inside(manifest_path, version_dir.resolve()):
+    if manifest_path.is_file() and resolves_inside(manifest_path, version_dir.resolve()):
         check_part(version_dir, "tail", model_file, files.sha256, data_files=files.data)
     elif not allow_unsigned:
         raise IntegrityError(

@@ -32,7 +32,8 @@ import numpy as np
 
 from splitinf.cloud.model_config import CONFIG_FILE, complete_model_config, serving_config
 from splitinf.cloud.model_config import read_model_config as read_config_pbtxt
-from splitinf.cloud.model_files import check_model_files, inside
+from splitinf.cloud.model_files import check_model_files
+from splitinf.contract.files import resolves_inside
 from splitinf.contract.tensors import TensorSpec, check_tensors
 from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import SessionSettings, check_providers, open_session, quiet_run_options, session_options
@@ -226,7 +227,7 @@ def scan_repository(repo: Path) -> dict[str, dict[str, Path]]:
     repo_root = repo.resolve()
     found: dict[str, dict[str, Path]] = {}
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not inside(model_dir, repo_root):
+        if not resolves_inside(model_dir, repo_root):
             raise ConfigError(
                 f"refusing to serve {model_dir}: it is a symlink to {model_dir.resolve()}, outside the repository "
                 f"{repo_root}; copy the model into the repository instead"

@@ -15,13 +15,21 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from splitinf.contract.permissions import published_modes, share_tree
 from splitinf.errors import OutputError
 
-__all__ = ["publish_directory", "sha256_file", "staged_directory", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "publish_directory",
+    "resolves_inside",
+    "sha256_file",
+    "staged_directory",
+    "stays_inside",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -111,3 +119,17 @@ def staged_directory(target: str | os.PathLike[str], ours: Sequence[str] = ("man
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def resolves_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path``, symlinks followed, is ``folder`` (symlinks followed too) or lies under it."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def stays_inside(folder: str | os.PathLike[str], relative: str) -> bool:
+    """Whether ``relative`` names a path inside ``folder``: not absolute, no ``..``, no symlink leaving it.
+
+    The one rule for the files a plan directory or a model repository may open (plan entries,
+    external-data locations)."""
+    pure = PurePath(relative)
+    return not pure.is_absolute() and ".." not in pure.parts and resolves_inside(Path(folder) / pure, folder)

@@ -28,9 +28,9 @@ import logging
 import mmap
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path, PurePath
+from pathlib import Path
 
-from splitinf.contract.files import sha256_file
+from splitinf.contract.files import sha256_file, stays_inside
 from splitinf.contract.plan import Option, Plan
 from splitinf.errors import IntegrityError, PlanError
 
@@ -88,13 +88,9 @@ def _plan_files(plan: Plan, sides: Sequence[str]) -> Iterator[tuple[Option, str,
             yield option, f"server/{option.tail_model}/{option.tail_version}/model.onnx", option.tail_sha256
 
 
-def _resolves_inside(path: Path, folder: Path) -> bool:
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
-
-
 def _inside(root: Path, relative: str, option: Option) -> Path:
     path = root / relative
-    if PurePath(relative).is_absolute() or ".." in PurePath(relative).parts or not _resolves_inside(path, root):
+    if not stays_inside(root, relative):
         raise PlanError(
             f"the plan's option {option.id!r} names {relative!r}, outside the plan directory {root}; "
             "plan files must be relative paths inside it (no absolute path, '..' or symlink leaving it)"
@@ -109,8 +105,7 @@ def _check_external_data(path: Path, option: Option) -> None:
         raise PlanError(f"the plan's option {option.id!r}: {path} is not a readable ONNX file ({exc})") from exc
     folder = path.parent
     for location in sorted(locations):
-        pure = PurePath(location)
-        if pure.is_absolute() or ".." in pure.parts or not _resolves_inside(folder / location, folder):
+        if not stays_inside(folder, location):
             raise PlanError(
                 f"the plan's option {option.id!r}: {path} reads external data from {location!r}, outside its "
                 f"folder {folder}; external data must be files beside the model (no absolute path, '..' or "
