@@ -22,6 +22,7 @@ __all__ = [
     "GRAPH_OPTIMIZATIONS",
     "SessionSettings",
     "check_providers",
+    "numpy_dtype_name",
     "open_session",
     "quiet_run_options",
     "session_options",
@@ -108,3 +109,26 @@ def quiet_run_options() -> ort.RunOptions:
     options = ort.RunOptions()
     options.log_severity_level = 4
     return options
+
+
+# onnxruntime's names of tensor element types (``NodeArg.type``), as numpy dtype names.
+_NUMPY_OF_ORT_TYPE = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+
+def numpy_dtype_name(ort_type: str) -> str | None:
+    """The numpy dtype name of an onnxruntime tensor type (``"tensor(float)"`` is ``"float32"``), or None
+    for one splitinf does not carry (strings, sequences, maps)."""
+    return _NUMPY_OF_ORT_TYPE.get(ort_type)

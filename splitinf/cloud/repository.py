@@ -36,7 +36,14 @@ from splitinf.cloud.model_files import check_model_files
 from splitinf.contract.files import resolves_inside
 from splitinf.contract.tensors import TensorSpec, check_tensors
 from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
-from splitinf.ort import SessionSettings, check_providers, open_session, quiet_run_options, session_options
+from splitinf.ort import (
+    SessionSettings,
+    check_providers,
+    numpy_dtype_name,
+    open_session,
+    quiet_run_options,
+    session_options,
+)
 from splitinf.protocol import grpc_service_pb2 as pb
 from splitinf.protocol import model_config_pb2 as mc
 from splitinf.protocol.tensors import DATATYPE_TO_NUMPY, decode_request_inputs, encode_request
@@ -52,21 +59,6 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 # Timed runs after the untimed warm-up one: the run time known before the first request (a median of 3).
 WARM_UP_TIMED_RUNS = 3
-
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int8)": "int8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(uint8)": "uint8",
-    "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32",
-    "tensor(uint64)": "uint64",
-    "tensor(bool)": "bool",
-}
 
 # --- models -----------------------------------------------------------------------------------
 
@@ -196,7 +188,7 @@ class LoadedModel:
 def _tensor_specs(args: Sequence[Any], path: Path) -> tuple[TensorSpec, ...]:
     specs = []
     for arg in args:
-        dtype = _ORT_TYPES.get(arg.type)
+        dtype = numpy_dtype_name(arg.type)
         if dtype is None:
             raise ModelLoadError(f"{path}: tensor {arg.name!r} has type {arg.type}, which splitinf cannot serve")
         specs.append(TensorSpec(arg.name, dtype, tuple(arg.shape)))

@@ -36,6 +36,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from splitinf.contract.samples import read_samples
 from splitinf.contract.tensors import TensorSpec, shape_mismatches
 from splitinf.errors import InputError
+from splitinf.ort import numpy_dtype_name
 
 __all__ = [
     "ORT_RUN_ERRORS",
@@ -109,15 +110,20 @@ def random_inputs(
     return feeds
 
 
+def _onnx_dtype_name(ort_type: str) -> str:
+    """A type beyond those splitinf carries, as onnx maps it; else the type itself, which random_inputs names."""
+    element = ort_type.removeprefix("tensor(").removesuffix(")").upper()
+    try:
+        return str(helper.tensor_dtype_to_np_dtype(TensorProto.DataType.Value(element)).name)
+    except (KeyError, ValueError):
+        return ort_type
+
+
 def session_input_specs(session: Any) -> list[TensorSpec]:
     """The inputs of an onnxruntime session as specs (numpy dtype names; ``tensor(float)`` is float32)."""
     specs = []
     for arg in session.get_inputs():
-        element = str(arg.type).removeprefix("tensor(").removesuffix(")").upper()
-        try:
-            dtype = helper.tensor_dtype_to_np_dtype(TensorProto.DataType.Value(element)).name
-        except (KeyError, ValueError):
-            dtype = str(arg.type)  # not a numpy type: random_inputs names it
+        dtype = numpy_dtype_name(str(arg.type)) or _onnx_dtype_name(str(arg.type))
         specs.append(TensorSpec(arg.name, dtype, tuple(arg.shape)))
     return specs
 
