@@ -128,48 +128,60 @@ class _Device:
         return {"samples": samples}
 
     def measure(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Each split option as the runtime runs it: head on the device, then the V2 call."""
-        from splitinf.errors import TransportError
+        """Each split option as the runtime runs it (head on the device, then the V2 call), the options
+        interleaved: round after round, one request per option in a shuffled order, so a burst of other
+        load on a shared machine falls on every option alike instead of on whichever ran then."""
+        import random
 
         client = self.client(cmd["target"])
         feed = _load_inputs(cmd["inputs"])
-        warmup = int(cmd.get("warmup", 1))
-        results: dict[str, Any] = {}
-        for option in cmd["options"]:
-            head = self.chain(option["head"])
-            wire_names = option.get("wire") or head.output_names
-            samples: list[dict[str, Any]] = []
-            errors: list[str] = []
-            started = time.perf_counter()
-            for i in range(warmup + int(cmd["requests"])):
-                t0 = time.perf_counter()
-                wire_all = head.run(feed)
-                wire = {n: wire_all[n] for n in wire_names}
-                t1 = time.perf_counter()
-                try:
-                    answer = client.infer(
-                        option["tail_model"], wire, timeout_s=float(cmd["timeout_s"]), version=option["tail_version"]
-                    )
-                except TransportError as exc:
-                    errors.append(str(exc))
-                    continue
-                t2 = time.perf_counter()
-                if i < warmup:
-                    continue
-                samples.append(
-                    {
-                        "total_s": t2 - t0,
-                        "head_s": t1 - t0,
-                        "call_s": t2 - t1,
-                        "server_s": answer.server_compute_s,
-                        "request_bytes": answer.request_bytes,
-                        "response_bytes": answer.response_bytes,
-                    }
-                )
-                if len(samples) >= int(cmd.get("min_requests", 3)) and time.perf_counter() - started > cmd["max_s"]:
-                    break
-            results[option["id"]] = {"samples": samples, "errors": errors}
+        options = list(cmd["options"])
+        results: dict[str, Any] = {o["id"]: {"samples": [], "errors": []} for o in options}
+        for option in options:  # warm-up: sessions, connections, the tail's first run
+            for _ in range(int(cmd.get("warmup", 1))):
+                self._one_request(client, option, feed, cmd, results[option["id"]]["errors"])
+        order = random.Random(int(cmd.get("seed", 0)))
+        cap_s = float(cmd["max_s"]) * max(1, len(options))
+        minimum = int(cmd.get("min_requests", 3))
+        started = time.perf_counter()
+        for _ in range(int(cmd["requests"])):
+            order.shuffle(options)
+            for option in options:
+                sample = self._one_request(client, option, feed, cmd, results[option["id"]]["errors"])
+                if sample is not None:
+                    results[option["id"]]["samples"].append(sample)
+            enough = all(len(r["samples"]) >= minimum for r in results.values())
+            if enough and time.perf_counter() - started > cap_s:
+                break
         return {"options": results}
+
+    def _one_request(
+        self, client: Any, option: dict[str, Any], feed: dict[str, np.ndarray], cmd: dict[str, Any], errors: list[str]
+    ) -> dict[str, Any] | None:
+        from splitinf.errors import TransportError
+
+        head = self.chain(option["head"])
+        wire_names = option.get("wire") or head.output_names
+        t0 = time.perf_counter()
+        wire_all = head.run(feed)
+        wire = {n: wire_all[n] for n in wire_names}
+        t1 = time.perf_counter()
+        try:
+            answer = client.infer(
+                option["tail_model"], wire, timeout_s=float(cmd["timeout_s"]), version=option["tail_version"]
+            )
+        except TransportError as exc:
+            errors.append(str(exc))
+            return None
+        t2 = time.perf_counter()
+        return {
+            "total_s": t2 - t0,
+            "head_s": t1 - t0,
+            "call_s": t2 - t1,
+            "server_s": answer.server_compute_s,
+            "request_bytes": answer.request_bytes,
+            "response_bytes": answer.response_bytes,
+        }
 
     def overhead(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """V2 calls (minus the server's compute time) against echoes of the same bytes, interleaved."""

@@ -747,8 +747,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     settings["skip_rule"] = (
         f"an option is not measured at a grid point when its predicted latency exceeds both "
         f"{config.skip_factor:g}x the best prediction there and {config.skip_min_s:g} s; each option gets "
-        f"{config.requests} requests (after {config.warmup} warm-up), fewer (at least 3) once "
-        f"{config.max_cell_s:g} s are spent"
+        f"{config.requests} requests (after {config.warmup} warm-up), the options interleaved (one request each "
+        f"per round, in a shuffled order), fewer rounds (at least 3) once {config.max_cell_s:g} s per option are spent"
     )
     results: dict[str, Any] = {
         "format": 1,

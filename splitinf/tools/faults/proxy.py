@@ -187,7 +187,10 @@ def parse_host_port(text: str, *, what: str = "address") -> tuple[str, int]:
 
 
 class _TokenBucket:
-    """A link's bandwidth: tokens are bytes; the burst is 10 ms of traffic (at least 4 KiB)."""
+    """A link's bandwidth: tokens are bytes. The burst is what a shaper must allow and no more: one
+    Ethernet frame, or 4 ms of traffic where that is more (tc's tbf needs rate/HZ at HZ=250). A larger
+    floor lets small messages through free: 4 KiB, as before, is 33 ms of a 1 Mbit/s link, which a
+    physical link at that rate never gives and no cost model charging bytes/bandwidth could predict."""
 
     def __init__(self) -> None:
         self.tokens = 0.0
@@ -195,7 +198,7 @@ class _TokenBucket:
         self.rate: float | None = None
 
     def burst(self, rate: float) -> float:
-        return max(4096.0, rate * 0.010)
+        return max(1514.0, rate * 0.004)
 
     def refill(self, rate: float) -> None:
         now = time.monotonic()
