@@ -56,6 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--passes", type=int, default=2, help="separate sweeps; each part keeps its quietest (default 2)"
     )
+    parser.add_argument(
+        "--pause-ms",
+        type=float,
+        default=0.0,
+        help="idle this long before each timed run (default 0): on a device throttled by a CPU quota or a power "
+        "budget, the gap between its requests (at least a quota period), so runs start as requests do",
+    )
     parser.add_argument("--fallback", help="also time this small fallback model (device role)")
     parser.add_argument(
         "--quantize",
@@ -133,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             shapes=input_shapes(args),
             role=args.role,
             quantize=args.quantize,
+            pause_s=args.pause_ms / 1e3,
         )
     except KeyboardInterrupt:
         kept = journal_path(args.output)

@@ -18,6 +18,8 @@ the Cast or DequantizeLinear that starts the tail), added to the fp32 head or ta
 apart cost more than inside one graph (a run's fixed overhead, fusions and buffer reuse across
 their boundaries), so a few whole heads (tails on the server) and the full model are timed too:
 the sums are scaled by the whole/summed ratio, interpolated along the chain between those anchors.
+Where a part was timed whole (a checked cut, a head or tail of one segment, the full model) that
+timing stands as it is.
 ``check`` reports each whole part's ``error`` (raw sum against it) and ``held_out_error`` (the
 scaled sum estimated from the other anchors: the error to expect at the cuts not checked), on the
 fastest runs (``min``), as the scale is computed: a long run is likelier than a short one to be
@@ -150,15 +152,22 @@ class Timing:
 
 
 def time_callable(
-    fn: Callable[[], object], *, repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+    fn: Callable[[], object],
+    *,
+    repeats: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+    pause_s: float = 0.0,
 ) -> Timing:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed."""
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, each after ``pause_s`` idle."""
     if repeats < 1:
         raise PlanError(f"--repeats must be at least 1, got {repeats}")
     for _ in range(max(warmup, 0)):
         fn()
     seconds = []
     for _ in range(repeats):
+        if pause_s > 0:
+            time.sleep(pause_s)
         start = clock()
         fn()
         seconds.append(clock() - start)
@@ -519,6 +528,7 @@ class _Pass:
     on_part: Callable[[str], None] | None
     model_file: str | None = None
     providers: list[str] = field(default_factory=list)
+    pause_s: float = 0.0
 
     def pending(self, key: Sequence[str]) -> bool:
         return _part_name(self.index, key) not in self.journal.done
@@ -527,7 +537,8 @@ class _Pass:
         if not self.pending(key):
             return
         part = _part_name(self.index, key)
-        self.journal.record(part, time_callable(fn, repeats=self.repeats, warmup=self.warmup))
+        timing = time_callable(fn, repeats=self.repeats, warmup=self.warmup, pause_s=self.pause_s)
+        self.journal.record(part, timing)
         self.bar.step(" ".join(key))
         if self.on_part is not None:
             self.on_part(part)
@@ -732,6 +743,25 @@ class _Results:
             found.append((ends[part], self.best("model").min / self.summed(part, ends[part]).min))
         return found
 
+    def wholes(self, part: str) -> dict[int, Timing]:
+        """Per chain position, the part's own timing where it was timed whole: the checked cuts, a head or
+        tail of one segment (that segment alone is the part), and the full model (the head after every
+        segment, the tail from the input). There a scaled sum would only add the anchors' noise."""
+        layout, last = self.layout, len(self.layout.segments)
+        found = {
+            layout.reach[c.id]: self.best("check", c.id, part) for c in layout.checks if self.timed("check", c.id, part)
+        }
+        reach, index = (last - 1, last - 1) if part == "tail" else (1, 0)
+        key: tuple[str, ...] = ("segment", str(index))
+        if part == "int8_head" and layout.int8_segments[index : index + 1] == [True]:
+            key = ("segment", str(index), "int8")
+        if 0 < reach < last and self.timed(*key):
+            found.setdefault(reach, self.best(*key))
+        whole_model = {"head": last, "tail": 0}
+        if part in whole_model and self.timed("model"):
+            found.setdefault(whole_model[part], self.best("model"))
+        return found
+
     def head(self, cut: Cut, part: str = "head") -> Timing:
         return self.scaled(part)[self.layout.reach[cut.id]]
 
@@ -742,14 +772,14 @@ class _Results:
         """Per chain position of a cut, the scaled sum for ``part``; never less than that of a head (tail) it
         contains, which noise between the anchors could otherwise give."""
         if part not in self._scaled:
-            anchors = self.anchors(part)
+            anchors, wholes = self.anchors(part), self.wholes(part)
             reaches = sorted({self.layout.reach[c.id] for c in self.layout.cuts}, reverse=part == "tail")
             if part == "int8_head":
                 reaches = [r for r in reaches if any(self.layout.int8_segments[:r])]
             floor = Timing(0.0, 0.0, 0.0, self.repeats)
             table = {}
             for reach in reaches:
-                timing = _scaled(self.summed(part, reach), _ratio_at(anchors, reach))
+                timing = wholes.get(reach) or _scaled(self.summed(part, reach), _ratio_at(anchors, reach))
                 floor = Timing(
                     max(timing.median, floor.median),
                     max(timing.p90, floor.p90),
@@ -841,6 +871,7 @@ def profile_model(
     stream: IO[str] | None = None,
     model_file: str | os.PathLike[str] | None = None,
     quantize: str | None = None,
+    pause_s: float = 0.0,
 ) -> dict[str, Any]:
     """Time what ``role`` runs of the model at each cut per codec (and the fallback); return the profile.
 
@@ -854,7 +885,8 @@ def profile_model(
     read from, which the full model's session then opens (sparing a serialised copy in memory).
     With ``quantize="int8"`` the device also times the int8 twin (:mod:`splitinf.offline.quantize`) of
     each segment with weights and of the fallback: ``int8_head`` per cut and codec (scaled by whole int8
-    heads at the checked cuts), ``int8_seconds`` for the fallback.
+    heads at the checked cuts), ``int8_seconds`` for the fallback. ``pause_s``: idle time before each
+    timed run (see :func:`profile_file`).
     """
     if passes < 1:
         raise PlanError(f"passes must be at least 1, got {passes}")
@@ -867,6 +899,8 @@ def profile_model(
     small = None if fallback is None else fallback[0]
     layout, notes = _layout(model, inputs, cut_ids, codecs, role, fallback=small, threads=threads, quantize=quantize)
     settings = {"repeats": repeats, "warmup": warmup, "passes": passes, "codecs": list(codecs), "quantize": quantize}
+    if pause_s > 0:
+        settings["pause_s"] = pause_s
     key = _journal_key(layout, sha256, inputs, settings, fallback[2] if fallback else None, threads)
     parts = _Journal(None if journal is None else Path(journal), key)
     keys = layout.keys()
@@ -875,7 +909,16 @@ def profile_model(
     providers: list[str] = []
     for index in range(passes):
         sweep = _Pass(
-            layout, parts, bar, index, threads, repeats, warmup, on_part, str(model_file) if model_file else None
+            layout,
+            parts,
+            bar,
+            index,
+            threads,
+            repeats,
+            warmup,
+            on_part,
+            str(model_file) if model_file else None,
+            pause_s=pause_s,
         )
         sweep.full_model(inputs.first)
         kept = sweep.chain(inputs.first)
@@ -939,12 +982,18 @@ def profile_file(
     role: str = "both",
     on_part: Callable[[str], None] | None = None,
     quantize: str | None = None,
+    pause_s: float = 0.0,
 ) -> dict[str, Any]:
     """Profile the model file (and the fallback file) on ``samples`` (a path) or at ``shapes`` and
     write the profile JSON; the file wrapper. Parts are kept in :func:`journal_path` as they are
-    measured, resumed from there, and the journal removed once the profile is written."""
-    if (threads is not None and threads < 0) or repeats < 1 or warmup < 0:
-        raise PlanError("threads must be >= 0, repeats >= 1 and warmup >= 0")
+    measured, resumed from there, and the journal removed once the profile is written.
+
+    ``pause_s`` idles before each timed run. A device whose speed depends on what it just did (a CPU
+    quota that refills each period, a power or thermal budget) runs a request that comes after idle
+    time faster than back-to-back runs: set it to the gap between the device's requests (at least a
+    quota period) so the profile times the regime the device answers in."""
+    if (threads is not None and threads < 0) or repeats < 1 or warmup < 0 or pause_s < 0:
+        raise PlanError("threads must be >= 0, repeats >= 1, warmup >= 0 and the pause >= 0")
     target = Path(output)
     if not target.parent.is_dir():
         raise PlanError(f"the directory of {target} does not exist; create it or choose another output")
@@ -971,6 +1020,7 @@ def profile_file(
         on_part=on_part,
         model_file=model,
         quantize=quantize,
+        pause_s=pause_s,
     )
     write_json_atomic(target, profile)
     journal_path(target).unlink(missing_ok=True)

@@ -141,6 +141,23 @@ def test_profile_times_every_requested_cut_and_codec() -> None:
     assert profile["model_seconds"]["median"] > 0
 
 
+def test_a_pause_before_each_run_is_not_timed() -> None:
+    clock = FakeClock([0.5, 1.0, 2.0])
+    sleeps: list[float] = []
+
+    def work() -> None:
+        clock.advance()
+
+    original = time.sleep
+    try:
+        time.sleep = sleeps.append  # type: ignore[assignment]
+        timing = time_callable(work, repeats=2, warmup=1, clock=clock, pause_s=0.01)
+    finally:
+        time.sleep = original
+    assert sleeps == [0.01, 0.01]  # before each timed run, not the warm-up
+    assert (timing.min, timing.median) == (1.0, 1.5)
+
+
 def test_profile_command_writes_a_loadable_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model_path = tmp_path / "mlp.onnx"
     onnx.save_model(models.mlp(), model_path)
@@ -167,6 +184,8 @@ def test_profile_command_refuses_bad_input_in_one_line(tmp_path: Path, capsys: p
     assert "does not exist" in capsys.readouterr().err
     assert main(["profile", str(model_path), "-o", str(tmp_path / "p.json"), "--codecs", "bf16"]) == 2
     assert "unknown codec" in capsys.readouterr().err
+    assert main(["profile", str(model_path), "-o", str(tmp_path / "p.json"), "--pause-ms", "-1"]) == 2
+    assert "pause" in capsys.readouterr().err
 
 
 def test_load_profile_names_what_is_wrong(tmp_path: Path) -> None:
@@ -243,6 +262,20 @@ def test_heads_are_segment_sums_anchored_on_the_whole_model() -> None:
     heads = [c["codecs"]["fp32"]["head"]["median"] for c in cuts[1:]]
     tails = [c["codecs"]["fp32"]["tail"]["median"] for c in cuts]
     assert heads == sorted(heads) and tails == sorted(tails, reverse=True)
+
+
+def test_a_part_timed_whole_is_its_own_timing_not_a_scaled_sum() -> None:
+    profile, _ = _small_profile("both")
+    by_id = {c["id"]: c["codecs"]["fp32"] for c in profile["cuts"]}
+    checked = [p for p in profile["check"]["parts"] if p["part"] == "head"]
+    assert checked, "the residual CNN has cuts to check"
+    order = [c["id"] for c in profile["cuts"]]  # chain order: each head contains the ones before it
+    for part in checked:  # the whole head's fastest run, where a scaled sum would interpolate between anchors,
+        before = by_id[order[order.index(part["cut"]) - 1]]["head"]["min"]  # unless a head it contains was slower
+        assert by_id[part["cut"]]["head"]["min"] == pytest.approx(max(part["whole"], before), rel=1e-12)
+    first_segment = profile["segments"][0]  # the head at its end is that segment alone
+    assert first_segment["end"] not in {p["cut"] for p in checked}
+    assert by_id[first_segment["end"]]["head"]["median"] == pytest.approx(first_segment["seconds"]["median"], rel=1e-12)
 
 
 def test_an_interrupted_profile_resumes_timing_only_the_parts_left(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ class _Device:
             fallback=fallback,
             progress=bool(cmd.get("progress", True)),
             inputs=model_inputs(GraphView(model).input_specs(), samples=cmd.get("samples")),
+            pause_s=float(cmd.get("pause_s", 0.0)),
         )
         write_json_atomic(cmd["output"], profile)
         return {"output": cmd["output"], "seconds": time.perf_counter() - start}
@@ -117,6 +118,7 @@ class _Device:
         samples = []
         started = time.perf_counter()
         for i in range(int(cmd.get("warmup", 1)) + int(cmd["requests"])):
+            time.sleep(float(cmd.get("pause_s", 0.0)))  # requests arrive apart, as the profile timed them
             t0 = time.perf_counter()
             model.run(feed)
             elapsed = time.perf_counter() - t0

@@ -94,6 +94,17 @@ class BenchConfig:
     progress: bool = True
 
 
+def device_pause_s(config: BenchConfig) -> float:
+    """Idle time before each of the device's profiled and local runs: one quota period under a CPU limit.
+
+    A CFS quota refills every period, so a run that starts after idle time gets a fresh quota and runs
+    its first ``quota`` of CPU at full speed; back to back, every run starts throttled. The measured
+    split options always start after a network call, which is idle time: the profile and the local
+    runs are timed the same way, or the emulated Pi would be slower in its profile than in its work
+    (by up to 3x for a head of a few milliseconds of CPU). A real Pi has no quota: 0 without a limit."""
+    return config.cpu_period_us / 1e6 if config.device_cpus is not None else 0.0
+
+
 def quick_config(out: Path, **overrides: Any) -> BenchConfig:
     """The tiny configuration of ``--quick``: the digits pair, few requests, short policy waits."""
     settings: dict[str, Any] = dict(
@@ -455,6 +466,12 @@ def _emulation(config: BenchConfig, limit_info: dict[str, Any], hello: dict[str,
                 f"{config.device_threads} intra-op thread(s) inside {share} of this machine's CPUs; more "
                 "threads than the quota's CPUs spin and get throttled in bursts, which inflates p90 and "
                 "spoils the profiles."
+                + (
+                    f" Each profiled and local run starts after {device_pause_s(config) * 1e3:g} ms idle (one quota "
+                    "period), as each split request starts after its network call: a quota refills every period."
+                    if device_pause_s(config)
+                    else ""
+                )
             ),
         },
         "server": {
@@ -464,8 +481,8 @@ def _emulation(config: BenchConfig, limit_info: dict[str, Any], hello: dict[str,
         "link": {
             "mechanism": "splitinf.tools.faults.FaultProxy, a userspace TCP proxy in the orchestrator between the "
             "device and the server (loopback)",
-            "shaping": "token-bucket bandwidth cap in each direction at the grid's rate (1 kbit = 1000 bit), "
-            "RTT/2 added delay in each direction, no jitter, no loss",
+            "shaping": "token-bucket bandwidth cap in each direction at the grid's rate (1 kbit = 1000 bit; "
+            "burst one 1514-byte frame or 4 ms of traffic), RTT/2 added delay in each direction, no jitter, no loss",
         },
         "machine": machine_info(),
     }
@@ -494,6 +511,7 @@ def _make_plan(
         samples=str(prepared.profile_inputs),
         repeats=config.profile_repeats,
         warmup=config.profile_warmup,
+        pause_s=device_pause_s(config),
         output=str(device_profile),
         progress=config.progress,
     )
@@ -567,6 +585,7 @@ class _Measurements:
             requests=self.config.requests,
             warmup=self.config.warmup,
             max_s=self.config.max_cell_s,
+            pause_s=device_pause_s(self.config),
         )
         return {"stats": summarise(reply["samples"]), "predicted_s": local.seconds}
 
