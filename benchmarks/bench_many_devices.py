@@ -1,7 +1,8 @@
-"""Many devices, one tail server: static plans against live-corrected ones.
+"""Many devices, one tail server: static plans against live-corrected ones, with and without a spread.
 
-    python benchmarks/bench_many_devices.py [--devices 1,4,8] [--seconds 8] [--device-cpus 0.15]
-                                            [--server-cpus 0.5] [--rate-mbit 50] [--no-cpu-limit]
+    python benchmarks/bench_many_devices.py [--devices 1,4,8] [--seconds 15] [--device-cpus 0.15]
+                                            [--server-cpus 0.5] [--rate-mbit 50] [--modes static,corrected,spread]
+                                            [--spread-margin 0.2] [--spread-patience-s 5] [--no-cpu-limit]
 
 One ``splitinf serve`` process (in a cgroup of ``--server-cpus``) serves the tails; N emulated
 devices, each a process of its own in its own cgroup of ``--device-cpus`` (the emulated Pi),
@@ -17,11 +18,15 @@ model in a process limited as it will run (the head at ``--device-cpus``, the wh
 one device, wrong once N devices share the server. ``static`` decides on
 the profiles as planned (the runtime before live correction: only its network estimates move,
 and a server's queue, which it takes for a slower link, moves them too); ``corrected`` on the
-profiles corrected live (splitinf.edge.correction).
+profiles corrected live (splitinf.edge.correction) with no spread (every device decides by the
+rule alone: margin and patience 0); ``spread`` with a spread (splitinf.edge.policy.Spread: by
+default the device's, a margin up to 20% and a patience up to 5 s), each device seeded with its
+number.
 
 Printed per N and mode: per-device median and p99 latency (ms, over the devices: the median of
 their medians and the worst p99), the share of answers by each option, fallbacks, and the
-server's throughput (answers it gave per second, all devices together).
+server's throughput (answers it gave per second, all devices together) and how often a device
+changed option (per device, over the run).
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ MODEL_SIZES = (64, 16384, 8, 4)
 BATCH = 512
 OFFLOAD, LATE = "split:x:fp32", "split:relu_1:fp32"
 PERIOD_US = 20_000  # CFS period of every cgroup here
+MODES = ("static", "corrected", "spread")
 
 
-def worker(plan_dir: str, target: str, mode: str, seconds: float) -> int:
+def worker(plan_dir: str, target: str, mode: str, seconds: float, seed: int, spread: tuple[float, float]) -> int:
     """One emulated device: a Runtime in a closed loop once "go" arrives on stdin; one JSON line out."""
     from splitinf.edge.config import DeviceConfig
     from splitinf.edge.correction import CorrectionConfig
@@ -54,10 +60,10 @@ def worker(plan_dir: str, target: str, mode: str, seconds: float) -> int:
     from splitinf.edge.runtime import Runtime
 
     budget = 1.0
-    config = DeviceConfig(
-        server=target, budget_s=budget, prior_bandwidth_bps=50e6, policy=PolicyConfig(budget_s=budget)
-    )
-    correction = CorrectionConfig(window_s=10.0, relax_s=10.0, enabled=mode == "corrected")
+    margin, patience = spread if mode == "spread" else (0.0, 0.0)
+    policy = PolicyConfig(budget_s=budget, spread_margin=margin, spread_patience_s=patience)
+    config = DeviceConfig(server=target, budget_s=budget, prior_bandwidth_bps=50e6, policy=policy, spread_seed=seed)
+    correction = CorrectionConfig(window_s=10.0, relax_s=10.0, enabled=mode != "static")
     with Runtime(plan_dir, config, correction=correction) as runtime:
         spec = runtime.plan.inputs[0]
         feeds = {spec.name: np.random.default_rng(0).standard_normal((BATCH, MODEL_SIZES[0])).astype(np.float32)}
@@ -71,7 +77,8 @@ def worker(plan_dir: str, target: str, mode: str, seconds: float) -> int:
             result = runtime.infer(feeds)
             answers.append((result.option_id, result.latency.total_s))
         final = runtime.corrector.correction(runtime.clock()).to_json()
-    print(json.dumps({"answers": answers, "correction": final}), flush=True)
+        spread = runtime.policy.spread.to_json()
+    print(json.dumps({"answers": answers, "correction": final, "spread": spread}), flush=True)
     return 0
 
 
@@ -173,12 +180,13 @@ def _run_devices(n: int, mode: str, args: argparse.Namespace, plan_dir: Path, ta
     groups: list[tuple[Any, float]] = []
     devices: list[subprocess.Popen[str]] = []
     try:
-        for _ in range(n):
+        for index in range(n):
             proxy = FaultProxy(
                 target, settings=FaultSettings(upstream=DirectionFaults(rate_kbit=args.rate_mbit * 1000))
             )
             proxies.append(proxy.start())
             argv = [sys.executable, __file__, "--worker", str(plan_dir), proxy.address, mode, str(args.seconds)]
+            argv += [str(index), str(args.spread_margin), str(args.spread_patience_s)]  # index: the spread's seed
             devices.append(_start_limited(argv, args.device_cpus, groups, not args.no_cpu_limit))
         _ready_then_go(devices, groups)
         results = []
@@ -198,8 +206,10 @@ def _run_devices(n: int, mode: str, args: argparse.Namespace, plan_dir: Path, ta
 
 
 def _summary(results: list[dict[str, Any]], seconds: float, limited: bool) -> dict[str, Any]:
-    medians, p99s, options = [], [], Counter[str]()
+    medians, p99s, options, switches = [], [], Counter[str](), []
     for result in results:
+        chosen = [option for option, _ in result["answers"]]
+        switches.append(sum(a != b for a, b in zip(chosen, chosen[1:], strict=False)))
         latencies = sorted(s for _, s in result["answers"])
         medians.append(statistics.median(latencies))
         p99s.append(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))])
@@ -214,6 +224,8 @@ def _summary(results: list[dict[str, Any]], seconds: float, limited: bool) -> di
         "fallback": options["fallback"] / total,
         "answers": total,
         "server_per_s": served / seconds,
+        "switches": statistics.mean(switches),
+        "spreads": [r["spread"] for r in results],
         "tail_factors": [r["correction"]["tails"] for r in results],
         "queues_s": [r["correction"]["queues_s"] for r in results],
         "cpu_limited": limited,
@@ -221,21 +233,29 @@ def _summary(results: list[dict[str, Any]], seconds: float, limited: bool) -> di
 
 
 def main() -> int:
+    from splitinf.edge.policy import PolicyConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="1,4,8", help="comma-separated device counts")
-    parser.add_argument("--seconds", type=float, default=8.0, help="closed-loop time per run")
+    parser.add_argument("--seconds", type=float, default=15.0, help="closed-loop time per run")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--device-cpus", type=float, default=0.15)
     parser.add_argument("--server-cpus", type=float, default=0.5)
     parser.add_argument("--rate-mbit", type=float, default=50.0, help="each device's uplink cap")
     parser.add_argument("--no-cpu-limit", action="store_true", help="plain processes, no cgroup quotas")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--spread-margin", type=float, default=PolicyConfig.spread_margin)
+    parser.add_argument("--spread-patience-s", type=float, default=PolicyConfig.spread_patience_s)
+    parser.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_worker:
         return profile_worker(args.profile_worker)
     if args.worker:
-        plan_dir, target, mode, seconds = args.worker
-        return worker(plan_dir, target, mode, float(seconds))
+        plan_dir, target, mode, seconds, seed, margin, patience = args.worker
+        return worker(plan_dir, target, mode, float(seconds), int(seed), (float(margin), float(patience)))
+    modes = args.modes.split(",")
+    if not set(modes) <= set(MODES):
+        parser.error(f"--modes: expected some of {', '.join(MODES)}, got {args.modes!r}")
 
     from splitinf.contract.plan import load_plan
     from splitinf.errors import UsageError
@@ -256,13 +276,13 @@ def main() -> int:
         else "plain processes, no CPU quotas"
     )
     print("emulation:", emulation, flush=True)
+    print(f"spread: margins up to {args.spread_margin:g}, patience up to {args.spread_patience_s:g} s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         plan_dir = Path(tmp) / "plan"
         _write_plan(plan_dir, 1.0, 1.0)  # the files to profile
         limit = server_group is not None
-        head_file = load_plan(plan_dir).option(LATE).head
-        assert head_file is not None
+        (head_file,) = load_plan(plan_dir).option(LATE).head  # one segment: the input to the heavy layer
         head_s = _profile(plan_dir / head_file, args.device_cpus, limit)
         full_s = _profile(plan_dir / "source" / "model.onnx", args.server_cpus, limit)
         _write_plan(plan_dir, head_s, full_s)
@@ -270,7 +290,7 @@ def main() -> int:
         server, target = _serve(plan_dir / "server", server_group)
         try:
             for n in [int(x) for x in args.devices.split(",")]:
-                for mode in ("static", "corrected"):
+                for mode in modes:
                     row = {"devices": n, "mode": mode, **_run_devices(n, mode, args, plan_dir, target)}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
@@ -278,12 +298,12 @@ def main() -> int:
             _stop(server)
             if server_group is not None:
                 server_group.remove()
-    columns = ("median ms", "worst p99", "offload", "late", "fallbk", "server/s")
+    columns = ("median ms", "worst p99", "offload", "late", "fallbk", "server/s", "switches")
     print(f"{'N':>2} {'mode':9} " + " ".join(f"{c:>9}" for c in columns))
     for r in rows:
         print(
             f"{r['devices']:>2} {r['mode']:9} {r['median_ms']:9.1f} {r['worst_p99_ms']:9.1f} "
-            f"{r['offload']:9.0%} {r['late']:9.0%} {r['fallback']:9.0%} {r['server_per_s']:9.1f}"
+            f"{r['offload']:9.0%} {r['late']:9.0%} {r['fallback']:9.0%} {r['server_per_s']:9.1f} {r['switches']:9.1f}"
         )
     return 0
 

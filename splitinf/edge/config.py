@@ -11,6 +11,8 @@ Example ``device.toml`` (every key optional; ``edge/device.toml`` has them all):
     tail_identity = "metadata"   # how the device knows the server runs the plan's tails (splitinf.edge.identity):
                                  # "metadata": content-addressed names + ModelMetadata (any V2 server);
                                  # "sha256": every answer must carry splitinf_model_sha256 (splitinf serve only)
+    spread_seed = 7              # seeds this device's draws for shedding a shared server (policy.Spread);
+                                 # absent: the OS's entropy, each device its own
 
     [tls]                        # present: TLS to the server
     ca = "ca.pem"                # absent: system roots
@@ -46,6 +48,8 @@ Example ``device.toml`` (every key optional; ``edge/device.toml`` has them all):
     flap_window_s = 300
     flap_limit = 4
     quarantine_s = 60
+    spread_margin = 0.2          # a device leaves an option the server's queue slows only for one faster
+    spread_patience_s = 5        # by more than its margin, for its patience (each drawn up to these)
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class DeviceConfig:
     retry_backoff_max_s: float = 0.1
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     tail_identity: TailIdentityMode = "metadata"
+    spread_seed: int | None = None  # the policy's Spread draws; None: the OS's entropy
 
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
@@ -151,6 +156,8 @@ class _PolicyTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     flap_window_s: float | None = None
     flap_limit: int | None = None
     quarantine_s: float | None = None
+    spread_margin: float | None = None
+    spread_patience_s: float | None = None
 
 
 class _DeviceFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -163,6 +170,7 @@ class _DeviceFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     intra_op_threads: int | None = None
     stream_workers: int | None = None
     tail_identity: str | None = None
+    spread_seed: int | None = None
     tls: _TLSTable | None = None
     auth: _AuthTable | None = None
     network: _NetworkTable | None = None

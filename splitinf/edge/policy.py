@@ -31,10 +31,28 @@ Modes (the breaker state in brackets)::
   current estimates; the fallback when none is expected to. In FALLBACK and PROBING only
   on-device options are eligible. An option whose server answered with the
   wrong model is quarantined for a while, not retried.
+- Shedding a shared server's load. Every device on one tail server sees the same queue (the
+  server reports it, ``splitinf_queue_ns``); deciding by one rule on one figure, all would leave
+  the queued option at the same request, leave the server idle, and come back together once
+  their figures go stale. This is the herd behaviour of load balancing on shared, delayed load
+  information (Mitzenmacher, "How useful is old information?", IEEE TPDS 2000), the
+  synchronisation that randomisation breaks in RED's drops and in routing timers (Floyd and
+  Jacobson, 1993 and 1994). So each device draws once, from an RNG seeded with ``spread_seed``
+  (a device's setting, else the OS's entropy), a :class:`Spread`: a margin in
+  ``[0, spread_margin]`` and a patience in ``[0, spread_patience_s]``. When the queue is what makes
+  another option faster (with every queue taken out the rule would keep the current option), the
+  device leaves only for an option expected faster by more than its margin, and only once that
+  has held for its patience. Devices leave one by one, at different queue levels and times, and
+  those still on the queued option see it shorten before all have left; a device that left
+  returns when its figure for the queue goes stale (``splitinf.edge.correction``), and the
+  departures' spread spreads the returns. Any other reason to move (the device's own head, its
+  link, the budget, accuracy) acts at once, as the rule says: a device alone on an idle server
+  sees no queue and decides exactly by the rule, and a spread of 0 is the rule unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import time
@@ -42,7 +60,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from splitinf.contract.plan import AS_PROFILED, DEFAULT_BUDGET_S, Correction, Option, Plan, choose_option
+import numpy as np
+
+from splitinf.contract.plan import (
+    AS_PROFILED,
+    DEFAULT_BUDGET_S,
+    Correction,
+    Option,
+    Plan,
+    choose_option,
+    expected_latency,
+)
 from splitinf.edge.estimate import Estimates
 from splitinf.errors import ConfigError, PlanError
 
@@ -53,6 +81,7 @@ __all__ = [
     "Mode",
     "Policy",
     "PolicyConfig",
+    "Spread",
 ]
 
 
@@ -86,13 +115,15 @@ class PolicyConfig:
     flap_window_s: float = 300.0
     flap_limit: int = 4  # returns to SPLIT allowed per flap window
     quarantine_s: float = 60.0
+    spread_margin: float = 0.2  # the largest margin a device draws for leaving a queued option
+    spread_patience_s: float = 5.0  # the longest patience it draws (see Spread)
 
     def __post_init__(self) -> None:
         positive = ("budget_s", "window_s", "open_s", "open_max_s", "probe_interval_s", "flap_window_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"policy.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("stabilisation_s", "min_dwell_s", "quarantine_s"):
+        for name in ("stabilisation_s", "min_dwell_s", "quarantine_s", "spread_margin", "spread_patience_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"policy.{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("failure_rate", "slow_call_rate"):
@@ -105,6 +136,29 @@ class PolicyConfig:
             raise ConfigError(f"policy.open_multiplier must be >= 1, got {self.open_multiplier!r}")
         if self.open_max_s < self.open_s:
             raise ConfigError("policy.open_max_s must be >= policy.open_s")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One device's own draws for shedding a shared server's load (see the module docstring):
+    it leaves an option the server's queue slows only for one expected faster by more than
+    ``margin`` (a fraction), and only once that has held for ``patience_s`` seconds."""
+
+    margin: float = 0.0
+    patience_s: float = 0.0
+
+    @classmethod
+    def draw(cls, config: PolicyConfig, seed: int | None = None) -> Spread:
+        """Uniform in ``[0, config.spread_margin]`` and ``[0, config.spread_patience_s]``; the same
+        seed gives the same draws, None the OS's entropy (each device its own). numpy's generator
+        hashes the seed (SeedSequence), so devices numbered 3 and 4 draw unrelated values
+        (``random.Random(3)`` and ``(4)`` start within 1% of each other)."""
+        rng = np.random.default_rng(seed)
+        margin, patience = rng.uniform(0.0, 1.0, size=2)
+        return cls(float(margin) * config.spread_margin, float(patience) * config.spread_patience_s)
+
+    def to_json(self) -> dict[str, float]:
+        return {"margin": round(self.margin, 4), "patience_s": round(self.patience_s, 3)}
 
 
 @dataclass(frozen=True)
@@ -142,10 +196,17 @@ class Decision:
 
 
 class Policy:
-    def __init__(self, plan: Plan, config: PolicyConfig | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        plan: Plan,
+        config: PolicyConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        spread_seed: int | None = None,
+    ):
         self.plan = plan
         self.config = config or PolicyConfig()
         self.clock = clock
+        self.spread = Spread.draw(self.config, spread_seed)
         fallback = plan.fallback
         if fallback is None:
             raise PlanError("the plan has no fallback option; the device needs one to answer when the network fails")
@@ -165,6 +226,8 @@ class Policy:
         self._last_probe_at = -math.inf
         self._split_entries: deque[float] = deque()
         self._quarantine: dict[str, float] = {}
+        self._current: str | None = None  # the option decided last
+        self._shedding_since: float | None = None  # since when a queue has made another option worth taking
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -260,22 +323,63 @@ class Policy:
         self, estimates: Estimates, budget_s: float | None = None, correction: Correction = AS_PROFILED
     ) -> Decision:
         """The option for the next request: the plan's rule at ``estimates``, with the profiled
-        times scaled by ``correction`` (what the device has observed of itself and the server)."""
+        times scaled by ``correction`` (what the device has observed of itself and the server),
+        the current option held while this device's :class:`Spread` holds it."""
         budget = self.config.budget_s if budget_s is None else budget_s
         events = self.tick(estimates, correction)
         now = self.clock()
-
-        def pick(options: Sequence[Option]) -> Option | None:
-            chosen = choose_option(options, estimates.bandwidth_bps, estimates.rtt_s, budget, correction)
-            return None if chosen is None else chosen[0]
-
+        candidates = self.on_device
         if self._mode is Mode.SPLIT:
             usable = self.usable_split_options(now)
-            if pick(usable) is not None:
-                return Decision(pick(usable + self.on_device) or self.fallback, self._mode, tuple(events))
-            reason = "predicted_over_budget" if usable else "no_usable_split_option"
-            events.append(self._trip(reason, now, grow=False))
-        return Decision(pick(self.on_device) or self.fallback, self._mode, tuple(events))
+            if choose_option(usable, estimates.bandwidth_bps, estimates.rtt_s, budget, correction) is not None:
+                candidates = usable + self.on_device
+            else:
+                reason = "predicted_over_budget" if usable else "no_usable_split_option"
+                events.append(self._trip(reason, now, grow=False))
+        option = self._choose(candidates, estimates, budget, correction, now) or self.fallback
+        self._current = option.id
+        return Decision(option, self._mode, tuple(events))
+
+    def _choose(
+        self, options: Sequence[Option], estimates: Estimates, budget: float, correction: Correction, now: float
+    ) -> Option | None:
+        """The rule's pick among ``options``, unless the current option is held by this device's spread."""
+        chosen = choose_option(options, estimates.bandwidth_bps, estimates.rtt_s, budget, correction)
+        current = next((o for o in options if o.id == self._current), None)
+        if chosen is None or current is None or current is chosen[0]:
+            self._shedding_since = None
+            return None if chosen is None else chosen[0]
+        if self._holds(current, chosen, options, estimates, budget, correction, now):
+            return current
+        self._shedding_since = None
+        return chosen[0]
+
+    def _holds(
+        self,
+        current: Option,
+        chosen: tuple[Option, float],
+        options: Sequence[Option],
+        estimates: Estimates,
+        budget: float,
+        correction: Correction,
+        now: float,
+    ) -> bool:
+        """Whether the device stays on ``current`` though the rule picks ``chosen``: only when the
+        server's queue alone makes the difference, within this device's margin or patience."""
+        best, best_s = chosen
+        bandwidth, rtt = estimates.bandwidth_bps, estimates.rtt_s
+        current_s = expected_latency(current, bandwidth, rtt, correction)
+        if current_s > budget or (current.accuracy or 0.0) != (best.accuracy or 0.0):
+            return False  # over budget, or less accurate than an option that fits: the rule's reasons
+        unqueued = choose_option(options, bandwidth, rtt, budget, dataclasses.replace(correction, queues={}))
+        if unqueued is None or unqueued[0] is not current:
+            return False  # the other option would be faster without any queue: the device's own head or link
+        if current_s <= best_s * (1.0 + self.spread.margin):
+            self._shedding_since = None
+            return True
+        if self._shedding_since is None:
+            self._shedding_since = now
+        return now - self._shedding_since < self.spread.patience_s
 
     # -- outcomes ----------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ Guarantees:
   a server (Triton, KServe, MLServer) reports none, so the tail's compute is never counted as
   network time. The correction is in the metrics (``splitinf_device_cost_correction_ratio``) and
   in the JSON event lines: an ``option_change`` line whenever the answering option changes, and
-  every mode change.
+  every mode change, each with this device's ``spread`` (``splitinf.edge.policy.Spread``).
 - Probes run on a background thread, one at a time with a short deadline, so they
   never delay a user request: half-open probes (a small request to the tail with
   the fewest bytes) while PROBING, ServerReady probes while not splitting or when
@@ -213,7 +213,7 @@ class Runtime:
             prior_bandwidth_bps=self.config.prior_bandwidth_bps,
             window_s=self.config.policy.window_s,
         )
-        self.policy = Policy(self.plan, self.config.policy, clock)
+        self.policy = Policy(self.plan, self.config.policy, clock, self.config.spread_seed)
         # observed/profiled time per kind of part and the server's queue time (edge/correction.py)
         self.corrector = CostCorrector(correction or CorrectionConfig(window_s=self.config.policy.window_s))
         self._last_choice: str | None = None
@@ -306,6 +306,7 @@ class Runtime:
             self._recent_events.append(event)
             fields = event.as_log_fields()
             fields["correction"] = self.corrector.correction(self.clock()).to_json()
+            fields["spread"] = self.policy.spread.to_json()
             level = logging.WARNING if event.new == Mode.FALLBACK.value else logging.INFO
             events_log.log(level, json.dumps(fields, sort_keys=True))
             if event.kind == "mode":
@@ -338,6 +339,7 @@ class Runtime:
             "mode": mode.value,
             "expected_s": round(expected_latency(option, bandwidth_bps, rtt_s, correction), 6),
             "correction": correction.to_json(),
+            "spread": self.policy.spread.to_json(),
         }
         self._last_choice = option.id
         events_log.info(json.dumps(fields, sort_keys=True))

@@ -231,3 +231,6 @@ def test_the_correction_is_in_the_metrics_and_in_the_json_event_lines(
     assert chosen["to"] == split.option_id and chosen["correction"]["head"] > 0
     mode = next(line for line in lines if line["event"] == "mode_change")
     assert mode["to"] == "fallback" and set(mode["correction"]) >= {"head", "tail", "queues_s", "tails"}
+    # the device's own draws for sharing the server (splitinf.edge.policy.Spread)
+    assert chosen["spread"] == mode["spread"] == runtime.policy.spread.to_json()
+    assert 0 < chosen["spread"]["margin"] <= config.policy.spread_margin
