@@ -10,13 +10,13 @@ int8``) at ``--threads 1`` on this machine, device and server profiles alike:
   time and size.
 - the ResNet-50-like model (random weights; its samples are seeded standard-normal images, 12 to
   calibrate and 12 held out; a width-0.25 variant as the fallback), profiled at the input, the end of
-  each stage and the flatten: the fp32 and int8 heads at the plan's deepest candidate cut as the
-  device runs them (the plan's chains of segment files), and the int8 head quantized whole as one
-  file, timed against each other, interleaved, ``--runs`` medians of ``--repeats`` runs each, the
-  ratio of each run and the median ratio; the device part of the plan (bytes of ``device/``) without
-  and with ``--quantize int8``; and with ``--hold-all`` (every int8 head held, two wire codecs at
-  each cut) the int8 segments' bytes, each file once, against the int8 heads' own sizes added up
-  (what one file per int8 head would take).
+  each stage and the flatten, planned ``--no-local --max-device-share params:1``: the fp32 and int8
+  heads at the plan's deepest candidate cut as the device runs them (the plan's chains of segment
+  files), and the int8 head quantized whole as one file, timed against each other, interleaved,
+  ``--runs`` medians of ``--repeats`` runs each, the ratio of each run and the median ratio; the
+  device part of the plan (bytes of ``device/``) without and with ``--quantize int8``; and with
+  ``--hold-all`` (every int8 head held, two wire codecs at each cut) the int8 segments' bytes, each
+  file once, against the int8 heads' own sizes added up (what one file per int8 head would take).
 
 Figures are from one run on a shared machine: compare the ratios, not absolute numbers across runs.
 """
@@ -36,6 +36,7 @@ import onnx
 
 from splitinf.contract.plan import Plan
 from splitinf.edge.chain import Chain, SessionPool
+from splitinf.offline.device_share import DeviceShare
 from splitinf.offline.graph import find_cut
 from splitinf.offline.partition import split_model
 from splitinf.offline.planner import plan_model
@@ -79,7 +80,7 @@ def plan(model: Path, device: Path, server: Path, fallback: Path, samples: Path,
     flags = " ".join(
         f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}")
         for key, value in kwargs.items()
-        if key in ("quantize", "hold_all") and value
+        if key in ("quantize", "hold_all", "max_device_share") and value
     )
     print(f"  plan {out.name} {flags}: {time.perf_counter() - start:.1f} s")
     return result
@@ -158,7 +159,9 @@ def bench_resnet(work: Path, runs: int, repeats: int) -> None:
         np.savez(work / "resnet_cal.npz", image=data["image"][:12])
         np.savez(held_out, image=data["image"][12:])
     calibration = work / "resnet_cal.npz"
-    base = dict(held_out=held_out, include_local=False)
+    # --no-local --max-device-share params:1: every profiled cut weighed, the flatten too (--no-local alone caps
+    # heads at half the parameters)
+    base = dict(held_out=held_out, include_local=False, max_device_share=DeviceShare("params", 1.0))
     fp32_plan = plan(model_path, device, server, fallback_path, calibration, work / "resnet-fp32", **base)
     int8_plan = plan(
         model_path, device, server, fallback_path, calibration, work / "resnet-int8", quantize="int8", **base
