@@ -10,10 +10,13 @@ int8``) at ``--threads 1`` on this machine, device and server profiles alike:
   time and size.
 - the ResNet-50-like model (random weights; its samples are seeded standard-normal images, 12 to
   calibrate and 12 held out; a width-0.25 variant as the fallback), profiled at the input, the end of
-  each stage and the flatten: the fp32 and int8 head at the plan's deepest candidate cut timed
-  against each other, interleaved, ``--runs`` medians of ``--repeats`` runs each, the ratio of each
-  run and the median ratio; and the device part of the plan (bytes of ``device/``) without and with
-  ``--quantize int8``.
+  each stage and the flatten, planned ``--no-local --max-device-share params:1``: the fp32 and int8
+  heads at the plan's deepest candidate cut as the device runs them (the plan's chains of segment
+  files), and the int8 head quantized whole as one file, timed against each other, interleaved,
+  ``--runs`` medians of ``--repeats`` runs each, the ratio of each run and the median ratio; the
+  device part of the plan (bytes of ``device/``) without and with ``--quantize int8``; and with
+  ``--hold-all`` (every int8 head held, two wire codecs at each cut) the int8 segments' bytes, each
+  file once, against the int8 heads' own sizes added up (what one file per int8 head would take).
 
 Figures are from one run on a shared machine: compare the ratios, not absolute numbers across runs.
 """
@@ -32,20 +35,23 @@ import numpy as np
 import onnx
 
 from splitinf.contract.plan import Plan
+from splitinf.edge.chain import Chain, SessionPool
+from splitinf.offline.device_share import DeviceShare
 from splitinf.offline.graph import find_cut
 from splitinf.offline.partition import split_model
 from splitinf.offline.planner import plan_model
 from splitinf.offline.profiling import profile_file
-from splitinf.offline.quantize import quantized_partition
+from splitinf.offline.quantize import quantize_model
 from splitinf.offline.sessions import make_session
+from splitinf.ort import SessionSettings
 from splitinf.tools.models import digits_fallback_path, digits_main_path, load_digits_test
 from splitinf.tools.models.resnet import build_resnet50
 
 RESNET_CUTS = ("image", "layer1.2.relu3", "layer2.3.relu3", "layer3.5.relu3", "layer4.2.relu3", "flatten")
 
 
-def device_bytes(plan_dir: Path) -> int:
-    return sum(f.stat().st_size for f in (plan_dir / "device").rglob("*") if f.is_file())
+def device_bytes(plan_dir: Path, folder: str = "device") -> int:
+    return sum(f.stat().st_size for f in (plan_dir / folder).rglob("*") if f.is_file())
 
 
 def profiles(model: Path, fallback: Path, work: Path, repeats: int, cuts: tuple[str, ...] | None) -> tuple[Path, Path]:
@@ -74,7 +80,7 @@ def plan(model: Path, device: Path, server: Path, fallback: Path, samples: Path,
     flags = " ".join(
         f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}")
         for key, value in kwargs.items()
-        if key in ("quantize", "hold_all") and value
+        if key in ("quantize", "hold_all", "max_device_share") and value
     )
     print(f"  plan {out.name} {flags}: {time.perf_counter() - start:.1f} s")
     return result
@@ -110,28 +116,31 @@ def bench_digits(work: Path, repeats: int) -> None:
     describe_fallbacks(result)
 
 
-def interleaved_ratio(
-    fp32: onnx.ModelProto, int8: onnx.ModelProto, feed: dict[str, np.ndarray], runs: int, repeats: int
-) -> None:
-    sessions = {"fp32": make_session(fp32, 1), "int8": make_session(int8, 1)}
-    for session in sessions.values():
+def interleaved_ratio(heads: dict[str, Chain], feed: dict[str, np.ndarray], runs: int, repeats: int) -> None:
+    """Median time of each head, interleaved run by run, and each one's ratio to the first (fp32)."""
+    for head in heads.values():
         for _ in range(3):
-            session.run(None, feed)
-    medians: dict[str, list[float]] = {"fp32": [], "int8": []}
+            head.run(feed)
+    medians: dict[str, list[float]] = {name: [] for name in heads}
     for _ in range(runs):
-        for name, session in sessions.items():
+        for name, head in heads.items():
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                session.run(None, feed)
+                head.run(feed)
                 times.append(time.perf_counter() - start)
             medians[name].append(statistics.median(times))
-    ratios = [i / f for f, i in zip(medians["fp32"], medians["int8"], strict=True)]
+    base, *others = heads
     print(
-        f"  interleaved, {runs} runs x {repeats}: fp32 head median {statistics.median(medians['fp32']) * 1e3:.1f} ms, "
-        f"int8 head {statistics.median(medians['int8']) * 1e3:.1f} ms; int8/fp32 per run "
-        f"{', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}x (goal <= 0.7x)"
+        f"  interleaved, {runs} runs x {repeats}: "
+        + ", ".join(f"{name} {statistics.median(medians[name]) * 1e3:.1f} ms" for name in heads)
     )
+    for name in others:
+        ratios = [i / f for f, i in zip(medians[base], medians[name], strict=True)]
+        print(
+            f"  {name}/{base} per run {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"median {statistics.median(ratios):.2f}x (goal <= 0.7x)"
+        )
 
 
 def bench_resnet(work: Path, runs: int, repeats: int) -> None:
@@ -150,7 +159,9 @@ def bench_resnet(work: Path, runs: int, repeats: int) -> None:
         np.savez(work / "resnet_cal.npz", image=data["image"][:12])
         np.savez(held_out, image=data["image"][12:])
     calibration = work / "resnet_cal.npz"
-    base = dict(held_out=held_out, include_local=False)
+    # --no-local --max-device-share params:1: every profiled cut weighed, the flatten too (--no-local alone caps
+    # heads at half the parameters)
+    base = dict(held_out=held_out, include_local=False, max_device_share=DeviceShare("params", 1.0))
     fp32_plan = plan(model_path, device, server, fallback_path, calibration, work / "resnet-fp32", **base)
     int8_plan = plan(
         model_path, device, server, fallback_path, calibration, work / "resnet-int8", quantize="int8", **base
@@ -174,12 +185,30 @@ def bench_resnet(work: Path, runs: int, repeats: int) -> None:
         f"size {fp32_head.device_bytes / 1e6:.1f} MB -> {int8_head.device_bytes / 1e6:.1f} MB; "
         f"top-1 agreement with fp32 held-out {int8_head.fidelity['held_out']['top1_agreement']:.3f}"
     )
-    partition = split_model(full, find_cut(full, deepest))
     with np.load(calibration) as data:
         cal = [{"image": data["image"][i]} for i in range(len(data["image"]))]
-    int8 = quantized_partition(partition, cal)
-    assert int8 is not None
-    interleaved_ratio(partition.head, int8[0].head, cal[0], runs, repeats)
+    whole = quantize_model(split_model(full, find_cut(full, deepest)).head, cal)
+    whole_bytes = len(whole.model.SerializeToString())
+    print(
+        f"  int8 head at {deepest}: its chain {int8_head.device_bytes / 1e6:.2f} MB "
+        f"({sum('segments-int8' in f for f in int8_head.head)} int8 segments of {len(int8_head.head)} files), "
+        f"quantized whole as one file {whole_bytes / 1e6:.2f} MB"
+    )
+    files = SessionPool(all_plan.path, SessionSettings().with_threads(1))
+    heads = {
+        "fp32 head (plan's chain)": files.chain(fp32_head.id, fp32_head.head),
+        "int8 head (plan's chain)": files.chain(int8_head.id, int8_head.head),
+        "int8 head (whole, one file)": Chain("whole", [make_session(whole.model, 1)]),
+    }
+    del whole
+    interleaved_ratio(heads, cal[0], runs, repeats)
+    int8_options = [o for o in all_plan.split_options if o.precision == "int8"]
+    print(
+        f"  --hold-all: {len(int8_options)} int8 heads held ({len(all_plan.split_options)} split options); "
+        f"int8 segments, each file once: {device_bytes(work / 'resnet-all', 'device/segments-int8') / 1e6:.1f} MB "
+        f"against {sum(o.device_bytes for o in int8_options) / 1e6:.1f} MB for the int8 heads' own sizes added up; "
+        f"device/ in all {device_bytes(work / 'resnet-all') / 1e6:.1f} MB"
+    )
     for option in int8_plan.split_options:
         print(
             f"  held with --quantize int8: {option.id} ({option.device_bytes / 1e6:.1f} MB, accuracy {option.accuracy})"

@@ -16,7 +16,8 @@ a model repository (``MODEL/1/model.onnx``) and by ``splitinf plan`` for each ta
 
 A plan's tail names the device files of its head instead of one ``head``: ``head.0``, ``head.1``, ...
 (the segments up to the cut, then the codec graph), each with its path in the plan directory and sha256;
-an int8 head sharing the tail is one file, ``head_int8``.
+an int8 head sharing the tail lists its files as ``head_int8.0``, ``head_int8.1``, ... (``head_int8``, one
+file, in plans from before int8 heads were chains).
 """
 
 from __future__ import annotations

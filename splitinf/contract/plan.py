@@ -11,6 +11,7 @@ A plan directory::
     PLANDIR/
       plan.json
       device/segments/NN-<cut>.onnx   the model cut at the candidate cuts: segment k runs from cut k-1 to cut k
+      device/segments-int8/NN-<cut>.onnx  int8 heads' segments (int8 twins; fp32 where there is nothing to quantize)
       device/codecs/<cut>-<codec>.onnx  a codec's own small graph (Cast, QuantizeLinear) at a cut
       device/fallback.onnx            the small full model (device side)
       server/<tail_model>/1/model.onnx  tails in a V2 (Triton-layout) model repository
@@ -49,8 +50,9 @@ An option is one way to answer a request::
      "wire_bytes": 1234, "response_bytes": 40, "head_seconds": 0.0012, "tail_seconds": 0.0004,
      "serialize_seconds": 0.00002, "accuracy": 0.97, "fidelity": {...},
      "precision": "fp32", "device_bytes": 52000}
-    {"id": "split:c12:fp16:int8head", "kind": "split", ..., "head": ["device/heads/split-c12-fp16-int8head.onnx"],
-     "head_sha256": ["..."], "tail_model": "digits.c12.fp16.<sha256[:12]>", ..., "precision": "int8", ...}
+    {"id": "split:c12:fp16:int8head", "kind": "split", ...,
+     "head": ["device/segments-int8/01-c3.onnx", "device/segments-int8/02-c12.onnx", "device/codecs/c12-fp16.onnx"],
+     "head_sha256": ["...", "...", "..."], "tail_model": "digits.c12.fp16.<sha256[:12]>", ..., "precision": "int8", ...}
     {"id": "local", "kind": "local", "model": ["device/segments/01-c7.onnx", ..., "device/segments/03-outputs.onnx"],
      "sha256": ["...", ...], "seconds": 0.02, "accuracy": 0.98, "precision": "fp32", "device_bytes": 155000}
     {"id": "fallback", "kind": "fallback", "model": ["device/fallback.onnx"], "sha256": ["..."],
@@ -62,8 +64,10 @@ string, its sha256 a string) still load, as chains of one file. ``precision`` is
 the device runs (a split option's head, a local or fallback option's model; "fp32" or "int8"),
 separate from the wire ``codec``; ``device_bytes`` is the sum of the sizes of the option's files
 (segments shared with other options counted in each; 0 when unknown). An fp32 head is segments of
-the model plus its codec's graph; an int8 head is one file of its own (its weights are quantized),
-its option id ending in ``:int8head`` (``split:c12:fp16:int8head``), its tail its fp32 twin's.
+the model plus its codec's graph; an int8 head is int8 segments (each int8 weight once, too) plus
+the same codec graph, its option id ending in ``:int8head`` (``split:c12:fp16:int8head``), its tail
+its fp32 twin's. Plans from before int8 heads were chains (one file each, in ``device/heads/``) load
+as they are.
 """
 
 from __future__ import annotations

@@ -16,11 +16,15 @@ Cuts whose head exceeds ``--max-device-share`` of the model are not weighed. The
 weight once: the plan directory holds the model cut into segments at the held cuts, and each fp32
 option's head is a list of segment files plus its codec's own graph (:mod:`splitinf.offline.segments`).
 
-With ``--quantize int8`` every head with weights also gets an int8 variant
-(:mod:`splitinf.offline.quantize`), priced by the device profile's ``int8_head`` timings: an option
-of its own (``split:CUT:CODEC:int8head``) under the same accuracy floor and the same rule, sharing
-its fp32 twin's tail. Its head is one file of its own (a chain of one: quantized weights are not the
-segments' weights). The fallback gets one too; one fallback is held (:func:`_choose_fallback`).
+With ``--quantize int8`` every head with weights also gets an int8 variant, priced by the device
+profile's ``int8_head`` timings: an option of its own (``split:CUT:CODEC:int8head``) under the same
+accuracy floor and the same rule, sharing its fp32 twin's tail and codec graph. Its head is a chain
+too: the int8 twins of the segments between all the cuts weighed (:class:`~splitinf.offline.quantize.Int8Chain`,
+the same segments whichever heads are held; one without weights stays fp32), then the codec graph.
+Its fidelity and accuracy are measured on that chain, and the segments are written as measured
+(``device/segments-int8/``), each once and only as deep as the deepest int8 head held; an fp32
+segment is written only when an fp32 option or the local model needs it. The fallback gets an int8
+variant too (quantized whole); one fallback is held (:func:`_choose_fallback`).
 
 The pure core comes first. :func:`plan_model` at the end is the I/O wrapper that ``splitinf plan``
 runs, in named steps: read the sources and samples, evaluate every (cut, codec) option (one cut's
@@ -31,7 +35,6 @@ the plan directory.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -64,7 +67,8 @@ if TYPE_CHECKING:
 
     from splitinf.offline.codecs import Encoded, QuantParams
     from splitinf.offline.device_share import DeviceShare
-    from splitinf.offline.quantize import QuantizedModel
+    from splitinf.offline.graph import GraphView
+    from splitinf.offline.quantize import Int8Chain, QuantizedChain
     from splitinf.offline.segments import ChainFiles
 
 __all__ = [
@@ -100,20 +104,19 @@ DEFAULT_RTTS_S = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def option_names(model_name: str, cut_id: str, codec: str, precision: str = "fp32") -> tuple[str, str, str]:
-    """(option id, path of its device file, tail model name) for a split option.
+    """(option id, path of its codec graph, tail model name) for a split option.
 
-    The file of an fp32 option is its codec's graph (its head: the chain's segments up to the cut, then
-    that graph). An int8 head's option and file carry ``int8head`` and the file is the whole int8 head;
-    its tail is the fp32 head's (the same model, as the tail stays fp32 and the wire the same), so the
-    two share one tail model. The plan written names the tail after its content too
-    (``content_addressed_name``).
+    The head is the chain's segments up to the cut, then the codec's graph. An int8 head's option id
+    ends in ``int8head``; its codec graph and tail are the fp32 head's (the same models, as the tail
+    stays fp32 and the wire the same), so the two share them. The plan written names the tail after its
+    content too (``content_addressed_name``).
     """
     safe_cut = re.sub(r"[^A-Za-z0-9_.-]", "_", cut_id)
     safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
-    suffix = "" if precision == "fp32" else f"{precision}head"
+    suffix = "" if precision == "fp32" else f":{precision}head"
     return (
-        f"split:{cut_id}:{codec}" + (f":{suffix}" if suffix else ""),
-        f"device/heads/split-{safe_cut}-{codec}-{suffix}.onnx" if suffix else f"device/codecs/{safe_cut}-{codec}.onnx",
+        f"split:{cut_id}:{codec}{suffix}",
+        f"device/codecs/{safe_cut}-{codec}.onnx",
         f"{safe_model}.{safe_cut}.{codec}",
     )
 
@@ -340,6 +343,17 @@ class _Fallback:
 
 
 @dataclass(frozen=True)
+class _Int8Head:
+    """A cut's int8 head as evaluated: the cut tensors its chain of int8 segments makes per sample set, how
+    the segments were quantized, their size, and the fp32 head (which nodes a codec graph adds to)."""
+
+    values: Mapping[str, list[dict[str, np.ndarray]]]  # "calibration", "held_out" -> per sample
+    quantization: Mapping[str, Any]
+    bytes: int
+    fp32_head: onnx.ModelProto | None = None  # in the codec's form (its opset): set per codec
+
+
+@dataclass(frozen=True)
 class _Evaluated:
     """Every option priced and measured, before choosing which to hold."""
 
@@ -350,8 +364,7 @@ class _Evaluated:
     splits: list[Option]
     quant: Mapping[str, Mapping[str, QuantParams]]  # per option id: its codec's scales, to rebuild it when written
     refused: Mapping[str, float]  # cut id -> its head's share of the model, for cuts over --max-device-share
-    # cut id -> sha256 of its int8 head as measured: the held ones are quantized again when written, and checked
-    int8_heads: Mapping[str, str]
+    int8: QuantizedChain | None  # with --quantize: the int8 chain the int8 heads were measured on, written as is
     local: Option | None
     fallbacks: list[_Fallback]  # the fp32 fallback, then its int8 variant (with --quantize)
     fallback: _Fallback | None  # the one held: see _choose_fallback
@@ -438,8 +451,11 @@ def _codec_names(codecs: str | Sequence[str] | None, calibrated: bool) -> tuple[
     return names
 
 
-def _profiled_cuts(sources: _Sources, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str, list[str]]:
-    """(the model's cuts by id, the input cut, the profiled cuts worth a split), refusing unknown cuts.
+def _profiled_cuts(
+    sources: _Sources, feeds: Mapping[str, np.ndarray]
+) -> tuple[GraphView, dict[str, Any], str, list[str]]:
+    """(the model's graph at ``feeds``, its cuts by id, the input cut, the profiled cuts worth a split),
+    refusing unknown cuts.
 
     Cuts are enumerated on ``feeds`` as the profile enumerated them on its inputs: which tensors can
     be cut (and so the ids) depend on the input shapes. A profiled cut the enumeration lacks (one
@@ -469,7 +485,7 @@ def _profiled_cuts(sources: _Sources, feeds: Mapping[str, np.ndarray]) -> tuple[
     # A cut made of graph outputs leaves the tail nothing to compute: it is the local option plus a round
     # trip, never a split worth holding (and with include_local=False it would smuggle the local option in).
     graph_outputs = {o.name for o in sources.model.graph.output}
-    return cuts, input_cut, [c for c in cut_ids if not set(cuts[c].names) <= graph_outputs]
+    return view, cuts, input_cut, [c for c in cut_ids if not set(cuts[c].names) <= graph_outputs]
 
 
 def _within_share(
@@ -504,33 +520,32 @@ class _Evaluator:
         )
         return wire_codecs.encode(partition, codec, quant)
 
-    def split_option(self, encoded: Encoded, cut_id: str, quantized: QuantizedModel | None = None) -> Option:
+    def split_option(self, encoded: Encoded, cut_id: str, int8: _Int8Head | None = None) -> Option:
         """One (cut, codec, head precision) option: fidelity and accuracy measured, times from the profiles.
 
-        ``quantized`` says how the head was made when it is the int8 one; its time is the profile's ``int8_head``.
+        ``int8`` is the int8 head's cut tensors (what its chain of int8 segments makes), measured through the
+        codec graph and the fp32 tail; its time is the profile's ``int8_head``.
         """
-        from splitinf.offline import codecs as wire_codecs
-
-        sources, samples, codec = self.sources, self.samples, encoded.codec
-        precision = "fp32" if quantized is None else quantized.describe()["precision"]
+        sources, codec = self.sources, encoded.codec
+        precision = "fp32" if int8 is None else "int8"
         dev = profile_cut_codec(sources.device, cut_id, codec, role="device", source=sources.device_source)
         srv = profile_cut_codec(sources.server, cut_id, codec, role="server", source=sources.server_source)
-        head_timing = dev["head"] if quantized is None else dev.get(f"{precision}_head")
+        head_timing = dev["head"] if int8 is None else dev.get(f"{precision}_head")
         if head_timing is None:
             raise PlanError(
                 f"the device profile {sources.device_source} has no {precision} head timings for cut {cut_id} "
                 f"(codec {codec}); re-run `splitinf profile --quantize {precision}` on the device"
             )
-        fidelity = wire_codecs.fidelity(
-            sources.model, encoded, samples.calibration, samples.held, self.threads, reference=samples.reference
-        )
-        fidelity["samples"] = samples.source
-        if quantized is not None:
-            fidelity["quantization"] = quantized.describe()
-        if samples.labels is None:
-            accuracy = fidelity[samples.held_key]["top1_agreement"]
+        if int8 is None:
+            fidelity, accuracy = self._measure(encoded)
+            device_bytes = encoded.head.ByteSize()
         else:
-            accuracy = self.accuracy(wire_codecs.run_encoded(encoded, samples.evaluation, self.threads)[0])
+            from splitinf.offline.segments import codec_model
+
+            assert int8.fp32_head is not None
+            codec_graph = codec_model(int8.fp32_head, encoded.head)
+            fidelity, accuracy = self._measure_int8(encoded, codec_graph, int8)
+            device_bytes = int8.bytes + (0 if codec_graph is None else codec_graph.ByteSize())
         option_id, _, tail_model = option_names(sources.name, cut_id, codec, precision)
         return Option(
             id=option_id,
@@ -548,8 +563,50 @@ class _Evaluator:
             accuracy=accuracy,
             fidelity=fidelity,
             precision=precision,
-            device_bytes=encoded.head.ByteSize(),  # the head in one file; the sum of its files once written
+            device_bytes=device_bytes,  # the head's size in memory; the sum of its files once written
         )
+
+    def _measure(self, encoded: Encoded) -> tuple[dict[str, Any], float | None]:
+        """(fidelity, accuracy) of the fp32 head with its codec."""
+        from splitinf.offline import codecs as wire_codecs
+
+        samples = self.samples
+        fidelity = wire_codecs.fidelity(
+            self.sources.model, encoded, samples.calibration, samples.held, self.threads, reference=samples.reference
+        )
+        fidelity["samples"] = samples.source
+        if samples.labels is None:
+            return fidelity, fidelity[samples.held_key]["top1_agreement"]
+        return fidelity, self.accuracy(wire_codecs.run_encoded(encoded, samples.evaluation, self.threads)[0])
+
+    def _measure_int8(
+        self, encoded: Encoded, codec_graph: onnx.ModelProto | None, int8: _Int8Head
+    ) -> tuple[dict[str, Any], float | None]:
+        """(fidelity, accuracy) of the int8 head as the device runs it: the int8 chain's cut tensors through the
+        codec graph (the fp32 head's, None for fp32 on the wire), then the fp32 tail."""
+        from splitinf.offline.codecs import compare_outputs
+
+        samples = self.samples
+        codec = None if codec_graph is None else make_session(codec_graph, self.threads)
+        tail = make_session(encoded.tail, self.threads)
+        fidelity: dict[str, Any] = {"codec": encoded.codec, "bytes_per_sample": 0}
+        outputs: dict[str, list[dict[str, np.ndarray]]] = {}
+        for key, cut_values in int8.values.items():
+            outputs[key] = []
+            for values in cut_values:
+                if codec is not None:
+                    made = codec.run(None, {i.name: values[i.name] for i in codec.get_inputs()})
+                    values = values | dict(zip([o.name for o in codec.get_outputs()], made, strict=True))
+                wire = {t.name: values[t.name] for t in encoded.wire}
+                fidelity["bytes_per_sample"] = fidelity["bytes_per_sample"] or sum(v.nbytes for v in wire.values())
+                answer = tail.run(None, {i.name: wire[i.name] for i in tail.get_inputs()})
+                outputs[key].append(dict(zip([o.name for o in tail.get_outputs()], answer, strict=True)))
+            if outputs[key]:
+                fidelity[key] = compare_outputs(samples.reference[key], outputs[key])
+        fidelity |= {"samples": samples.source, "quantization": dict(int8.quantization)}
+        if samples.labels is None:
+            return fidelity, fidelity[samples.held_key]["top1_agreement"]
+        return fidelity, self.accuracy(outputs[samples.held_key])
 
     def local_accuracy(self) -> float | None:
         from splitinf.offline.codecs import run_model
@@ -647,32 +704,31 @@ def _choose_fallback(fallbacks: Sequence[_Fallback], max_accuracy_drop: float) -
 
 
 def _cut_options(
-    evaluator: _Evaluator, partition: Any, codecs: Sequence[str], quantize: str | None, int8_heads: dict[str, str]
+    evaluator: _Evaluator, partition: Any, codecs: Sequence[str], int8: _Int8Head | None
 ) -> Iterator[list[tuple[Option, Mapping[str, QuantParams]]]]:
-    """A cut's options, one codec at a time (one codec's models in memory): the fp32 head, and with
-    ``quantize`` also the int8 head (same codec, same wire scales, so the same tail) when the head has
-    weights to quantize; each with its codec's scales. Records the int8 head's sha256 in ``int8_heads``."""
-    from splitinf.offline.codecs import encode
-    from splitinf.offline.quantize import quantized_partition
-
+    """A cut's options, one codec at a time (one codec's models in memory): the fp32 head, and with ``int8``
+    (its head's int8 chain) also the int8 head (same codec graph, same wire scales, so the same tail);
+    each with its codec's scales."""
     cut_id = partition.cut.id
-    int8 = quantized_partition(partition, evaluator.samples.calibration) if quantize else None
-    if int8 is not None:
-        int8_heads[cut_id] = _model_sha256(int8[1].model)
     for codec in codecs:
         encoded = evaluator.encode(partition, codec)
         options = [(evaluator.split_option(encoded, cut_id), encoded.quant)]
         if int8 is not None:
-            int8_encoded = encode(int8[0], codec, encoded.quant)
-            if int8_encoded.wire != encoded.wire:
-                raise PlanError(f"the int8 head of cut {cut_id} changed the wire tensors; plan without --quantize")
-            options.append((evaluator.split_option(int8_encoded, cut_id, int8[1]), encoded.quant))
+            int8_head = dataclasses.replace(int8, fp32_head=partition.head)  # the codec's form (opset) of the head
+            options.append((evaluator.split_option(encoded, cut_id, int8_head), encoded.quant))
         del encoded
         yield options
 
 
-def _model_sha256(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(model.SerializeToString()).hexdigest()
+def _int8_head(chain: Int8Chain, cut_id: str) -> _Int8Head | None:
+    """The int8 head at ``cut_id`` (the chain walked to it), None when its head has no weights to quantize."""
+    values = chain.head(cut_id)
+    if values is None:
+        return None
+    segments = chain.result().up_to(cut_id)
+    quantized = [s.quantization for s in segments if s.quantization is not None]
+    quantization = dict(quantized[0]) | {"segments": len(quantized)}
+    return _Int8Head(values, quantization, sum(len(s.data) for s in segments))
 
 
 def _cut_codecs(sources: _Sources, cut: Any, codecs: Sequence[str], notes: list[str]) -> list[str]:
@@ -711,33 +767,44 @@ def _evaluate(
 ) -> _Evaluated:
     """Every (profiled cut, codec, head precision) option within the device share, the local model and the
     fallback(s), priced and measured; one codec's models in memory at a time (the held ones are rebuilt when
-    written)."""
+    written). Cuts are weighed in chain order (the int8 chain is walked once); options keep the profile's order."""
     from splitinf.offline.codecs import for_codec
     from splitinf.offline.partition import split_model
     from splitinf.offline.profiling import ProgressBar
+    from splitinf.offline.quantize import Int8Chain, quantize_method
 
-    cuts, input_cut, profiled = _profiled_cuts(sources, samples.inputs.first)
+    view, cuts, input_cut, profiled = _profiled_cuts(sources, samples.inputs.first)
     cut_ids, refused = _within_share(cuts, profiled, share)
     include_local = include_local and (share is None or share.allows_whole_model)
     evaluator = _Evaluator(sources, samples, threads)
     local_accuracy = evaluator.local_accuracy()
     splits: list[Option] = []
     quant: dict[str, Mapping[str, QuantParams]] = {}
-    int8_heads: dict[str, str] = {}
     notes: list[str] = []
     bar = ProgressBar(len(cut_ids) * len(codecs), enabled=progress)
-    for cut_id in cut_ids:
+    int8_chain = None
+    if quantize:
+        evaluation = {"calibration": samples.calibration, "held_out": samples.held}
+        method = quantize_method(sources.model)  # the whole model's choice, as the profile timed it
+        int8_chain = Int8Chain(
+            view, [cuts[c] for c in cut_ids], samples.calibration, evaluation, method=method, threads=threads
+        )
+    del view
+    for cut_id in sorted(cut_ids, key=lambda c: 0 if int8_chain is None else int8_chain.reach[c]):
         partition = split_model(sources.model, cuts[cut_id])
+        int8 = None if int8_chain is None else _int8_head(int8_chain, cut_id)
         for codec in _cut_codecs(sources, cuts[cut_id], codecs, notes):
             ready, note = for_codec(partition, codec, samples.inputs.first, threads)
             if ready is None:
                 notes.append(str(note))
                 continue
-            for options in _cut_options(evaluator, ready, (codec,), quantize, int8_heads):
+            for options in _cut_options(evaluator, ready, (codec,), int8):
                 for option, quant[option.id] in options:
                     splits.append(option)
                 bar.step(options[0][0].id)
-        del partition
+        del partition, int8
+    order = {cut_id: i for i, cut_id in enumerate(cut_ids)}
+    splits.sort(key=lambda o: order[str(o.cut_id)])
     # every split answers with the model's outputs, which cross the link back: bytes at the plan's shapes
     response_bytes = sum(int(v.nbytes) for v in samples.reference["calibration"][0].values())
     splits = [dataclasses.replace(o, response_bytes=response_bytes) for o in splits]
@@ -757,7 +824,7 @@ def _evaluate(
         splits=splits,
         quant=quant,
         refused=refused,
-        int8_heads=int8_heads,
+        int8=None if int8_chain is None else int8_chain.result(),
         local=local,
         fallbacks=fallbacks,
         fallback=_choose_fallback(fallbacks, max_accuracy_drop),
@@ -784,32 +851,33 @@ def _write_split(
     build: Path,
     sources: _Sources,
     partition: Any,
-    int8_partition: Any | None,
     options: Sequence[Option],
     quant: Mapping[str, QuantParams],
-    chain: ChainFiles,
+    chains: Mapping[str, ChainFiles],
 ) -> list[Option]:
     """Options sharing one tail (a cut and codec; fp32 and int8 heads), rebuilt from ``partition`` and the
-    codec's scales: an fp32 head is the chain's segments up to its cut then its codec's graph (in
-    ``device/codecs``), an int8 head one file of its own (in ``device/heads``, from ``int8_partition``);
-    the tail once into the ``server`` repository, its manifest naming the fp32 head's files ``head.0``,
-    ``head.1``, ... and the int8 head ``head_int8``."""
+    codec's scales: each head is its precision's chain of segments (``chains``) up to its cut, then the
+    codec's graph (in ``device/codecs``, one file for both precisions); the tail once into the ``server``
+    repository, its manifest naming the fp32 head's files ``head.0``, ``head.1``, ... and the int8 head's
+    ``head_int8.0``, ``head_int8.1``, ..."""
     from splitinf.offline.codecs import encode
-    from splitinf.offline.partition import write_to_repository
+    from splitinf.offline.partition import save_model, write_to_repository
+    from splitinf.offline.segments import codec_model
 
     option = options[0]
     assert option.cut_id is not None and option.codec is not None and option.tail_model is not None
     encoded = encode(partition, option.codec, quant)
+    codec_files: list[tuple[str, str]] = []
+    codec_graph = codec_model(partition.head, encoded.head)
+    if codec_graph is not None:
+        _, codec_path, _ = option_names(sources.name, option.cut_id, option.codec)
+        codec_files.append((codec_path, save_model(codec_graph, build / codec_path)))
     heads: dict[str, list[tuple[str, str]]] = {}
     parts: dict[str, dict[str, str]] = {}
     for o in options:
-        if o.precision == "fp32":
-            heads[o.id] = _fp32_head_files(build, sources, partition, encoded, chain)
-            parts |= {f"head.{i}": {"file": path, "sha256": sha} for i, (path, sha) in enumerate(heads[o.id])}
-        else:
-            assert int8_partition is not None
-            heads[o.id] = _int8_head_files(build, sources, int8_partition, o, quant)
-            parts[f"head_{o.precision}"] = {"file": heads[o.id][0][0], "sha256": heads[o.id][0][1]}
+        heads[o.id] = [*chains[o.precision].up_to(option.cut_id), *codec_files]
+        prefix = "head" if o.precision == "fp32" else f"head_{o.precision}"
+        parts |= {f"{prefix}.{i}": {"file": path, "sha256": sha} for i, (path, sha) in enumerate(heads[o.id])}
     manifest = build_manifest(
         source_name=sources.name,
         source_sha256=sources.sha256,
@@ -840,71 +908,46 @@ def _write_split(
     ]
 
 
-def _fp32_head_files(
-    build: Path, sources: _Sources, partition: Any, encoded: Encoded, chain: ChainFiles
-) -> list[tuple[str, str]]:
-    """(path, sha256) of an fp32 head's files: the chain's segments up to its cut, then its codec's graph
-    (written here; none for fp32 on the wire)."""
-    from splitinf.offline.partition import save_model
-    from splitinf.offline.segments import codec_model
-
-    cut_id = partition.cut.id
-    head = list(chain.up_to(cut_id))
-    codec_graph = codec_model(partition.head, encoded.head)
-    if codec_graph is not None:
-        _, codec_path, _ = option_names(sources.name, cut_id, encoded.codec)
-        head.append((codec_path, save_model(codec_graph, build / codec_path)))
-    return head
-
-
-def _int8_head_files(
-    build: Path, sources: _Sources, int8_partition: Any, option: Option, quant: Mapping[str, QuantParams]
-) -> list[tuple[str, str]]:
-    """(path, sha256) of an int8 head: one file, the quantized head with its codec (a chain of one)."""
-    from splitinf.offline.codecs import encode
-    from splitinf.offline.partition import save_model
-
-    assert option.cut_id is not None and option.codec is not None
-    _, path, _ = option_names(sources.name, option.cut_id, option.codec, option.precision)
-    return [(path, save_model(encode(int8_partition, option.codec, quant).head, build / path))]
-
-
 def _files_bytes(build: Path, files: Sequence[tuple[str, str]]) -> int:
     """What a chain of files costs the device on its own: the sum of their sizes (segments it shares with
     other options are counted in each; the plan's device part counts each file once)."""
     return sum((build / path).stat().st_size for path, _ in files)
 
 
-def _requantized_head(partition: Any, samples: _Samples, measured_sha256: str | None) -> Any:
-    """The partition with its int8 head, quantized again as when it was measured (calibration is min/max on
-    the same samples, so the same head), and checked against the sha256 recorded then."""
-    from splitinf.offline.quantize import quantized_partition
+def _write_chains(build: Path, view: GraphView, evaluated: _Evaluated, held: Sequence[Option]) -> dict[str, ChainFiles]:
+    """The segment files the held options run, per head precision, each file once: fp32 segments between the
+    held fp32 cuts (and on to the outputs when the local option is held); int8 segments as measured, up to the
+    deepest held int8 head (a segment without weights is the fp32 file when that file is the same)."""
+    from splitinf.offline.segments import write_chain, write_serialized_chain
 
-    int8 = quantized_partition(partition, samples.calibration)
-    if int8 is None or _model_sha256(int8[1].model) != measured_sha256:
-        raise PlanError(
-            f"quantizing the head of cut {partition.cut.id} again gave another int8 head than the one measured; "
-            "onnxruntime's quantizer is not deterministic on this machine: plan without --quantize"
+    fp32_cuts = dict.fromkeys(o.cut_id for o in held if o.cut_id is not None and o.precision == "fp32")
+    chains = {
+        "fp32": write_chain(
+            build, view, [view.find(cut_id) for cut_id in fp32_cuts], to_outputs=evaluated.local is not None
         )
-    return int8[0]
+    }
+    int8 = evaluated.int8
+    int8_reach = [int8.reach[str(o.cut_id)] for o in held if o.precision == "int8" and int8 is not None]
+    if int8 is not None and int8_reach:
+        segments = [(s.end, s.data) for s in int8.segments[: max(int8_reach)]]
+        chains["int8"] = write_serialized_chain(
+            build, "device/segments-int8", segments, int8.reach, reuse=chains["fp32"]
+        )
+    return chains
 
 
 def _write_models(
     build: Path, sources: _Sources, samples: _Samples, evaluated: _Evaluated, held: Sequence[Option]
 ) -> tuple[Option, ...]:
-    """Every held option's files, each fp32 weight once: the model as segments between the held fp32 cuts (and
-    on to the outputs when the local option is held), codec graphs, int8 heads, tails, the fallback; one cut's
-    models in memory at a time. Returns the options with their files."""
+    """Every held option's files, each weight once (:func:`_write_chains`): segments, codec graphs, tails, the
+    fallback; one cut's models in memory at a time. Returns the options with their files."""
     from splitinf.offline.codecs import for_codec
     from splitinf.offline.graph import GraphView
     from splitinf.offline.partition import save_model, split_model
-    from splitinf.offline.segments import OUTPUTS_END, write_chain
+    from splitinf.offline.segments import OUTPUTS_END
 
     view = GraphView(sources.model, samples.inputs.first)  # the cut ids are those at the plan's shapes
-    fp32_cuts = dict.fromkeys(o.cut_id for o in held if o.cut_id is not None and o.precision == "fp32")
-    chain = write_chain(
-        build, view, [view.find(cut_id) for cut_id in fp32_cuts], to_outputs=evaluated.local is not None
-    )
+    chains = _write_chains(build, view, evaluated, held)
     by_cut: dict[str, dict[str, list[Option]]] = {}
     for option in held:
         assert option.cut_id is not None and option.tail_model is not None
@@ -912,21 +955,18 @@ def _write_models(
     written: dict[str, Option] = {}
     for cut_id, groups in by_cut.items():
         partition = split_model(sources.model, view.find(cut_id))
-        int8 = None
-        if any(o.precision != "fp32" for group in groups.values() for o in group):
-            int8 = _requantized_head(partition, samples, evaluated.int8_heads.get(cut_id))
         for group in groups.values():
             # the codec's form of the parts, as evaluated (an old opset converted for an 8-bit codec)
             ready, note = for_codec(partition, str(group[0].codec), samples.inputs.first, None)
             if ready is None:
                 raise PlanError(f"cut {cut_id}: {note}")
-            for option in _write_split(build, sources, ready, int8, group, evaluated.quant[group[0].id], chain):
+            for option in _write_split(build, sources, ready, group, evaluated.quant[group[0].id], chains):
                 written[option.id] = option
-        del partition, int8
+        del partition
     del view
     result = [written[o.id] for o in held]
     if evaluated.local is not None:
-        files = chain.up_to(OUTPUTS_END)
+        files = chains["fp32"].up_to(OUTPUTS_END)
         result.append(
             dataclasses.replace(
                 evaluated.local,

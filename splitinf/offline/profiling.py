@@ -52,8 +52,10 @@ Profile JSON (format 2; format 1, from before roles, reads as role ``both``)::
      "fallback": {"name": "small", "sha256": "...", "seconds": <timing>, "int8_seconds": <timing>}}
 
 ``int8_head`` and ``int8_seconds`` (``--quantize int8``, device): the head with int8 weights
-(:mod:`splitinf.offline.quantize`) and the same codec, summed from the segments' int8 twins and
-scaled by whole int8 heads; a head without weights has none.
+(:mod:`splitinf.offline.quantize`) and the same codec, summed from the segments' int8 twins (each
+segment quantized alone, as the plan's int8 heads are chains of int8 segments; a segment without
+weights counts at its fp32 time) and scaled by whole int8 heads at the checked cuts; a head without
+weights has none.
 
 A summed timing adds its parts' medians, p90s and minimums. ``inputs`` are the shapes everything
 was timed at (the user's samples or ``--shape``, else random inputs with dynamic dimensions 1:

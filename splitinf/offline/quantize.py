@@ -24,11 +24,16 @@ but without VNNI, where U8S8 products can saturate; ARM devices and VNNI CPUs do
 The graph's inputs and outputs keep their names and float types, so a quantized head feeds the
 same wire codec and the same fp32 tail as its fp32 twin. A head without weighted ops (the input
 cut's, or one of only pooling and activations) has nothing to quantize and gets no int8 variant.
+
+A device holds each weight once, int8 ones too: the planner's int8 heads are chains of int8
+segments (:class:`Int8Chain`), the model cut at every cut weighed, each segment with weights
+quantized alone (with the whole model's method, calibrated on the fp32 activations that feed it)
+and each without weights left fp32. The int8 head at a cut is the int8 chain up to it, then its
+codec's graph; the fallback is quantized whole (:func:`quantize_model`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,9 +45,15 @@ import numpy as np
 import onnx
 
 from splitinf.errors import PlanError
+from splitinf.offline.graph import Cut, GraphView
+from splitinf.offline.segments import Segment, chain_segments, segment_model
+from splitinf.offline.sessions import make_session
 
 __all__ = [
     "PRECISIONS",
+    "Int8Chain",
+    "Int8Segment",
+    "QuantizedChain",
     "QuantizedModel",
     "QuantizeMethod",
     "SampleReader",
@@ -50,7 +61,6 @@ __all__ = [
     "parse_quantize",
     "quantize_method",
     "quantize_model",
-    "quantized_partition",
 ]
 
 PRECISIONS = ("fp32", "int8")
@@ -220,10 +230,105 @@ def quantize_model(
     return QuantizedModel(quantized, chosen, per_channel and chosen == "static", len(samples))
 
 
-def quantized_partition(partition: Any, samples: Sequence[Sample]) -> tuple[Any, QuantizedModel] | None:
-    """The partition with its head replaced by the int8 head, and how it was made; None when the
-    head has nothing to quantize. The tail stays fp32: it is the same model as the fp32 partition's."""
-    if not has_weights(partition.head):
-        return None
-    quantized = quantize_model(partition.head, samples)
-    return dataclasses.replace(partition, head=quantized.model), quantized
+@dataclass(frozen=True)
+class Int8Segment:
+    """One segment of an int8 chain as the device runs it: its int8 twin, or the fp32 segment itself when it
+    has no weights to quantize (``quantization`` None)."""
+
+    end: str  # the cut id the segment ends at
+    data: bytes  # the serialised model, written to the plan as it was measured
+    quantization: Mapping[str, Any] | None  # how the twin was made (QuantizedModel.describe())
+
+
+@dataclass(frozen=True)
+class QuantizedChain:
+    """The int8 chain built by :class:`Int8Chain`: its segments (those the cuts asked for) and, per cut, how many
+    segments its head runs."""
+
+    segments: tuple[Int8Segment, ...]
+    reach: Mapping[str, int]
+
+    def up_to(self, cut_id: str) -> tuple[Int8Segment, ...]:
+        return self.segments[: self.reach[cut_id]]
+
+
+class Int8Chain:
+    """The int8 twins of a chain of segments (:mod:`splitinf.offline.segments`), made and run one segment at a time.
+
+    The model is cut into segments at ``cuts``, the same for every cut, so a head's int8 segments do not depend on
+    which heads end up held: the int8 head at a cut is the int8 segments up to it, each weight quantized once.
+    Each segment with weights is quantized alone by :func:`quantize_model` with the whole model's ``method``,
+    calibrated on the fp32 activations that feed it (the fp32 segments run on ``calibration``); one without
+    weights stays fp32. :meth:`head` walks the chain to a cut (cuts in chain order) and gives the cut tensors
+    the int8 chain makes for each sample set of ``evaluation``: what the device's int8 head computes.
+    """
+
+    def __init__(
+        self,
+        view: GraphView,
+        cuts: Sequence[Cut],
+        calibration: Sequence[Sample],
+        evaluation: Mapping[str, Sequence[Sample]],
+        *,
+        method: QuantizeMethod,
+        threads: int | None = 1,
+    ) -> None:
+        self._view = view
+        self._cuts = {cut.id: cut for cut in cuts}
+        self._chain, self.reach = chain_segments(view, cuts, to_outputs=False)
+        self._method: QuantizeMethod = method
+        self._threads = threads
+        self._fp32 = [dict(s) for s in calibration]  # the fp32 activations, to calibrate the next segment on
+        self._int8 = {key: [dict(s) for s in samples] for key, samples in evaluation.items()}
+        self._last_use = _last_uses(self._chain, cuts, self.reach)
+        self.segments: list[Int8Segment] = []
+
+    def head(self, cut_id: str) -> dict[str, list[dict[str, np.ndarray]]] | None:
+        """Per sample set, the tensors of cut ``cut_id`` as the int8 chain makes them; None when no segment
+        before it has weights (no int8 head). Cuts are asked for in chain order (their reach never decreases)."""
+        reach = self.reach[cut_id]
+        if reach < len(self.segments):
+            raise PlanError(f"cut {cut_id} was asked for after a later cut of the int8 chain")
+        while len(self.segments) < reach:
+            self._step()
+        if all(s.quantization is None for s in self.segments[:reach]):
+            return None
+        names = self._cuts[cut_id].names
+        return {key: [{n: v[n] for n in names} for v in values] for key, values in self._int8.items()}
+
+    def result(self) -> QuantizedChain:
+        return QuantizedChain(tuple(self.segments), dict(self.reach))
+
+    def _step(self) -> None:
+        """Quantize the next segment, then run it (fp32 on the calibration activations, the twin on the int8 ones)."""
+        index = len(self.segments)
+        for values in [*self._fp32, *self._all_int8()]:
+            for name in [n for n in values if self._last_use.get(n, index) < index]:
+                del values[name]  # read by no segment or cut from here on
+        segment = self._chain[index]
+        fp32 = segment_model(self._view, segment)
+        feeds = [{n: v[n] for n in segment.inputs} for v in self._fp32]
+        twin = quantize_model(fp32, feeds, method=self._method) if has_weights(fp32) else None
+        data = fp32.SerializeToString() if twin is None else twin.model.SerializeToString()
+        self.segments.append(Int8Segment(segment.end, data, None if twin is None else twin.describe()))
+        for model, samples in ((fp32.SerializeToString(), self._fp32), (data, self._all_int8())):
+            session = make_session(model, self._threads)
+            outputs = [o.name for o in session.get_outputs()]
+            for values in samples:
+                feed = {i.name: values[i.name] for i in session.get_inputs()}
+                values.update(zip(outputs, session.run(outputs, feed), strict=True))
+
+    def _all_int8(self) -> list[dict[str, np.ndarray]]:
+        return [v for values in self._int8.values() for v in values]
+
+
+def _last_uses(chain: Sequence[Segment], cuts: Sequence[Cut], reach: Mapping[str, int]) -> dict[str, int]:
+    """Per tensor, the last segment index that reads it; a cut's tensors are read before the segment after it."""
+    last: dict[str, int] = {}
+    for index, segment in enumerate(chain):
+        for name in segment.inputs:
+            last[name] = index
+    for cut in cuts:
+        for name in cut.names:
+            last[name] = max(last.get(name, -1), reach[cut.id] - 1)
+    return last

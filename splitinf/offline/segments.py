@@ -9,15 +9,22 @@ need. A split option's head is then segments 1..k and its codec's own small grap
 The device runs such a list of files as one chain over a name -> tensor map
 (:mod:`splitinf.edge.chain`).
 
+An int8 head is a chain too: the int8 twins of the segments between every cut the planner weighs
+(:class:`splitinf.offline.quantize.Int8Chain`; a segment without weights stays fp32), then the same
+codec graph as its fp32 twin. The plan holds an int8 segment instead of its fp32 twin when no fp32
+option or local model needs the fp32 one.
+
 The pure core (:func:`chain_segments`, :func:`segment_model`, :func:`codec_model`) builds
 ModelProtos; :func:`write_chain` is the file wrapper the planner calls, writing one segment at a
-time so only one segment's weights are in memory beyond the source model.
+time so only one segment's weights are in memory beyond the source model;
+:func:`write_serialized_chain` writes the int8 segments as they were measured, each file once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +34,16 @@ from splitinf.errors import PlanError
 from splitinf.offline.graph import Cut, GraphView
 from splitinf.offline.partition import part_model, save_model
 
-__all__ = ["OUTPUTS_END", "ChainFiles", "Segment", "chain_segments", "codec_model", "segment_model", "write_chain"]
+__all__ = [
+    "OUTPUTS_END",
+    "ChainFiles",
+    "Segment",
+    "chain_segments",
+    "codec_model",
+    "segment_model",
+    "write_chain",
+    "write_serialized_chain",
+]
 
 OUTPUTS_END = "outputs"  # the end of the last segment of the local model: the graph outputs
 
@@ -47,7 +63,7 @@ class ChainFiles:
     """What :func:`write_chain` wrote: (path, sha256) of each segment, and how many segments reach each end."""
 
     segments: tuple[tuple[str, str], ...]
-    reach: dict[str, int]  # end (cut id or OUTPUTS_END) -> number of segments its head runs
+    reach: Mapping[str, int]  # end (cut id or OUTPUTS_END) -> number of segments its head runs
 
     def up_to(self, end: str) -> tuple[tuple[str, str], ...]:
         return self.segments[: self.reach[end]]
@@ -151,11 +167,33 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
+def _segment_path(folder: str, k: int, end: str) -> str:
+    return f"{folder}/{k:02d}-{_safe(end)}.onnx"
+
+
 def write_chain(build: Path, view: GraphView, cuts: Sequence[Cut], *, to_outputs: bool) -> ChainFiles:
     """Write ``device/segments/NN-<end>.onnx`` for the chain through ``cuts`` (to the outputs with ``to_outputs``)."""
     segments, reach = chain_segments(view, cuts, to_outputs=to_outputs)
     written = []
     for k, segment in enumerate(segments, start=1):
-        relative = f"device/segments/{k:02d}-{_safe(segment.end)}.onnx"
+        relative = _segment_path("device/segments", k, segment.end)
         written.append((relative, save_model(segment_model(view, segment), build / relative)))
     return ChainFiles(tuple(written), reach)
+
+
+def write_serialized_chain(
+    build: Path, folder: str, segments: Sequence[tuple[str, bytes]], reach: Mapping[str, int], *, reuse: ChainFiles
+) -> ChainFiles:
+    """Write ``folder/NN-<end>.onnx`` for segments already serialised ((end, bytes) in chain order, as they
+    were measured), except those with the same bytes as a file of ``reuse``: that file stands for them."""
+    written_by_sha = {sha: path for path, sha in reuse.segments}
+    written = []
+    for k, (end, data) in enumerate(segments, start=1):
+        sha = hashlib.sha256(data).hexdigest()
+        if sha not in written_by_sha:
+            relative = _segment_path(folder, k, end)
+            (build / relative).parent.mkdir(parents=True, exist_ok=True)
+            (build / relative).write_bytes(data)
+            written_by_sha[sha] = relative
+        written.append((written_by_sha[sha], sha))
+    return ChainFiles(tuple(written), dict(reach))

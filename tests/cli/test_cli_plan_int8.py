@@ -74,10 +74,13 @@ def test_the_plan_holds_int8_head_options_that_agree_with_fp32(int8_plan: Path) 
     for option in int8:
         twin = plan.option(option.id.removesuffix(":int8head"))
         assert option.id == f"split:{option.cut_id}:{option.codec}:int8head" and twin.precision == "fp32"
-        assert len(option.head) == 1 and option.head[0].endswith("-int8head.onnx")  # one file of its own
+        # its chain: int8 segments, then the codec graph it shares with its fp32 twin
+        assert option.head[0].startswith("device/segments-int8/")
+        if option.codec == "int8":
+            assert option.head[-1] == twin.head[-1] and option.head[-1].startswith("device/codecs/")
         assert option.tail_model == twin.tail_model and option.tail_sha256 == twin.tail_sha256  # one fp32 tail
         assert option.wire == twin.wire and option.wire_bytes == twin.wire_bytes
-        assert option.device_bytes == plan.path(option.head[0]).stat().st_size and option.head_seconds > 0
+        assert option.device_bytes == sum(plan.path(f).stat().st_size for f in option.head) and option.head_seconds > 0
         # the fp32 head: the chain's segments then its codec's graph, its size theirs added up
         assert twin.device_bytes == sum(plan.path(f).stat().st_size for f in twin.head)
         assert 0 < option.device_bytes < twin.device_bytes
@@ -88,7 +91,8 @@ def test_the_plan_holds_int8_head_options_that_agree_with_fp32(int8_plan: Path) 
         assert option.accuracy is not None and twin.accuracy is not None
         assert option.accuracy >= twin.accuracy - 0.01
         manifest = json.loads((plan.path(f"server/{option.tail_model}/1/manifest.json")).read_text())
-        assert manifest["parts"]["head_int8"] == {"file": option.head[0], "sha256": option.head_sha256[0]}
+        int8_parts = [manifest["parts"][f"head_int8.{i}"] for i in range(len(option.head))]
+        assert [(p["file"], p["sha256"]) for p in int8_parts] == list(option.device_files)
         fp32_parts = [manifest["parts"][f"head.{i}"] for i in range(len(twin.head))]
         assert [(p["file"], p["sha256"]) for p in fp32_parts] == list(twin.device_files)
 
@@ -99,15 +103,16 @@ def test_an_int8_head_and_the_fp32_tail_answer_like_the_full_model(int8_plan: Pa
     batch = images[200:260]
     full = ort.InferenceSession(str(digits_main_path()), providers=["CPUExecutionProvider"])
     expected = np.concatenate([full.run(None, {"image": image[None]})[0] for image in batch]).argmax(axis=1)
+    files = SessionPool(plan.path, SessionSettings())
     for option in (o for o in plan.split_options if o.precision == "int8"):
-        head = ort.InferenceSession(str(plan.path(option.head[0])), providers=["CPUExecutionProvider"])
+        head = files.chain(option.id, option.head)
         tail = ort.InferenceSession(
             str(plan.path(f"server/{option.tail_model}/1/model.onnx")), providers=["CPUExecutionProvider"]
         )
         got = []
         for image in batch:
-            wire = dict(zip([o.name for o in head.get_outputs()], head.run(None, {"image": image[None]}), strict=True))
-            got.append(tail.run(None, wire)[0])
+            values = head.run({"image": image[None]})
+            got.append(tail.run(None, {t.name: values[t.name] for t in option.wire})[0])
         assert (np.concatenate(got).argmax(axis=1) == expected).mean() >= 0.99
 
 
@@ -165,7 +170,7 @@ def test_quantize_max_device_share_and_progress_work_together(
     # one progress step per (cut, codec), the int8 head weighed with its fp32 twin
     frames = [f for f in capsys.readouterr().err.split("\r") if f.strip()]
     assert len(frames) == 2 * 2 and "ETA" in frames[0] and "4/4" in frames[-1]
-    # the device runs every head as a chain: fp32 heads over the shared segments, int8 heads one file each
+    # the device runs every head as a chain: fp32 heads over the fp32 segments, int8 heads over the int8 ones
     images, _ = load_digits_test()
     full = ort.InferenceSession(str(digits_main_path()), providers=["CPUExecutionProvider"])
     files = SessionPool(plan.path, SessionSettings())

@@ -9,14 +9,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from splitinf.errors import PlanError
 from splitinf.offline.codecs import compare_outputs, run_model
-from splitinf.offline.graph import enumerate_cuts, load_model
+from splitinf.offline.graph import GraphView, enumerate_cuts, load_model
 from splitinf.offline.partition import split_model
 from splitinf.offline.quantize import (
+    Int8Chain,
     has_weights,
     parse_quantize,
     quantize_method,
     quantize_model,
-    quantized_partition,
 )
 from splitinf.tools.models import digits_fallback_path, digits_main_path, load_digits_test
 
@@ -51,27 +51,51 @@ def test_the_int8_digits_model_agrees_with_fp32_on_held_out_images(digits: tuple
     assert quantized.model.ByteSize() < 0.5 * model.ByteSize()  # int8 weights
 
 
-def test_a_head_is_quantized_with_the_tail_left_fp32(digits: tuple[list, list]) -> None:
+def _digits_chain(cut_names: list[str], calibration: list, held_out: list) -> tuple[Int8Chain, list]:
+    model = load_model(digits_main_path())
+    view = GraphView(model)
+    cuts = [view.find(name) for name in cut_names]
+    chain = Int8Chain(view, cuts, calibration, {"held_out": held_out}, method="static")
+    return chain, cuts
+
+
+def test_an_int8_chain_quantizes_each_segment_with_weights_and_keeps_the_rest_fp32(digits: tuple[list, list]) -> None:
     calibration, held_out = digits
     model = load_model(digits_main_path())
-    cut = enumerate_cuts(model)[len(enumerate_cuts(model)) // 2]
-    partition = split_model(model, cut)
-    result = quantized_partition(partition, calibration)
-    assert result is not None
-    int8, _ = result
-    assert int8.tail is partition.tail and int8.cut == partition.cut
-    assert [o.name for o in int8.head.graph.output] == list(cut.names)
-    fp32_wire = run_model(partition.head, held_out)
-    int8_wire = run_model(int8.head, held_out)
-    assert compare_outputs(fp32_wire, int8_wire)["mean_rel_error"] < 0.1
+    names = [c.id for c in enumerate_cuts(model)]
+    # conv, then a Relu alone (no weights), then the rest of the convolutions
+    chain, cuts = _digits_chain([names[0], names[1], names[2], names[12]], calibration[:40], held_out)
+    assert chain.head(names[0]) is None  # the input cut: nothing to quantize
+    for cut in cuts[1:]:
+        values = chain.head(cut.id)
+        assert values is not None
+        fp32 = run_model(split_model(model, cut).head, held_out)
+        assert compare_outputs(fp32, values["held_out"])["mean_rel_error"] < 0.1
+    result = chain.result()
+    assert [s.end for s in result.segments] == [names[1], names[2], names[12]]
+    assert [s.quantization is not None for s in result.segments] == [True, False, True]
+    relu = onnx.load_from_string(result.segments[1].data)
+    assert _ops(relu) == {"Relu"}  # the fp32 segment itself
+    assert result.segments[0].quantization["calibration_samples"] == 40  # type: ignore[index]
+    for segment in (result.segments[0], result.segments[2]):
+        assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(onnx.load_from_string(segment.data))
+    assert [len(s) for s in (result.up_to(names[1]), result.up_to(names[12]))] == [1, 3]
 
 
-def test_a_head_without_weights_has_no_int8_variant() -> None:
+def test_an_int8_chain_walks_cuts_in_chain_order_only() -> None:
+    images, _ = load_digits_test()
+    samples = [{"image": images[i : i + 1]} for i in range(4)]
+    names = [c.id for c in enumerate_cuts(load_model(digits_main_path()))]
+    chain, _ = _digits_chain([names[1], names[12]], samples, samples)
+    assert chain.head(names[12]) is not None
+    with pytest.raises(PlanError, match="after a later cut"):
+        chain.head(names[1])
+
+
+def test_a_head_without_weights_has_nothing_to_quantize() -> None:
     model = load_model(digits_main_path())
-    input_cut = enumerate_cuts(model)[0]
-    partition = split_model(model, input_cut)
-    assert not has_weights(partition.head)
-    assert quantized_partition(partition, []) is None
+    cuts = enumerate_cuts(model)
+    assert not has_weights(split_model(model, cuts[0]).head) and has_weights(split_model(model, cuts[1]).head)
 
 
 def _matmul_model() -> onnx.ModelProto:
