@@ -99,7 +99,7 @@ from splitinf.offline.graph import Cut, GraphView, load_model, spec_value_info
 from splitinf.offline.inputs import InputSet
 from splitinf.offline.partition import split_model
 from splitinf.offline.quantize import has_weights, parse_quantize, quantize_method, quantize_model
-from splitinf.offline.segments import Segment, chain_segments, segment_model
+from splitinf.offline.segments import Segment, chain_segments, last_uses, segment_model
 from splitinf.offline.sessions import make_session
 
 __all__ = [
@@ -582,7 +582,7 @@ class _Pass:
         """Run the segments in order on ``sample``, timing each and the parts at each cut as its tensors
         appear; return the checked cuts' tensors (for the whole tails)."""
         layout = self.layout
-        last_use = _last_uses(layout)
+        last_use = last_uses(layout.segments[: layout.segments_run], layout.cuts, layout.reach)
         values = dict(sample)
         kept: dict[str, dict[str, np.ndarray]] = {}
         at_reach: dict[int, list[Cut]] = {}
@@ -648,18 +648,6 @@ class _Pass:
             feeds = _fallback_feeds(session, inputs, seed)
             session = make_session(quantize_model(small, [feeds]).model, self.threads)
             self.time(("fallback", "int8"), partial(session.run, None, feeds))
-
-
-def _last_uses(layout: _Layout) -> dict[str, int]:
-    """Per tensor, the last step of the chain walk that reads it (-1: before the first segment)."""
-    last: dict[str, int] = {}
-    for index, segment in enumerate(layout.segments[: layout.segments_run]):
-        for name in segment.inputs:
-            last[name] = index
-    for cut in layout.cuts:
-        for name in cut.names:
-            last[name] = max(last.get(name, -1), layout.reach[cut.id] - 1)
-    return last
 
 
 # --- the profile -----------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import onnx
 
 from splitinf.errors import PlanError
 from splitinf.offline.graph import Cut, GraphView
-from splitinf.offline.segments import Segment, chain_segments, segment_model
+from splitinf.offline.segments import chain_segments, last_uses, segment_model
 from splitinf.offline.sessions import make_session
 
 __all__ = [
@@ -280,7 +280,7 @@ class Int8Chain:
         self._threads = threads
         self._fp32 = [dict(s) for s in calibration]  # the fp32 activations, to calibrate the next segment on
         self._int8 = {key: [dict(s) for s in samples] for key, samples in evaluation.items()}
-        self._last_use = _last_uses(self._chain, cuts, self.reach)
+        self._last_use = last_uses(self._chain, cuts, self.reach)
         self.segments: list[Int8Segment] = []
 
     def head(self, cut_id: str) -> dict[str, list[dict[str, np.ndarray]]] | None:
@@ -320,15 +320,3 @@ class Int8Chain:
 
     def _all_int8(self) -> list[dict[str, np.ndarray]]:
         return [v for values in self._int8.values() for v in values]
-
-
-def _last_uses(chain: Sequence[Segment], cuts: Sequence[Cut], reach: Mapping[str, int]) -> dict[str, int]:
-    """Per tensor, the last segment index that reads it; a cut's tensors are read before the segment after it."""
-    last: dict[str, int] = {}
-    for index, segment in enumerate(chain):
-        for name in segment.inputs:
-            last[name] = index
-    for cut in cuts:
-        for name in cut.names:
-            last[name] = max(last.get(name, -1), reach[cut.id] - 1)
-    return last

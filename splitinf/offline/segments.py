@@ -40,6 +40,7 @@ __all__ = [
     "Segment",
     "chain_segments",
     "codec_model",
+    "last_uses",
     "segment_model",
     "write_chain",
     "write_serialized_chain",
@@ -109,6 +110,18 @@ def chain_segments(view: GraphView, cuts: Iterable[Cut], *, to_outputs: bool) ->
             )
         )
     return segments, reach
+
+
+def last_uses(chain: Sequence[Segment], cuts: Sequence[Cut], reach: Mapping[str, int]) -> dict[str, int]:
+    """Per tensor, the last segment index that reads it; a cut's tensors are read before the segment after it."""
+    last: dict[str, int] = {}
+    for index, segment in enumerate(chain):
+        for name in segment.inputs:
+            last[name] = index
+    for cut in cuts:
+        for name in cut.names:
+            last[name] = max(last.get(name, -1), reach[cut.id] - 1)
+    return last
 
 
 def _value_info(view: GraphView, name: str) -> onnx.ValueInfoProto:
