@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-cell-seconds", type=float, default=None, help="time cap per option and grid point")
     parser.add_argument("--link", choices=("proxy", "netns"), default="proxy", help="link emulation (default proxy)")
     parser.add_argument("--no-failover", action="store_true", help="skip the failover/recovery measurement")
+    parser.add_argument(
+        "--offline-server-profile",
+        action="store_true",
+        help="predict with the offline server profile only (default: plan again with the running server's tail "
+        "times, read by `splitinf profile PLAN --server`)",
+    )
     parser.add_argument("--out", default="bench-out", help="output directory (default ./bench-out)")
     parser.add_argument("--quick", action="store_true", help="tiny run: digits model, few requests, in seconds")
     parser.set_defaults(handler=run)
@@ -64,7 +70,7 @@ def _numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 _FLAGS = (
     "quick", "model", "fallback", "shape", "samples", "bandwidths", "rtts", "budget_ms", "device_cpus",
     "device_threads", "cpu_period_ms", "no_cpu_limit", "requests", "cuts", "codecs", "max_cell_seconds", "link",
-    "no_failover", "out",
+    "no_failover", "offline_server_profile", "out",
 )  # fmt: skip
 
 
@@ -147,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {**_model_overrides(args), **_positive_overrides(args)}
     if args.no_failover:
         overrides["failover"] = False
+    if args.offline_server_profile:
+        overrides["server_live"] = False
     overrides["cpu_period_us"] = int(round(args.cpu_period_ms * 1000))
     overrides["link"] = args.link
     overrides["command"] = command_line(_given_flags(args))

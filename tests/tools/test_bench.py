@@ -204,7 +204,13 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert not limit["applied"] and "NO CPU limit" in markdown
 
     plan_ids = {o["id"] for o in results["plan"]["options"]}
-    plan = load_plan(results["plan"]["dir"])
+    # predictions and "planned" come from the plan made again with the running server's tail times
+    plan, offline = load_plan(results["plan"]["live_dir"]), load_plan(results["plan"]["dir"])
+    live_profile = json.loads((Path(results["plan"]["dir"]).parent / "server_profile_live.json").read_text())
+    assert live_profile["role"] == "server" and "as the running server measured them" in markdown
+    tails = {o.id: o.tail_seconds for o in offline.split_options}
+    assert {o.id for o in plan.split_options} == set(tails)
+    assert any(o.tail_seconds != tails[o.id] for o in plan.split_options)  # not the offline profile's figures
     assert plan.budget_s == results["settings"]["budget_s"] == 0.25
     assert "the device's rule picks" in markdown and "within a 250 ms budget" in markdown
     local = results["local"]["stats"]

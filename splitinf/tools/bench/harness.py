@@ -74,6 +74,7 @@ class BenchConfig:
     requests: int = 10
     warmup: int = 1
     max_cell_s: float = 8.0
+    server_live: bool = True  # predictions from the running server's tail times (profile --server), not offline
     skip_factor: float = 3.0
     skip_min_s: float = 2.0
     codecs: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -526,16 +527,47 @@ def _make_plan(
         "the server profile",
     )  # fmt: skip
     progress("planning (splitinf plan --hold-all with both profiles)")
-    plan_argv = _python(
+    _run_checked(_plan_argv(config, prepared, device_profile, server_profile, plan_dir), "splitinf plan")
+    return load_plan(plan_dir, check_files=("device", "server"))
+
+
+def _plan_argv(
+    config: BenchConfig, prepared: _Prepared, device_profile: Path, server_profile: Path, plan_dir: Path
+) -> list[str]:
+    argv = _python(
         "splitinf", "plan", str(prepared.path), "--device", str(device_profile), "--server", str(server_profile),
         "--calibration", str(prepared.calibration), "--codecs", ",".join(config.codecs),
         "--budget-ms", f"{config.budget_s * 1e3:g}",
         "--reference-rtt", f"{config.rtts_ms[0]:g}", "--hold-all", "-o", str(plan_dir),
     )  # fmt: skip
-    if prepared.fallback is not None:
-        plan_argv += ["--fallback", str(prepared.fallback)]
-    _run_checked(plan_argv, "splitinf plan")
-    return load_plan(plan_dir, check_files=("device", "server"))
+    return argv + (["--fallback", str(prepared.fallback)] if prepared.fallback is not None else [])
+
+
+def _replan_live(
+    config: BenchConfig, prepared: _Prepared, plan: Any, server_address: str, work: Path, progress: _Progress
+) -> tuple[Any, str]:
+    """The plan again, with the tails' times as the running server measures them (``splitinf profile PLAN
+    --server``: its warm-up runs and requests, with the serving settings and process) instead of the offline
+    server profile's; and a note saying which the bench's predictions use."""
+    from splitinf.contract.plan import load_plan
+
+    progress("server profile from the running tail server (splitinf profile PLAN --server)")
+    live_profile, live_dir = work / "server_profile_live.json", work / "plan-live"
+    _run_checked(
+        _python("splitinf", "profile", str(plan.root), "--server", server_address,
+                "--base", str(work / "server_profile.json"), "-o", str(live_profile)),
+        "the live server profile",
+    )  # fmt: skip
+    progress("planning again with the running server's tail times")
+    _run_checked(_plan_argv(config, prepared, work / "device_profile.json", live_profile, live_dir), "splitinf plan")
+    live = load_plan(live_dir, check_files=("device", "server"))
+    served = {o.id: o.tail_model for o in plan.split_options}
+    if {o.id: o.tail_model for o in live.split_options} != served:
+        return plan, "The live re-plan held other tails than the server serves; predictions use the offline profile."
+    return live, (
+        "Tail times: as the running server measured them (`splitinf profile PLAN --server`, the plan made again "
+        "with that profile); the offline server profile is kept in work/server_profile.json."
+    )
 
 
 @dataclass
@@ -800,19 +832,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         plan = _make_plan(config, prepared, cut_ids, device, progress, work)
         results["plan"] = {
             "dir": str(plan.root),
-            "options": [
-                {
-                    "id": o.id,
-                    "kind": o.kind,
-                    "codec": o.codec,
-                    "bytes": o.wire_bytes,
-                    "head_s": o.head_seconds,
-                    "tail_s": o.tail_seconds,
-                    "seconds": o.seconds,
-                    "accuracy": o.accuracy,
-                }
-                for o in plan.options
-            ],  # fmt: skip
+            "options": _plan_options(plan),
             "full_offload": [o.id for o in plan.split_options if o.cut_id == cuts[0].id],
         }
         results["profiles"] = {
@@ -839,6 +859,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         stack.callback(proxy.stop)
         results["emulation"]["server"]["address"] = server_address
         results["emulation"]["link"]["proxy"] = proxy.address
+        if config.server_live:
+            plan, note = _replan_live(config, prepared, plan, server_address, work, progress)
+            notes.append(note)
+            results["plan"]["live_dir"] = str(plan.root)
+            results["plan"]["options"] = _plan_options(plan)
         measure = _Measurements(config, progress, prepared, device, plan, cuts[0].id, server_address, proxy)
 
         local = measure.local()
@@ -862,6 +887,22 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     (out / "bench.svg").write_text(bench_svg(results))
     progress(f"wrote {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.svg'}")
     return results
+
+
+def _plan_options(plan: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": o.id,
+            "kind": o.kind,
+            "codec": o.codec,
+            "bytes": o.wire_bytes,
+            "head_s": o.head_seconds,
+            "tail_s": o.tail_seconds,
+            "seconds": o.seconds,
+            "accuracy": o.accuracy,
+        }
+        for o in plan.options
+    ]
 
 
 def predicted_at(option: Any, bandwidth_mbit: float, rtt_ms: float) -> float:
