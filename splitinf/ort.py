@@ -18,6 +18,7 @@ import onnxruntime as ort
 from splitinf.errors import ConfigError, ModelLoadError
 
 __all__ = [
+    "SERVING_SETTINGS",
     "DEFAULT_PROVIDERS",
     "GRAPH_OPTIMIZATIONS",
     "SessionSettings",
@@ -62,6 +63,11 @@ class SessionSettings:
         if not threads:
             return self
         return replace(self, intra_op_threads=threads, inter_op_threads=1)
+
+
+SERVING_SETTINGS = SessionSettings(memory_arena=False)
+"""What ``splitinf serve`` opens tails with unless its config says otherwise; a server-role profile
+times the tails with the same settings, so the profile describes the server as it runs."""
 
 
 def session_options(settings: SessionSettings | None = None) -> ort.SessionOptions:

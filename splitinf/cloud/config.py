@@ -52,6 +52,7 @@ from splitinf.cloud.auth import ServerTLS
 from splitinf.contract.config_schema import given, load_toml
 from splitinf.contract.secrets import read_token
 from splitinf.errors import ConfigError
+from splitinf.ort import SERVING_SETTINGS
 
 __all__ = ["GRAPH_OPTIMIZATION_LEVELS", "ServerConfig", "load_server_config"]
 
@@ -93,11 +94,11 @@ class ServerConfig:
     # Close each connection after this long (gracefully), so DNS round_robin clients re-resolve
     # and spread onto new replicas; None: connections live as long as the client wants.
     max_connection_age_s: float | None = None
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    graph_optimization: str = "all"
-    memory_arena: bool = False
+    providers: tuple[str, ...] = SERVING_SETTINGS.providers
+    intra_op_threads: int = SERVING_SETTINGS.intra_op_threads
+    inter_op_threads: int = SERVING_SETTINGS.inter_op_threads
+    graph_optimization: str = SERVING_SETTINGS.graph_optimization
+    memory_arena: bool = SERVING_SETTINGS.memory_arena  # the server-role profile times tails the same way
     instances: int = 1
     # None: each model's config.pbtxt decides; 0: batching off for every model.
     max_batch_size: int | None = None

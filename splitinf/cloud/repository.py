@@ -37,6 +37,7 @@ from splitinf.contract.files import resolves_inside
 from splitinf.contract.tensors import TensorSpec, check_tensors
 from splitinf.errors import ConfigError, InvalidRequestError, ModelExecutionError, ModelLoadError
 from splitinf.ort import (
+    SERVING_SETTINGS,
     SessionSettings,
     check_providers,
     numpy_dtype_name,
@@ -246,7 +247,7 @@ def load_repository(
     warmup: bool = True,
     allow_unsigned: bool = False,
     max_request_bytes: int | None = None,
-    memory_arena: bool = False,
+    memory_arena: bool = SERVING_SETTINGS.memory_arena,
 ) -> dict[str, dict[str, LoadedModel]]:
     """Load, check and warm up every model version; ``max_batch_size``/``batch_delay_ms`` override config.pbtxt.
 

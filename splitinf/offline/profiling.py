@@ -101,6 +101,7 @@ from splitinf.offline.partition import split_model
 from splitinf.offline.quantize import has_weights, parse_quantize, quantize_method, quantize_model
 from splitinf.offline.segments import Segment, chain_segments, last_uses, segment_model
 from splitinf.offline.sessions import make_session
+from splitinf.ort import SERVING_SETTINGS, SessionSettings
 
 __all__ = [
     "PROFILE_FORMAT",
@@ -532,6 +533,12 @@ class _Pass:
     providers: list[str] = field(default_factory=list)
     pause_s: float = 0.0
 
+    def session(self, model: onnx.ModelProto | bytes | str) -> ort.InferenceSession:
+        """A session with ``threads`` and the server's settings on the server (its tails, as ``splitinf serve``
+        runs them), else the device runtime's."""
+        settings = SERVING_SETTINGS if self.layout.tails and not self.layout.heads else SessionSettings()
+        return make_session(model, self.threads, settings)
+
     def pending(self, key: Sequence[str]) -> bool:
         return _part_name(self.index, key) not in self.journal.done
 
@@ -549,7 +556,7 @@ class _Pass:
         if not self.pending(("model",)):
             return
         # from the file when there is one: no serialised copy of the whole model beside ours
-        full = make_session(self.model_file or self.layout.model, self.threads)
+        full = self.session(self.model_file or self.layout.model)
         self.providers = full.get_providers()
         inputs_.run_checked(full, sample)  # an input the model rejects is a one-line InputError, not a traceback
         self.time(("model",), partial(full.run, None, sample))
@@ -561,7 +568,7 @@ class _Pass:
         for codec in layout.cut_codecs[cut.id]:
             wire = dict(tensors)
             if layout.encodes(cut, codec):
-                encoder, decoder = (make_session(m, self.threads) for m in _codec_ops(cut, codec, layout.model))
+                encoder, decoder = (self.session(m) for m in _codec_ops(cut, codec, layout.model))
                 feed = {i.name: tensors[i.name] for i in encoder.get_inputs()}
                 coded = inputs_.run_checked(encoder, feed, f"codec {codec}")
                 for name in feed:
@@ -602,7 +609,7 @@ class _Pass:
 
     def segment(self, index: int, values: dict[str, np.ndarray]) -> None:
         layout = self.layout
-        session = make_session(segment_model(layout.view, layout.segments[index]), self.threads)
+        session = self.session(segment_model(layout.view, layout.segments[index]))
         feed = {i.name: values[i.name] for i in session.get_inputs()}
         names = [o.name for o in session.get_outputs()]
         values.update(zip(names, inputs_.run_checked(session, feed, f"segment {index + 1}"), strict=True))
@@ -613,7 +620,7 @@ class _Pass:
             # calibrated on this one input: the int8 kernels take as long whatever the scales
             method = quantize_method(layout.model)  # the whole head's choice, not each segment's own
             int8 = quantize_model(segment_model(layout.view, layout.segments[index]), [feed], method=method)
-            session = make_session(int8.model, self.threads)
+            session = self.session(int8.model)
             self.time(("segment", str(index), "int8"), partial(session.run, None, feed))
 
     def checks(self, sample: Mapping[str, np.ndarray], kept: Mapping[str, Mapping[str, np.ndarray]]) -> None:
@@ -633,7 +640,7 @@ class _Pass:
                     parts[part] = getattr(partition, part).SerializeToString()
             del partition  # one serialised part at a time beside the source model, not whole partitions
             for part in list(parts):
-                session = make_session(parts.pop(part), self.threads)
+                session = self.session(parts.pop(part))
                 values = kept.get(cut.id, {}) if part == "tail" else sample
                 feed = {i.name: values[i.name] for i in session.get_inputs()}
                 self.time(("check", cut.id, part), partial(session.run, None, feed))
@@ -641,12 +648,12 @@ class _Pass:
 
     def fallback(self, small: onnx.ModelProto, inputs: InputSet, seed: int) -> None:
         if self.layout.heads and self.pending(("fallback",)):
-            session = make_session(small, self.threads)
+            session = self.session(small)
             self.time(("fallback",), partial(session.run, None, _fallback_feeds(session, inputs, seed)))
         if self.layout.int8_fallback and self.pending(("fallback", "int8")):
-            session = make_session(small, self.threads)
+            session = self.session(small)
             feeds = _fallback_feeds(session, inputs, seed)
-            session = make_session(quantize_model(small, [feeds]).model, self.threads)
+            session = self.session(quantize_model(small, [feeds]).model)
             self.time(("fallback", "int8"), partial(session.run, None, feeds))
 
 
@@ -927,6 +934,7 @@ def profile_model(
             "version": ort.__version__,
             "providers": providers or ["CPUExecutionProvider"],
             "threads": threads or 0,
+            "memory_arena": (SERVING_SETTINGS if key["role"] == "server" else SessionSettings()).memory_arena,
         },
         "settings": settings,
         "inputs": inputs.to_json(),

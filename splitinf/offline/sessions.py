@@ -14,8 +14,11 @@ from splitinf.ort import SessionSettings, open_session
 __all__ = ["make_session"]
 
 
-def make_session(model: onnx.ModelProto | bytes | str, threads: int | None = None) -> ort.InferenceSession:
-    """A session with splitinf's default settings and ``threads`` intra-op threads (None or 0: onnxruntime's
-    default): the session the device runtime opens for a head with ``intra_op_threads = threads``."""
+def make_session(
+    model: onnx.ModelProto | bytes | str, threads: int | None = None, settings: SessionSettings | None = None
+) -> ort.InferenceSession:
+    """A session with ``settings`` (default: splitinf's, the device runtime's) and ``threads`` intra-op threads
+    (None or 0: onnxruntime's default): the session the device runtime opens for a head with
+    ``intra_op_threads = threads``, or with :data:`splitinf.ort.SERVING_SETTINGS` the server's for a tail."""
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return open_session(data, SessionSettings().with_threads(threads))
+    return open_session(data, (settings or SessionSettings()).with_threads(threads))

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from splitinf.cli import main
+from splitinf.cloud.config import ServerConfig
 from splitinf.contract.files import sha256_file
 from splitinf.errors import PlanError
 from splitinf.offline.graph import enumerate_cuts
@@ -245,6 +246,24 @@ def test_a_server_profile_times_only_the_tails() -> None:
     check = profile["check"]
     assert check["parts"] and all(p["part"] == "tail" for p in check["parts"])
     assert all({"whole", "summed", "error", "held_out_error"} <= set(p) for p in check["parts"])
+    # timed as `splitinf serve` runs tails (its default config), not with the device runtime's settings
+    assert profile["onnxruntime"]["memory_arena"] == ServerConfig(repo=Path(".")).memory_arena is False
+    assert _small_profile("device")[0]["onnxruntime"]["memory_arena"] is True
+
+
+def test_the_server_role_opens_its_sessions_with_the_serving_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import splitinf.offline.sessions as sessions
+
+    opened: list[SessionSettings] = []
+    real = sessions.open_session
+
+    def spy(data: Any, settings: SessionSettings) -> Any:
+        opened.append(settings)
+        return real(data, settings)
+
+    monkeypatch.setattr(sessions, "open_session", spy)
+    _small_profile("server")
+    assert opened and all(s.memory_arena is False and not s.spinning for s in opened)
 
 
 def test_heads_are_segment_sums_anchored_on_the_whole_model() -> None:
