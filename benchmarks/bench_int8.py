@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 
 from splitinf.contract.plan import Plan
-from splitinf.edge.chain import Chain, SessionPool
+from splitinf.edge.chain import SessionPool
 from splitinf.offline.device_share import DeviceShare
 from splitinf.offline.graph import find_cut
 from splitinf.offline.partition import split_model
@@ -43,7 +43,7 @@ from splitinf.offline.planner import plan_model
 from splitinf.offline.profiling import profile_file
 from splitinf.offline.quantize import quantize_model
 from splitinf.offline.sessions import make_session
-from splitinf.ort import SessionSettings
+from splitinf.ort import Chain, SessionSettings
 from splitinf.tools.models import digits_fallback_path, digits_main_path, load_digits_test
 from splitinf.tools.models.resnet import build_resnet50
 

@@ -3,22 +3,26 @@
 The device runtime, the tail server, the profiler and the verifier all open sessions here, so
 a profile is timed with exactly the settings the side that runs the part will use: a
 :class:`SessionSettings` names them, and ``session_options`` turns it into onnxruntime's options.
+A model held as a chain of files (segments, then a codec graph) runs as one :class:`Chain` of
+sessions, on the device and wherever the offline tools run what the device will.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import onnxruntime as ort
 
-from splitinf.errors import ConfigError, ModelLoadError
+from splitinf.errors import ConfigError, ModelLoadError, PlanError
 
 __all__ = [
     "SERVING_SETTINGS",
+    "Chain",
     "DEFAULT_PROVIDERS",
     "GRAPH_OPTIMIZATIONS",
     "SessionSettings",
@@ -141,3 +145,42 @@ def numpy_dtype_name(ort_type: str) -> str | None:
     """The numpy dtype name of an onnxruntime tensor type (``"tensor(float)"`` is ``"float32"``), or None
     for one splitinf does not carry (strings, sequences, maps)."""
     return _NUMPY_OF_ORT_TYPE.get(ort_type)
+
+
+class Chain:
+    """Sessions run in order; each takes its inputs by name from the feeds and the earlier outputs."""
+
+    def __init__(self, label: str, sessions: Sequence[Any], files: Sequence[str] = ()) -> None:
+        self.label = label
+        self.sessions = tuple(sessions)
+        self.files = tuple(files) or tuple(f"file {i + 1}" for i in range(len(self.sessions)))
+        self._inputs = [[i.name for i in s.get_inputs()] for s in self.sessions]
+        self._outputs = [[o.name for o in s.get_outputs()] for s in self.sessions]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Every tensor the chain makes, in order (the last file's outputs last)."""
+        return [name for names in self._outputs for name in names]
+
+    def check(self, feeds: Iterable[str], wanted: Iterable[str]) -> None:
+        """PlanError unless, given tensors named ``feeds``, every file's inputs and every ``wanted`` name are there."""
+        available = set(feeds)
+        for file, inputs, outputs in zip(self.files, self._inputs, self._outputs, strict=True):
+            missing = [n for n in inputs if n not in available]
+            if missing:
+                raise PlanError(
+                    f"option {self.label!r}: {file} takes {missing}, which neither the plan's inputs nor the "
+                    "files before it make; re-run `splitinf plan`"
+                )
+            available.update(outputs)
+        missing = [n for n in wanted if n not in available]
+        if missing:
+            raise PlanError(f"option {self.label!r}: its files never make {missing}; re-run `splitinf plan`")
+
+    def run(self, feeds: Mapping[str, np.ndarray], run_options: Any = None) -> dict[str, np.ndarray]:
+        """The feeds and every tensor the files make, by name (``run_options``: onnxruntime's RunOptions)."""
+        values = dict(feeds)
+        for session, inputs, outputs in zip(self.sessions, self._inputs, self._outputs, strict=True):
+            produced = session.run(outputs, {n: values[n] for n in inputs}, run_options)
+            values.update(zip(outputs, produced, strict=True))
+        return values

@@ -52,7 +52,7 @@ import tenacity
 
 from splitinf.contract.plan import Correction, Option, Plan, expected_latency, load_plan
 from splitinf.contract.tensors import ShapeWatch, TensorSpec, check_tensors, shown_shape
-from splitinf.edge.chain import Chain, SessionPool
+from splitinf.edge.chain import SessionPool
 from splitinf.edge.config import DeviceConfig
 from splitinf.edge.correction import CorrectionConfig, CostCorrector
 from splitinf.edge.estimate import NetworkEstimator
@@ -68,7 +68,7 @@ from splitinf.errors import (
     RemoteUnavailableError,
     TransportError,
 )
-from splitinf.ort import SessionSettings, quiet_run_options
+from splitinf.ort import Chain, SessionSettings, quiet_run_options
 
 __all__ = ["EVENTS_LOGGER", "LatencyBreakdown", "Runtime", "RuntimeResult", "check_inputs"]
 

@@ -60,6 +60,7 @@ from splitinf.contract.tensors import TensorSpec
 from splitinf.errors import CutError, PlanError
 from splitinf.offline.inputs import InputSet, inputs_for_plan
 from splitinf.offline.sessions import make_session
+from splitinf.ort import Chain
 
 if TYPE_CHECKING:
     import numpy as np
@@ -587,20 +588,18 @@ class _Evaluator:
         from splitinf.offline.codecs import compare_outputs
 
         samples = self.samples
-        codec = None if codec_graph is None else make_session(codec_graph, self.threads)
-        tail = make_session(encoded.tail, self.threads)
+        models = [encoded.tail] if codec_graph is None else [codec_graph, encoded.tail]
+        codec_and_tail = Chain(f"int8 head, codec {encoded.codec}", [make_session(m, self.threads) for m in models])
+        answers = [o.name for o in codec_and_tail.sessions[-1].get_outputs()]
         fidelity: dict[str, Any] = {"codec": encoded.codec, "bytes_per_sample": 0}
         outputs: dict[str, list[dict[str, np.ndarray]]] = {}
         for key, cut_values in int8.values.items():
             outputs[key] = []
             for values in cut_values:
-                if codec is not None:
-                    made = codec.run(None, {i.name: values[i.name] for i in codec.get_inputs()})
-                    values = values | dict(zip([o.name for o in codec.get_outputs()], made, strict=True))
-                wire = {t.name: values[t.name] for t in encoded.wire}
-                fidelity["bytes_per_sample"] = fidelity["bytes_per_sample"] or sum(v.nbytes for v in wire.values())
-                answer = tail.run(None, {i.name: wire[i.name] for i in tail.get_inputs()})
-                outputs[key].append(dict(zip([o.name for o in tail.get_outputs()], answer, strict=True)))
+                made = codec_and_tail.run(values)
+                wire_bytes = sum(made[t.name].nbytes for t in encoded.wire)
+                fidelity["bytes_per_sample"] = fidelity["bytes_per_sample"] or wire_bytes
+                outputs[key].append({n: made[n] for n in answers})
             if outputs[key]:
                 fidelity[key] = compare_outputs(samples.reference[key], outputs[key])
         fidelity |= {"samples": samples.source, "quantization": dict(int8.quantization)}

@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 
-from splitinf.edge.chain import Chain, SessionPool
+from splitinf.edge.chain import SessionPool
 from splitinf.errors import PlanError
 from splitinf.offline.codecs import calibrate, encode
 from splitinf.offline.graph import GraphView, enumerate_cuts
 from splitinf.offline.inputs import random_inputs
 from splitinf.offline.partition import save_model, split_model
 from splitinf.offline.segments import OUTPUTS_END, chain_segments, codec_model, segment_model, write_chain
-from splitinf.ort import SessionSettings, open_session
+from splitinf.ort import Chain, SessionSettings, open_session
 from splitinf.tools.testing import graphs as models
 
 MODELS = {

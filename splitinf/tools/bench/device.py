@@ -51,7 +51,7 @@ class _Device:
 
     def chain(self, paths: list[str]) -> Any:
         """An option's device files run in order as the runtime runs them, each file's session opened once."""
-        from splitinf.edge.chain import Chain
+        from splitinf.ort import Chain
 
         return Chain(" -> ".join(paths), [self.session(p) for p in paths], paths)
 
@@ -138,10 +138,11 @@ class _Device:
         client = self.client(cmd["target"])
         feed = _load_inputs(cmd["inputs"])
         options = list(cmd["options"])
+        heads = {o["id"]: self.chain(o["head"]) for o in options}
         results: dict[str, Any] = {o["id"]: {"samples": [], "errors": []} for o in options}
         for option in options:  # warm-up: sessions, connections, the tail's first run
             for _ in range(int(cmd.get("warmup", 1))):
-                self._one_request(client, option, feed, cmd, results[option["id"]]["errors"])
+                self._one_request(client, heads[option["id"]], option, feed, cmd, results[option["id"]])
         order = random.Random(int(cmd.get("seed", 0)))
         cap_s = float(cmd["max_s"]) * max(1, len(options))
         minimum = int(cmd.get("min_requests", 3))
@@ -149,20 +150,28 @@ class _Device:
         for _ in range(int(cmd["requests"])):
             order.shuffle(options)
             for option in options:
-                sample = self._one_request(client, option, feed, cmd, results[option["id"]]["errors"])
+                entry = results[option["id"]]
+                sample = self._one_request(client, heads[option["id"]], option, feed, cmd, entry)
                 if sample is not None:
-                    results[option["id"]]["samples"].append(sample)
+                    entry["samples"].append(sample)
             enough = all(len(r["samples"]) >= minimum for r in results.values())
             if enough and time.perf_counter() - started > cap_s:
                 break
         return {"options": results}
 
     def _one_request(
-        self, client: Any, option: dict[str, Any], feed: dict[str, np.ndarray], cmd: dict[str, Any], errors: list[str]
+        self,
+        client: Any,
+        head: Any,
+        option: dict[str, Any],
+        feed: dict[str, np.ndarray],
+        cmd: dict[str, Any],
+        entry: dict[str, Any],
     ) -> dict[str, Any] | None:
+        """One request of ``option``: ``head`` (its chain) on the device, then the V2 call; None when it failed
+        (the error kept in ``entry["errors"]``)."""
         from splitinf.errors import TransportError
 
-        head = self.chain(option["head"])
         wire_names = option.get("wire") or head.output_names
         t0 = time.perf_counter()
         wire_all = head.run(feed)
@@ -173,7 +182,7 @@ class _Device:
                 option["tail_model"], wire, timeout_s=float(cmd["timeout_s"]), version=option["tail_version"]
             )
         except TransportError as exc:
-            errors.append(str(exc))
+            entry["errors"].append(str(exc))
             return None
         t2 = time.perf_counter()
         return {

@@ -743,8 +743,8 @@ class _Measurements:
 
     def throughput(self) -> dict[str, Any]:
         """Concurrent clients straight to the server with the full-offload fp32 request (the whole model)."""
-        from splitinf.edge.chain import Chain
         from splitinf.offline.sessions import make_session
+        from splitinf.ort import Chain
 
         self.progress("tail-server throughput")
         offload = [o for o in self.splits if o.cut_id == self.input_cut]
